@@ -1,0 +1,548 @@
+//! The `muster` client commands. They speak only the REST API, like any other client would.
+
+mod client;
+mod output;
+mod tasks;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
+use client::{Client, encode};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Where the server is and who we are: every command takes these.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The Muster server's address.
+    #[arg(
+        long,
+        global = true,
+        env = "MUSTER_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// An API key (API-…); the server prints the administrator's at its first start.
+    #[arg(long, global = true, env = "MUSTER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Spaces: hard-walled groups of pools, workers and tasks.
+    #[command(subcommand)]
+    Space(SpaceCommand),
+    /// Worker pools of a space.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Workers of a space.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+    /// Machine policies of a space.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Server tasks: list, inspect, follow, cancel.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Run scripts.
+    #[command(subcommand)]
+    Script(ScriptCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SpaceOption {
+    /// The space, by name, slug or id (default: the default space).
+    #[arg(long)]
+    pub space: Option<String>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SpaceCommand {
+    List,
+    Create {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Stops the space's task queue, then deletes the space with everything in it.
+    Delete {
+        space: String,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PoolCommand {
+    List {
+        #[command(flatten)]
+        space: SpaceOption,
+    },
+    Create {
+        name: String,
+        #[command(flatten)]
+        space: SpaceOption,
+        #[arg(long)]
+        description: Option<String>,
+        /// A dynamic pool (its workers are provisioned on demand).
+        #[arg(long)]
+        dynamic: bool,
+        /// The image of a dynamic pool's workers.
+        #[arg(long, requires = "dynamic")]
+        worker_type: Option<String>,
+    },
+    Delete {
+        pool: String,
+        #[command(flatten)]
+        space: SpaceOption,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum WorkerCommand {
+    List {
+        #[command(flatten)]
+        space: SpaceOption,
+        /// Only the workers of this pool.
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    Show {
+        worker: String,
+        #[command(flatten)]
+        space: SpaceOption,
+    },
+    Delete {
+        worker: String,
+        #[command(flatten)]
+        space: SpaceOption,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PolicyCommand {
+    List {
+        #[command(flatten)]
+        space: SpaceOption,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TaskCommand {
+    List {
+        /// Only this space's tasks (default: every space).
+        #[arg(long)]
+        space: Option<String>,
+        /// Only tasks in these states (comma-separated: Queued,Executing,Success,…).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        take: u64,
+    },
+    /// A task's state, and why it is still queued if it is.
+    Show {
+        task: String,
+    },
+    /// A task's log; --follow streams it until the task ends.
+    Log {
+        task: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    Cancel {
+        task: String,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ScriptCommand {
+    /// Runs a script as an AdHocScript task, streams its log, and exits 0 only on Success.
+    Run(ScriptRun),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScriptRun {
+    #[command(flatten)]
+    pub space: SpaceOption,
+    /// Run on a worker of this pool (default: the space's default pool, whose built-in worker runs
+    /// the script while the pool has no workers).
+    #[arg(long, conflicts_with = "builtin")]
+    pub pool: Option<String>,
+    /// Run on the server's built-in worker.
+    #[arg(long)]
+    pub builtin: bool,
+    #[arg(long, default_value = "bash", value_parser = ["bash", "python", "powershell"])]
+    pub syntax: String,
+    /// Read the script from a file.
+    #[arg(long, conflicts_with = "script")]
+    pub file: Option<std::path::PathBuf>,
+    /// Stop the script after this long (seconds, or a TimeSpan such as 00:10:00).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Queue the task and print its id without waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// The script, after `--`.
+    #[arg(last = true)]
+    pub script: Vec<String>,
+}
+
+/// Runs a client command; the error is one line for the user.
+pub async fn run(connection: Connection, command: Command) -> anyhow::Result<i32> {
+    let client = Client::new(&connection.server, connection.api_key.clone())?;
+    let json = connection.json;
+    match command {
+        Command::Space(c) => space(&client, json, c).await,
+        Command::Pool(c) => pool(&client, json, c).await,
+        Command::Worker(c) => worker(&client, json, c).await,
+        Command::Policy(PolicyCommand::List { space }) => {
+            let space = resolve_space(&client, &space).await?;
+            let items = client
+                .get(&format!("/api/{}/machinepolicies/all", id_of(&space)))
+                .await?;
+            if json {
+                output::json(&items);
+            } else {
+                let rows = array(&items)
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            output::text(&p["Id"]),
+                            output::text(&p["Name"]),
+                            output::text(&p["IsDefault"]),
+                            output::text(&p["MachineHealthCheckPolicy"]["HealthCheckInterval"]),
+                        ]
+                    })
+                    .collect();
+                output::table(&["ID", "NAME", "DEFAULT", "HEALTH CHECK EVERY"], rows);
+            }
+            Ok(0)
+        }
+        Command::Task(c) => tasks::task(&client, json, c).await,
+        Command::Script(ScriptCommand::Run(args)) => tasks::script_run(&client, json, args).await,
+    }
+}
+
+fn array(value: &Value) -> Vec<Value> {
+    value.as_array().cloned().unwrap_or_default()
+}
+
+fn id_of(resource: &Value) -> String {
+    resource["Id"].as_str().unwrap_or_default().to_string()
+}
+
+fn matches(resource: &Value, key: &str) -> bool {
+    ["Id", "Name", "Slug"].iter().any(|field| {
+        resource[*field]
+            .as_str()
+            .is_some_and(|v| v.eq_ignore_ascii_case(key.trim()))
+    })
+}
+
+/// A space by name, slug or id; the default space when none is given.
+pub(crate) async fn resolve_space(client: &Client, option: &SpaceOption) -> anyhow::Result<Value> {
+    let spaces = array(&client.get("/api/spaces/all").await?);
+    let found = match &option.space {
+        None => spaces.into_iter().find(|s| s["IsDefault"] == json!(true)),
+        Some(key) => spaces.into_iter().find(|s| matches(s, key)),
+    };
+    found.ok_or_else(|| {
+        anyhow!(
+            "no space named '{}'",
+            option.space.as_deref().unwrap_or("(default)")
+        )
+    })
+}
+
+pub(crate) async fn resolve_pool(
+    client: &Client,
+    space: &Value,
+    key: &str,
+) -> anyhow::Result<Value> {
+    let pools = array(
+        &client
+            .get(&format!("/api/{}/workerpools/all", id_of(space)))
+            .await?,
+    );
+    pools.into_iter().find(|p| matches(p, key)).ok_or_else(|| {
+        anyhow!(
+            "no worker pool named '{key}' in space {}",
+            output::text(&space["Name"])
+        )
+    })
+}
+
+async fn resolve_worker(client: &Client, space: &Value, key: &str) -> anyhow::Result<Value> {
+    let workers = array(
+        &client
+            .get(&format!("/api/{}/workers/all", id_of(space)))
+            .await?,
+    );
+    workers
+        .into_iter()
+        .find(|w| matches(w, key))
+        .ok_or_else(|| {
+            anyhow!(
+                "no worker named '{key}' in space {}",
+                output::text(&space["Name"])
+            )
+        })
+}
+
+async fn space(client: &Client, json: bool, command: SpaceCommand) -> anyhow::Result<i32> {
+    match command {
+        SpaceCommand::List => {
+            let spaces = client.get("/api/spaces/all").await?;
+            if json {
+                output::json(&spaces);
+            } else {
+                let rows = array(&spaces)
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            output::text(&s["Id"]),
+                            output::text(&s["Name"]),
+                            output::text(&s["Slug"]),
+                            output::text(&s["IsDefault"]),
+                            output::text(&s["TaskQueueStopped"]),
+                        ]
+                    })
+                    .collect();
+                output::table(&["ID", "NAME", "SLUG", "DEFAULT", "QUEUE STOPPED"], rows);
+            }
+        }
+        SpaceCommand::Create { name, description } => {
+            let created = client
+                .send(
+                    Method::POST,
+                    "/api/spaces",
+                    Some(&json!({"Name": name, "Description": description})),
+                )
+                .await?;
+            if json {
+                output::json(&created);
+            } else {
+                println!(
+                    "Created space {} ({})",
+                    output::text(&created["Name"]),
+                    output::text(&created["Id"])
+                );
+            }
+        }
+        SpaceCommand::Delete { space } => {
+            let found = resolve_space(client, &SpaceOption { space: Some(space) }).await?;
+            let path = format!("/api/spaces/{}", id_of(&found));
+            if found["TaskQueueStopped"] != json!(true) {
+                client
+                    .send(Method::PUT, &path, Some(&json!({"TaskQueueStopped": true})))
+                    .await?;
+            }
+            client.send(Method::DELETE, &path, None).await?;
+            if !json {
+                println!(
+                    "Deleted space {} ({})",
+                    output::text(&found["Name"]),
+                    id_of(&found)
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn pool(client: &Client, json: bool, command: PoolCommand) -> anyhow::Result<i32> {
+    match command {
+        PoolCommand::List { space } => {
+            let space = resolve_space(client, &space).await?;
+            let pools = client
+                .get(&format!("/api/{}/workerpools/all", id_of(&space)))
+                .await?;
+            if json {
+                output::json(&pools);
+                return Ok(0);
+            }
+            let summary = client
+                .get(&format!("/api/{}/workerpools/summary", id_of(&space)))
+                .await?;
+            let count = |pool_id: &str| {
+                array(&summary["WorkerPoolSummaries"])
+                    .iter()
+                    .find(|s| s["WorkerPool"]["Id"] == json!(pool_id))
+                    .map(|s| output::text(&s["TotalMachines"]))
+                    .unwrap_or_else(|| "0".into())
+            };
+            let rows = array(&pools)
+                .iter()
+                .map(|p| {
+                    let kind = if p["WorkerPoolType"] == json!("DynamicWorkerPool") {
+                        "dynamic"
+                    } else {
+                        "static"
+                    };
+                    vec![
+                        output::text(&p["Id"]),
+                        output::text(&p["Name"]),
+                        kind.into(),
+                        output::text(&p["IsDefault"]),
+                        count(&id_of(p)),
+                    ]
+                })
+                .collect();
+            output::table(&["ID", "NAME", "TYPE", "DEFAULT", "WORKERS"], rows);
+        }
+        PoolCommand::Create {
+            name,
+            space,
+            description,
+            dynamic,
+            worker_type,
+        } => {
+            let space = resolve_space(client, &space).await?;
+            let kind = if dynamic {
+                "DynamicWorkerPool"
+            } else {
+                "StaticWorkerPool"
+            };
+            let body = json!({"Name": name, "Description": description, "WorkerPoolType": kind, "WorkerType": worker_type});
+            let created = client
+                .send(
+                    Method::POST,
+                    &format!("/api/{}/workerpools", id_of(&space)),
+                    Some(&body),
+                )
+                .await?;
+            if json {
+                output::json(&created);
+            } else {
+                println!(
+                    "Created worker pool {} ({})",
+                    output::text(&created["Name"]),
+                    output::text(&created["Id"])
+                );
+            }
+        }
+        PoolCommand::Delete { pool, space } => {
+            let space = resolve_space(client, &space).await?;
+            let found = resolve_pool(client, &space, &pool).await?;
+            client
+                .send(
+                    Method::DELETE,
+                    &format!("/api/{}/workerpools/{}", id_of(&space), id_of(&found)),
+                    None,
+                )
+                .await?;
+            if !json {
+                println!(
+                    "Deleted worker pool {} ({})",
+                    output::text(&found["Name"]),
+                    id_of(&found)
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn endpoint_text(worker: &Value) -> String {
+    let endpoint = &worker["Endpoint"];
+    let style = output::text(&endpoint["CommunicationStyle"]);
+    match endpoint["Uri"].as_str() {
+        Some(uri) => format!("{style} {uri}"),
+        None => style,
+    }
+}
+
+async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::Result<i32> {
+    match command {
+        WorkerCommand::List { space, pool } => {
+            let space = resolve_space(client, &space).await?;
+            let mut path = format!("/api/{}/workers?take=2147483647", id_of(&space));
+            if let Some(pool) = pool {
+                let pool = resolve_pool(client, &space, &pool).await?;
+                path.push_str(&format!("&workerPoolIds={}", encode(&id_of(&pool))));
+            }
+            let workers = client.get_all_pages(&path).await?;
+            if json {
+                output::json(&Value::Array(workers));
+                return Ok(0);
+            }
+            let rows = workers
+                .iter()
+                .map(|w| {
+                    vec![
+                        output::text(&w["Id"]),
+                        output::text(&w["Name"]),
+                        output::text(&w["HealthStatus"]),
+                        if w["IsDisabled"] == json!(true) {
+                            "disabled".into()
+                        } else {
+                            "enabled".into()
+                        },
+                        endpoint_text(w),
+                        output::text(&w["WorkerPoolIds"]),
+                    ]
+                })
+                .collect();
+            output::table(
+                &["ID", "NAME", "HEALTH", "STATE", "ENDPOINT", "POOLS"],
+                rows,
+            );
+        }
+        WorkerCommand::Show { worker, space } => {
+            let space = resolve_space(client, &space).await?;
+            let found = resolve_worker(client, &space, &worker).await?;
+            if json {
+                output::json(&found);
+            } else {
+                output::fields(
+                    &found,
+                    &[
+                        "Id",
+                        "Name",
+                        "SpaceId",
+                        "WorkerPoolIds",
+                        "MachinePolicyId",
+                        "IsDisabled",
+                        "HealthStatus",
+                        "StatusSummary",
+                        "Endpoint.CommunicationStyle",
+                        "Uri",
+                        "Thumbprint",
+                    ],
+                );
+            }
+        }
+        WorkerCommand::Delete { worker, space } => {
+            let space = resolve_space(client, &space).await?;
+            let found = resolve_worker(client, &space, &worker).await?;
+            client
+                .send(
+                    Method::DELETE,
+                    &format!("/api/{}/workers/{}", id_of(&space), id_of(&found)),
+                    None,
+                )
+                .await?;
+            if !json {
+                println!(
+                    "Deleted worker {} ({})",
+                    output::text(&found["Name"]),
+                    id_of(&found)
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Reads the script of `script run`, from after `--` or from --file.
+fn script_body(args: &ScriptRun) -> anyhow::Result<String> {
+    let body = match &args.file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => args.script.join(" "),
+    };
+    if body.trim().is_empty() {
+        bail!("give the script after `--` (muster script run -- 'echo hello') or with --file");
+    }
+    Ok(body)
+}

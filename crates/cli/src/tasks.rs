@@ -1,0 +1,311 @@
+//! Task commands and `script run`: a task's log is followed over the server's event stream, so a line
+//! shows as soon as the script prints it.
+
+use crate::client::{Client, encode};
+use crate::{
+    ScriptRun, SpaceOption, TaskCommand, array, id_of, output, resolve_pool, resolve_space,
+    script_body,
+};
+use anyhow::{Context, anyhow};
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Exit codes of `script run` and `task log --follow`, by the task's final state.
+fn exit_code(task: &Value) -> i32 {
+    match task["State"].as_str() {
+        Some("Success") => 0,
+        Some("TimedOut") => 124,
+        Some("Canceled") => 130,
+        _ => 1,
+    }
+}
+
+fn normalize_task_id(text: &str) -> String {
+    let text = text.trim();
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        format!("ServerTasks-{text}")
+    } else {
+        text.to_string()
+    }
+}
+
+pub async fn task(client: &Client, json: bool, command: TaskCommand) -> anyhow::Result<i32> {
+    match command {
+        TaskCommand::List { space, state, take } => {
+            let mut path = match space {
+                Some(space) => {
+                    let space = resolve_space(client, &SpaceOption { space: Some(space) }).await?;
+                    format!("/api/{}/tasks?take={take}", id_of(&space))
+                }
+                None => format!("/api/tasks?take={take}"),
+            };
+            if let Some(state) = state {
+                path.push_str(&format!("&states={}", encode(&state)));
+            }
+            let page = client.get(&path).await?;
+            if json {
+                output::json(&page);
+                return Ok(0);
+            }
+            let rows = array(&page["Items"])
+                .iter()
+                .map(|t| {
+                    vec![
+                        output::text(&t["Id"]),
+                        output::text(&t["SpaceId"]),
+                        output::text(&t["State"]),
+                        output::text(&t["Description"]),
+                        output::text(&t["QueueTime"]),
+                        output::text(&t["Duration"]),
+                    ]
+                })
+                .collect();
+            output::table(
+                &[
+                    "ID",
+                    "SPACE",
+                    "STATE",
+                    "DESCRIPTION",
+                    "QUEUED AT",
+                    "DURATION",
+                ],
+                rows,
+            );
+            Ok(0)
+        }
+        TaskCommand::Show { task } => {
+            let task = client
+                .get(&format!("/api/tasks/{}", normalize_task_id(&task)))
+                .await?;
+            if json {
+                output::json(&task);
+                return Ok(0);
+            }
+            output::fields(
+                &task,
+                &[
+                    "Id",
+                    "SpaceId",
+                    "Name",
+                    "Description",
+                    "State",
+                    "QueueTime",
+                    "StartTime",
+                    "CompletedTime",
+                    "Duration",
+                    "WorkerName",
+                    "ServerNode",
+                    "ErrorMessage",
+                ],
+            );
+            if task["State"] == json!("Queued") {
+                println!("Why queued    {}", output::text(&task["QueueReason"]));
+            }
+            Ok(0)
+        }
+        TaskCommand::Log {
+            task,
+            follow: false,
+        } => {
+            let text = client
+                .get_text(&format!("/api/tasks/{}/raw", normalize_task_id(&task)))
+                .await?;
+            print!("{text}");
+            Ok(0)
+        }
+        TaskCommand::Log { task, follow: true } => {
+            let task = follow(client, &normalize_task_id(&task)).await?;
+            report_end(&task);
+            Ok(exit_code(&task))
+        }
+        TaskCommand::Cancel { task } => {
+            let task = client
+                .send(
+                    Method::POST,
+                    &format!("/api/tasks/{}/cancel", normalize_task_id(&task)),
+                    Some(&json!({})),
+                )
+                .await?;
+            if json {
+                output::json(&task);
+            } else {
+                println!(
+                    "{} is {}",
+                    output::text(&task["Id"]),
+                    output::text(&task["State"])
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn report_end(task: &Value) {
+    if task["State"] != json!("Success") {
+        let message = task["ErrorMessage"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+            .unwrap_or("");
+        eprintln!(
+            "{} ended {}. {message}",
+            output::text(&task["Id"]),
+            output::text(&task["State"])
+        );
+    }
+}
+
+pub async fn script_run(client: &Client, json: bool, args: ScriptRun) -> anyhow::Result<i32> {
+    let body = script_body(&args)?;
+    let space = resolve_space(client, &args.space).await?;
+    let mut arguments = json!({"ScriptBody": body, "Syntax": args.syntax});
+    if args.builtin {
+        arguments["TargetType"] = json!("OctopusServer");
+    } else {
+        let pool = match &args.pool {
+            Some(name) => resolve_pool(client, &space, name).await?,
+            None => array(
+                &client
+                    .get(&format!("/api/{}/workerpools/all", id_of(&space)))
+                    .await?,
+            )
+            .into_iter()
+            .find(|p| p["IsDefault"] == json!(true))
+            .ok_or_else(|| anyhow!("the space has no default worker pool"))?,
+        };
+        arguments["TargetType"] = json!("WorkerPools");
+        arguments["WorkerPoolIds"] = json!([id_of(&pool)]);
+    }
+    if let Some(timeout) = &args.timeout {
+        arguments["Timeout"] = json!(timeout);
+    }
+    let request = json!({"Name": "AdHocScript", "Description": "Script run from the muster CLI", "Arguments": arguments});
+    let task = client
+        .send(
+            Method::POST,
+            &format!("/api/{}/tasks", id_of(&space)),
+            Some(&request),
+        )
+        .await?;
+    let task_id = id_of(&task);
+    if args.no_wait {
+        if json {
+            output::json(&task);
+        } else {
+            println!("{task_id}");
+        }
+        return Ok(0);
+    }
+    // Ctrl-C cancels the task, and the log is followed to its end.
+    let canceller = {
+        let client = client.clone();
+        let task_id = task_id.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("Canceling {task_id}…");
+                let _ = client
+                    .send(
+                        Method::POST,
+                        &format!("/api/tasks/{task_id}/cancel"),
+                        Some(&json!({})),
+                    )
+                    .await;
+            }
+        })
+    };
+    let result = follow(client, &task_id).await;
+    canceller.abort();
+    let task = result?;
+    if json {
+        output::json(&task);
+    }
+    report_end(&task);
+    Ok(exit_code(&task))
+}
+
+/// Prints a task's log as it grows and returns the task once it has ended. A dropped stream is
+/// opened again after the last line seen.
+pub async fn follow(client: &Client, task_id: &str) -> anyhow::Result<Value> {
+    let mut after: i64 = 0;
+    let mut last_reason = String::new();
+    let mut attempts = 0;
+    loop {
+        let response = client
+            .open_stream(&format!("/api/tasks/{task_id}/stream?after={after}"))
+            .await?;
+        let mut stream = response.bytes_stream();
+        let mut buffer: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else { break };
+            attempts = 0;
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = find_event_end(&buffer) {
+                let raw: Vec<u8> = buffer.drain(..end).collect();
+                let (kind, data) = parse_event(&String::from_utf8_lossy(&raw));
+                match kind.as_str() {
+                    "line" => {
+                        let line: Value = serde_json::from_str(&data)
+                            .context("a log line from the server is not JSON")?;
+                        print_line(&line);
+                        after = line["Seq"].as_i64().unwrap_or(after);
+                    }
+                    "task" => {
+                        let task: Value = serde_json::from_str(&data)
+                            .context("a task from the server is not JSON")?;
+                        if task["IsCompleted"] == json!(true) {
+                            return Ok(task);
+                        }
+                        let reason = task["QueueReason"].as_str().unwrap_or("").to_string();
+                        if task["State"] == json!("Queued")
+                            && !reason.is_empty()
+                            && reason != last_reason
+                        {
+                            eprintln!("Queued: {reason}");
+                            last_reason = reason;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        attempts += 1;
+        if attempts > 5 {
+            return Err(anyhow!(
+                "the log stream of {task_id} keeps breaking off; see `muster task show {task_id}`"
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200 * attempts)).await;
+    }
+}
+
+fn find_event_end(buffer: &[u8]) -> Option<usize> {
+    buffer.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
+}
+
+/// The `event:` name and the joined `data:` lines of one server-sent event.
+fn parse_event(raw: &str) -> (String, String) {
+    let mut kind = String::from("message");
+    let mut data: Vec<&str> = Vec::new();
+    for line in raw.lines() {
+        if let Some(value) = line.strip_prefix("event:") {
+            kind = value.trim().to_string();
+        } else if let Some(value) = line.strip_prefix("data:") {
+            data.push(value.strip_prefix(' ').unwrap_or(value));
+        }
+    }
+    (kind, data.join("\n"))
+}
+
+/// Script output goes to stdout; stderr lines, warnings and Muster's own notes go to stderr.
+fn print_line(line: &Value) {
+    use std::io::Write;
+    let text = line["MessageText"].as_str().unwrap_or("");
+    match line["Category"].as_str() {
+        Some("Info") | Some("Highlight") => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        }
+        _ => eprintln!("{text}"),
+    }
+}

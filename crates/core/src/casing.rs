@@ -1,0 +1,185 @@
+//! Property names are case-insensitive on input (contract 1.3: the blog sends `EndPoint`). Every key of a
+//! request body is rewritten to its canonical spelling before serde reads it; keys we do not know are
+//! left as they are, so unknown fields stay ignorable and free-form maps keep their spelling.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// Every property name that Muster reads from a request body, spelled as the contract spells it.
+pub const KNOWN_NAMES: &[&str] = &[
+    // Common
+    "Id",
+    "Name",
+    "Slug",
+    "Description",
+    "SpaceId",
+    "Links",
+    "LastModifiedOn",
+    "LastModifiedBy",
+    // Spaces
+    "IsDefault",
+    "IsPrivate",
+    "TaskQueueStopped",
+    "SpaceManagersTeams",
+    "SpaceManagersTeamMembers",
+    "Icon",
+    // Worker pools
+    "WorkerPoolType",
+    "SortOrder",
+    "CanAddWorkers",
+    "WorkerType",
+    // Workers and endpoints
+    "WorkerPoolIds",
+    "MachinePolicyId",
+    "IsDisabled",
+    "Endpoint",
+    "Thumbprint",
+    "Uri",
+    "HealthStatus",
+    "Status",
+    "StatusSummary",
+    "HasLatestCalamari",
+    "IsInProcess",
+    "OperatingSystem",
+    "OperatingSystemVersion",
+    "ShellName",
+    "ShellVersion",
+    "Architecture",
+    "SkipInitialHealthCheck",
+    "CommunicationStyle",
+    "ProxyId",
+    "CertificateSignatureAlgorithm",
+    "TentacleVersionDetails",
+    "UpgradeLocked",
+    "Version",
+    "UpgradeSuggested",
+    "UpgradeRequired",
+    "UpgradeAvailable",
+    "Host",
+    "Port",
+    "Fingerprint",
+    "AccountId",
+    "DotNetCorePlatform",
+    "TentacleEndpointConfiguration",
+    "CommunicationMode",
+    "KubernetesAgentDetails",
+    "AgentVersion",
+    "TentacleVersion",
+    "UpgradeStatus",
+    "HelmReleaseName",
+    "KubernetesNamespace",
+    "DefaultNamespace",
+    // Machine policies
+    "MachineHealthCheckPolicy",
+    "PowerShellHealthCheckPolicy",
+    "BashHealthCheckPolicy",
+    "RunType",
+    "ScriptBody",
+    "HealthCheckInterval",
+    "HealthCheckCron",
+    "HealthCheckCronTimezone",
+    "HealthCheckType",
+    "MachineConnectivityPolicy",
+    "MachineConnectivityBehavior",
+    "MachineCleanupPolicy",
+    "DeleteMachinesBehavior",
+    "DeleteMachinesElapsedTimeSpan",
+    "MachineUpdatePolicy",
+    "CalamariUpdateBehavior",
+    "TentacleUpdateBehavior",
+    "KubernetesAgentUpdateBehavior",
+    "TentacleUpdateAccountId",
+    "MachineRpcCallRetryPolicy",
+    "Enabled",
+    "RetryDuration",
+    "HealthCheckRetryDuration",
+    "MachinePackageCacheRetentionPolicy",
+    "Strategy",
+    "QuantityOfPackagesToKeep",
+    "PackageUnit",
+    "QuantityOfVersionsToKeep",
+    "VersionUnit",
+    "PollingRequestQueueTimeout",
+    "PollingRequestMaximumMessageProcessingTimeout",
+    "ConnectionRetrySleepInterval",
+    "ConnectionRetryCountLimit",
+    "ConnectionRetryTimeLimit",
+    "ConnectionConnectTimeout",
+    // Tasks
+    "Arguments",
+    "Syntax",
+    "TargetType",
+    "MachineIds",
+    "QueueTime",
+    "QueueTimeExpiry",
+    "Timeout",
+    "State",
+    "Reason",
+    // Users and API keys
+    "Purpose",
+    "Expires",
+    "Username",
+    "Password",
+    "DisplayName",
+    "EmailAddress",
+    "IsActive",
+    "IsService",
+];
+
+fn dictionary() -> &'static HashMap<String, &'static str> {
+    static DICTIONARY: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
+    DICTIONARY.get_or_init(|| {
+        KNOWN_NAMES
+            .iter()
+            .map(|name| (name.to_ascii_lowercase(), *name))
+            .collect()
+    })
+}
+
+/// Rewrites every known key, at any depth, to its canonical spelling. When a body holds the same name
+/// twice in different cases, the last one wins, as with a JSON object's duplicate keys.
+pub fn canonicalize(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let entries = std::mem::take(map);
+            for (key, mut inner) in entries {
+                canonicalize(&mut inner);
+                let key = match dictionary().get(&key.to_ascii_lowercase()) {
+                    Some(canonical) => (*canonical).to_string(),
+                    None => key,
+                };
+                map.insert(key, inner);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(canonicalize),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_are_canonical_at_every_depth_and_unknown_keys_survive() {
+        let mut body = json!({"name": "w", "EndPoint": {"communicationstyle": "Ssh", "HOST": "h"}, "custom_Key": 1});
+        canonicalize(&mut body);
+        assert_eq!(
+            body,
+            json!({"Name": "w", "Endpoint": {"CommunicationStyle": "Ssh", "Host": "h"}, "custom_Key": 1})
+        );
+    }
+
+    #[test]
+    fn the_dictionary_has_no_two_names_differing_only_by_case() {
+        assert_eq!(
+            dictionary().len(),
+            KNOWN_NAMES
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        );
+    }
+}

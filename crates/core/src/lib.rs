@@ -1,0 +1,14 @@
+//! Muster's vocabulary, shared by every other crate: ids, enums, the resources as clients see them,
+//! paging, the error body and the time formats of the Octopus REST contract. No IO, no async.
+
+pub mod casing;
+pub mod enums;
+pub mod error;
+pub mod ids;
+pub mod paging;
+pub mod resources;
+pub mod time;
+
+pub use enums::*;
+pub use error::ErrorBody;
+pub use ids::{IdKind, parse_id};

@@ -1,0 +1,144 @@
+//! The agent link. For now: the certificates every Muster party owns and the thumbprints by which each
+//! side pins the other. Thumbprints are upper-case hex of a hash of the DER certificate: SHA-256 (64
+//! characters) for Muster's own parties, SHA-1 (40) where an Octopus client gave one.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::Digest;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read or write the certificate at {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the certificate at {path} does not read: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("cannot generate a certificate: {0}")]
+    Generate(String),
+}
+
+/// A party's own certificate and private key.
+pub struct Identity {
+    pub cert_der: CertificateDer<'static>,
+    pub key_der: PrivateKeyDer<'static>,
+    pub cert_pem: String,
+    key_pem: String,
+}
+
+impl Identity {
+    /// A new self-signed certificate (ECDSA P-256) for `common_name`.
+    pub fn generate(common_name: &str) -> Result<Identity, CertError> {
+        let mut params = rcgen::CertificateParams::new(vec![common_name.to_string()])
+            .map_err(|e| CertError::Generate(e.to_string()))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2120, 1, 1);
+        let key = rcgen::KeyPair::generate().map_err(|e| CertError::Generate(e.to_string()))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| CertError::Generate(e.to_string()))?;
+        Ok(Identity {
+            cert_der: cert.der().clone(),
+            key_der: PrivateKeyDer::try_from(key.serialize_der())
+                .map_err(|e| CertError::Generate(e.to_string()))?,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Loads `cert.pem` and `key.pem` from `dir`, creating them on first use. The key file is 0600.
+    pub fn load_or_create(dir: &Path, common_name: &str) -> Result<Identity, CertError> {
+        let cert_path = dir.join("cert.pem");
+        let key_path = dir.join("key.pem");
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| CertError::Io { path, source }
+        };
+        if cert_path.exists() && key_path.exists() {
+            let invalid = |path: &Path| {
+                let path = path.display().to_string();
+                move |e: rustls::pki_types::pem::Error| CertError::Invalid {
+                    path,
+                    reason: e.to_string(),
+                }
+            };
+            return Ok(Identity {
+                cert_der: CertificateDer::from_pem_file(&cert_path).map_err(invalid(&cert_path))?,
+                key_der: PrivateKeyDer::from_pem_file(&key_path).map_err(invalid(&key_path))?,
+                cert_pem: std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?,
+                key_pem: String::new(),
+            });
+        }
+        let identity = Identity::generate(common_name)?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        write_private(&key_path, &identity.key_pem).map_err(io(&key_path))?;
+        std::fs::write(&cert_path, &identity.cert_pem).map_err(io(&cert_path))?;
+        Ok(identity)
+    }
+
+    pub fn thumbprint(&self) -> String {
+        thumbprint_sha256(&self.cert_der)
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
+/// Muster's thumbprint: SHA-256 of the DER certificate, 64 upper-case hex characters.
+pub fn thumbprint_sha256(der: &[u8]) -> String {
+    hex::encode_upper(sha2::Sha256::digest(der))
+}
+
+/// Octopus's thumbprint (.NET `X509Certificate2.Thumbprint`): SHA-1, 40 upper-case hex characters.
+pub fn thumbprint_sha1(der: &[u8]) -> String {
+    hex::encode_upper(sha1::Sha1::digest(der))
+}
+
+/// Whether a certificate matches a pinned thumbprint of either length.
+pub fn matches_thumbprint(der: &[u8], pinned: &str) -> bool {
+    match pinned.len() {
+        64 => thumbprint_sha256(der).eq_ignore_ascii_case(pinned),
+        40 => thumbprint_sha1(der).eq_ignore_ascii_case(pinned),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_identity_loads_back_with_the_same_thumbprint() {
+        let dir = std::env::temp_dir().join(format!("muster-proto-test-{}", std::process::id()));
+        let first = Identity::load_or_create(&dir, "test").unwrap();
+        let again = Identity::load_or_create(&dir, "test").unwrap();
+        assert_eq!(first.thumbprint(), again.thumbprint());
+        assert_eq!(first.thumbprint().len(), 64);
+        assert!(matches_thumbprint(
+            &first.cert_der,
+            &thumbprint_sha1(&first.cert_der)
+        ));
+        assert!(!matches_thumbprint(&first.cert_der, &"0".repeat(64)));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

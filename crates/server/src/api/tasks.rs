@@ -1,0 +1,633 @@
+//! Server tasks (contract 2.6): the queue as clients see it, logs in three forms (raw text, activity
+//! details, and a live stream), and cancel. Unprefixed `/api/tasks` spans every space.
+
+use super::{check_space_id, path_id, resolve_space};
+use crate::auth::CurrentUser;
+use crate::dispatch::{self, ScriptArguments};
+use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
+use crate::links;
+use crate::logs::LogEvent;
+use crate::state::App;
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use muster_core::resources::{LogLine, Space, Task, Worker, WorkerPool};
+use muster_core::time::{format_date, now};
+use muster_core::{IdKind, ScriptTarget, TaskState};
+use muster_store::TaskQuery;
+use serde_json::{Map, Value, json};
+use std::convert::Infallible;
+use tokio::sync::{broadcast, mpsc};
+
+pub const TASK_TYPES: &[(&str, &str, &str)] = &[(
+    "AdHocScript",
+    "Run a script",
+    "Runs a Bash, Python or PowerShell script on a worker or the built-in worker.",
+)];
+
+const TEMPLATE: &str =
+    "skip,active,name,node,running,states,hasWarningsOrErrors,take,ids,partialName,spaces";
+
+fn query_from(params: &Params, space_ids: Option<Vec<String>>) -> Result<TaskQuery, ApiError> {
+    let page = params.page(30)?;
+    let mut states: Option<Vec<TaskState>> = match params.list("states") {
+        None => None,
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|n| {
+                    TaskState::parse_filter(n)
+                        .ok_or_else(|| ApiError::bad_request(format!("'{n}' is not a task state.")))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    let mut narrow = |allowed: &[TaskState]| {
+        let current = states.take().unwrap_or_else(|| TaskState::ALL.to_vec());
+        states = Some(
+            current
+                .into_iter()
+                .filter(|s| allowed.contains(s))
+                .collect(),
+        );
+    };
+    match params.bool("active")? {
+        Some(true) => narrow(&[
+            TaskState::Queued,
+            TaskState::Executing,
+            TaskState::Cancelling,
+        ]),
+        Some(false) => narrow(&[
+            TaskState::Success,
+            TaskState::Failed,
+            TaskState::Canceled,
+            TaskState::TimedOut,
+        ]),
+        None => {}
+    }
+    if params.bool("running")? == Some(true) {
+        narrow(&[TaskState::Executing, TaskState::Cancelling]);
+    }
+    Ok(TaskQuery {
+        space_ids,
+        states,
+        ids: params.list("ids"),
+        name: params.get("name").map(str::to_string),
+        partial_name: params.get("partialname").map(str::to_string),
+        has_warnings_or_errors: params.bool("haswarningsorerrors")?,
+        skip: page.skip,
+        take: page.take,
+    })
+}
+
+async fn list(app: &App, params: &Params, space_ids: Option<Vec<String>>, path: &str) -> ApiResult {
+    let query = query_from(params, space_ids)?;
+    let (total, tasks) = app.store.list_tasks(&query).await?;
+    let items: Vec<Value> = tasks.iter().map(links::task).collect();
+    let request = params.page(30)?;
+    ok(&muster_core::paging::envelope(
+        "Task",
+        &items,
+        total,
+        request,
+        path,
+        TEMPLATE,
+        &params.filters(),
+    ))
+}
+
+pub async fn list_in_space(
+    State(app): State<App>,
+    Path(space): Path<String>,
+    params: Params,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    list(
+        &app,
+        &params,
+        Some(vec![space.id.clone()]),
+        &format!("/api/{}/tasks", space.id),
+    )
+    .await
+}
+
+pub async fn list_all(State(app): State<App>, params: Params) -> ApiResult {
+    let spaces = params.list("spaces").map(|ids| {
+        ids.iter()
+            .map(|id| {
+                muster_core::ids::canonical_id(IdKind::Space, id).unwrap_or_else(|| id.clone())
+            })
+            .collect()
+    });
+    list(&app, &params, spaces, "/api/tasks").await
+}
+
+async fn find_in_space(app: &App, space: &Space, id: &str) -> Result<Task, ApiError> {
+    let id = path_id(IdKind::ServerTask, id)?;
+    app.store
+        .get_task(&id)
+        .await?
+        .filter(|t| t.space_id == space.id)
+        .ok_or_else(|| ApiError::not_found(&id))
+}
+
+async fn find_any(app: &App, id: &str) -> Result<Task, ApiError> {
+    let id = path_id(IdKind::ServerTask, id)?;
+    app.store
+        .get_task(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&id))
+}
+
+/// Reads, checks and normalizes a new task; it is committed before the 201.
+async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
+    check_space_id(body, space)?;
+    let mut errors = Vec::new();
+    let name = match body.get("Name") {
+        Some(Value::String(name)) => TASK_TYPES
+            .iter()
+            .find(|(id, _, _)| id.eq_ignore_ascii_case(name.trim()))
+            .map(|t| t.0),
+        _ => None,
+    };
+    let Some(name) = name else {
+        let known: Vec<&str> = TASK_TYPES.iter().map(|t| t.0).collect();
+        return Err(ApiError::validation(vec![format!(
+            "Name must name a task type this server runs: {}.",
+            known.join(", ")
+        )]));
+    };
+    let mut arguments: Map<String, Value> = match body.get("Arguments") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map.clone(),
+        Some(_) => return Err(ApiError::bad_request("Arguments must be a JSON object.")),
+    };
+    let description = match body.get("Description") {
+        None | Some(Value::Null) => "Run a script".to_string(),
+        Some(Value::String(text)) if text.trim().is_empty() => "Run a script".to_string(),
+        Some(Value::String(text)) => text.trim().to_string(),
+        Some(_) => return Err(ApiError::bad_request("Description must be a string.")),
+    };
+    let date = |field: &str, errors: &mut Vec<String>| match body.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => {
+            let parsed = muster_core::time::parse_date(text);
+            if parsed.is_none() {
+                errors.push(format!("{field} must be an ISO-8601 date, got '{text}'."));
+            }
+            parsed
+        }
+        Some(_) => {
+            errors.push(format!("{field} must be an ISO-8601 date."));
+            None
+        }
+    };
+    let queue_time = date("QueueTime", &mut errors);
+    let queue_time_expiry = date("QueueTimeExpiry", &mut errors);
+    match ScriptArguments::parse(&arguments) {
+        Err(problems) => errors.extend(problems),
+        Ok(script) => {
+            let pools: Vec<WorkerPool> = app.store.list(&space.id).await?;
+            let mut pool_ids = Vec::new();
+            for given in &script.pool_ids {
+                let id = muster_core::ids::canonical_id(IdKind::WorkerPool, given)
+                    .unwrap_or_else(|| given.clone());
+                if pools.iter().any(|p| p.id == id) {
+                    pool_ids.push(id);
+                } else {
+                    errors.push(format!(
+                        "'{given}' is not a worker pool of space {}.",
+                        space.id
+                    ));
+                }
+            }
+            let workers: Vec<Worker> = app.store.list(&space.id).await?;
+            let mut machine_ids = Vec::new();
+            for given in &script.machine_ids {
+                let id = muster_core::ids::canonical_id(IdKind::Worker, given)
+                    .unwrap_or_else(|| given.clone());
+                if workers.iter().any(|w| w.id == id) {
+                    machine_ids.push(id);
+                } else {
+                    errors.push(format!("'{given}' is not a worker of space {}.", space.id));
+                }
+            }
+            arguments.insert("Syntax".into(), json!(script.syntax.as_str()));
+            let target = match script.target {
+                ScriptTarget::OctopusServer => "OctopusServer",
+                ScriptTarget::WorkerPools => "WorkerPools",
+                ScriptTarget::Workers => "Workers",
+            };
+            arguments.insert("TargetType".into(), json!(target));
+            arguments.insert("WorkerPoolIds".into(), json!(pool_ids));
+            arguments.insert("MachineIds".into(), json!(machine_ids));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let at = now();
+    let task = Task {
+        id: app.store.next_id(IdKind::ServerTask).await?,
+        space_id: space.id.clone(),
+        name: name.to_string(),
+        description,
+        arguments,
+        state: TaskState::Queued,
+        error_message: None,
+        queue_time: queue_time.unwrap_or(at),
+        queue_time_expiry,
+        start_time: None,
+        completed_time: None,
+        last_updated_time: at,
+        server_node: None,
+        has_warnings_or_errors: false,
+        queue_reason: None,
+        worker_name: None,
+    };
+    app.store.insert_task(&task).await?;
+    app.dispatcher.wake();
+    created(&links::task(&task))
+}
+
+pub async fn create_in_space(
+    State(app): State<App>,
+    Extension(_user): Extension<CurrentUser>,
+    Path(space): Path<String>,
+    body: JsonBody,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    create(&app, &space, body.object()?).await
+}
+
+pub async fn create_default(State(app): State<App>, body: JsonBody) -> ApiResult {
+    let body = body.object()?;
+    let space = match body
+        .get("SpaceId")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        Some(id) => resolve_space(&app, &id.to_ascii_lowercase())
+            .await
+            .map_err(|_| {
+                ApiError::bad_request(format!("SpaceId '{id}' is not a space of this server."))
+            })?,
+        None => resolve_space(&app, "default").await?,
+    };
+    create(&app, &space, body).await
+}
+
+pub async fn get_in_space(
+    State(app): State<App>,
+    Path((space, id)): Path<(String, String)>,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    ok(&links::task(&find_in_space(&app, &space, &id).await?))
+}
+
+pub async fn get_any(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+    ok(&links::task(&find_any(&app, &id).await?))
+}
+
+async fn all_lines(app: &App, task: &Task) -> Result<Vec<LogLine>, ApiError> {
+    Ok(app.store.logs(&task.id, 0, i64::MAX).await?)
+}
+
+async fn details(app: &App, task: Task, params: &Params) -> ApiResult {
+    let mut lines = all_lines(app, &task).await?;
+    let size: usize = lines.iter().map(|l| l.message_text.len() + 1).sum();
+    if let Some(tail) = params.get("tail") {
+        let tail: usize = tail
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::bad_request("tail must be a whole number."))?;
+        let skip = lines.len().saturating_sub(tail);
+        lines.drain(..skip);
+    }
+    let status = task.state.activity_status();
+    let date = |t: &Option<muster_core::time::Timestamp>| t.as_ref().map(format_date);
+    let elements: Vec<Value> = lines
+        .iter()
+        .map(|l| json!({"Category": l.category, "Detail": null, "MessageText": l.message_text, "OccurredAt": format_date(&l.occurred_at)}))
+        .collect();
+    let progress = if task.state.is_completed() { 100 } else { 0 };
+    let step_name = match &task.worker_name {
+        Some(worker) => format!("Run script on {worker}"),
+        None => "Run script".to_string(),
+    };
+    let step = json!({
+        "Id": format!("{}_1", task.id),
+        "Name": step_name,
+        "Started": date(&task.start_time),
+        "Ended": date(&task.completed_time),
+        "Status": status,
+        "ShowAtSummaryLevel": true,
+        "ProgressPercentage": progress,
+        "ProgressMessage": null,
+        "Children": [],
+        "LogElements": elements,
+    });
+    let root = json!({
+        "Id": task.id,
+        "Name": task.description,
+        "Started": date(&task.start_time),
+        "Ended": date(&task.completed_time),
+        "Status": status,
+        "ShowAtSummaryLevel": true,
+        "ProgressPercentage": progress,
+        "ProgressMessage": null,
+        "Children": [step],
+        "LogElements": [],
+    });
+    ok(&json!({
+        "Task": links::task(&task),
+        "Progress": {"ProgressPercentage": progress, "EstimatedTimeRemaining": null},
+        "PhysicalLogSize": size,
+        "ActivityLogs": [root],
+    }))
+}
+
+pub async fn details_in_space(
+    State(app): State<App>,
+    Path((space, id)): Path<(String, String)>,
+    params: Params,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let task = find_in_space(&app, &space, &id).await?;
+    details(&app, task, &params).await
+}
+
+pub async fn details_any(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    params: Params,
+) -> ApiResult {
+    let task = find_any(&app, &id).await?;
+    details(&app, task, &params).await
+}
+
+/// The whole log as text: `HH:MM:SS  Category | message`.
+async fn raw(app: &App, task: Task) -> ApiResult {
+    let lines = all_lines(app, &task).await?;
+    let mut text = String::with_capacity(lines.iter().map(|l| l.message_text.len() + 24).sum());
+    for line in &lines {
+        text.push_str(&format!(
+            "{}  {:<8} | {}\n",
+            line.occurred_at.format("%H:%M:%S"),
+            line.category.as_str(),
+            line.message_text
+        ));
+    }
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+pub async fn raw_in_space(
+    State(app): State<App>,
+    Path((space, id)): Path<(String, String)>,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let task = find_in_space(&app, &space, &id).await?;
+    raw(&app, task).await
+}
+
+pub async fn raw_any(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+    let task = find_any(&app, &id).await?;
+    raw(&app, task).await
+}
+
+async fn cancel(app: &App, task: Task) -> ApiResult {
+    let task = dispatch::cancel(app, &task.id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(&task.id))?;
+    ok(&links::task(&task))
+}
+
+pub async fn cancel_in_space(
+    State(app): State<App>,
+    Path((space, id)): Path<(String, String)>,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let task = find_in_space(&app, &space, &id).await?;
+    cancel(&app, task).await
+}
+
+pub async fn cancel_any(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+    let task = find_any(&app, &id).await?;
+    cancel(&app, task).await
+}
+
+pub async fn rerun(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+    let task = find_any(&app, &id).await?;
+    if !task.state.is_completed() {
+        return Err(ApiError::bad_request(
+            "Only a finished task can be run again.",
+        ));
+    }
+    let space = resolve_space(&app, &task.space_id.to_ascii_lowercase()).await?;
+    let body =
+        json!({"Name": task.name, "Description": task.description, "Arguments": task.arguments});
+    create(&app, &space, &body).await
+}
+
+pub async fn task_types() -> ApiResult {
+    let types: Vec<Value> = TASK_TYPES
+        .iter()
+        .map(|(id, name, description)| json!({"Id": id, "Name": name, "Description": description}))
+        .collect();
+    ok(&types)
+}
+
+/// The tasks a queued task waits behind, and why it waits, in words.
+async fn queued_behind(app: &App, task: Task, params: &Params) -> ApiResult {
+    let mut ahead: Vec<Task> = app
+        .store
+        .tasks_in_states(&[
+            TaskState::Queued,
+            TaskState::Executing,
+            TaskState::Cancelling,
+        ])
+        .await?
+        .into_iter()
+        .filter(|t| t.id != task.id && task.state == TaskState::Queued)
+        .filter(|t| {
+            t.state != TaskState::Queued
+                || t.queue_time < task.queue_time
+                || (t.queue_time == task.queue_time && t.id < task.id)
+        })
+        .collect();
+    ahead.reverse();
+    let request = params.page(30)?;
+    let range = request.range(ahead.len());
+    let items: Vec<Value> = ahead[range].iter().map(links::task).collect();
+    let path = format!("/api/tasks/{}/queued-behind", task.id);
+    let mut body = muster_core::paging::envelope(
+        "Task",
+        &items,
+        ahead.len() as u64,
+        request,
+        &path,
+        "skip,take",
+        "",
+    );
+    body["QueueReason"] = json!(if task.state == TaskState::Queued {
+        task.queue_reason.clone()
+    } else {
+        None
+    });
+    ok(&body)
+}
+
+pub async fn queued_behind_in_space(
+    State(app): State<App>,
+    Path((space, id)): Path<(String, String)>,
+    params: Params,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let task = find_in_space(&app, &space, &id).await?;
+    queued_behind(&app, task, &params).await
+}
+
+pub async fn queued_behind_any(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    params: Params,
+) -> ApiResult {
+    let task = find_any(&app, &id).await?;
+    queued_behind(&app, task, &params).await
+}
+
+/// A live view of a task as server-sent events: `task` events carry the task resource (first, on each
+/// state change, and last), `line` events each log line in order. `after=N` skips lines up to N. The
+/// stream ends after the task's final state.
+fn stream(app: App, task: Task, params: &Params) -> Result<Response, ApiError> {
+    let after: i64 = match params.get("after") {
+        None => 0,
+        Some(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::bad_request("after must be a whole number."))?,
+    };
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);
+    tokio::spawn(async move {
+        if let Err(error) = follow(&app, &task.id, after, &tx).await {
+            tracing::debug!(%error, "a task stream ended early");
+        }
+    });
+    let body =
+        Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).keep_alive(KeepAlive::default());
+    Ok(body.into_response())
+}
+
+type Sender = mpsc::Sender<Result<Event, Infallible>>;
+
+async fn send_task(tx: &Sender, task: &Task) -> anyhow::Result<()> {
+    let event = Event::default()
+        .event("task")
+        .data(links::task(task).to_string());
+    tx.send(Ok(event))
+        .await
+        .map_err(|_| anyhow::anyhow!("the follower left"))
+}
+
+async fn send_line(tx: &Sender, line: &LogLine) -> anyhow::Result<()> {
+    let event = Event::default()
+        .event("line")
+        .id(line.seq.to_string())
+        .data(serde_json::to_string(line)?);
+    tx.send(Ok(event))
+        .await
+        .map_err(|_| anyhow::anyhow!("the follower left"))
+}
+
+async fn send_stored(app: &App, id: &str, last: &mut i64, tx: &Sender) -> anyhow::Result<()> {
+    loop {
+        let lines = app.store.logs(id, *last, 1000).await?;
+        if lines.is_empty() {
+            return Ok(());
+        }
+        for line in &lines {
+            send_line(tx, line).await?;
+            *last = line.seq;
+        }
+    }
+}
+
+async fn follow(app: &App, id: &str, after: i64, tx: &Sender) -> anyhow::Result<()> {
+    let mut changes = app.logs.watch_changes();
+    let mut last = after;
+    let mut last_state = None;
+    loop {
+        // Subscribe before reading what is stored, so no line falls between the two.
+        let live = app.logs.subscribe(id);
+        send_stored(app, id, &mut last, tx).await?;
+        if let Some(mut events) = live {
+            loop {
+                match events.recv().await {
+                    Ok(LogEvent::Line(line)) if line.seq > last => {
+                        send_line(tx, &line).await?;
+                        last = line.seq;
+                    }
+                    Ok(LogEvent::Line(_)) => {}
+                    Ok(LogEvent::Done) | Err(broadcast::error::RecvError::Closed) => break,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        app.logs.flush().await;
+                        send_stored(app, id, &mut last, tx).await?;
+                    }
+                }
+            }
+            send_stored(app, id, &mut last, tx).await?;
+        }
+        let Some(task) = app.store.get_task(id).await? else {
+            return Ok(());
+        };
+        if last_state != Some((task.state, task.queue_reason.clone())) {
+            send_task(tx, &task).await?;
+            last_state = Some((task.state, task.queue_reason.clone()));
+        }
+        if task.state.is_completed() {
+            return Ok(());
+        }
+        if app.logs.subscribe(id).is_some() {
+            continue;
+        }
+        // Queued (or running on another node): wait for its next change, or for the follower to leave.
+        loop {
+            tokio::select! {
+                changed = changes.recv() => match changed {
+                    Ok(changed) if changed == id => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                _ = tx.closed() => return Ok(()),
+            }
+        }
+    }
+}
+
+pub async fn stream_in_space(
+    State(app): State<App>,
+    Path((space, id)): Path<(String, String)>,
+    params: Params,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let task = find_in_space(&app, &space, &id).await?;
+    stream(app, task, &params)
+}
+
+pub async fn stream_any(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    params: Params,
+) -> ApiResult {
+    let task = find_any(&app, &id).await?;
+    stream(app, task, &params)
+}

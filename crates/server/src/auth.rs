@@ -1,0 +1,136 @@
+//! API keys: generated with a CSPRNG, shown once, stored only as a SHA-256 hash. A request carries its
+//! key in `X-Octopus-ApiKey`, `?apikey=` or `Authorization: Bearer`.
+
+use crate::http::ApiError;
+use crate::state::App;
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use muster_core::resources::{ApiKeyRecord, User};
+use rand::Rng;
+use sha2::Digest;
+
+/// The user a request acts as.
+#[derive(Clone)]
+pub struct CurrentUser(pub User);
+
+pub fn new_api_key() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    let body: String = (0..27)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("API-{body}")
+}
+
+/// `API-` then upper-case letters and digits (contract 1.1); bootstrap keys need 26 or more.
+pub fn valid_key_format(key: &str) -> bool {
+    key.strip_prefix("API-").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    })
+}
+
+pub fn hash_key(key: &str) -> String {
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// What a client may see of a key after its creation.
+pub fn hint(key: &str) -> String {
+    format!("{}…", &key[..key.len().min(8)])
+}
+
+/// Requests that need no key: the root document (clients probe it first) and the OpenAPI document.
+fn is_anonymous(method: &Method, path: &str) -> bool {
+    *method == Method::GET && (path == "/api" || path == "/api/openapi.json")
+}
+
+fn presented_key(request: &Request) -> Option<String> {
+    if let Some(value) = request
+        .headers()
+        .get("x-octopus-apikey")
+        .and_then(|v| v.to_str().ok())
+        && !value.trim().is_empty()
+    {
+        return Some(value.trim().to_string());
+    }
+    if let Some(value) = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        && let Some(token) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+    {
+        return Some(token.trim().to_string());
+    }
+    let query = request.uri().query()?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).ok()?;
+    pairs
+        .into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("apikey"))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+pub async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {
+    if is_anonymous(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
+    match user_for(&app, presented_key(&request)).await {
+        Ok(user) => {
+            request.extensions_mut().insert(CurrentUser(user));
+            next.run(request).await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn user_for(app: &App, key: Option<String>) -> Result<User, ApiError> {
+    let Some(key) = key else {
+        return Err(ApiError::unauthorized(
+            "You must be authenticated: send an API key in the X-Octopus-ApiKey header.",
+        ));
+    };
+    if !valid_key_format(&key) {
+        return Err(ApiError::unauthorized(
+            "The API key is not in the form API-XXXX.",
+        ));
+    }
+    let invalid = || ApiError::unauthorized("The API key you provided was not valid.");
+    let records: Vec<ApiKeyRecord> = app.store.find_by_ext(&hash_key(&key)).await?;
+    let record = records.into_iter().next().ok_or_else(invalid)?;
+    if record
+        .expires
+        .is_some_and(|expires| expires <= muster_core::time::now())
+    {
+        return Err(ApiError::unauthorized(
+            "The API key you provided has expired.",
+        ));
+    }
+    let user: User = app.store.get(&record.user_id).await?.ok_or_else(invalid)?;
+    if !user.is_active {
+        return Err(ApiError::unauthorized(
+            "The user of this API key is not active.",
+        ));
+    }
+    Ok(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_keys_have_the_contract_format() {
+        let key = new_api_key();
+        assert!(valid_key_format(&key), "{key}");
+        assert_eq!(key.len(), 31);
+        assert_ne!(new_api_key(), key);
+        assert!(!valid_key_format("API-abc"));
+        assert!(!valid_key_format("API-"));
+        assert!(!valid_key_format("KEY-ABC"));
+    }
+}

@@ -1,0 +1,153 @@
+//! What the first start creates: the default space with its pool and policy, the administrator and
+//! an API key; and the installation id.
+
+use crate::auth;
+use anyhow::Context;
+use muster_core::IdKind;
+use muster_core::resources::{ApiKeyRecord, MachinePolicy, Space, User, WorkerPool};
+use muster_core::time::now;
+use muster_store::{Row, Store};
+
+pub struct Setup {
+    pub installation_id: String,
+    /// A key generated on this start, to print once.
+    pub new_admin_key: Option<String>,
+}
+
+pub const ADMIN_USERNAME: &str = "admin";
+
+pub async fn ensure(store: &Store, bootstrap_key: Option<&str>) -> anyhow::Result<Setup> {
+    if let Some(key) = bootstrap_key
+        && !(auth::valid_key_format(key) && key.len() >= 4 + 26)
+    {
+        anyhow::bail!(
+            "MUSTER_BOOTSTRAP_API_KEY must be API- followed by 26 or more upper-case letters and digits"
+        );
+    }
+    let installation_id = match store.meta("installation_id").await? {
+        Some(id) => id,
+        None => {
+            let id = uuid::Uuid::new_v4().to_string();
+            store.set_meta("installation_id", &id).await?;
+            id
+        }
+    };
+    if store.list::<Space>("").await?.is_empty() {
+        let space = Space {
+            name: "Default".into(),
+            is_default: true,
+            ..Default::default()
+        };
+        create_space(store, space, "system")
+            .await
+            .context("cannot create the default space")?;
+    }
+    let admin = match store
+        .list::<User>("")
+        .await?
+        .into_iter()
+        .find(|u| u.username == ADMIN_USERNAME)
+    {
+        Some(admin) => admin,
+        None => {
+            let admin = User {
+                id: store.next_id(IdKind::User).await?,
+                username: ADMIN_USERNAME.into(),
+                display_name: "Administrator".into(),
+                is_active: true,
+                last_modified_on: Some(now()),
+                ..Default::default()
+            };
+            store.put(&admin).await?;
+            admin
+        }
+    };
+    let mut new_admin_key = None;
+    match bootstrap_key {
+        Some(key) => {
+            if store
+                .find_by_ext::<ApiKeyRecord>(&auth::hash_key(key))
+                .await?
+                .is_empty()
+            {
+                add_key(store, &admin, key, "Bootstrap (MUSTER_BOOTSTRAP_API_KEY)").await?;
+            }
+        }
+        None => {
+            let has_key = store
+                .list::<ApiKeyRecord>("")
+                .await?
+                .iter()
+                .any(|k| k.user_id == admin.id);
+            if !has_key {
+                let key = auth::new_api_key();
+                add_key(store, &admin, &key, "Created at first start").await?;
+                new_admin_key = Some(key);
+            }
+        }
+    }
+    Ok(Setup {
+        installation_id,
+        new_admin_key,
+    })
+}
+
+pub async fn add_key(
+    store: &Store,
+    user: &User,
+    key: &str,
+    purpose: &str,
+) -> anyhow::Result<ApiKeyRecord> {
+    let record = ApiKeyRecord {
+        id: store.next_id(IdKind::ApiKey).await?,
+        user_id: user.id.clone(),
+        purpose: purpose.into(),
+        key_hash: auth::hash_key(key),
+        hint: auth::hint(key),
+        created: now(),
+        expires: None,
+    };
+    store.put(&record).await?;
+    Ok(record)
+}
+
+/// Creates a space with its own default worker pool and default machine policy, in one transaction.
+pub async fn create_space(
+    store: &Store,
+    mut space: Space,
+    by: &str,
+) -> Result<Space, muster_store::StoreError> {
+    let stamp = Some(now());
+    space.id = store.next_id(IdKind::Space).await?;
+    if space.slug.trim().is_empty() {
+        space.slug = muster_core::ids::slugify(&space.name);
+    }
+    space.last_modified_on = stamp;
+    space.last_modified_by = Some(by.into());
+    let pool = WorkerPool {
+        id: store.next_id(IdKind::WorkerPool).await?,
+        space_id: space.id.clone(),
+        name: "Default Worker Pool".into(),
+        slug: "default-worker-pool".into(),
+        is_default: true,
+        sort_order: 1,
+        can_add_workers: true,
+        last_modified_on: stamp,
+        last_modified_by: Some(by.into()),
+        ..Default::default()
+    };
+    let policy = MachinePolicy {
+        id: store.next_id(IdKind::MachinePolicy).await?,
+        space_id: space.id.clone(),
+        name: "Default Machine Policy".into(),
+        description: Some("The default machine policy".into()),
+        is_default: true,
+        last_modified_on: stamp,
+        last_modified_by: Some(by.into()),
+        ..Default::default()
+    };
+    store
+        .put_rows(vec![Row::of(&space), Row::of(&pool), Row::of(&policy)])
+        .await?;
+    Ok(space)
+}

@@ -1,0 +1,602 @@
+//! The durable queue's dispatcher and the built-in worker.
+//!
+//! Architecture invariant: dispatch is woken by events (a task created or canceled, a task finished,
+//! the server started); no poll interval decides how soon a task starts. The only timer is the
+//! earliest `QueueTime` of a scheduled task.
+//!
+//! A task is claimed by a conditional update from Queued to Executing, so it runs at most once; its
+//! final state is written only after its last log line is committed, so a follower that sees the
+//! final state has the whole log.
+
+use crate::state::App;
+use muster_core::resources::{Task, Worker, WorkerPool};
+use muster_core::time::{Timestamp, format_date, now};
+use muster_core::{LogCategory, ScriptSyntax, ScriptTarget, TaskState, WorkerPoolType};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+
+pub const BUILTIN_WORKER_NAME: &str = "Built-in worker";
+
+#[derive(Default)]
+pub struct Dispatcher {
+    wake: Notify,
+    running: Mutex<HashMap<String, Running>>,
+    /// Signalled each time a running task ends, for shutdown to wait on.
+    ended: Notify,
+}
+
+#[derive(Clone)]
+struct Running {
+    cancel: Arc<Notify>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl Dispatcher {
+    /// Asks for a dispatch pass. Wakes given while a pass runs are kept, not lost.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn running_count(&self) -> usize {
+        self.running.lock().expect("dispatcher lock").len()
+    }
+
+    fn running(&self, task_id: &str) -> Option<Running> {
+        self.running
+            .lock()
+            .expect("dispatcher lock")
+            .get(task_id)
+            .cloned()
+    }
+}
+
+/// What a queued task needs to start.
+enum Decision {
+    Builtin,
+    Wait(String),
+    Fail(String),
+}
+
+/// The settings of an AdHocScript task, read from its `Arguments`.
+pub struct ScriptArguments {
+    pub body: String,
+    pub syntax: ScriptSyntax,
+    pub target: ScriptTarget,
+    pub pool_ids: Vec<String>,
+    pub machine_ids: Vec<String>,
+    pub timeout: Option<Duration>,
+}
+
+fn string_list(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str())
+            .map(str::to_string)
+            .collect(),
+        Value::String(text) => text
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl ScriptArguments {
+    /// Reads and checks the arguments; every problem is returned for a 400.
+    pub fn parse(
+        arguments: &serde_json::Map<String, Value>,
+    ) -> Result<ScriptArguments, Vec<String>> {
+        let mut errors = Vec::new();
+        let body = match arguments.get("ScriptBody") {
+            Some(Value::String(body)) if !body.trim().is_empty() => body.clone(),
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                errors.push("Arguments.ScriptBody is required: the script to run.".to_string());
+                String::new()
+            }
+            Some(_) => {
+                errors.push("Arguments.ScriptBody must be a string.".to_string());
+                String::new()
+            }
+        };
+        let syntax = match arguments.get("Syntax") {
+            None | Some(Value::Null) => ScriptSyntax::Bash,
+            Some(Value::String(text)) => ScriptSyntax::parse(text).unwrap_or_else(|| {
+                errors.push(format!(
+                    "Arguments.Syntax must be Bash, Python or PowerShell, got '{text}'."
+                ));
+                ScriptSyntax::Bash
+            }),
+            Some(_) => {
+                errors.push("Arguments.Syntax must be a string.".to_string());
+                ScriptSyntax::Bash
+            }
+        };
+        let pool_ids = arguments
+            .get("WorkerPoolIds")
+            .map(string_list)
+            .unwrap_or_default();
+        let machine_ids = arguments
+            .get("MachineIds")
+            .map(string_list)
+            .unwrap_or_default();
+        let target = match arguments.get("TargetType") {
+            None | Some(Value::Null) => {
+                if !machine_ids.is_empty() {
+                    ScriptTarget::Workers
+                } else {
+                    ScriptTarget::WorkerPools
+                }
+            }
+            Some(Value::String(text)) => ScriptTarget::parse(text).unwrap_or_else(|| {
+                errors.push(format!(
+                    "Arguments.TargetType must be OctopusServer, WorkerPools or Workers, got '{text}'."
+                ));
+                ScriptTarget::OctopusServer
+            }),
+            Some(_) => {
+                errors.push("Arguments.TargetType must be a string.".to_string());
+                ScriptTarget::OctopusServer
+            }
+        };
+        if target == ScriptTarget::Workers && machine_ids.is_empty() {
+            errors.push(
+                "Arguments.MachineIds must name at least one worker when TargetType is Workers."
+                    .into(),
+            );
+        }
+        let timeout = match arguments.get("Timeout") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(secs) if secs > 0 => Some(Duration::from_secs(secs)),
+                _ => {
+                    errors.push(
+                        "Arguments.Timeout must be a positive number of seconds or a TimeSpan."
+                            .into(),
+                    );
+                    None
+                }
+            },
+            Some(Value::String(text)) => match muster_core::time::parse_timespan(text) {
+                Some(d) if !d.is_zero() => Some(d),
+                _ => {
+                    errors.push(format!(
+                        "Arguments.Timeout must be a TimeSpan such as 00:10:00, got '{text}'."
+                    ));
+                    None
+                }
+            },
+            Some(_) => {
+                errors.push("Arguments.Timeout must be a TimeSpan such as 00:10:00.".into());
+                None
+            }
+        };
+        if errors.is_empty() {
+            Ok(ScriptArguments {
+                body,
+                syntax,
+                target,
+                pool_ids,
+                machine_ids,
+                timeout,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Tasks left Executing by a server that stopped cannot be trusted to have finished: they end Failed,
+/// with a line in their log saying why. No task stays Executing forever.
+pub async fn recover(app: &App) -> anyhow::Result<()> {
+    for mut task in app
+        .store
+        .tasks_in_states(&[TaskState::Executing, TaskState::Cancelling])
+        .await?
+    {
+        let from = task.state;
+        let message = if from == TaskState::Cancelling {
+            task.state = TaskState::Canceled;
+            "The task was being canceled when the Muster server stopped."
+        } else {
+            task.state = TaskState::Failed;
+            "The Muster server stopped while this task was executing on the built-in worker; the script's outcome is unknown."
+        };
+        app.logs
+            .open(&task.id, app.store.last_log_seq(&task.id).await?);
+        app.logs.append(&task.id, LogCategory::Error, message);
+        app.logs.flush().await;
+        finish(&mut task, message);
+        app.store.transition_task(&task, from).await?;
+        app.logs.close(&task.id);
+    }
+    Ok(())
+}
+
+fn finish(task: &mut Task, error: &str) {
+    let at = now();
+    task.completed_time = Some(at);
+    task.last_updated_time = at;
+    task.queue_reason = None;
+    if !error.is_empty() {
+        task.error_message = Some(error.to_string());
+    }
+}
+
+pub async fn run(app: App) {
+    loop {
+        let next_timer = match pass(&app).await {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::error!(%error, "dispatch pass failed; retrying");
+                Some(now() + chrono::Duration::seconds(1))
+            }
+        };
+        let sleep = match next_timer {
+            Some(at) => (at - now()).to_std().unwrap_or(Duration::ZERO),
+            None => Duration::from_secs(24 * 3600),
+        };
+        tokio::select! {
+            _ = app.dispatcher.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// One look at the queue, oldest first: start what can start, and write down why the rest waits.
+/// Returns when the next scheduled task becomes due.
+async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
+    let queued = app.store.tasks_in_states(&[TaskState::Queued]).await?;
+    let mut next_timer: Option<Timestamp> = None;
+    let mut spaces: HashMap<String, (Vec<WorkerPool>, Vec<Worker>)> = HashMap::new();
+    for mut task in queued {
+        let at = now();
+        if task.queue_time_expiry.is_some_and(|expiry| expiry <= at) {
+            task.state = TaskState::Canceled;
+            finish(
+                &mut task,
+                "The task did not start before its QueueTimeExpiry.",
+            );
+            app.store.transition_task(&task, TaskState::Queued).await?;
+            app.logs.changed(&task.id);
+            continue;
+        }
+        if task.queue_time > at {
+            next_timer = Some(next_timer.map_or(task.queue_time, |t| t.min(task.queue_time)));
+            let reason = format!("Scheduled to start at {}.", format_date(&task.queue_time));
+            set_reason(app, &mut task, reason).await?;
+            continue;
+        }
+        if !spaces.contains_key(&task.space_id) {
+            let pools = app.store.list::<WorkerPool>(&task.space_id).await?;
+            let workers = app.store.list::<Worker>(&task.space_id).await?;
+            spaces.insert(task.space_id.clone(), (pools, workers));
+        }
+        let (pools, workers) = &spaces[&task.space_id];
+        match decide(&task, pools, workers) {
+            Decision::Fail(message) => {
+                task.state = TaskState::Failed;
+                finish(&mut task, &message);
+                app.store.transition_task(&task, TaskState::Queued).await?;
+                app.logs.changed(&task.id);
+            }
+            Decision::Wait(reason) => set_reason(app, &mut task, reason).await?,
+            Decision::Builtin if !app.config.builtin_worker => {
+                let reason = "It needs the built-in worker, which is disabled on this server (--no-builtin-worker); \
+                              add a worker to the target pool or start the server without that flag.";
+                set_reason(app, &mut task, reason.to_string()).await?;
+            }
+            Decision::Builtin => {
+                let running = app.dispatcher.running_count();
+                if running >= app.config.task_cap {
+                    let reason = format!(
+                        "The task cap of {} is reached on node {}: {running} tasks are executing.",
+                        app.config.task_cap, app.config.node_name
+                    );
+                    set_reason(app, &mut task, reason).await?;
+                } else {
+                    start_builtin(app, task).await?;
+                }
+            }
+        }
+    }
+    Ok(next_timer)
+}
+
+async fn set_reason(app: &App, task: &mut Task, reason: String) -> anyhow::Result<()> {
+    if task.queue_reason.as_deref() != Some(reason.as_str()) {
+        task.queue_reason = Some(reason);
+        app.store.transition_task(task, TaskState::Queued).await?;
+        app.logs.changed(&task.id);
+    }
+    Ok(())
+}
+
+fn decide(task: &Task, pools: &[WorkerPool], workers: &[Worker]) -> Decision {
+    if task.name != "AdHocScript" {
+        return Decision::Fail(format!("Muster does not run tasks named '{}'.", task.name));
+    }
+    let arguments = match ScriptArguments::parse(&task.arguments) {
+        Ok(arguments) => arguments,
+        Err(errors) => return Decision::Fail(errors.join(" ")),
+    };
+    match arguments.target {
+        ScriptTarget::OctopusServer => Decision::Builtin,
+        ScriptTarget::WorkerPools => {
+            let wanted: Vec<&WorkerPool> = if arguments.pool_ids.is_empty() {
+                pools.iter().filter(|p| p.is_default).collect()
+            } else {
+                let found: Vec<&WorkerPool> = pools
+                    .iter()
+                    .filter(|p| arguments.pool_ids.contains(&p.id))
+                    .collect();
+                if found.len() < arguments.pool_ids.len() {
+                    return Decision::Fail(
+                        "A worker pool this task targets no longer exists.".into(),
+                    );
+                }
+                found
+            };
+            let mut reasons = Vec::new();
+            for pool in wanted {
+                let members = workers
+                    .iter()
+                    .filter(|w| w.worker_pool_ids.contains(&pool.id))
+                    .count();
+                if pool.worker_pool_type == WorkerPoolType::DynamicWorkerPool {
+                    reasons.push(format!(
+                        "Pool '{}' is dynamic, and this server does not provision dynamic workers yet.",
+                        pool.name
+                    ));
+                } else if members == 0 {
+                    // The docs' rule: while a pool has no workers, the built-in worker runs its steps.
+                    return Decision::Builtin;
+                } else {
+                    reasons.push(format!(
+                        "No healthy worker in pool '{}': its {members} worker(s) are not connected to this server.",
+                        pool.name
+                    ));
+                }
+            }
+            if reasons.is_empty() {
+                Decision::Fail("The task targets no worker pool.".into())
+            } else {
+                Decision::Wait(reasons.join(" "))
+            }
+        }
+        ScriptTarget::Workers => {
+            let named: Vec<&Worker> = workers
+                .iter()
+                .filter(|w| arguments.machine_ids.contains(&w.id))
+                .collect();
+            if named.len() < arguments.machine_ids.len() {
+                return Decision::Fail("A worker this task targets no longer exists.".into());
+            }
+            let names: Vec<&str> = named.iter().map(|w| w.name.as_str()).collect();
+            Decision::Wait(format!(
+                "Worker(s) {} are not connected to this server.",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+async fn start_builtin(app: &App, mut task: Task) -> anyhow::Result<()> {
+    let at = now();
+    task.state = TaskState::Executing;
+    task.start_time = Some(at);
+    task.last_updated_time = at;
+    task.server_node = Some(app.config.node_name.clone());
+    task.worker_name = Some(BUILTIN_WORKER_NAME.into());
+    task.queue_reason = None;
+    let running = Running {
+        cancel: Arc::new(Notify::new()),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+    };
+    // Counted as running before the claim, so a second pass cannot overshoot the cap.
+    app.dispatcher
+        .running
+        .lock()
+        .expect("dispatcher lock")
+        .insert(task.id.clone(), running.clone());
+    match app.store.transition_task(&task, TaskState::Queued).await {
+        Ok(true) => {
+            let last_seq = app.store.last_log_seq(&task.id).await.unwrap_or(0);
+            app.logs.open(&task.id, last_seq);
+            app.logs.changed(&task.id);
+            tokio::spawn(run_builtin(app.clone(), task, running));
+            Ok(())
+        }
+        other => {
+            app.dispatcher
+                .running
+                .lock()
+                .expect("dispatcher lock")
+                .remove(&task.id);
+            other.map(|_| ()).map_err(Into::into)
+        }
+    }
+}
+
+async fn run_builtin(app: App, mut task: Task, running: Running) {
+    let id = task.id.clone();
+    app.logs.append(
+        &id,
+        LogCategory::Verbose,
+        format!(
+            "Running on the {BUILTIN_WORKER_NAME} of node {}",
+            app.config.node_name
+        ),
+    );
+    let (final_state, message) = match ScriptArguments::parse(&task.arguments) {
+        Err(errors) => (TaskState::Failed, errors.join(" ")),
+        Ok(arguments) => {
+            let script = muster_exec::Script {
+                syntax: match arguments.syntax {
+                    ScriptSyntax::Bash => muster_exec::Syntax::Bash,
+                    ScriptSyntax::Python => muster_exec::Syntax::Python,
+                    ScriptSyntax::PowerShell => muster_exec::Syntax::PowerShell,
+                },
+                body: arguments.body,
+                env: vec![
+                    ("MUSTER_TASK_ID".into(), id.clone()),
+                    ("MUSTER_SPACE_ID".into(), task.space_id.clone()),
+                ],
+                timeout: arguments.timeout,
+                work_root: app.config.work_dir.clone(),
+            };
+            let (lines_tx, mut lines_rx) = mpsc::channel::<muster_exec::Line>(1024);
+            let forward = {
+                let app = app.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let mut stderr_seen = false;
+                    while let Some(line) = lines_rx.recv().await {
+                        let category = match line.stream {
+                            muster_exec::Stream::Stdout => LogCategory::Info,
+                            muster_exec::Stream::Stderr => {
+                                stderr_seen = true;
+                                LogCategory::Error
+                            }
+                        };
+                        app.logs.append(&id, category, line.text);
+                    }
+                    stderr_seen
+                })
+            };
+            let cancel = running.cancel.clone();
+            let outcome =
+                muster_exec::run(script, lines_tx, async move { cancel.notified().await }).await;
+            task.has_warnings_or_errors |= forward.await.unwrap_or(false);
+            match outcome {
+                Ok(muster_exec::Outcome::Exited(0)) => (TaskState::Success, String::new()),
+                Ok(muster_exec::Outcome::Exited(code)) => {
+                    (TaskState::Failed, format!("The script exited with code {code}."))
+                }
+                Ok(muster_exec::Outcome::Signaled(signal)) => {
+                    (TaskState::Failed, format!("The script was ended by signal {signal}."))
+                }
+                Ok(muster_exec::Outcome::Canceled) if running.shutting_down.load(Ordering::SeqCst) => (
+                    TaskState::Failed,
+                    "The Muster server shut down while this task was executing; the script was stopped.".into(),
+                ),
+                Ok(muster_exec::Outcome::Canceled) => (TaskState::Canceled, "The task was canceled.".into()),
+                Ok(muster_exec::Outcome::TimedOut) => (
+                    TaskState::TimedOut,
+                    format!(
+                        "The task timed out after {}.",
+                        muster_core::time::format_timespan(arguments.timeout.unwrap_or_default())
+                    ),
+                ),
+                Err(error) => (TaskState::Failed, error.to_string()),
+            }
+        }
+    };
+    if final_state != TaskState::Success {
+        app.logs.append(&id, LogCategory::Error, message.clone());
+        task.has_warnings_or_errors = true;
+    }
+    app.logs.flush().await;
+    task.state = final_state;
+    finish(&mut task, &message);
+    // The task may be Cancelling in the store by now; either way this is its end.
+    let mut stored = false;
+    for from in [TaskState::Executing, TaskState::Cancelling] {
+        match app.store.transition_task(&task, from).await {
+            Ok(true) => {
+                stored = true;
+                break;
+            }
+            Ok(false) => {}
+            Err(error) => tracing::error!(%error, task = %id, "cannot store a task's final state"),
+        }
+    }
+    if !stored {
+        tracing::error!(task = %id, "a finished task was no longer Executing in the store");
+    }
+    app.logs.close(&id);
+    app.dispatcher
+        .running
+        .lock()
+        .expect("dispatcher lock")
+        .remove(&id);
+    app.dispatcher.ended.notify_waiters();
+    app.dispatcher.wake();
+}
+
+/// Cancels a task: a queued one at once, a running one by stopping its script.
+pub async fn cancel(app: &App, task_id: &str) -> anyhow::Result<Option<Task>> {
+    for _ in 0..3 {
+        let Some(mut task) = app.store.get_task(task_id).await? else {
+            return Ok(None);
+        };
+        match task.state {
+            TaskState::Queued => {
+                task.state = TaskState::Canceled;
+                finish(&mut task, "The task was canceled before it started.");
+                if app.store.transition_task(&task, TaskState::Queued).await? {
+                    app.logs.changed(&task.id);
+                    app.dispatcher.wake();
+                    return Ok(Some(task));
+                }
+            }
+            TaskState::Executing | TaskState::Cancelling => match app.dispatcher.running(task_id) {
+                Some(running) => {
+                    if task.state == TaskState::Executing {
+                        task.state = TaskState::Cancelling;
+                        task.last_updated_time = now();
+                        app.store
+                            .transition_task(&task, TaskState::Executing)
+                            .await?;
+                        app.logs.changed(&task.id);
+                    }
+                    running.cancel.notify_one();
+                    return Ok(Some(task));
+                }
+                None => {
+                    // Not running on this node: nothing can finish it, so it ends here.
+                    let from = task.state;
+                    task.state = TaskState::Canceled;
+                    finish(&mut task, "The task was canceled.");
+                    if app.store.transition_task(&task, from).await? {
+                        app.logs.changed(&task.id);
+                        return Ok(Some(task));
+                    }
+                }
+            },
+            _ => return Ok(Some(task)),
+        }
+    }
+    Ok(app.store.get_task(task_id).await?)
+}
+
+/// Stops every running script and waits (bounded) for their tasks to be stored as ended.
+pub async fn shutdown(app: &App, limit: Duration) {
+    let running: Vec<Running> = app
+        .dispatcher
+        .running
+        .lock()
+        .expect("dispatcher lock")
+        .values()
+        .cloned()
+        .collect();
+    for r in &running {
+        r.shutting_down.store(true, Ordering::SeqCst);
+        r.cancel.notify_one();
+    }
+    let wait = async {
+        while app.dispatcher.running_count() > 0 {
+            let ended = app.dispatcher.ended.notified();
+            if app.dispatcher.running_count() == 0 {
+                break;
+            }
+            ended.await;
+        }
+    };
+    let _ = tokio::time::timeout(limit, wait).await;
+}

@@ -1,0 +1,148 @@
+//! Task logs: each line gets its sequence number here, is published at once to live followers, and
+//! is committed by one writer that batches whatever lines are waiting into one transaction.
+
+use muster_core::LogCategory;
+use muster_core::resources::LogLine;
+use muster_store::Store;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+#[derive(Debug, Clone)]
+pub enum LogEvent {
+    Line(LogLine),
+    /// The task has reached its final state; no more lines come.
+    Done,
+}
+
+struct Live {
+    next_seq: i64,
+    events: broadcast::Sender<LogEvent>,
+}
+
+enum WriterMessage {
+    Line(String, LogLine),
+    Flush(oneshot::Sender<()>),
+}
+
+pub struct LogHub {
+    live: Mutex<HashMap<String, Live>>,
+    writer: mpsc::UnboundedSender<WriterMessage>,
+    /// The id of every task whose state changed, for followers waiting on a task to start or end.
+    changes: broadcast::Sender<String>,
+}
+
+/// How many waiting lines one commit takes at most.
+const BATCH: usize = 2048;
+
+impl LogHub {
+    pub fn start(store: Store) -> LogHub {
+        let (writer, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(write_lines(store, receiver));
+        let (changes, _) = broadcast::channel(1024);
+        LogHub {
+            live: Mutex::new(HashMap::new()),
+            writer,
+            changes,
+        }
+    }
+
+    /// Tells followers that a task's stored state changed.
+    pub fn changed(&self, task_id: &str) {
+        let _ = self.changes.send(task_id.to_string());
+    }
+
+    pub fn watch_changes(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// Starts taking lines for a task whose last stored line is `last_seq`.
+    pub fn open(&self, task_id: &str, last_seq: i64) {
+        let (events, _) = broadcast::channel(1024);
+        self.live.lock().expect("log hub lock").insert(
+            task_id.to_string(),
+            Live {
+                next_seq: last_seq + 1,
+                events,
+            },
+        );
+    }
+
+    pub fn append(&self, task_id: &str, category: LogCategory, text: impl Into<String>) {
+        let mut live = self.live.lock().expect("log hub lock");
+        let Some(entry) = live.get_mut(task_id) else {
+            tracing::warn!(
+                task_id,
+                "a log line for a task that is not open was dropped"
+            );
+            return;
+        };
+        let line = LogLine {
+            seq: entry.next_seq,
+            occurred_at: muster_core::time::now(),
+            category,
+            message_text: text.into(),
+        };
+        entry.next_seq += 1;
+        let _ = entry.events.send(LogEvent::Line(line.clone()));
+        let _ = self
+            .writer
+            .send(WriterMessage::Line(task_id.to_string(), line));
+    }
+
+    /// Live events of a task that is running, or None when it is not (its log is all stored).
+    pub fn subscribe(&self, task_id: &str) -> Option<broadcast::Receiver<LogEvent>> {
+        self.live
+            .lock()
+            .expect("log hub lock")
+            .get(task_id)
+            .map(|live| live.events.subscribe())
+    }
+
+    /// Waits until every line appended so far is committed.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.writer.send(WriterMessage::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Ends a task's log: followers are told, after the final state is stored.
+    pub fn close(&self, task_id: &str) {
+        if let Some(live) = self.live.lock().expect("log hub lock").remove(task_id) {
+            let _ = live.events.send(LogEvent::Done);
+        }
+        self.changed(task_id);
+    }
+}
+
+async fn write_lines(store: Store, mut receiver: mpsc::UnboundedReceiver<WriterMessage>) {
+    let mut lines = Vec::new();
+    let mut flushes = Vec::new();
+    while let Some(first) = receiver.recv().await {
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                WriterMessage::Line(task, line) => lines.push((task, line)),
+                WriterMessage::Flush(done) => flushes.push(done),
+            }
+            if lines.len() < BATCH {
+                next = receiver.try_recv().ok();
+            }
+        }
+        let mut attempt = 0;
+        while let Err(error) = store.append_logs(&lines).await {
+            attempt += 1;
+            tracing::error!(%error, attempt, "cannot store task log lines; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+            if attempt >= 50 {
+                tracing::error!(lost = lines.len(), "giving up on storing task log lines");
+                break;
+            }
+        }
+        lines.clear();
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! What every handler shares.
+
+use crate::dispatch::Dispatcher;
+use crate::logs::LogHub;
+use anyhow::Context;
+use muster_store::Store;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct Config {
+    pub task_cap: usize,
+    pub builtin_worker: bool,
+    pub node_name: String,
+    /// Parent of the per-task working directories of the built-in worker.
+    pub work_dir: PathBuf,
+}
+
+pub struct AppInner {
+    pub store: Store,
+    pub config: Config,
+    pub installation_id: String,
+    pub certificate: muster_proto::Identity,
+    pub logs: LogHub,
+    pub dispatcher: Dispatcher,
+}
+
+pub type App = Arc<AppInner>;
+
+impl AppInner {
+    pub fn new(
+        store: Store,
+        config: Config,
+        installation_id: String,
+        certificate: muster_proto::Identity,
+    ) -> App {
+        let logs = LogHub::start(store.clone());
+        Arc::new(AppInner {
+            store,
+            config,
+            installation_id,
+            certificate,
+            logs,
+            dispatcher: Dispatcher::default(),
+        })
+    }
+}
+
+/// Holds the data directory for this process: a second server on the same directory is refused.
+pub fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("muster.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            file.rewind()?;
+            write!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            anyhow::bail!(
+                "the data directory {} is in use by another Muster server (process {}); stop it or choose another --data-dir",
+                dir.display(),
+                pid.trim()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}

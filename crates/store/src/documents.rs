@@ -1,0 +1,277 @@
+//! Configuration resources as JSON documents.
+
+use crate::{Result, Store, StoreError, conflict_or};
+use muster_core::resources::{ApiKeyRecord, MachinePolicy, Space, User, Worker, WorkerPool};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocKind {
+    Space,
+    WorkerPool,
+    Worker,
+    MachinePolicy,
+    User,
+    ApiKey,
+}
+
+impl DocKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            DocKind::Space => "space",
+            DocKind::WorkerPool => "workerpool",
+            DocKind::Worker => "worker",
+            DocKind::MachinePolicy => "machinepolicy",
+            DocKind::User => "user",
+            DocKind::ApiKey => "apikey",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            DocKind::Space => "space",
+            DocKind::WorkerPool => "worker pool",
+            DocKind::Worker => "worker",
+            DocKind::MachinePolicy => "machine policy",
+            DocKind::User => "user",
+            DocKind::ApiKey => "API key",
+        }
+    }
+}
+
+/// A resource kept as a document: its kind, and the columns that lookups need.
+pub trait Document: Serialize + DeserializeOwned {
+    const KIND: DocKind;
+    fn id(&self) -> &str;
+    /// '' for system-level documents.
+    fn space_id(&self) -> &str;
+    /// Unique per kind and space, compared without case.
+    fn unique_name(&self) -> &str;
+    /// One extra indexed value: a space's slug, a worker's thumbprint, an API key's hash.
+    fn ext(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl Document for Space {
+    const KIND: DocKind = DocKind::Space;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        ""
+    }
+    fn unique_name(&self) -> &str {
+        &self.name
+    }
+    fn ext(&self) -> Option<&str> {
+        Some(&self.slug)
+    }
+}
+
+impl Document for WorkerPool {
+    const KIND: DocKind = DocKind::WorkerPool;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        &self.space_id
+    }
+    fn unique_name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Document for Worker {
+    const KIND: DocKind = DocKind::Worker;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        &self.space_id
+    }
+    fn unique_name(&self) -> &str {
+        &self.name
+    }
+    fn ext(&self) -> Option<&str> {
+        self.thumbprint.as_deref()
+    }
+}
+
+impl Document for MachinePolicy {
+    const KIND: DocKind = DocKind::MachinePolicy;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        &self.space_id
+    }
+    fn unique_name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Document for User {
+    const KIND: DocKind = DocKind::User;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        ""
+    }
+    fn unique_name(&self) -> &str {
+        &self.username
+    }
+}
+
+impl Document for ApiKeyRecord {
+    const KIND: DocKind = DocKind::ApiKey;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        ""
+    }
+    fn unique_name(&self) -> &str {
+        &self.id
+    }
+    fn ext(&self) -> Option<&str> {
+        Some(&self.key_hash)
+    }
+}
+
+/// One document ready to write, of any kind.
+pub struct Row {
+    kind: DocKind,
+    id: String,
+    space_id: String,
+    name: String,
+    ext: Option<String>,
+    body: String,
+}
+
+impl Row {
+    pub fn of<D: Document>(doc: &D) -> Row {
+        Row {
+            kind: D::KIND,
+            id: doc.id().to_string(),
+            space_id: doc.space_id().to_string(),
+            name: doc.unique_name().trim().to_string(),
+            ext: doc.ext().map(str::to_string),
+            body: serde_json::to_string(doc).expect("resources always serialize"),
+        }
+    }
+}
+
+fn decode<D: Document>(body: &str) -> Result<D> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store {
+    pub async fn get<D: Document>(&self, id: &str) -> Result<Option<D>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT body FROM documents WHERE kind = ?1 AND id = ?2")
+                .bind(D::KIND.as_str())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(body,)| decode(&body)).transpose()
+    }
+
+    /// Every document of a kind in one space ('' for system-level kinds), in id order.
+    pub async fn list<D: Document>(&self, space_id: &str) -> Result<Vec<D>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT body FROM documents WHERE kind = ?1 AND space_id = ?2 ORDER BY length(id), id",
+        )
+        .bind(D::KIND.as_str())
+        .bind(space_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|(body,)| decode(body)).collect()
+    }
+
+    /// Every document of a kind in all spaces.
+    pub async fn list_all<D: Document>(&self) -> Result<Vec<D>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT body FROM documents WHERE kind = ?1 ORDER BY length(id), id")
+                .bind(D::KIND.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|(body,)| decode(body)).collect()
+    }
+
+    /// The documents of a kind whose extra column equals `ext` (slug, thumbprint, key hash).
+    pub async fn find_by_ext<D: Document>(&self, ext: &str) -> Result<Vec<D>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT body FROM documents WHERE kind = ?1 AND ext = ?2 ORDER BY length(id), id",
+        )
+        .bind(D::KIND.as_str())
+        .bind(ext)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|(body,)| decode(body)).collect()
+    }
+
+    pub async fn put<D: Document>(&self, doc: &D) -> Result<()> {
+        self.put_rows(vec![Row::of(doc)]).await
+    }
+
+    /// Writes (inserts or replaces) several documents in one transaction.
+    pub async fn put_rows(&self, rows: Vec<Row>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for row in &rows {
+            sqlx::query(
+                "INSERT INTO documents (kind, id, space_id, name, ext, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (kind, id) DO UPDATE SET space_id = ?3, name = ?4, ext = ?5, body = ?6",
+            )
+            .bind(row.kind.as_str())
+            .bind(&row.id)
+            .bind(&row.space_id)
+            .bind(&row.name)
+            .bind(&row.ext)
+            .bind(&row.body)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                conflict_or(e, || format!("A {} named '{}' already exists here", row.kind.noun(), row.name))
+            })?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes one document; true if it existed.
+    pub async fn delete<D: Document>(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM documents WHERE kind = ?1 AND id = ?2")
+            .bind(D::KIND.as_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes a space with everything in it: its documents, its tasks and their logs.
+    pub async fn delete_space(&self, space_id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM documents WHERE space_id = ?1")
+            .bind(space_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM documents WHERE kind = 'space' AND id = ?1")
+            .bind(space_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM task_log WHERE task_num IN (SELECT num FROM tasks WHERE space_id = ?1)",
+        )
+        .bind(space_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM tasks WHERE space_id = ?1")
+            .bind(space_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

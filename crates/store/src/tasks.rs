@@ -1,0 +1,301 @@
+//! Server tasks and their log lines.
+
+use crate::{Result, Store, StoreError};
+use muster_core::resources::{LogLine, Task};
+use muster_core::time::{format_date, parse_date};
+use muster_core::{IdKind, LogCategory, TaskState, parse_id};
+use sqlx::Row as _;
+use sqlx::sqlite::SqliteRow;
+
+/// A filtered, paged read of tasks, newest first.
+#[derive(Debug, Default, Clone)]
+pub struct TaskQuery {
+    /// None = every space.
+    pub space_ids: Option<Vec<String>>,
+    pub states: Option<Vec<TaskState>>,
+    pub ids: Option<Vec<String>>,
+    pub name: Option<String>,
+    pub partial_name: Option<String>,
+    pub has_warnings_or_errors: Option<bool>,
+    pub skip: u64,
+    pub take: u64,
+}
+
+const TASK_COLUMNS: &str = "num, space_id, name, description, arguments, state, error_message, queue_time, \
+    queue_time_expiry, start_time, completed_time, last_updated_time, server_node, has_warnings, queue_reason, worker_name";
+
+fn task_num(id: &str) -> Option<i64> {
+    parse_id(IdKind::ServerTask, id)
+}
+
+fn date_column(row: &SqliteRow, column: &str) -> Result<Option<muster_core::time::Timestamp>> {
+    let text: Option<String> = row.try_get(column)?;
+    match text {
+        None => Ok(None),
+        Some(text) => parse_date(&text)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad date {text}"))),
+    }
+}
+
+fn read_task(row: &SqliteRow) -> Result<Task> {
+    let num: i64 = row.try_get("num")?;
+    let arguments: String = row.try_get("arguments")?;
+    let state: String = row.try_get("state")?;
+    Ok(Task {
+        id: IdKind::ServerTask.format(num),
+        space_id: row.try_get("space_id")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        arguments: serde_json::from_str(&arguments)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        state: TaskState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad task state {state}")))?,
+        error_message: row.try_get("error_message")?,
+        queue_time: date_column(row, "queue_time")?.unwrap_or_default(),
+        queue_time_expiry: date_column(row, "queue_time_expiry")?,
+        start_time: date_column(row, "start_time")?,
+        completed_time: date_column(row, "completed_time")?,
+        last_updated_time: date_column(row, "last_updated_time")?.unwrap_or_default(),
+        server_node: row.try_get("server_node")?,
+        has_warnings_or_errors: row.try_get::<i64, _>("has_warnings")? != 0,
+        queue_reason: row.try_get("queue_reason")?,
+        worker_name: row.try_get("worker_name")?,
+    })
+}
+
+impl Store {
+    /// Commits a new task; it exists for clients once this returns.
+    pub async fn insert_task(&self, task: &Task) -> Result<()> {
+        let num = task_num(&task.id)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
+        let sql = format!(
+            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+        );
+        bind_task(sqlx::query(sqlx::AssertSqlSafe(sql)), num, task)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes every field of a task.
+    pub async fn update_task(&self, task: &Task) -> Result<()> {
+        let num = task_num(&task.id)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
+        let sql = "UPDATE tasks SET space_id = ?2, name = ?3, description = ?4, arguments = ?5, state = ?6, \
+            error_message = ?7, queue_time = ?8, queue_time_expiry = ?9, start_time = ?10, completed_time = ?11, \
+            last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16 \
+            WHERE num = ?1";
+        bind_task(sqlx::query(sql), num, task)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a task from `from` to the task's state, and writes it, only if it is still in `from`.
+    /// This is how a task is claimed: two claimers cannot both win.
+    pub async fn transition_task(&self, task: &Task, from: TaskState) -> Result<bool> {
+        let num = task_num(&task.id)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
+        let sql = "UPDATE tasks SET space_id = ?2, name = ?3, description = ?4, arguments = ?5, state = ?6, \
+            error_message = ?7, queue_time = ?8, queue_time_expiry = ?9, start_time = ?10, completed_time = ?11, \
+            last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16 \
+            WHERE num = ?1 AND state = ?17";
+        let done = bind_task(sqlx::query(sql), num, task)
+            .bind(from.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn get_task(&self, id: &str) -> Result<Option<Task>> {
+        let Some(num) = task_num(id) else {
+            return Ok(None);
+        };
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE num = ?1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(num)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(read_task).transpose()
+    }
+
+    /// Tasks in the given states, oldest first (the order the queue is served in).
+    pub async fn tasks_in_states(&self, states: &[TaskState]) -> Result<Vec<Task>> {
+        let placeholders = (1..=states.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ({placeholders}) ORDER BY num"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for state in states {
+            query = query.bind(state.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(read_task).collect()
+    }
+
+    /// A page of tasks, newest first, and the number that match.
+    pub async fn list_tasks(&self, q: &TaskQuery) -> Result<(u64, Vec<Task>)> {
+        let mut clauses: Vec<String> = Vec::new();
+        let mut binds: Vec<String> = Vec::new();
+        let mut list = |clauses: &mut Vec<String>, column: &str, values: Vec<String>| {
+            let start = binds.len();
+            let marks: Vec<String> = (0..values.len())
+                .map(|i| format!("?{}", start + i + 1))
+                .collect();
+            binds.extend(values);
+            clauses.push(if marks.is_empty() {
+                "0".into()
+            } else {
+                format!("{column} IN ({})", marks.join(", "))
+            });
+        };
+        if let Some(spaces) = &q.space_ids {
+            list(&mut clauses, "space_id", spaces.clone());
+        }
+        if let Some(states) = &q.states {
+            list(
+                &mut clauses,
+                "state",
+                states.iter().map(|s| s.as_str().to_string()).collect(),
+            );
+        }
+        if let Some(ids) = &q.ids {
+            list(
+                &mut clauses,
+                "CAST(num AS TEXT)",
+                ids.iter()
+                    .filter_map(|id| task_num(id))
+                    .map(|n| n.to_string())
+                    .collect(),
+            );
+        }
+        if let Some(name) = &q.name {
+            binds.push(name.clone());
+            clauses.push(format!("name = ?{} COLLATE NOCASE", binds.len()));
+        }
+        if let Some(partial) = &q.partial_name {
+            binds.push(partial.to_lowercase());
+            clauses.push(format!("instr(lower(name), ?{}) > 0", binds.len()));
+        }
+        if let Some(flag) = q.has_warnings_or_errors {
+            clauses.push(format!("has_warnings = {}", i64::from(flag)));
+        }
+        let filter = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let count_sql = format!("SELECT COUNT(*) FROM tasks {filter}");
+        let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql));
+        for b in &binds {
+            count = count.bind(b);
+        }
+        let (total,) = count.fetch_one(&self.pool).await?;
+        let page_sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks {filter} ORDER BY num DESC LIMIT {} OFFSET {}",
+            q.take.min(i64::MAX as u64),
+            q.skip.min(i64::MAX as u64)
+        );
+        let mut page = sqlx::query(sqlx::AssertSqlSafe(page_sql));
+        for b in &binds {
+            page = page.bind(b);
+        }
+        let rows = page.fetch_all(&self.pool).await?;
+        Ok((
+            total as u64,
+            rows.iter().map(read_task).collect::<Result<_>>()?,
+        ))
+    }
+
+    /// Appends log lines of any tasks in one transaction: the log writer batches lines this way so
+    /// that a chatty script costs one commit per batch, not per line.
+    pub async fn append_logs(&self, lines: &[(String, LogLine)]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (task_id, line) in lines {
+            let Some(num) = task_num(task_id) else {
+                continue;
+            };
+            sqlx::query("INSERT OR IGNORE INTO task_log (task_num, seq, occurred_at, category, message) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .bind(num)
+                .bind(line.seq)
+                .bind(format_date(&line.occurred_at))
+                .bind(line.category.as_str())
+                .bind(&line.message_text)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The log lines of a task after sequence number `after`, in order, at most `limit`.
+    pub async fn logs(&self, task_id: &str, after: i64, limit: i64) -> Result<Vec<LogLine>> {
+        let Some(num) = task_num(task_id) else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT seq, occurred_at, category, message FROM task_log WHERE task_num = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .bind(num)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let category: String = row.try_get("category")?;
+                Ok(LogLine {
+                    seq: row.try_get("seq")?,
+                    occurred_at: date_column(row, "occurred_at")?.unwrap_or_default(),
+                    category: LogCategory::parse(&category).unwrap_or(LogCategory::Info),
+                    message_text: row.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The highest sequence number logged for a task (0 when none).
+    pub async fn last_log_seq(&self, task_id: &str) -> Result<i64> {
+        let Some(num) = task_num(task_id) else {
+            return Ok(0);
+        };
+        let (seq,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(seq) FROM task_log WHERE task_num = ?1")
+                .bind(num)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(seq.unwrap_or(0))
+    }
+}
+
+fn bind_task<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    num: i64,
+    task: &Task,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    let fmt = |t: &Option<muster_core::time::Timestamp>| t.as_ref().map(format_date);
+    query
+        .bind(num)
+        .bind(task.space_id.clone())
+        .bind(task.name.clone())
+        .bind(task.description.clone())
+        .bind(serde_json::Value::Object(task.arguments.clone()).to_string())
+        .bind(task.state.as_str())
+        .bind(task.error_message.clone())
+        .bind(format_date(&task.queue_time))
+        .bind(fmt(&task.queue_time_expiry))
+        .bind(fmt(&task.start_time))
+        .bind(fmt(&task.completed_time))
+        .bind(format_date(&task.last_updated_time))
+        .bind(task.server_node.clone())
+        .bind(i64::from(task.has_warnings_or_errors))
+        .bind(task.queue_reason.clone())
+        .bind(task.worker_name.clone())
+}

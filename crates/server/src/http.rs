@@ -206,7 +206,8 @@ impl JsonBody {
 /// Query parameters with case-insensitive names; `ids=A,B` and repeated `ids=` both read as a list.
 #[derive(Debug, Default, Clone)]
 pub struct Params {
-    pairs: Vec<(String, String)>,
+    /// (lower-case name, value, name as sent)
+    pairs: Vec<(String, String, String)>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
@@ -220,7 +221,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
         Ok(Params {
             pairs: pairs
                 .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v, k))
                 .collect(),
         })
     }
@@ -232,8 +233,8 @@ impl Params {
         self.pairs
             .iter()
             .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(k, _, _)| k == name)
+            .map(|(_, v, _)| v.as_str())
             .filter(|v| !v.trim().is_empty())
     }
 
@@ -242,8 +243,8 @@ impl Params {
         let values: Vec<String> = self
             .pairs
             .iter()
-            .filter(|(k, _)| k == name)
-            .flat_map(|(_, v)| v.split(','))
+            .filter(|(k, _, _)| k == name)
+            .flat_map(|(_, v, _)| v.split(','))
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
             .collect();
@@ -272,10 +273,12 @@ impl Params {
 
     /// The parameters other than paging, encoded again for the paging links.
     pub fn filters(&self) -> String {
-        let kept: Vec<&(String, String)> = self
+        // The API key never goes into a link.
+        let kept: Vec<(&str, &str)> = self
             .pairs
             .iter()
-            .filter(|(k, _)| k != "skip" && k != "take")
+            .filter(|(k, _, _)| k != "skip" && k != "take" && k != "apikey")
+            .map(|(_, v, original)| (original.as_str(), v.as_str()))
             .collect();
         serde_urlencoded::to_string(kept).unwrap_or_default()
     }

@@ -1,5 +1,881 @@
-//! The OpenAPI document served at `/api/openapi.json`.
+//! The OpenAPI document served at `/api/openapi.json`. Paths are listed in the form clients use
+//! (`/api/{spaceId}/…`); each also answers as `/api/spaces/{spaceId}/…` and, for the default space,
+//! unprefixed. A test walks every path listed here against a running server.
 
-pub fn document() -> serde_json::Value {
-    serde_json::json!({"openapi": "3.0.3", "info": {"title": "Muster", "version": env!("CARGO_PKG_VERSION")}, "paths": {}})
+use serde_json::{Map, Value, json};
+
+struct Op {
+    method: &'static str,
+    path: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    query: &'static [&'static str],
+    body: Option<&'static str>,
+    /// The schema answered with 200/201, or "text" for text/plain, "events" for server-sent events.
+    answer: &'static str,
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    query: &'static [&'static str],
+    body: Option<&'static str>,
+    answer: &'static str,
+) -> Op {
+    Op {
+        method,
+        path,
+        tag,
+        summary,
+        query,
+        body,
+        answer,
+    }
+}
+
+const PAGING: &[&str] = &["skip", "take", "ids", "partialName", "name"];
+const WORKER_FILTERS: &[&str] = &[
+    "skip",
+    "take",
+    "ids",
+    "name",
+    "partialName",
+    "isDisabled",
+    "healthStatuses",
+    "commStyles",
+    "workerPoolIds",
+    "thumbprint",
+    "shellNames",
+];
+const TASK_FILTERS: &[&str] = &[
+    "skip",
+    "take",
+    "ids",
+    "name",
+    "partialName",
+    "states",
+    "active",
+    "running",
+    "hasWarningsOrErrors",
+    "spaces",
+];
+
+const OPS: &[Op] = &[
+    op(
+        "get",
+        "/api",
+        "Root",
+        "The root document (anonymous).",
+        &[],
+        None,
+        "Root",
+    ),
+    op(
+        "get",
+        "/api/openapi.json",
+        "Root",
+        "This document (anonymous).",
+        &[],
+        None,
+        "Object",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}",
+        "Root",
+        "A space's root document: its link templates.",
+        &[],
+        None,
+        "SpaceRoot",
+    ),
+    op(
+        "get",
+        "/api/configuration/certificates",
+        "Root",
+        "The server certificate, as a collection.",
+        &[],
+        None,
+        "Collection",
+    ),
+    op(
+        "get",
+        "/api/configuration/certificates/{certificateId}",
+        "Root",
+        "The server certificate (`certificate-global`); agents trust its thumbprint.",
+        &[],
+        None,
+        "Certificate",
+    ),
+    op(
+        "get",
+        "/api/configuration/certificates/{certificateId}/public-cer",
+        "Root",
+        "The server certificate in PEM.",
+        &[],
+        None,
+        "text",
+    ),
+    op(
+        "get",
+        "/api/certificates/{certificateId}",
+        "Root",
+        "Older route of the server certificate.",
+        &[],
+        None,
+        "Certificate",
+    ),
+    op(
+        "get",
+        "/api/spaces",
+        "Spaces",
+        "Spaces, paged, by name.",
+        PAGING,
+        None,
+        "Collection",
+    ),
+    op(
+        "post",
+        "/api/spaces",
+        "Spaces",
+        "Creates a space with its own default worker pool and machine policy.",
+        &[],
+        Some("Space"),
+        "Space",
+    ),
+    op(
+        "get",
+        "/api/spaces/all",
+        "Spaces",
+        "Every space, as an array.",
+        &["ids", "partialName", "name"],
+        None,
+        "SpaceArray",
+    ),
+    op(
+        "get",
+        "/api/spaces/{id}",
+        "Spaces",
+        "One space.",
+        &[],
+        None,
+        "Space",
+    ),
+    op(
+        "put",
+        "/api/spaces/{id}",
+        "Spaces",
+        "Updates a space; IsDefault moves the default flag to it.",
+        &[],
+        Some("Space"),
+        "Space",
+    ),
+    op(
+        "delete",
+        "/api/spaces/{id}",
+        "Spaces",
+        "Deletes a non-default space whose TaskQueueStopped is true, with everything in it.",
+        &[],
+        None,
+        "Empty",
+    ),
+    op(
+        "get",
+        "/api/users",
+        "Users",
+        "Users, paged.",
+        &["skip", "take", "ids"],
+        None,
+        "Collection",
+    ),
+    op(
+        "get",
+        "/api/users/me",
+        "Users",
+        "The user of the API key.",
+        &[],
+        None,
+        "User",
+    ),
+    op(
+        "get",
+        "/api/users/{userId}",
+        "Users",
+        "One user.",
+        &[],
+        None,
+        "User",
+    ),
+    op(
+        "get",
+        "/api/users/{userId}/spaces",
+        "Users",
+        "The spaces the user can use, as an array.",
+        &[],
+        None,
+        "SpaceArray",
+    ),
+    op(
+        "get",
+        "/api/users/{userId}/apikeys",
+        "Users",
+        "The user's API keys (hints only), paged.",
+        &["skip", "take"],
+        None,
+        "Collection",
+    ),
+    op(
+        "post",
+        "/api/users/{userId}/apikeys",
+        "Users",
+        "Creates an API key; its value is in this answer only.",
+        &[],
+        Some("ApiKeyCreate"),
+        "ApiKeyCreated",
+    ),
+    op(
+        "get",
+        "/api/users/{userId}/apikeys/{apiKeyId}",
+        "Users",
+        "One API key (hint only).",
+        &[],
+        None,
+        "ApiKey",
+    ),
+    op(
+        "delete",
+        "/api/users/{userId}/apikeys/{apiKeyId}",
+        "Users",
+        "Revokes an API key.",
+        &[],
+        None,
+        "Empty",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workerpools",
+        "WorkerPools",
+        "Worker pools by SortOrder, paged.",
+        PAGING,
+        None,
+        "Collection",
+    ),
+    op(
+        "post",
+        "/api/{spaceId}/workerpools",
+        "WorkerPools",
+        "Creates a static or dynamic worker pool.",
+        &[],
+        Some("WorkerPool"),
+        "WorkerPool",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workerpools/all",
+        "WorkerPools",
+        "Every worker pool, as an array.",
+        &["ids", "partialName", "name"],
+        None,
+        "WorkerPoolArray",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workerpools/sortorder",
+        "WorkerPools",
+        "The pool ids in order.",
+        &[],
+        None,
+        "IdArray",
+    ),
+    op(
+        "put",
+        "/api/{spaceId}/workerpools/sortorder",
+        "WorkerPools",
+        "Reorders the pools: every pool id of the space, in the new order.",
+        &[],
+        Some("IdArray"),
+        "Empty",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workerpools/summary",
+        "WorkerPools",
+        "Counts of workers per pool by health and endpoint.",
+        &[
+            "ids",
+            "partialName",
+            "isDisabled",
+            "healthStatuses",
+            "commStyles",
+            "hideEmptyWorkerPools",
+        ],
+        None,
+        "WorkerPoolsSummary",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workerpools/supportedtypes",
+        "WorkerPools",
+        "The pool types this server supports.",
+        &[],
+        None,
+        "Object",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workerpools/dynamicworkertypes",
+        "WorkerPools",
+        "The worker images of dynamic pools.",
+        &[],
+        None,
+        "Object",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workerpools/{id}",
+        "WorkerPools",
+        "One worker pool.",
+        &[],
+        None,
+        "WorkerPool",
+    ),
+    op(
+        "put",
+        "/api/{spaceId}/workerpools/{id}",
+        "WorkerPools",
+        "Updates a worker pool (its type cannot change).",
+        &[],
+        Some("WorkerPool"),
+        "WorkerPool",
+    ),
+    op(
+        "delete",
+        "/api/{spaceId}/workerpools/{id}",
+        "WorkerPools",
+        "Deletes an empty, non-default worker pool.",
+        &[],
+        None,
+        "Empty",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workerpools/{id}/workers",
+        "WorkerPools",
+        "The pool's workers, paged.",
+        WORKER_FILTERS,
+        None,
+        "Collection",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workers",
+        "Workers",
+        "Workers by name, paged.",
+        WORKER_FILTERS,
+        None,
+        "Collection",
+    ),
+    op(
+        "post",
+        "/api/{spaceId}/workers",
+        "Workers",
+        "Registers a worker in static pools of the space; a null MachinePolicyId means the default policy.",
+        &[],
+        Some("Worker"),
+        "Worker",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workers/all",
+        "Workers",
+        "Every worker, as an array (deregister-worker filters by thumbprint).",
+        &["ids", "thumbprint", "partialName", "name"],
+        None,
+        "WorkerArray",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workers/{id}",
+        "Workers",
+        "One worker.",
+        &[],
+        None,
+        "Worker",
+    ),
+    op(
+        "put",
+        "/api/{spaceId}/workers/{id}",
+        "Workers",
+        "Updates a worker; health fields are the server's.",
+        &[],
+        Some("Worker"),
+        "Worker",
+    ),
+    op(
+        "delete",
+        "/api/{spaceId}/workers/{id}",
+        "Workers",
+        "Deletes a worker.",
+        &[],
+        None,
+        "Empty",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/workers/{id}/connection",
+        "Workers",
+        "The worker's connection status.",
+        &[],
+        None,
+        "Object",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/machinepolicies",
+        "MachinePolicies",
+        "Machine policies, paged.",
+        PAGING,
+        None,
+        "Collection",
+    ),
+    op(
+        "post",
+        "/api/{spaceId}/machinepolicies",
+        "MachinePolicies",
+        "Creates a machine policy; unset fields take the template's values.",
+        &[],
+        Some("MachinePolicy"),
+        "MachinePolicy",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/machinepolicies/all",
+        "MachinePolicies",
+        "Every machine policy, as an array.",
+        &["ids", "partialName", "name"],
+        None,
+        "MachinePolicyArray",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/machinepolicies/template",
+        "MachinePolicies",
+        "An unsaved policy with every default.",
+        &[],
+        None,
+        "MachinePolicy",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/machinepolicies/{id}",
+        "MachinePolicies",
+        "One machine policy.",
+        &[],
+        None,
+        "MachinePolicy",
+    ),
+    op(
+        "put",
+        "/api/{spaceId}/machinepolicies/{id}",
+        "MachinePolicies",
+        "Updates a machine policy.",
+        &[],
+        Some("MachinePolicy"),
+        "MachinePolicy",
+    ),
+    op(
+        "delete",
+        "/api/{spaceId}/machinepolicies/{id}",
+        "MachinePolicies",
+        "Deletes an unused, non-default machine policy.",
+        &[],
+        None,
+        "Empty",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/machinepolicies/{id}/workers",
+        "MachinePolicies",
+        "The workers under the policy, paged.",
+        &["skip", "take"],
+        None,
+        "Collection",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/machinepolicies/{id}/machines",
+        "MachinePolicies",
+        "Same as /workers (Octopus's name).",
+        &["skip", "take"],
+        None,
+        "Collection",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/tasks",
+        "Tasks",
+        "The space's tasks, newest first, paged.",
+        TASK_FILTERS,
+        None,
+        "Collection",
+    ),
+    op(
+        "post",
+        "/api/{spaceId}/tasks",
+        "Tasks",
+        "Queues a task; it is committed before the 201.",
+        &[],
+        Some("TaskCreate"),
+        "Task",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/tasks/{taskId}",
+        "Tasks",
+        "One task of the space.",
+        &[],
+        None,
+        "Task",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/tasks/{taskId}/details",
+        "Tasks",
+        "The task with its activity log.",
+        &["verbose", "tail"],
+        None,
+        "TaskDetails",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/tasks/{taskId}/raw",
+        "Tasks",
+        "The whole log as text.",
+        &[],
+        None,
+        "text",
+    ),
+    op(
+        "post",
+        "/api/{spaceId}/tasks/{taskId}/cancel",
+        "Tasks",
+        "Cancels the task (the go client's form).",
+        &[],
+        None,
+        "Task",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/tasks/{taskId}/stream",
+        "Tasks",
+        "The task live, as server-sent events.",
+        &["after"],
+        None,
+        "events",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/tasks/{taskId}/queued-behind",
+        "Tasks",
+        "What a queued task waits behind, and why.",
+        &["skip", "take"],
+        None,
+        "Collection",
+    ),
+    op(
+        "get",
+        "/api/tasks",
+        "Tasks",
+        "Tasks of every space (or of `spaces=`), newest first, paged.",
+        TASK_FILTERS,
+        None,
+        "Collection",
+    ),
+    op(
+        "post",
+        "/api/tasks",
+        "Tasks",
+        "Queues a task in the body's SpaceId, or the default space.",
+        &[],
+        Some("TaskCreate"),
+        "Task",
+    ),
+    op(
+        "get",
+        "/api/tasks/tasktypes",
+        "Tasks",
+        "The task types this server runs.",
+        &[],
+        None,
+        "Object",
+    ),
+    op(
+        "post",
+        "/api/tasks/rerun/{taskId}",
+        "Tasks",
+        "Queues a finished task again, as a new task.",
+        &[],
+        None,
+        "Task",
+    ),
+    op(
+        "get",
+        "/api/tasks/{taskId}",
+        "Tasks",
+        "One task of any space.",
+        &[],
+        None,
+        "Task",
+    ),
+    op(
+        "get",
+        "/api/tasks/{taskId}/details",
+        "Tasks",
+        "The task with its activity log.",
+        &["verbose", "tail"],
+        None,
+        "TaskDetails",
+    ),
+    op(
+        "get",
+        "/api/tasks/{taskId}/raw",
+        "Tasks",
+        "The whole log as text.",
+        &[],
+        None,
+        "text",
+    ),
+    op(
+        "post",
+        "/api/tasks/{taskId}/cancel",
+        "Tasks",
+        "Cancels the task (the npm client's form). A queued task ends at once; a running one is stopped.",
+        &[],
+        None,
+        "Task",
+    ),
+    op(
+        "get",
+        "/api/tasks/{taskId}/stream",
+        "Tasks",
+        "The task live, as server-sent events: `task` events carry the task, `line` events each log line; it ends after the final state.",
+        &["after"],
+        None,
+        "events",
+    ),
+    op(
+        "get",
+        "/api/tasks/{taskId}/queued-behind",
+        "Tasks",
+        "What a queued task waits behind; `QueueReason` says why.",
+        &["skip", "take"],
+        None,
+        "Collection",
+    ),
+];
+
+/// The operations as (method, path), for the test that walks them.
+pub fn operations() -> Vec<(&'static str, &'static str)> {
+    OPS.iter().map(|o| (o.method, o.path)).collect()
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn operation(o: &Op) -> Value {
+    let mut parameters: Vec<Value> = Vec::new();
+    for segment in o.path.split('/') {
+        if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            parameters.push(
+                json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}),
+            );
+        }
+    }
+    for name in o.query {
+        parameters.push(
+            json!({"name": name, "in": "query", "required": false, "schema": {"type": "string"}}),
+        );
+    }
+    // Every POST creates something and answers 201, except cancel, which changes a task.
+    let success = if o.method == "post" && !o.path.ends_with("/cancel") {
+        "201"
+    } else {
+        "200"
+    };
+    let content = match o.answer {
+        "Empty" => json!(null),
+        "text" => json!({"text/plain": {"schema": {"type": "string"}}}),
+        "events" => json!({"text/event-stream": {"schema": {"type": "string"}}}),
+        schema => json!({"application/json": {"schema": schema_ref(schema)}}),
+    };
+    let mut ok = json!({"description": "Success"});
+    if !content.is_null() {
+        ok["content"] = content;
+    }
+    let error = json!({"description": "An error, with the contract's body", "content": {"application/json": {"schema": schema_ref("Error")}}});
+    let mut responses = Map::new();
+    responses.insert(success.into(), ok);
+    for code in ["400", "401", "403", "404"] {
+        responses.insert(code.into(), error.clone());
+    }
+    let mut value = json!({"tags": [o.tag], "summary": o.summary, "parameters": parameters, "responses": responses});
+    if o.path == "/api" || o.path == "/api/openapi.json" {
+        value["security"] = json!([]);
+    }
+    if let Some(body) = o.body {
+        value["requestBody"] = json!({
+            "required": true,
+            "description": "JSON, read whatever the Content-Type; property names in any case; read-only fields ignored.",
+            "content": {"application/json": {"schema": schema_ref(body)}}
+        });
+    }
+    value
+}
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({"type": "object", "required": required, "properties": properties, "additionalProperties": true})
+}
+
+fn schemas() -> Value {
+    let s = json!({"type": "string"});
+    let sn = json!({"type": "string", "nullable": true});
+    let b = json!({"type": "boolean"});
+    let i = json!({"type": "integer"});
+    let links = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    let ids = json!({"type": "array", "items": {"type": "string"}});
+    let array_of = |name: &str| json!({"type": "array", "items": schema_ref(name)});
+    json!({
+        "Error": object(&["ErrorMessage", "Errors"], json!({
+            "ErrorMessage": s, "Errors": {"type": "array", "items": s}, "FullException": sn, "HelpText": sn, "Details": {"nullable": true}
+        })),
+        "Root": object(&["Application", "Version", "ApiVersion", "InstallationId", "Links"], json!({
+            "Application": s, "Version": s, "ApiVersion": s, "InstallationId": {"type": "string", "format": "uuid"},
+            "IsEarlyAccessProgram": b, "HasLongTermSupport": b, "Product": s, "MusterVersion": s, "Links": links
+        })),
+        "SpaceRoot": object(&["Id", "Links"], json!({"Id": s, "Links": links})),
+        "Object": {"type": "object", "additionalProperties": true},
+        "Empty": {"type": "object"},
+        "IdArray": ids,
+        "Collection": object(&["ItemType", "TotalResults", "ItemsPerPage", "NumberOfPages", "LastPageNumber", "Items", "Links"], json!({
+            "ItemType": s, "TotalResults": i, "ItemsPerPage": {"type": "integer", "description": "The effective take, not the item count."},
+            "NumberOfPages": i, "LastPageNumber": i, "Items": {"type": "array", "items": {"type": "object"}},
+            "Links": {"type": "object", "description": "Self, Template, Page.All, Page.Current, Page.Last, and Page.Next only when there is a next page.", "additionalProperties": {"type": "string"}}
+        })),
+        "Certificate": object(&["Id", "Thumbprint"], json!({
+            "Id": s, "Name": s, "Thumbprint": {"type": "string", "description": "SHA-256 of the DER certificate, 64 upper-case hex."},
+            "ThumbprintSha1": s, "SignatureAlgorithm": s, "Links": links
+        })),
+        "Space": object(&["Name"], json!({
+            "Id": s, "Name": s, "Slug": s, "Description": sn, "IsDefault": b, "IsPrivate": b, "TaskQueueStopped": b,
+            "SpaceManagersTeams": ids, "SpaceManagersTeamMembers": ids, "LastModifiedOn": sn, "LastModifiedBy": sn, "Links": links
+        })),
+        "SpaceArray": array_of("Space"),
+        "User": object(&["Id", "Username", "DisplayName"], json!({
+            "Id": s, "Username": s, "DisplayName": s, "EmailAddress": sn, "IsActive": b, "IsService": b,
+            "Identities": {"type": "array", "items": {"type": "object"}}, "Links": links
+        })),
+        "ApiKeyCreate": object(&[], json!({"Purpose": s, "Expires": sn})),
+        "ApiKey": object(&["Id", "ApiKey"], json!({
+            "Id": s, "Purpose": s, "UserId": s, "Created": s, "Expires": sn,
+            "ApiKey": object(&[], json!({"HasValue": b, "Hint": s, "NewValue": sn})), "Links": links
+        })),
+        "ApiKeyCreated": object(&["Id", "ApiKey"], json!({
+            "Id": s, "Purpose": s, "UserId": s, "Created": s, "Expires": sn,
+            "ApiKey": {"type": "string", "description": "The key, shown once."}, "Links": links
+        })),
+        "WorkerPool": object(&["Name", "WorkerPoolType"], json!({
+            "Id": s, "SpaceId": s, "Name": s, "Slug": s, "Description": sn, "IsDefault": b, "SortOrder": i,
+            "WorkerPoolType": {"type": "string", "enum": ["StaticWorkerPool", "DynamicWorkerPool"]},
+            "CanAddWorkers": b, "WorkerType": sn, "Links": links
+        })),
+        "WorkerPoolArray": array_of("WorkerPool"),
+        "WorkerPoolsSummary": object(&["WorkerPoolSummaries"], json!({
+            "WorkerPoolSummaries": {"type": "array", "items": object(&[], json!({
+                "WorkerPool": schema_ref("WorkerPool"), "TotalMachines": i, "TotalDisabledMachines": i,
+                "MachineHealthStatusSummaries": {"type": "object"}, "MachineEndpointSummaries": {"type": "object"}
+            }))},
+            "TotalMachines": i, "TotalDisabledMachines": i
+        })),
+        "Endpoint": {
+            "type": "object",
+            "description": "Keyed by CommunicationStyle. TentaclePassive: Uri https://host:port/, Thumbprint. TentacleActive: Uri poll://<id>/, Thumbprint. Ssh: Host, Port, Fingerprint, AccountId. KubernetesTentacle: TentacleEndpointConfiguration{CommunicationMode, Uri, Thumbprint}. Thumbprints are 40 (SHA-1) or 64 (SHA-256) hex.",
+            "required": ["CommunicationStyle"],
+            "properties": {
+                "CommunicationStyle": {"type": "string", "enum": ["TentaclePassive", "TentacleActive", "Ssh", "KubernetesTentacle"]},
+                "Uri": s, "Thumbprint": s, "ProxyId": sn, "Host": s, "Port": i, "Fingerprint": sn, "AccountId": sn,
+                "DotNetCorePlatform": sn, "TentacleEndpointConfiguration": {"type": "object"}
+            },
+            "additionalProperties": true
+        },
+        "Worker": object(&["Name", "Endpoint", "WorkerPoolIds"], json!({
+            "Id": s, "SpaceId": s, "Name": s, "Slug": sn, "WorkerPoolIds": ids, "MachinePolicyId": sn, "IsDisabled": b,
+            "Endpoint": schema_ref("Endpoint"), "Thumbprint": sn, "Uri": sn,
+            "HealthStatus": {"type": "string", "enum": ["Healthy", "Unavailable", "Unknown", "HasWarnings", "Unhealthy"]},
+            "Status": s, "StatusSummary": s, "HasLatestCalamari": b, "IsInProcess": b, "OperatingSystem": sn,
+            "ShellName": sn, "Architecture": sn, "SkipInitialHealthCheck": b, "Links": links
+        })),
+        "WorkerArray": array_of("Worker"),
+        "MachinePolicy": object(&["Name"], json!({
+            "Id": s, "SpaceId": s, "Name": s, "Description": sn, "IsDefault": b,
+            "MachineHealthCheckPolicy": {"type": "object"}, "MachineConnectivityPolicy": {"type": "object"},
+            "MachineCleanupPolicy": {"type": "object"}, "MachineUpdatePolicy": {"type": "object"},
+            "MachineRpcCallRetryPolicy": {"type": "object"}, "MachinePackageCacheRetentionPolicy": {"type": "object"},
+            "PollingRequestQueueTimeout": s, "ConnectionRetrySleepInterval": s, "ConnectionRetryCountLimit": i,
+            "ConnectionRetryTimeLimit": s, "ConnectionConnectTimeout": s, "Links": links
+        })),
+        "MachinePolicyArray": array_of("MachinePolicy"),
+        "TaskCreate": object(&["Name"], json!({
+            "Name": {"type": "string", "enum": ["AdHocScript"]}, "Description": s, "SpaceId": sn,
+            "QueueTime": sn, "QueueTimeExpiry": sn,
+            "Arguments": object(&["ScriptBody"], json!({
+                "ScriptBody": s, "Syntax": {"type": "string", "enum": ["Bash", "Python", "PowerShell"], "default": "Bash"},
+                "TargetType": {"type": "string", "enum": ["OctopusServer", "WorkerPools", "Workers"], "description": "Default: WorkerPools with the space's default pool (the built-in worker runs the script while that pool has no workers)."},
+                "WorkerPoolIds": ids, "MachineIds": ids,
+                "Timeout": {"type": "string", "description": "A TimeSpan (00:10:00) or seconds; the task ends TimedOut after it."}
+            }))
+        })),
+        "Task": object(&["Id", "State", "IsCompleted"], json!({
+            "Id": s, "SpaceId": s, "Name": s, "Description": s, "Arguments": {"type": "object"},
+            "State": {"type": "string", "enum": ["Queued", "Executing", "Failed", "Canceled", "TimedOut", "Success", "Cancelling"]},
+            "Completed": s, "QueueTime": s, "QueueTimeExpiry": sn, "StartTime": sn, "LastUpdatedTime": s, "CompletedTime": sn,
+            "ServerNode": sn, "Duration": s, "ErrorMessage": s, "HasBeenPickedUpByProcessor": b, "IsCompleted": b,
+            "FinishedSuccessfully": b, "HasPendingInterruptions": b, "CanRerun": b, "HasWarningsOrErrors": b,
+            "QueueReason": {"type": "string", "nullable": true, "description": "Why a Queued task has not started (Muster)."},
+            "WorkerName": {"type": "string", "nullable": true, "description": "The worker the task runs or ran on (Muster)."},
+            "Links": links
+        })),
+        "TaskDetails": object(&["Task", "ActivityLogs"], json!({
+            "Task": schema_ref("Task"), "Progress": {"type": "object"}, "PhysicalLogSize": i,
+            "ActivityLogs": {"type": "array", "items": {"type": "object", "description": "Id, Name, Started, Ended, Status, Children[], LogElements[{Category, MessageText, OccurredAt}]"}}
+        })),
+    })
+}
+
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for o in OPS {
+        let entry = paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
+        entry[o.method] = operation(o);
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Muster",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Muster's REST API, compatible with Octopus Deploy's workers API. Every space-scoped path also answers as /api/spaces/{spaceId}/… and, for the default space, without the space segment. Routes and property names are case-insensitive; JSON bodies are read whatever the Content-Type."
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"ApiKey": []}, {"ApiKeyQuery": []}, {"Bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-Octopus-ApiKey"},
+                "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "apikey"},
+                "Bearer": {"type": "http", "scheme": "bearer"}
+            },
+            "schemas": schemas()
+        }
+    })
 }

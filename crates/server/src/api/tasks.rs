@@ -565,8 +565,12 @@ async fn follow(app: &App, id: &str, after: i64, tx: &Sender) -> anyhow::Result<
     let mut last = after;
     let mut last_state = None;
     loop {
-        // Subscribe before reading what is stored, so no line falls between the two.
+        // Subscribe, then commit every line appended before the subscription, then read what is
+        // stored: no line falls between the two.
         let live = app.logs.subscribe(id);
+        if live.is_some() {
+            app.logs.flush().await;
+        }
         send_stored(app, id, &mut last, tx).await?;
         if let Some(mut events) = live {
             loop {

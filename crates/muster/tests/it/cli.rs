@@ -1,0 +1,200 @@
+//! The `muster` client commands against a real server.
+
+use crate::support::{KEY, Server, listening_endpoint, muster};
+use serde_json::{Value, json};
+use std::process::Output;
+
+fn cli(server: &Server, args: &[&str]) -> Output {
+    muster()
+        .args(args)
+        .env("MUSTER_SERVER", &server.url)
+        .env("MUSTER_API_KEY", KEY)
+        .output()
+        .expect("muster runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn script_run_prints_the_output_and_exits_by_the_task_state() {
+    let server = Server::start();
+    let hello = cli(&server, &["script", "run", "--", "echo hello"]);
+    assert_eq!(stdout(&hello), "hello\n", "stderr: {}", stderr(&hello));
+    assert_eq!(hello.status.code(), Some(0));
+
+    let failed = cli(
+        &server,
+        &["script", "run", "--", "echo out; echo err >&2; exit 3"],
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    assert_eq!(stdout(&failed), "out\n");
+    assert!(stderr(&failed).contains("err"));
+    assert!(stderr(&failed).contains("Failed"));
+
+    let python = cli(
+        &server,
+        &[
+            "script",
+            "run",
+            "--builtin",
+            "--syntax",
+            "python",
+            "--",
+            "print(6 * 7)",
+        ],
+    );
+    assert_eq!(stdout(&python), "42\n");
+
+    let file = server.dir.join("script.sh");
+    std::fs::write(&file, "echo from a file\n").unwrap();
+    let from_file = cli(
+        &server,
+        &["script", "run", "--file", file.to_str().unwrap()],
+    );
+    assert_eq!(stdout(&from_file), "from a file\n");
+
+    let timed_out = cli(
+        &server,
+        &["script", "run", "--timeout", "1", "--", "sleep 30"],
+    );
+    assert_eq!(timed_out.status.code(), Some(124));
+
+    let queued = cli(&server, &["script", "run", "--no-wait", "--", "echo later"]);
+    let task_id = stdout(&queued).trim().to_string();
+    assert!(task_id.starts_with("ServerTasks-"), "{task_id}");
+    let followed = cli(&server, &["task", "log", "--follow", &task_id]);
+    assert_eq!(stdout(&followed), "later\n");
+    let raw = cli(&server, &["task", "log", &task_id]);
+    assert!(stdout(&raw).contains("| later"));
+    let shown = cli(&server, &["task", "show", &task_id]);
+    assert!(stdout(&shown).contains("Success"));
+    let listed = cli(&server, &["task", "list", "--state", "Success"]);
+    assert!(stdout(&listed).contains(&task_id));
+    let as_json = cli(&server, &["--json", "task", "list"]);
+    let parsed: Value = serde_json::from_str(&stdout(&as_json)).expect("--json prints JSON");
+    assert_eq!(parsed["ItemType"], "Task");
+
+    let none = cli(&server, &["script", "run"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(stderr(&none).starts_with("error: give the script"));
+}
+
+#[test]
+fn spaces_pools_workers_and_policies_from_the_command_line() {
+    let server = Server::start();
+    assert!(
+        cli(&server, &["space", "create", "Team A"])
+            .status
+            .success()
+    );
+    let spaces = stdout(&cli(&server, &["space", "list"]));
+    assert!(
+        spaces.contains("Team A") && spaces.contains("Default"),
+        "{spaces}"
+    );
+    assert!(
+        cli(&server, &["pool", "create", "Linux", "--space", "Team A"])
+            .status
+            .success()
+    );
+    let pools = stdout(&cli(&server, &["pool", "list", "--space", "team-a"]));
+    assert!(
+        pools.contains("Linux") && pools.contains("Default Worker Pool"),
+        "{pools}"
+    );
+    let space_id = server
+        .ok("/api/spaces/all")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["Name"] == "Team A")
+        .unwrap()["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pool = server.ok(&format!("/api/{space_id}/workerpools/all?name=Linux"))[0]["Id"].clone();
+    server
+        .post(
+            &format!("/api/{space_id}/workers"),
+            &json!({"Name": "box", "Endpoint": listening_endpoint(1), "WorkerPoolIds": [pool]}),
+        )
+        .assert_status(201);
+    let workers = stdout(&cli(
+        &server,
+        &["worker", "list", "--space", "Team A", "--pool", "Linux"],
+    ));
+    assert!(
+        workers.contains("box") && workers.contains("TentaclePassive"),
+        "{workers}"
+    );
+    let shown = stdout(&cli(
+        &server,
+        &["worker", "show", "box", "--space", "Team A"],
+    ));
+    assert!(shown.contains("Unknown"), "{shown}");
+    let policies = stdout(&cli(&server, &["policy", "list", "--space", "Team A"]));
+    assert!(policies.contains("Default Machine Policy"));
+    assert!(
+        cli(&server, &["worker", "delete", "box", "--space", "Team A"])
+            .status
+            .success()
+    );
+    assert!(
+        cli(&server, &["pool", "delete", "Linux", "--space", "Team A"])
+            .status
+            .success()
+    );
+    assert!(
+        cli(&server, &["space", "delete", "Team A"])
+            .status
+            .success()
+    );
+    assert!(!stdout(&cli(&server, &["space", "list"])).contains("Team A"));
+
+    let missing = cli(&server, &["pool", "delete", "Nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        stderr(&missing).lines().count(),
+        1,
+        "one clear line: {}",
+        stderr(&missing)
+    );
+    let refused = cli(&server, &["pool", "delete", "Default Worker Pool"]);
+    assert!(
+        stderr(&refused).contains("default worker pool cannot be deleted"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn errors_are_one_line_without_a_backtrace() {
+    let server = Server::start();
+    let unreachable = muster()
+        .args(["space", "list", "--server", "http://127.0.0.1:9"])
+        .env("MUSTER_API_KEY", KEY)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    let text = stderr(&unreachable);
+    assert!(
+        text.starts_with("error: cannot reach the Muster server at http://127.0.0.1:9"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let bad_key = muster()
+        .args(["space", "list"])
+        .env("MUSTER_SERVER", &server.url)
+        .env("MUSTER_API_KEY", "API-NOTAKEYNOTAKEYNOTAKEYNOTAKEY")
+        .output()
+        .unwrap();
+    assert!(stderr(&bad_key).contains("API key"), "{}", stderr(&bad_key));
+    assert!(!stderr(&bad_key).contains("panicked"));
+}

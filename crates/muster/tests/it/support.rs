@@ -1,0 +1,316 @@
+//! Starts the real `muster` binary on 127.0.0.1 with a temporary data dir, and speaks HTTP to it.
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const KEY: &str = "API-MUSTERTESTADMINKEY0123456789";
+
+/// The HTTP client of the tests; rustls is built with ring, the one crypto provider.
+pub fn client() -> reqwest::blocking::Client {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+pub fn muster() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_muster"))
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    http: reqwest::blocking::Client,
+    /// Everything the server prints on stdout after its listening line.
+    _stdout: mpsc::Receiver<String>,
+    /// What it printed before.
+    pub banner: Vec<String>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+    pub content_type: String,
+}
+
+impl Reply {
+    /// Asserts the contract's error body and this status.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status, status,
+            "expected {status}, got {} with {}",
+            self.status, self.text
+        );
+        assert!(
+            self.body["ErrorMessage"].is_string(),
+            "no ErrorMessage in {}",
+            self.text
+        );
+        assert!(self.body["Errors"].is_array(), "no Errors in {}", self.text);
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "error content type {}",
+            self.content_type
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Value {
+        assert_eq!(
+            self.status, status,
+            "expected {status}, got {} with {}",
+            self.status, self.text
+        );
+        &self.body
+    }
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Server {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_path_buf();
+        let mut server = Self::start_in(&dir, args).expect("server starts");
+        server._temp = Some(temp);
+        server
+    }
+
+    /// Starts a server on an existing data dir (a restart), or returns what it printed when it fails.
+    pub fn start_in(dir: &Path, args: &[&str]) -> Result<Server, String> {
+        Self::start_with_key(dir, args, Some(KEY))
+    }
+
+    /// Starts a server whose MUSTER_BOOTSTRAP_API_KEY is `key` (or unset).
+    pub fn start_with_key(dir: &Path, args: &[&str], key: Option<&str>) -> Result<Server, String> {
+        let mut command = muster();
+        match key {
+            Some(key) => command.env("MUSTER_BOOTSTRAP_API_KEY", key),
+            None => command.env_remove("MUSTER_BOOTSTRAP_API_KEY"),
+        };
+        let mut child = command
+            .arg("server")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .env_remove("MUSTER_LISTEN")
+            .env_remove("MUSTER_DATA_DIR")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the muster binary runs");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut banner = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    banner.push(line.clone());
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let address = rest.split('/').next().unwrap_or_default();
+                        return Ok(Server {
+                            child: Some(child),
+                            url: format!("http://{address}"),
+                            dir: dir.to_path_buf(),
+                            _temp: None,
+                            http: client(),
+                            _stdout: rx,
+                            banner,
+                        });
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let mut stderr = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = e.read_to_string(&mut stderr);
+                    }
+                    let _ = child.wait();
+                    return Err(stderr);
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, and waits for the process to exit; returns its exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().expect("wait")
+    }
+
+    /// SIGKILL: the server dies as in a crash.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    pub fn request(&self, method: &str, path: &str) -> reqwest::blocking::RequestBuilder {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        self.http
+            .request(method, format!("{}{}", self.url, path))
+            .header("X-Octopus-ApiKey", KEY)
+    }
+
+    pub fn send(&self, request: reqwest::blocking::RequestBuilder) -> Reply {
+        let response = request.send().expect("the server answers");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = response.text().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert!(status < 500, "server error {status} for a request: {text}");
+        Reply {
+            status,
+            body,
+            text,
+            content_type,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.send(self.request("GET", path))
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        self.send(self.request("DELETE", path))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.request("POST", path).json(body))
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.request("PUT", path).json(body))
+    }
+
+    /// POSTs a body that is not sent as application/json.
+    pub fn post_raw(&self, path: &str, body: &str, content_type: &str) -> Reply {
+        self.send(
+            self.request("POST", path)
+                .header("content-type", content_type)
+                .body(body.to_string()),
+        )
+    }
+
+    pub fn ok(&self, path: &str) -> Value {
+        self.get(path).assert_status(200).clone()
+    }
+
+    /// Queues an AdHocScript task in a space and returns it.
+    pub fn run_script(&self, space: &str, arguments: Value) -> Value {
+        let body = json!({"Name": "AdHocScript", "Description": "test", "Arguments": arguments});
+        self.post(&format!("/api/{space}/tasks"), &body)
+            .assert_status(201)
+            .clone()
+    }
+
+    /// Follows a task's event stream and returns (task, log lines) once the task has ended. Waiting
+    /// on the stream is waiting on the server's own signal, not on a timer.
+    pub fn wait_task(&self, id: &str) -> (Value, Vec<Value>) {
+        let mut lines = Vec::new();
+        let mut task = Value::Null;
+        self.follow(id, |kind, data| {
+            match kind {
+                "line" => lines.push(data),
+                "task" => task = data,
+                _ => {}
+            }
+            task["IsCompleted"] != json!(true)
+        });
+        assert_eq!(
+            task["IsCompleted"],
+            json!(true),
+            "the stream of {id} ended before the task"
+        );
+        (task, lines)
+    }
+
+    /// Reads a task's server-sent events, calling `on_event(kind, data)` until it returns false or
+    /// the stream ends.
+    pub fn follow(&self, id: &str, mut on_event: impl FnMut(&str, Value) -> bool) {
+        let response = self
+            .request("GET", &format!("/api/tasks/{id}/stream"))
+            .send()
+            .expect("stream");
+        assert_eq!(response.status().as_u16(), 200);
+        let mut reader = BufReader::new(response);
+        let (mut kind, mut data) = (String::new(), String::new());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            let text = line.trim_end_matches('\n');
+            if text.is_empty() {
+                if !data.is_empty() {
+                    let value = serde_json::from_str(&data).expect("event data is JSON");
+                    if !on_event(&kind, value) {
+                        return;
+                    }
+                }
+                kind.clear();
+                data.clear();
+            } else if let Some(v) = text.strip_prefix("event:") {
+                kind = v.trim().to_string();
+            } else if let Some(v) = text.strip_prefix("data:") {
+                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+            line.clear();
+        }
+    }
+
+    /// The id of the default space's default pool.
+    pub fn default_pool(&self) -> String {
+        let pools = self.ok("/api/Spaces-1/workerpools/all");
+        pools
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["IsDefault"] == json!(true))
+            .unwrap()["Id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A listening worker's endpoint, for registering workers (nothing dials it in these tests).
+pub fn listening_endpoint(n: u32) -> Value {
+    json!({"CommunicationStyle": "TentaclePassive", "Uri": format!("https://127.0.0.1:{}/", 10933 + n), "Thumbprint": format!("{:040X}", n + 1)})
+}

@@ -8,16 +8,19 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+#[allow(clippy::derivable_impls)] // the enums come from a macro that does not take #[default]
 impl Default for HealthStatus {
     fn default() -> Self {
         HealthStatus::Unknown
     }
 }
+#[allow(clippy::derivable_impls)] // the enums come from a macro that does not take #[default]
 impl Default for MachineStatus {
     fn default() -> Self {
         MachineStatus::Unknown
     }
 }
+#[allow(clippy::derivable_impls)] // the enums come from a macro that does not take #[default]
 impl Default for WorkerPoolType {
     fn default() -> Self {
         WorkerPoolType::StaticWorkerPool

@@ -186,11 +186,7 @@ fn kill_group(group: i32) {
 async fn forward_lines(reader: impl AsyncRead + Unpin, stream: Stream, lines: mpsc::Sender<Line>) {
     let mut reader = BufReader::with_capacity(MAX_LINE_BYTES, reader);
     let mut line: Vec<u8> = Vec::new();
-    loop {
-        let buf = match reader.fill_buf().await {
-            Ok(buf) => buf,
-            Err(_) => break,
-        };
+    while let Ok(buf) = reader.fill_buf().await {
         if buf.is_empty() {
             break;
         }
@@ -200,10 +196,10 @@ async fn forward_lines(reader: impl AsyncRead + Unpin, stream: Stream, lines: mp
         };
         line.extend_from_slice(&buf[..if complete { take - 1 } else { take }]);
         reader.consume(take);
-        if complete || line.len() >= MAX_LINE_BYTES {
-            if send(&lines, stream, &mut line).await.is_err() {
-                return;
-            }
+        if (complete || line.len() >= MAX_LINE_BYTES)
+            && send(&lines, stream, &mut line).await.is_err()
+        {
+            return;
         }
     }
     if !line.is_empty() {

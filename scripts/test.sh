@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test of Muster: formatting, lints, unit and integration tests.
+# It installs what the tests need when it is missing (Debian packages, with apt-get, as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The tests run real interpreters: bash and python3 for scripts, procps for `kill`.
+missing=()
+command -v bash >/dev/null 2>&1 || missing+=(bash)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v kill >/dev/null 2>&1 || missing+=(procps)
+command -v date >/dev/null 2>&1 || missing+=(coreutils)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "The tests need: ${missing[*]}. Install them, or run this script as root." >&2
+    exit 1
+  fi
+  echo "Installing ${missing[*]}…"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "rustfmt is not installed: skipping the format check" >&2
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --all-targets --locked -- -D warnings
+else
+  echo "clippy is not installed: skipping lints" >&2
+fi
+cargo test --workspace --locked

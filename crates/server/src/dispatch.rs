@@ -9,7 +9,7 @@
 //! final state has the whole log.
 
 use crate::state::App;
-use muster_core::resources::{Task, Worker, WorkerPool};
+use muster_core::resources::{Space, Task, Worker, WorkerPool};
 use muster_core::time::{Timestamp, format_date, now};
 use muster_core::{LogCategory, ScriptSyntax, ScriptTarget, TaskState, WorkerPoolType};
 use serde_json::Value;
@@ -253,7 +253,7 @@ pub async fn run(app: App) {
 async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
     let queued = app.store.tasks_in_states(&[TaskState::Queued]).await?;
     let mut next_timer: Option<Timestamp> = None;
-    let mut spaces: HashMap<String, (Vec<WorkerPool>, Vec<Worker>)> = HashMap::new();
+    let mut spaces: HashMap<String, (Option<Space>, Vec<WorkerPool>, Vec<Worker>)> = HashMap::new();
     for mut task in queued {
         let at = now();
         if task.queue_time_expiry.is_some_and(|expiry| expiry <= at) {
@@ -273,11 +273,20 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             continue;
         }
         if !spaces.contains_key(&task.space_id) {
+            let space = app.store.get::<Space>(&task.space_id).await?;
             let pools = app.store.list::<WorkerPool>(&task.space_id).await?;
             let workers = app.store.list::<Worker>(&task.space_id).await?;
-            spaces.insert(task.space_id.clone(), (pools, workers));
+            spaces.insert(task.space_id.clone(), (space, pools, workers));
         }
-        let (pools, workers) = &spaces[&task.space_id];
+        let (space, pools, workers) = &spaces[&task.space_id];
+        if let Some(space) = space.as_ref().filter(|s| s.task_queue_stopped) {
+            let reason = format!(
+                "The task queue of space '{}' is stopped (TaskQueueStopped).",
+                space.name
+            );
+            set_reason(app, &mut task, reason).await?;
+            continue;
+        }
         match decide(&task, pools, workers) {
             Decision::Fail(message) => {
                 task.state = TaskState::Failed;

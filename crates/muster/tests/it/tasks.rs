@@ -496,3 +496,23 @@ fn chrono_like_now_plus_hours(hours: u64) -> String {
         .unwrap();
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
+
+#[test]
+fn a_stopped_task_queue_holds_its_tasks_until_it_restarts() {
+    let server = Server::start();
+    server
+        .put("/api/spaces/Spaces-1", &json!({"TaskQueueStopped": true}))
+        .assert_status(200);
+    let task = server.run_script("Spaces-1", json!({"ScriptBody": "echo resumed"}));
+    wait_reason(
+        &server,
+        &id(&task),
+        "task queue of space 'Default' is stopped",
+    );
+    server
+        .put("/api/spaces/Spaces-1", &json!({"TaskQueueStopped": false}))
+        .assert_status(200);
+    let (done, lines) = server.wait_task(&id(&task));
+    assert_eq!(done["State"], "Success");
+    assert!(texts(&lines).contains(&"resumed".to_string()));
+}

@@ -139,6 +139,8 @@ pub async fn update(
     space.last_modified_on = Some(muster_core::time::now());
     space.last_modified_by = actor(&user);
     write_with_default(&app, &space).await?;
+    // A restarted task queue may let tasks start.
+    app.dispatcher.wake();
     ok(&links::space(&space))
 }
 

@@ -54,6 +54,13 @@ impl Dispatcher {
     }
 }
 
+/// What one dispatch pass reads of a space, once.
+struct SpaceView {
+    space: Option<Space>,
+    pools: Vec<WorkerPool>,
+    workers: Vec<Worker>,
+}
+
 /// What a queued task needs to start.
 enum Decision {
     Builtin,
@@ -253,7 +260,7 @@ pub async fn run(app: App) {
 async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
     let queued = app.store.tasks_in_states(&[TaskState::Queued]).await?;
     let mut next_timer: Option<Timestamp> = None;
-    let mut spaces: HashMap<String, (Option<Space>, Vec<WorkerPool>, Vec<Worker>)> = HashMap::new();
+    let mut spaces: HashMap<String, SpaceView> = HashMap::new();
     for mut task in queued {
         let at = now();
         if task.queue_time_expiry.is_some_and(|expiry| expiry <= at) {
@@ -276,9 +283,20 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             let space = app.store.get::<Space>(&task.space_id).await?;
             let pools = app.store.list::<WorkerPool>(&task.space_id).await?;
             let workers = app.store.list::<Worker>(&task.space_id).await?;
-            spaces.insert(task.space_id.clone(), (space, pools, workers));
+            spaces.insert(
+                task.space_id.clone(),
+                SpaceView {
+                    space,
+                    pools,
+                    workers,
+                },
+            );
         }
-        let (space, pools, workers) = &spaces[&task.space_id];
+        let SpaceView {
+            space,
+            pools,
+            workers,
+        } = &spaces[&task.space_id];
         if let Some(space) = space.as_ref().filter(|s| s.task_queue_stopped) {
             let reason = format!(
                 "The task queue of space '{}' is stopped (TaskQueueStopped).",

@@ -1,6 +1,6 @@
 //! The `muster` client commands. They speak only the REST API, like any other client would.
 
-mod client;
+pub mod client;
 mod output;
 mod tasks;
 

@@ -21,6 +21,28 @@ pub fn client() -> reqwest::blocking::Client {
         .expect("client")
 }
 
+/// The `muster-agent` binary, built beside `muster` (it is another package, so Cargo does not hand
+/// its path to these tests).
+pub fn agent() -> Command {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "muster-agent",
+                "--bin",
+                "muster-agent",
+            ])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cannot build muster-agent");
+    });
+    let path = Path::new(env!("CARGO_BIN_EXE_muster")).with_file_name("muster-agent");
+    Command::new(path)
+}
+
 pub fn muster() -> Command {
     Command::new(env!("CARGO_BIN_EXE_muster"))
 }

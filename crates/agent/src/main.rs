@@ -1,0 +1,273 @@
+//! `muster-agent`: a worker for a Muster server. Its commands and option spellings follow Tentacle's, so
+//! that bootstrap scripts such as the seed blog's `configure-tentacle.sh` port by changing the binary's
+//! name. It never links the store or the server.
+
+mod config;
+mod register;
+
+use clap::{Parser, Subcommand};
+use config::{DEFAULT_SERVER_COMMS_PORT, Home};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "muster-agent",
+    version,
+    about = "A worker for a Muster server."
+)]
+struct Cli {
+    /// The agent's home: certificate, configuration, trusted server thumbprints.
+    #[arg(long, global = true, env = "MUSTER_AGENT_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates the agent's certificate.
+    NewCertificate {
+        /// Keep an existing certificate.
+        #[arg(long = "if-blank")]
+        if_blank: bool,
+    },
+    /// Prints the agent's certificate thumbprint.
+    ShowThumbprint,
+    /// Sets how the agent communicates and which servers it trusts.
+    Configure {
+        /// Listen for the server on this port (a listening agent).
+        #[arg(long, alias = "port")]
+        listen_port: Option<u16>,
+        /// Do not listen (a polling agent); Tentacle scripts write `--noListen True`.
+        #[arg(long, alias = "noListen", num_args = 0..=1, default_missing_value = "true",
+              value_parser = clap::builder::BoolishValueParser::new())]
+        no_listen: Option<bool>,
+        /// Trust a server certificate thumbprint (repeatable).
+        #[arg(long)]
+        trust: Vec<String>,
+        /// Forget every trusted thumbprint first.
+        #[arg(long, alias = "resetTrust")]
+        reset_trust: bool,
+        /// Where scripts get their working directories.
+        #[arg(long, alias = "app")]
+        work_dir: Option<PathBuf>,
+    },
+    /// Registers this machine as a worker of a Muster server.
+    RegisterWorker(RegisterArgs),
+    /// Removes the workers that carry this agent's thumbprint.
+    DeregisterWorker {
+        #[arg(long)]
+        server: String,
+        #[arg(
+            long,
+            alias = "apiKey",
+            alias = "apikey",
+            env = "MUSTER_API_KEY",
+            hide_env_values = true
+        )]
+        api_key: String,
+        #[arg(long)]
+        space: Option<String>,
+        /// Accepted for Tentacle scripts; ignored.
+        #[arg(long, hide = true)]
+        instance: Option<String>,
+    },
+    /// Accepted so that Tentacle bootstrap scripts run unchanged: Muster's agent has one instance per
+    /// home directory.
+    #[command(hide = true)]
+    CreateInstance {
+        #[arg(long)]
+        config: Option<String>,
+        #[arg(long)]
+        instance: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RegisterArgs {
+    /// The server's REST address, such as http://muster.example:8080.
+    #[arg(long)]
+    server: String,
+    #[arg(
+        long,
+        alias = "apiKey",
+        alias = "apikey",
+        env = "MUSTER_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: String,
+    /// The worker's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The space, by name (default: the user's default space).
+    #[arg(long)]
+    space: Option<String>,
+    /// A worker pool, by name, slug or id (repeatable).
+    #[arg(
+        long = "worker-pool",
+        alias = "workerpool",
+        alias = "workerPool",
+        required = true
+    )]
+    pools: Vec<String>,
+    /// The machine policy, by name (default: the space's default policy).
+    #[arg(long)]
+    policy: Option<String>,
+    /// TentacleActive (polling: the agent dials the server) or TentaclePassive (listening).
+    #[arg(long, alias = "commsStyle", default_value = "TentaclePassive")]
+    comms_style: String,
+    /// The server's comms port, which a polling agent dials.
+    #[arg(long, alias = "serverCommsPort", default_value_t = DEFAULT_SERVER_COMMS_PORT)]
+    server_comms_port: u16,
+    /// The name the server dials a listening agent at (default: the host name).
+    #[arg(long, alias = "publicHostName", alias = "publicHostname")]
+    public_hostname: Option<String>,
+    /// The port a listening agent serves (default: the configured one, 10933).
+    #[arg(long, alias = "tentacle-comms-port")]
+    listen_port: Option<u16>,
+    /// Update the worker if one of that name is registered already.
+    #[arg(long)]
+    force: bool,
+    /// Accepted for Tentacle scripts; ignored.
+    #[arg(long, hide = true)]
+    instance: Option<String>,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "muster-agent".into())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::new(cli.home.unwrap_or_else(config::default_home));
+    match cli.command {
+        Command::NewCertificate { if_blank } => {
+            if home.has_certificate() && !if_blank {
+                std::fs::remove_file(home.dir.join("cert.pem"))?;
+                std::fs::remove_file(home.dir.join("key.pem"))?;
+            }
+            let identity = home.identity()?;
+            println!(
+                "The agent's certificate thumbprint is {}",
+                identity.thumbprint()
+            );
+        }
+        Command::ShowThumbprint => println!("{}", home.identity()?.thumbprint()),
+        Command::Configure {
+            listen_port,
+            no_listen,
+            trust,
+            reset_trust,
+            work_dir,
+        } => {
+            let mut config = home.load()?;
+            if reset_trust {
+                config.trusted_thumbprints.clear();
+            }
+            for thumbprint in trust {
+                let thumbprint = thumbprint.trim().to_ascii_uppercase();
+                let valid = (thumbprint.len() == 40 || thumbprint.len() == 64)
+                    && thumbprint.bytes().all(|b| b.is_ascii_hexdigit());
+                if !valid {
+                    anyhow::bail!(
+                        "--trust takes a thumbprint of 40 or 64 hexadecimal characters, got '{thumbprint}'"
+                    );
+                }
+                if !config.trusted_thumbprints.contains(&thumbprint) {
+                    config.trusted_thumbprints.push(thumbprint);
+                }
+            }
+            if no_listen == Some(true) {
+                config.listen_port = None;
+            } else if let Some(port) = listen_port {
+                config.listen_port = Some(port);
+            } else if no_listen == Some(false) && config.listen_port.is_none() {
+                config.listen_port = Some(config::DEFAULT_LISTEN_PORT);
+            }
+            if let Some(dir) = work_dir {
+                config.work_dir = Some(dir);
+            }
+            home.save(&config)?;
+            match config.listen_port {
+                Some(port) => println!(
+                    "Listening on port {port}; trusting {} server(s)",
+                    config.trusted_thumbprints.len()
+                ),
+                None => println!(
+                    "Not listening (polling); trusting {} server(s)",
+                    config.trusted_thumbprints.len()
+                ),
+            }
+        }
+        Command::RegisterWorker(args) => {
+            let registration = register::Registration {
+                name: args.name.unwrap_or_else(hostname),
+                public_hostname: args.public_hostname.unwrap_or_else(hostname),
+                server: args.server,
+                api_key: args.api_key,
+                space: args.space,
+                pools: args.pools,
+                policy: args.policy,
+                comms_style: args.comms_style,
+                server_comms_port: args.server_comms_port,
+                listen_port: args.listen_port,
+                force: args.force,
+            };
+            let worker = register::register(&home, registration).await?;
+            println!(
+                "Registered worker {} ({}) in {} as {}",
+                worker["Name"].as_str().unwrap_or_default(),
+                worker["Id"].as_str().unwrap_or_default(),
+                worker["SpaceId"].as_str().unwrap_or_default(),
+                worker["Endpoint"]["Uri"].as_str().unwrap_or_default()
+            );
+        }
+        Command::DeregisterWorker {
+            server,
+            api_key,
+            space,
+            ..
+        } => {
+            let removed = register::deregister(&home, &server, &api_key, space.as_deref()).await?;
+            if removed.is_empty() {
+                println!("No worker of this agent was registered there");
+            } else {
+                println!("Deregistered {}", removed.join(", "));
+            }
+        }
+        Command::CreateInstance { .. } => {
+            println!(
+                "The agent's instance is its home directory, {}",
+                home.dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(error) = runtime.block_on(run(cli)) {
+        let mut message = error.to_string();
+        for cause in error.chain().skip(1) {
+            message.push_str(&format!(": {cause}"));
+        }
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,263 @@
+//! `muster-agent`: its certificate, configuration, and registration with a real server.
+
+use crate::support::{KEY, Server, agent};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Output;
+
+fn run(home: &Path, args: &[&str]) -> Output {
+    agent()
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("MUSTER_API_KEY")
+        .output()
+        .expect("muster-agent runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn the_blogs_bootstrap_commands_run_with_the_binary_renamed() {
+    let server = Server::start();
+    let home = server.dir.join("agent-home");
+    let config_path = server.dir.join("tentacle-default.config");
+    // configure-tentacle.sh, line by line, with `Tentacle` replaced by `muster-agent`.
+    assert!(
+        run(
+            &home,
+            &[
+                "create-instance",
+                "--config",
+                config_path.to_str().unwrap(),
+                "--instance",
+                "w1"
+            ]
+        )
+        .status
+        .success()
+    );
+    let created = run(&home, &["new-certificate", "--if-blank"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let thumbprint = String::from_utf8_lossy(&run(&home, &["show-thumbprint"]).stdout)
+        .trim()
+        .to_string();
+    assert_eq!(thumbprint.len(), 64);
+    assert!(text(&created).contains(&thumbprint));
+    assert!(
+        text(&run(&home, &["new-certificate", "--if-blank"])).contains(&thumbprint),
+        "--if-blank keeps the certificate"
+    );
+    let configured = run(
+        &home,
+        &[
+            "configure",
+            "--noListen",
+            "True",
+            "--reset-trust",
+            "--app",
+            server.dir.join("apps").to_str().unwrap(),
+        ],
+    );
+    assert!(configured.status.success(), "{}", text(&configured));
+    let registered = run(
+        &home,
+        &[
+            "register-worker",
+            "--server",
+            &server.url,
+            "--apiKey",
+            KEY,
+            "--name",
+            "samples-1",
+            "--comms-style",
+            "TentacleActive",
+            "--server-comms-port",
+            "10943",
+            "--workerPool",
+            "Default Worker Pool",
+            "--policy",
+            "Default Machine Policy",
+            "--space",
+            "Default",
+        ],
+    );
+    assert!(registered.status.success(), "{}", text(&registered));
+
+    let workers = server.ok("/api/Spaces-1/workers/all");
+    assert_eq!(workers.as_array().unwrap().len(), 1);
+    let worker = &workers[0];
+    assert_eq!(worker["Name"], "samples-1");
+    assert_eq!(worker["Endpoint"]["CommunicationStyle"], "TentacleActive");
+    assert_eq!(worker["Thumbprint"], thumbprint.as_str());
+    assert_eq!(worker["MachinePolicyId"], "MachinePolicies-1");
+    let uri = worker["Endpoint"]["Uri"].as_str().unwrap();
+    let id = uri
+        .strip_prefix("poll://")
+        .and_then(|r| r.strip_suffix('/'))
+        .unwrap();
+    assert_eq!(id.len(), 20);
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    );
+
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("agent.json")).unwrap()).unwrap();
+    let server_thumbprint =
+        server.ok("/api/configuration/certificates/certificate-global")["Thumbprint"].clone();
+    assert_eq!(
+        config["TrustedThumbprints"],
+        json!([server_thumbprint]),
+        "registration trusts the server"
+    );
+    assert!(config["ListenPort"].is_null());
+    assert_eq!(config["SubscriptionId"], uri);
+}
+
+#[test]
+fn registering_twice_needs_force_and_never_duplicates() {
+    let server = Server::start();
+    let home = server.dir.join("agent-home");
+    let args = [
+        "register-worker",
+        "--server",
+        &server.url,
+        "--api-key",
+        KEY,
+        "--name",
+        "box",
+        "--worker-pool",
+        "default-worker-pool",
+        "--comms-style",
+        "TentaclePassive",
+        "--public-hostname",
+        "127.0.0.1",
+        "--listen-port",
+        "10999",
+    ];
+    assert!(run(&home, &args).status.success());
+    let again = run(&home, &args);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again).contains("already registered") && text(&again).contains("--force"),
+        "{}",
+        text(&again)
+    );
+    let pool = server
+        .post(
+            "/api/Spaces-1/workerpools",
+            &json!({"Name": "Second", "WorkerPoolType": "StaticWorkerPool"}),
+        )
+        .assert_status(201)
+        .clone();
+    let mut forced = args.to_vec();
+    forced.extend(["--force", "--worker-pool", pool["Id"].as_str().unwrap()]);
+    let output = run(&home, &forced);
+    assert!(output.status.success(), "{}", text(&output));
+    let workers = server.ok("/api/Spaces-1/workers/all");
+    assert_eq!(
+        workers.as_array().unwrap().len(),
+        1,
+        "--force updates, never duplicates"
+    );
+    assert_eq!(workers[0]["Endpoint"]["Uri"], "https://127.0.0.1:10999/");
+    assert_eq!(workers[0]["WorkerPoolIds"].as_array().unwrap().len(), 2);
+
+    let bad_pool = run(
+        &home,
+        &[
+            "register-worker",
+            "--server",
+            &server.url,
+            "--api-key",
+            KEY,
+            "--name",
+            "x",
+            "--worker-pool",
+            "Nope",
+        ],
+    );
+    assert!(
+        text(&bad_pool).contains("no worker pool named 'Nope'"),
+        "{}",
+        text(&bad_pool)
+    );
+    let bad_key = run(
+        &home,
+        &[
+            "register-worker",
+            "--server",
+            &server.url,
+            "--api-key",
+            "API-WRONGWRONGWRONGWRONGWRONGW",
+            "--name",
+            "x",
+            "--worker-pool",
+            "Second",
+        ],
+    );
+    assert_eq!(bad_key.status.code(), Some(1));
+    assert!(text(&bad_key).contains("API key"), "{}", text(&bad_key));
+
+    let removed = run(
+        &home,
+        &[
+            "deregister-worker",
+            "--server",
+            &server.url,
+            "--apiKey",
+            KEY,
+        ],
+    );
+    assert!(removed.status.success(), "{}", text(&removed));
+    assert!(text(&removed).contains("box"));
+    assert_eq!(
+        server
+            .ok("/api/Spaces-1/workers/all")
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn configure_checks_what_it_is_given() {
+    let temp = tempfile::tempdir().unwrap();
+    let home = temp.path().join("home");
+    let bad = run(&home, &["configure", "--trust", "xyz"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad).starts_with("error: --trust takes a thumbprint"),
+        "{}",
+        text(&bad)
+    );
+    let good = run(
+        &home,
+        &[
+            "configure",
+            "--trust",
+            &"ab".repeat(32),
+            "--listen-port",
+            "10950",
+        ],
+    );
+    assert!(good.status.success(), "{}", text(&good));
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("agent.json")).unwrap()).unwrap();
+    assert_eq!(config["ListenPort"], 10950);
+    assert_eq!(config["TrustedThumbprints"], json!(["AB".repeat(32)]));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "the home holds a private key"
+    );
+}

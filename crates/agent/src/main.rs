@@ -4,6 +4,7 @@
 
 mod config;
 mod register;
+mod service;
 
 use clap::{Parser, Subcommand};
 use config::{DEFAULT_SERVER_COMMS_PORT, Home};
@@ -71,6 +72,12 @@ enum Command {
         /// Accepted for Tentacle scripts; ignored.
         #[arg(long, hide = true)]
         instance: Option<String>,
+    },
+    /// Runs the agent in the foreground until Ctrl-C or SIGTERM (the systemd unit runs this).
+    Run {
+        /// The address a listening agent binds.
+        #[arg(long, env = "MUSTER_AGENT_LISTEN_ADDRESS", default_value = "0.0.0.0")]
+        listen_address: String,
     },
     /// Accepted so that Tentacle bootstrap scripts run unchanged: Muster's agent has one instance per
     /// home directory.
@@ -238,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("Deregistered {}", removed.join(", "));
             }
         }
+        Command::Run { listen_address } => service::run(&home, &listen_address).await?,
         Command::CreateInstance { .. } => {
             println!(
                 "The agent's instance is its home directory, {}",

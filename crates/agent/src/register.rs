@@ -155,6 +155,8 @@ pub async fn register(home: &Home, r: Registration) -> anyhow::Result<Value> {
             config.subscription_id = Some(subscription.clone());
             config.server = Some(r.server.trim_end_matches('/').to_string());
             config.server_comms_port = Some(r.server_comms_port);
+            // A polling agent dials out; it listens only when asked to.
+            config.listen_port = r.listen_port;
             json!({"CommunicationStyle": "TentacleActive", "Uri": subscription, "Thumbprint": thumbprint})
         }
         "tentaclepassive" | "listening" => {

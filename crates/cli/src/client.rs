@@ -20,6 +20,9 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
+            // A server that stops answering is an error, not a hang; live streams send a
+            // keep-alive every 15 seconds, well within this.
+            .read_timeout(std::time::Duration::from_secs(60))
             .build()
             .context("cannot set up the HTTP client")?;
         Ok(Client {

@@ -331,13 +331,29 @@ async fn space(client: &Client, json: bool, command: SpaceCommand) -> anyhow::Re
         }
         SpaceCommand::Delete { space } => {
             let found = resolve_space(client, &SpaceOption { space: Some(space) }).await?;
+            if found["IsDefault"] == json!(true) {
+                bail!("the default space cannot be deleted; make another space the default first");
+            }
             let path = format!("/api/spaces/{}", id_of(&found));
-            if found["TaskQueueStopped"] != json!(true) {
+            let was_stopped = found["TaskQueueStopped"] == json!(true);
+            if !was_stopped {
                 client
                     .send(Method::PUT, &path, Some(&json!({"TaskQueueStopped": true})))
                     .await?;
             }
-            client.send(Method::DELETE, &path, None).await?;
+            if let Err(error) = client.send(Method::DELETE, &path, None).await {
+                // Leave the space as it was: its queue runs again.
+                if !was_stopped {
+                    let _ = client
+                        .send(
+                            Method::PUT,
+                            &path,
+                            Some(&json!({"TaskQueueStopped": false})),
+                        )
+                        .await;
+                }
+                return Err(error);
+            }
             if !json {
                 println!(
                     "Deleted space {} ({})",

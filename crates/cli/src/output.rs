@@ -24,8 +24,16 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-/// A field as text: strings bare, null as "-", anything else as JSON.
+/// A field as text: strings bare, null as "-", anything else as JSON. Control characters are shown
+/// as `?`, so a name cannot drive the terminal.
 pub fn text(value: &Value) -> String {
+    raw_text(value)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn raw_text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
         Value::String(s) if s.is_empty() => "-".into(),

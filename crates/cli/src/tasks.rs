@@ -201,7 +201,19 @@ pub async fn script_run(client: &Client, json: bool, args: ScriptRun) -> anyhow:
         let client = client.clone();
         let task_id = task_id.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            let terminate = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            let interrupted = tokio::select! {
+                result = tokio::signal::ctrl_c() => result.is_ok(),
+                _ = terminate => true,
+            };
+            if interrupted {
                 eprintln!("Canceling {task_id}…");
                 let _ = client
                     .send(

@@ -127,6 +127,25 @@ pub const KNOWN_NAMES: &[&str] = &[
     "IsService",
 ];
 
+/// Fields whose values are enums: their values, too, are read without case.
+fn enum_values(field: &str) -> &'static [&'static str] {
+    use crate::enums::*;
+    match field {
+        "CommunicationStyle" => CommunicationStyle::NAMES,
+        "WorkerPoolType" => WorkerPoolType::NAMES,
+        "HealthStatus" => HealthStatus::NAMES,
+        "Status" => MachineStatus::NAMES,
+        "HealthCheckType" => &["RunScript", "OnlyConnectivity"],
+        "RunType" => &["InheritFromDefault", "Inline", "OnlyConnectivity"],
+        "MachineConnectivityBehavior" => &["ExpectedToBeOnline", "MayBeOfflineAndCanBeSkipped"],
+        "DeleteMachinesBehavior" => &["DoNotDelete", "DeleteUnavailableMachines"],
+        "CalamariUpdateBehavior" => &["UpdateOnDeployment", "UpdateOnNewMachine", "UpdateAlways"],
+        "TentacleUpdateBehavior" => &["NeverUpdate", "Update"],
+        "KubernetesAgentUpdateBehavior" => &["NeverUpdate", "Update", "Block"],
+        _ => &[],
+    }
+}
+
 fn dictionary() -> &'static HashMap<String, &'static str> {
     static DICTIONARY: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
     DICTIONARY.get_or_init(|| {
@@ -149,6 +168,13 @@ pub fn canonicalize(value: &mut Value) {
                     Some(canonical) => (*canonical).to_string(),
                     None => key,
                 };
+                if let Value::String(text) = &mut inner
+                    && let Some(canonical) = enum_values(&key)
+                        .iter()
+                        .find(|v| v.eq_ignore_ascii_case(text.trim()))
+                {
+                    *text = (*canonical).to_string();
+                }
                 map.insert(key, inner);
             }
         }
@@ -164,7 +190,7 @@ mod tests {
 
     #[test]
     fn keys_are_canonical_at_every_depth_and_unknown_keys_survive() {
-        let mut body = json!({"name": "w", "EndPoint": {"communicationstyle": "Ssh", "HOST": "h"}, "custom_Key": 1});
+        let mut body = json!({"name": "w", "EndPoint": {"communicationstyle": "ssh", "HOST": "h"}, "custom_Key": 1});
         canonicalize(&mut body);
         assert_eq!(
             body,

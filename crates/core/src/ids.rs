@@ -58,6 +58,23 @@ pub fn canonical_id(kind: IdKind, text: &str) -> Option<String> {
     parse_id(kind, text).map(|n| kind.format(n))
 }
 
+/// Problems with a resource's name: required, at most 200 characters, no control characters (they
+/// would reach terminals and logs as escape sequences).
+pub fn check_name(name: &str) -> Option<String> {
+    if name.trim().is_empty() {
+        Some("Name is required.".into())
+    } else if name.chars().count() > 200 {
+        Some("Name must be at most 200 characters.".into())
+    } else if name
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+    {
+        Some("Name must not contain control characters.".into())
+    } else {
+        None
+    }
+}
+
 /// A slug: lower case, runs of anything but letters and digits folded to one dash.
 pub fn slugify(name: &str) -> String {
     let mut out = String::new();

@@ -33,7 +33,11 @@ impl Default for WorkerPoolType {
 pub fn apply<T: Serialize + DeserializeOwned>(base: &T, body: &Value) -> Result<T, String> {
     let mut merged = serde_json::to_value(base).map_err(|e| e.to_string())?;
     overlay(&mut merged, body);
-    serde_json::from_value(merged).map_err(|e| e.to_string())
+    // The error names the field, such as `Endpoint.Port: invalid type: string "x", expected i64`.
+    serde_path_to_error::deserialize(merged).map_err(|e| match e.path().to_string().as_str() {
+        "." | "" => e.inner().to_string(),
+        path => format!("{path}: {}", e.inner()),
+    })
 }
 
 fn overlay(base: &mut Value, body: &Value) {
@@ -497,8 +501,20 @@ impl MachinePolicy {
             &self.machine_cleanup_policy["DeleteMachinesBehavior"],
             &["DoNotDelete", "DeleteUnavailableMachines"],
         );
-        if self.connection_retry_count_limit < 0 {
-            errors.push("ConnectionRetryCountLimit must not be negative".into());
+        if !(0..=i64::from(i32::MAX)).contains(&self.connection_retry_count_limit) {
+            errors.push(format!(
+                "ConnectionRetryCountLimit must be between 0 and {}",
+                i32::MAX
+            ));
+        }
+        if self.machine_health_check_policy["HealthCheckInterval"]
+            .as_str()
+            .and_then(crate::time::parse_timespan)
+            .is_some_and(|d| d.is_zero())
+        {
+            errors.push(
+                "MachineHealthCheckPolicy.HealthCheckInterval must be longer than zero".into(),
+            );
         }
         if errors.is_empty() {
             Ok(())
@@ -580,10 +596,9 @@ impl Task {
             (_, Some(t)) => t.format("%A, %d %B %Y %H:%M:%S +00:00").to_string(),
             (_, None) => String::new(),
         };
-        let duration = match self.start_time {
-            Some(start) => human_duration(self.completed_time.unwrap_or(now) - start),
-            None => human_duration(now - self.queue_time),
-        };
+        // From start (or queueing, for a task that never started) to the end, or to now.
+        let end = self.completed_time.unwrap_or(now);
+        let duration = human_duration(end - self.start_time.unwrap_or(self.queue_time).min(end));
         let completed = self.state.is_completed();
         serde_json::json!({
             "Id": self.id,

@@ -45,7 +45,8 @@ pub fn hint(key: &str) -> String {
 
 /// Requests that need no key: the root document (clients probe it first) and the OpenAPI document.
 fn is_anonymous(method: &Method, path: &str) -> bool {
-    *method == Method::GET && (path == "/api" || path == "/api/openapi.json")
+    (*method == Method::GET || *method == Method::HEAD)
+        && (path == "/api" || path == "/api/openapi.json")
 }
 
 fn presented_key(request: &Request) -> Option<String> {
@@ -73,6 +74,7 @@ fn presented_key(request: &Request) -> Option<String> {
         .into_iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("apikey"))
         .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 pub async fn authenticate(State(app): State<App>, mut request: Request, next: Next) -> Response {

@@ -16,13 +16,18 @@ pub struct Setup {
 
 pub const ADMIN_USERNAME: &str = "admin";
 
-pub async fn ensure(store: &Store, bootstrap_key: Option<&str>) -> anyhow::Result<Setup> {
-    if let Some(key) = bootstrap_key
-        && !(auth::valid_key_format(key) && key.len() >= 4 + 26)
-    {
+pub fn check_bootstrap_key(key: &str) -> anyhow::Result<()> {
+    if !(auth::valid_key_format(key) && key.len() >= 4 + 26) {
         anyhow::bail!(
             "MUSTER_BOOTSTRAP_API_KEY must be API- followed by 26 or more upper-case letters and digits"
         );
+    }
+    Ok(())
+}
+
+pub async fn ensure(store: &Store, bootstrap_key: Option<&str>) -> anyhow::Result<Setup> {
+    if let Some(key) = bootstrap_key {
+        check_bootstrap_key(key)?;
     }
     let installation_id = match store.meta("installation_id").await? {
         Some(id) => id,
@@ -121,6 +126,10 @@ pub async fn create_space(
     space.id = store.next_id(IdKind::Space).await?;
     if space.slug.trim().is_empty() {
         space.slug = muster_core::ids::slugify(&space.name);
+    }
+    if space.slug.is_empty() {
+        // A name without letters or digits: the id serves as the slug.
+        space.slug = space.id.to_ascii_lowercase();
     }
     space.last_modified_on = stamp;
     space.last_modified_by = Some(by.into());

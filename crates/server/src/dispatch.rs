@@ -33,6 +33,8 @@ pub struct Dispatcher {
 struct Running {
     cancel: Arc<Notify>,
     shutting_down: Arc<AtomicBool>,
+    /// The external worker it runs on (None: the built-in worker).
+    worker_id: Option<String>,
 }
 
 impl Dispatcher {
@@ -43,6 +45,16 @@ impl Dispatcher {
 
     fn running_count(&self) -> usize {
         self.running.lock().expect("dispatcher lock").len()
+    }
+
+    /// How many tasks run on a worker now.
+    fn load(&self, worker_id: &str) -> usize {
+        self.running
+            .lock()
+            .expect("dispatcher lock")
+            .values()
+            .filter(|r| r.worker_id.as_deref() == Some(worker_id))
+            .count()
     }
 
     fn running(&self, task_id: &str) -> Option<Running> {
@@ -64,6 +76,7 @@ struct SpaceView {
 /// What a queued task needs to start.
 enum Decision {
     Builtin,
+    Agent(Box<Worker>),
     Wait(String),
     Fail(String),
 }
@@ -207,13 +220,21 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
         .await?
     {
         let from = task.state;
+        let worker = task
+            .worker_name
+            .clone()
+            .unwrap_or_else(|| BUILTIN_WORKER_NAME.to_string());
         let message = if from == TaskState::Cancelling {
             task.state = TaskState::Canceled;
-            "The task was being canceled when the Muster server stopped."
+            "The task was being canceled when the Muster server stopped.".to_string()
         } else {
             task.state = TaskState::Failed;
-            "The Muster server stopped while this task was executing on the built-in worker; the script's outcome is unknown."
+            // Re-attaching to a script that an agent kept running is not built yet.
+            format!(
+                "The Muster server stopped while this task was executing on {worker}; the script's outcome is unknown."
+            )
         };
+        let message = message.as_str();
         app.logs
             .open(&task.id, app.store.last_log_seq(&task.id).await?);
         app.logs.append(&task.id, LogCategory::Error, message);
@@ -305,20 +326,21 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             set_reason(app, &mut task, reason).await?;
             continue;
         }
-        match decide(&task, pools, workers) {
+        let decision = decide(app, &task, pools, workers);
+        match &decision {
             Decision::Fail(message) => {
                 task.state = TaskState::Failed;
-                finish(&mut task, &message);
+                finish(&mut task, message);
                 app.store.transition_task(&task, TaskState::Queued).await?;
                 app.logs.changed(&task.id);
             }
-            Decision::Wait(reason) => set_reason(app, &mut task, reason).await?,
+            Decision::Wait(reason) => set_reason(app, &mut task, reason.clone()).await?,
             Decision::Builtin if !app.config.builtin_worker => {
                 let reason = "It needs the built-in worker, which is disabled on this server (--no-builtin-worker); \
                               add a worker to the target pool or start the server without that flag.";
                 set_reason(app, &mut task, reason.to_string()).await?;
             }
-            Decision::Builtin => {
+            Decision::Builtin | Decision::Agent(_) => {
                 let running = app.dispatcher.running_count();
                 if running >= app.config.task_cap {
                     let reason = format!(
@@ -327,7 +349,10 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
                     );
                     set_reason(app, &mut task, reason).await?;
                 } else {
-                    start_builtin(app, task).await?;
+                    match decision {
+                        Decision::Agent(worker) => start(app, task, Some(*worker)).await?,
+                        _ => start(app, task, None).await?,
+                    }
                 }
             }
         }
@@ -344,7 +369,49 @@ async fn set_reason(app: &App, task: &mut Task, reason: String) -> anyhow::Resul
     Ok(())
 }
 
-fn decide(task: &Task, pools: &[WorkerPool], workers: &[Worker]) -> Decision {
+/// Why a worker cannot take work now, or None when it can.
+fn unavailable(app: &App, worker: &Worker) -> Option<String> {
+    if worker.is_disabled {
+        return Some(format!("{} is disabled", worker.name));
+    }
+    if worker.health_status == muster_core::HealthStatus::Unavailable {
+        return Some(format!(
+            "{} is Unavailable ({})",
+            worker.name,
+            worker.status_summary.trim_end_matches('.')
+        ));
+    }
+    match &worker.thumbprint {
+        Some(t) if app.comms.link(t).is_some() => None,
+        _ => Some(format!("{} is not connected", worker.name)),
+    }
+}
+
+/// Among the workers that can take work, the one with the fewest running tasks (ties: lowest id).
+fn choose<'a>(
+    app: &App,
+    candidates: impl Iterator<Item = &'a Worker>,
+) -> Result<Worker, Vec<String>> {
+    let mut reasons = Vec::new();
+    let mut best: Option<(usize, i64, &Worker)> = None;
+    for worker in candidates {
+        match unavailable(app, worker) {
+            Some(reason) => reasons.push(reason),
+            None => {
+                let key = (
+                    app.dispatcher.load(&worker.id),
+                    muster_core::parse_id(muster_core::IdKind::Worker, &worker.id).unwrap_or(0),
+                );
+                if best.is_none_or(|(load, id, _)| key < (load, id)) {
+                    best = Some((key.0, key.1, worker));
+                }
+            }
+        }
+    }
+    best.map(|(_, _, w)| w.clone()).ok_or(reasons)
+}
+
+fn decide(app: &App, task: &Task, pools: &[WorkerPool], workers: &[Worker]) -> Decision {
     if task.name != "AdHocScript" {
         return Decision::Fail(format!("Muster does not run tasks named '{}'.", task.name));
     }
@@ -384,10 +451,19 @@ fn decide(task: &Task, pools: &[WorkerPool], workers: &[Worker]) -> Decision {
                     // The docs' rule: while a pool has no workers, the built-in worker runs its steps.
                     return Decision::Builtin;
                 } else {
-                    reasons.push(format!(
-                        "No healthy worker in pool '{}': its {members} worker(s) are not connected to this server.",
-                        pool.name
-                    ));
+                    match choose(
+                        app,
+                        workers
+                            .iter()
+                            .filter(|w| w.worker_pool_ids.contains(&pool.id)),
+                    ) {
+                        Ok(worker) => return Decision::Agent(Box::new(worker)),
+                        Err(why) => reasons.push(format!(
+                            "No healthy worker in pool '{}': {}.",
+                            pool.name,
+                            why.join("; ")
+                        )),
+                    }
                 }
             }
             if reasons.is_empty() {
@@ -404,26 +480,33 @@ fn decide(task: &Task, pools: &[WorkerPool], workers: &[Worker]) -> Decision {
             if named.len() < arguments.machine_ids.len() {
                 return Decision::Fail("A worker this task targets no longer exists.".into());
             }
-            let names: Vec<&str> = named.iter().map(|w| w.name.as_str()).collect();
-            Decision::Wait(format!(
-                "Worker(s) {} are not connected to this server.",
-                names.join(", ")
-            ))
+            match choose(app, named.into_iter()) {
+                Ok(worker) => Decision::Agent(Box::new(worker)),
+                Err(why) => {
+                    Decision::Wait(format!("No named worker can take it: {}.", why.join("; ")))
+                }
+            }
         }
     }
 }
 
-async fn start_builtin(app: &App, mut task: Task) -> anyhow::Result<()> {
+/// Claims a task for the built-in worker (`worker` None) or an agent's worker, and starts it.
+async fn start(app: &App, mut task: Task, worker: Option<Worker>) -> anyhow::Result<()> {
     let at = now();
     task.state = TaskState::Executing;
     task.start_time = Some(at);
     task.last_updated_time = at;
     task.server_node = Some(app.config.node_name.clone());
-    task.worker_name = Some(BUILTIN_WORKER_NAME.into());
+    task.worker_name = Some(
+        worker
+            .as_ref()
+            .map_or(BUILTIN_WORKER_NAME.to_string(), |w| w.name.clone()),
+    );
     task.queue_reason = None;
     let running = Running {
         cancel: Arc::new(Notify::new()),
         shutting_down: Arc::new(AtomicBool::new(false)),
+        worker_id: worker.as_ref().map(|w| w.id.clone()),
     };
     // Counted as running before the claim, so a second pass cannot overshoot the cap.
     app.dispatcher
@@ -436,7 +519,10 @@ async fn start_builtin(app: &App, mut task: Task) -> anyhow::Result<()> {
             let last_seq = app.store.last_log_seq(&task.id).await.unwrap_or(0);
             app.logs.open(&task.id, last_seq);
             app.logs.changed(&task.id);
-            tokio::spawn(run_builtin(app.clone(), task, running));
+            match worker {
+                Some(worker) => tokio::spawn(run_agent(app.clone(), task, worker, running)),
+                None => tokio::spawn(run_builtin(app.clone(), task, running)),
+            };
             Ok(())
         }
         other => {
@@ -524,6 +610,12 @@ async fn run_builtin(app: App, mut task: Task, running: Running) {
             }
         }
     };
+    conclude(&app, task, final_state, message).await;
+}
+
+/// Ends a task: its last line, its log committed, then its final state, then the followers told.
+async fn conclude(app: &App, mut task: Task, final_state: TaskState, message: String) {
+    let id = task.id.clone();
     if final_state != TaskState::Success {
         app.logs.append(&id, LogCategory::Error, message.clone());
         task.has_warnings_or_errors = true;
@@ -554,6 +646,175 @@ async fn run_builtin(app: App, mut task: Task, running: Running) {
         .remove(&id);
     app.dispatcher.ended.notify_waiters();
     app.dispatcher.wake();
+}
+
+/// How long a task waits for its agent to come back after the connection drops: the worker's machine
+/// policy's `ConnectionConnectTimeout`, at most 60 seconds.
+async fn reconnect_grace(app: &App, worker: &Worker) -> Duration {
+    let policy = match &worker.machine_policy_id {
+        Some(id) => app
+            .store
+            .get::<muster_core::resources::MachinePolicy>(id)
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    policy
+        .and_then(|p| muster_core::time::parse_timespan(&p.connection_connect_timeout))
+        .unwrap_or(Duration::from_secs(60))
+        .min(Duration::from_secs(60))
+}
+
+async fn run_agent(app: App, task: Task, worker: Worker, running: Running) {
+    let id = task.id.clone();
+    let uri = worker.uri.clone().unwrap_or_default();
+    app.logs.append(
+        &id,
+        LogCategory::Verbose,
+        format!("Running on worker {} ({uri})", worker.name),
+    );
+    let mut stderr_seen = false;
+    let (final_state, message) = match ScriptArguments::parse(&task.arguments) {
+        Err(errors) => (TaskState::Failed, errors.join(" ")),
+        Ok(arguments) => {
+            let start = muster_proto::rpc::StartScript {
+                ticket: id.clone(),
+                syntax: arguments.syntax.as_str().to_string(),
+                body: arguments.body,
+                env: vec![
+                    ("MUSTER_TASK_ID".into(), id.clone()),
+                    ("MUSTER_SPACE_ID".into(), task.space_id.clone()),
+                ],
+                timeout_seconds: arguments.timeout.map(|t| t.as_secs().max(1)),
+            };
+            drive_agent(&app, &worker, start, &running, &mut stderr_seen).await
+        }
+    };
+    let mut task = task;
+    task.has_warnings_or_errors |= stderr_seen;
+    conclude(&app, task, final_state, message).await;
+}
+
+/// Starts the script on the agent and follows it to its end, over a dropped connection if the agent
+/// comes back within the grace period.
+async fn drive_agent(
+    app: &App,
+    worker: &Worker,
+    start: muster_proto::rpc::StartScript,
+    running: &Running,
+    stderr_seen: &mut bool,
+) -> (TaskState, String) {
+    use muster_proto::rpc::{self, Outcome, ScriptState, StatusReply, StatusRequest, Ticket};
+    let ticket = Ticket {
+        ticket: start.ticket.clone(),
+    };
+    let id = start.ticket.clone();
+    let mut after = 0u64;
+    let mut started = false;
+    let mut cancel_sent = false;
+    let mut lost_since: Option<tokio::time::Instant> = None;
+    let grace = reconnect_grace(app, worker).await;
+    loop {
+        let link = match crate::comms::link_for(app, worker).await {
+            Ok(link) => link,
+            Err(error) => {
+                let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= grace {
+                    return (
+                        TaskState::Failed,
+                        format!(
+                            "Lost the connection to worker {} and it did not come back within {} seconds: {error:#}",
+                            worker.name,
+                            grace.as_secs()
+                        ),
+                    );
+                }
+                let changed = app.comms.changed.notified();
+                let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
+                continue;
+            }
+        };
+        if !started {
+            if let Err(error) = link.call::<_, Ticket>(rpc::PATH_START, &start).await {
+                lost_since.get_or_insert_with(tokio::time::Instant::now);
+                tracing::warn!(task = %id, "cannot start the script on {}: {error:#}", worker.name);
+                continue;
+            }
+            started = true;
+        }
+        let request = StatusRequest {
+            ticket: id.clone(),
+            after,
+            wait_ms: 15_000,
+        };
+        let cancel = running.cancel.clone();
+        let reply = tokio::select! {
+            reply = link.call::<_, StatusReply>(rpc::PATH_STATUS, &request) => Some(reply),
+            _ = cancel.notified(), if !cancel_sent => None,
+        };
+        let reply = match reply {
+            None => {
+                cancel_sent = true;
+                if let Err(error) = link.call::<_, Ticket>(rpc::PATH_CANCEL, &ticket).await {
+                    tracing::warn!(task = %id, "cannot cancel the script on {}: {error:#}", worker.name);
+                }
+                continue;
+            }
+            Some(Err(error)) => {
+                let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= grace {
+                    return (
+                        TaskState::Failed,
+                        format!("Lost the connection to worker {}: {error:#}", worker.name),
+                    );
+                }
+                let changed = app.comms.changed.notified();
+                let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
+                continue;
+            }
+            Some(Ok(reply)) => reply,
+        };
+        lost_since = None;
+        for line in &reply.lines {
+            *stderr_seen |= line.error;
+            let category = if line.error {
+                LogCategory::Error
+            } else {
+                LogCategory::Info
+            };
+            app.logs.append(&id, category, line.text.clone());
+            after = line.seq;
+        }
+        match reply.state {
+            ScriptState::Running => {}
+            ScriptState::Unknown => {
+                return (
+                    TaskState::Failed,
+                    format!(
+                        "Worker {} no longer knows this script (the agent restarted).",
+                        worker.name
+                    ),
+                );
+            }
+            ScriptState::Complete => {
+                let _ = link.call::<_, Ticket>(rpc::PATH_COMPLETE, &ticket).await;
+                return match (reply.outcome, reply.exit_code) {
+                    (Some(Outcome::Exited), Some(0)) => (TaskState::Success, String::new()),
+                    (Some(Outcome::Exited), Some(code)) => (TaskState::Failed, format!("The script exited with code {code}.")),
+                    (Some(Outcome::Signaled), code) => {
+                        (TaskState::Failed, format!("The script was ended by signal {}.", code.unwrap_or_default()))
+                    }
+                    (Some(Outcome::Canceled), _) if running.shutting_down.load(Ordering::SeqCst) => {
+                        (TaskState::Failed, "The Muster server shut down while this task was executing; the script was stopped.".into())
+                    }
+                    (Some(Outcome::Canceled), _) => (TaskState::Canceled, "The task was canceled.".into()),
+                    (Some(Outcome::TimedOut), _) => (TaskState::TimedOut, "The task timed out.".into()),
+                    _ => (TaskState::Failed, format!("The script could not run on worker {}.", worker.name)),
+                };
+            }
+        }
+    }
 }
 
 /// Cancels a task: a queued one at once, a running one by stopping its script.

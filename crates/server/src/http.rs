@@ -13,6 +13,10 @@ use serde_json::Value;
 /// The largest request body accepted; more answers 413.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// How a normalized path names the default space: `~` never appears in a slug, so no space can
+/// shadow it.
+pub const DEFAULT_SPACE: &str = "~default";
+
 /// Space-scoped collections that, unprefixed, mean the default space (contract 1.2).
 const SCOPED_COLLECTIONS: &[&str] = &["workerpools", "workers", "machinepolicies"];
 
@@ -36,7 +40,7 @@ pub fn normalize_path(path: &str) -> String {
         [first, tail @ ..] if is_space_id(first) => join("/api/s", first, tail),
         ["spaces", space, tail @ ..] if !tail.is_empty() => join("/api/s", space, tail),
         [collection, ..] if SCOPED_COLLECTIONS.contains(collection) => {
-            join("/api/s", "default", rest)
+            join("/api/s", DEFAULT_SPACE, rest)
         }
         _ => trimmed.to_string(),
     }
@@ -179,10 +183,14 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                     ))
                 }
             })?;
+        // Windows tools may start a body with a UTF-8 byte order mark.
+        let bytes = bytes
+            .strip_prefix(b"\xEF\xBB\xBF".as_slice())
+            .unwrap_or(&bytes);
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(Value::Null));
         }
-        let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
             ApiError::bad_request(format!("The request body is not valid JSON: {e}"))
         })?;
         muster_core::casing::canonicalize(&mut value);
@@ -304,7 +312,7 @@ mod tests {
         );
         assert_eq!(
             normalize_path("/api/workerpools/all"),
-            "/api/s/default/workerpools/all"
+            "/api/s/~default/workerpools/all"
         );
         assert_eq!(normalize_path("/api/Spaces-1"), "/api/s/spaces-1");
         assert_eq!(normalize_path("/api/"), "/api");

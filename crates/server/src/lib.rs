@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 mod bootstrap;
+mod comms;
 mod dispatch;
 mod http;
 mod links;
@@ -25,18 +26,21 @@ use std::time::Duration;
 /// `muster server`: every flag is also an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// Address of the REST API and portal.
+    /// Address of the REST API.
     #[arg(long, env = "MUSTER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Where the SQLite database, the server certificate and task working directories live.
     #[arg(long, env = "MUSTER_DATA_DIR", default_value = "./muster-data")]
     pub data_dir: PathBuf,
     /// How many tasks this node runs at once; more wait Queued.
-    #[arg(long, env = "MUSTER_TASK_CAP", default_value_t = 5)]
-    pub task_cap: usize,
+    #[arg(long, env = "MUSTER_TASK_CAP", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub task_cap: u32,
     /// Never run scripts on the server itself; tasks that would need it stay Queued.
     #[arg(long, env = "MUSTER_NO_BUILTIN_WORKER")]
     pub no_builtin_worker: bool,
+    /// Address of the comms port, which polling agents dial.
+    #[arg(long, env = "MUSTER_COMMS_LISTEN", default_value = "0.0.0.0:10943")]
+    pub comms_listen: SocketAddr,
     /// This node's name in `ServerNode` (default: the host name).
     #[arg(long, env = "MUSTER_NODE_NAME")]
     pub node_name: Option<String>,
@@ -44,6 +48,23 @@ pub struct ServerArgs {
 
 /// Runs the server until Ctrl-C or SIGTERM.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    // Everything that can be refused is checked before anything is created, so a failed first start
+    // never swallows the administrator's key.
+    let bootstrap_key = std::env::var("MUSTER_BOOTSTRAP_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    if let Some(key) = &bootstrap_key {
+        bootstrap::check_bootstrap_key(key)?;
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let comms_listener = tokio::net::TcpListener::bind(args.comms_listen)
+        .await
+        .with_context(|| format!("cannot listen for agents on {}", args.comms_listen))?;
+    let comms_address = comms_listener.local_addr()?;
+
     std::fs::create_dir_all(&args.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -51,7 +72,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
     })?;
     let _lock = state::lock_data_dir(&args.data_dir)?;
-
     let store = muster_store::Store::open_sqlite(&args.data_dir.join("muster.db"))
         .await
         .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
@@ -60,14 +80,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         "Muster Server",
     )
     .context("cannot load the server certificate")?;
-    let bootstrap_key = std::env::var("MUSTER_BOOTSTRAP_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty());
     let setup = bootstrap::ensure(&store, bootstrap_key.as_deref()).await?;
 
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
     let config = Config {
-        task_cap: args.task_cap,
+        task_cap: args.task_cap as usize,
         builtin_worker: !args.no_builtin_worker,
         node_name,
         work_dir: args.data_dir.join("work"),
@@ -75,34 +92,44 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let app = state::AppInner::new(store.clone(), config, setup.installation_id, certificate);
     dispatch::recover(&app).await?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
     if let Some(key) = &setup.new_admin_key {
         println!("Administrator API key (shown once; keep it safe): {key}");
     }
+    println!("Muster comms port for polling agents is listening on {comms_address}");
     println!(
         "Muster is listening on http://{address}/ (data in {})",
         args.data_dir.display()
     );
 
     let dispatcher = tokio::spawn(dispatch::run(app.clone()));
+    let comms = tokio::spawn(comms::listen(app.clone(), comms_listener));
+    let health = tokio::spawn(comms::health_loop(app.clone()));
     let router = api::router(app.clone());
     let service = tower::ServiceBuilder::new()
         .map_request(http::normalize_request)
         .service(router);
+    // On the signal, running scripts are stopped and live streams end first, so no open stream
+    // holds the shutdown.
+    let stopping = {
+        let app = app.clone();
+        async move {
+            shutdown_signal().await;
+            println!("Muster is shutting down");
+            dispatch::shutdown(&app, Duration::from_secs(10)).await;
+            let _ = app.shutdown.send(true);
+        }
+    };
     axum::serve(
         listener,
         service.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(stopping)
     .await
     .context("the HTTP server failed")?;
 
-    println!("Muster is shutting down");
     dispatcher.abort();
-    dispatch::shutdown(&app, Duration::from_secs(10)).await;
+    comms.abort();
+    health.abort();
     app.logs.flush().await;
     store.close().await;
     Ok(())

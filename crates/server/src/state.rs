@@ -22,6 +22,11 @@ pub struct AppInner {
     pub certificate: muster_proto::Identity,
     pub logs: LogHub,
     pub dispatcher: Dispatcher,
+    pub comms: crate::comms::Comms,
+    /// Asks the health loop for a round now (a worker was added or changed).
+    pub health_wake: tokio::sync::Notify,
+    /// Turns true when the server begins to shut down.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 pub type App = Arc<AppInner>;
@@ -41,6 +46,9 @@ impl AppInner {
             certificate,
             logs,
             dispatcher: Dispatcher::default(),
+            comms: Default::default(),
+            health_wake: Default::default(),
+            shutdown: tokio::sync::watch::Sender::new(false),
         })
     }
 }

@@ -137,7 +137,10 @@ fn spaces_pools_workers_and_policies_from_the_command_line() {
         &server,
         &["worker", "show", "box", "--space", "Team A"],
     ));
-    assert!(shown.contains("Unknown"), "{shown}");
+    assert!(
+        shown.contains("box") && shown.contains("HealthStatus"),
+        "{shown}"
+    );
     let policies = stdout(&cli(&server, &["policy", "list", "--space", "Team A"]));
     assert!(policies.contains("Default Machine Policy"));
     assert!(
@@ -156,6 +159,14 @@ fn spaces_pools_workers_and_policies_from_the_command_line() {
             .success()
     );
     assert!(!stdout(&cli(&server, &["space", "list"])).contains("Team A"));
+
+    let default = cli(&server, &["space", "delete", "Default"]);
+    assert_eq!(default.status.code(), Some(1));
+    assert_eq!(
+        server.ok("/api/spaces/Spaces-1")["TaskQueueStopped"],
+        false,
+        "a refused delete changes nothing"
+    );
 
     let missing = cli(&server, &["pool", "delete", "Nope"]);
     assert_eq!(missing.status.code(), Some(1));

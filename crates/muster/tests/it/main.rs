@@ -11,3 +11,4 @@ mod resources;
 mod snapshots;
 mod support;
 mod tasks;
+mod workers_live;

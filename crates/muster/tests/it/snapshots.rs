@@ -17,6 +17,8 @@ fn stable(value: &Value) -> Value {
                             json!(format!("[{k}]"))
                         }
                         "PhysicalLogSize" => json!("[size]"),
+                        // Health checks start as soon as a worker exists and race with the snapshot.
+                        "MachineHealthStatusSummaries" => json!("[health counts]"),
                         "ServerNode" if v.is_string() => json!("[node]"),
                         _ => stable(v),
                     };

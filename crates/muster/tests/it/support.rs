@@ -1,7 +1,7 @@
 //! Starts the real `muster` binary on 127.0.0.1 with a temporary data dir, and speaks HTTP to it.
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -50,6 +50,8 @@ pub fn muster() -> Command {
 pub struct Server {
     child: Option<Child>,
     pub url: String,
+    /// The comms port polling agents dial.
+    pub comms_port: u16,
     pub dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     http: reqwest::blocking::Client,
@@ -57,6 +59,8 @@ pub struct Server {
     _stdout: mpsc::Receiver<String>,
     /// What it printed before.
     pub banner: Vec<String>,
+    /// Everything it printed on stderr so far (its log).
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 pub struct Reply {
@@ -127,7 +131,13 @@ impl Server {
         };
         let mut child = command
             .arg("server")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--comms-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(dir)
             .args(args)
             .env_remove("MUSTER_LISTEN")
@@ -137,6 +147,18 @@ impl Server {
             .spawn()
             .expect("the muster binary runs");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr_text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr_pipe = child.stderr.take().expect("stderr");
+        let stderr_reader = {
+            let sink = stderr_text.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+                    let mut text = sink.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            })
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -146,31 +168,38 @@ impl Server {
             }
         });
         let mut banner = Vec::new();
+        let mut comms_port = 0;
         loop {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => {
                     banner.push(line.clone());
+                    if let Some(rest) = line.split("polling agents is listening on ").nth(1) {
+                        comms_port = rest
+                            .rsplit(':')
+                            .next()
+                            .and_then(|p| p.trim().parse().ok())
+                            .unwrap_or(0);
+                    }
                     if let Some(rest) = line.split("listening on http://").nth(1) {
                         let address = rest.split('/').next().unwrap_or_default();
                         return Ok(Server {
                             child: Some(child),
                             url: format!("http://{address}"),
+                            comms_port,
                             dir: dir.to_path_buf(),
                             _temp: None,
                             http: client(),
                             _stdout: rx,
                             banner,
+                            stderr: stderr_text,
                         });
                     }
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    let mut stderr = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = e.read_to_string(&mut stderr);
-                    }
                     let _ = child.wait();
-                    return Err(stderr);
+                    let _ = stderr_reader.join();
+                    return Err(stderr_text.lock().unwrap().clone());
                 }
             }
         }
@@ -288,7 +317,13 @@ impl Server {
         let mut reader = BufReader::new(response);
         let (mut kind, mut data) = (String::new(), String::new());
         let mut line = String::new();
+        // Keep-alive comments arrive every 15 seconds, so a stuck task fails here instead of hanging.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "task {id} did not finish in 120 seconds"
+            );
             let text = line.trim_end_matches('\n');
             if text.is_empty() {
                 if !data.is_empty() {
@@ -335,4 +370,173 @@ impl Drop for Server {
 /// A listening worker's endpoint, for registering workers (nothing dials it in these tests).
 pub fn listening_endpoint(n: u32) -> Value {
     json!({"CommunicationStyle": "TentaclePassive", "Uri": format!("https://127.0.0.1:{}/", 10933 + n), "Thumbprint": format!("{:040X}", n + 1)})
+}
+
+/// A running `muster-agent run`, killed when dropped.
+pub struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Agent {
+    /// Starts `muster-agent run` on a home that was set up before.
+    pub fn start(home: &Path) -> Agent {
+        let mut child = agent()
+            .arg("--home")
+            .arg(home)
+            .args(["run", "--listen-address", "127.0.0.1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("muster-agent runs");
+        let (tx, rx) = mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Agent { child, lines: rx }
+    }
+
+    /// Waits for a line of the agent's output that contains `needle`, and returns it.
+    #[track_caller]
+    pub fn wait_for(&self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("the agent never printed '{needle}'"),
+            }
+        }
+    }
+
+    /// SIGKILL: the agent dies as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free port on 127.0.0.1 (bound and released at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Asks `check` until it gives a value, for state the API has no stream for (a worker's health).
+#[track_caller]
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+impl Server {
+    /// Registers an agent home as a polling worker of the default pool and starts it, connected.
+    pub fn polling_agent(&self, name: &str) -> Agent {
+        let home = self.dir.join(format!("agent-{name}"));
+        let port = self.comms_port.to_string();
+        let output = agent()
+            .arg("--home")
+            .arg(&home)
+            .args([
+                "register-worker",
+                "--server",
+                &self.url,
+                "--api-key",
+                KEY,
+                "--name",
+                name,
+                "--worker-pool",
+                "Default Worker Pool",
+                "--comms-style",
+                "TentacleActive",
+                "--server-comms-port",
+                &port,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let agent = Agent::start(&home);
+        agent.wait_for("is connected to");
+        agent
+    }
+
+    /// Registers an agent home as a listening worker of the default pool and starts it.
+    pub fn listening_agent(&self, name: &str) -> Agent {
+        let home = self.dir.join(format!("agent-{name}"));
+        let port = free_port().to_string();
+        let output = agent()
+            .arg("--home")
+            .arg(&home)
+            .args([
+                "register-worker",
+                "--server",
+                &self.url,
+                "--api-key",
+                KEY,
+                "--name",
+                name,
+                "--worker-pool",
+                "Default Worker Pool",
+                "--comms-style",
+                "TentaclePassive",
+                "--public-hostname",
+                "127.0.0.1",
+                "--listen-port",
+                &port,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let agent = Agent::start(&home);
+        agent.wait_for("is listening on");
+        agent
+    }
+
+    /// Waits until the named worker of the default space has this health status.
+    pub fn wait_health(&self, name: &str, status: &str) -> Value {
+        eventually(&format!("{name} to be {status}"), || {
+            let workers = self.ok("/api/Spaces-1/workers/all");
+            workers
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["Name"] == name && w["HealthStatus"] == status)
+                .cloned()
+        })
+    }
 }

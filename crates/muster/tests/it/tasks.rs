@@ -450,7 +450,31 @@ fn shutting_down_stops_running_scripts_and_records_why() {
     server.follow(&id(&task), |kind, data| {
         !(kind == "line" && data["MessageText"] == "started")
     });
+    // A follower that stays connected must not hold the shutdown until the script ends.
+    let follower = {
+        let request = server.request("GET", &format!("/api/tasks/{}/stream", id(&task)));
+        std::thread::spawn(move || {
+            let mut response = request.send().unwrap();
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut response, &mut sink);
+        })
+    };
+    let queued_follower = {
+        let body = json!({"Name": "AdHocScript", "QueueTime": "2099-01-01T00:00:00Z", "Arguments": {"ScriptBody": "true"}});
+        let queued = server
+            .post("/api/Spaces-1/tasks", &body)
+            .assert_status(201)
+            .clone();
+        let request = server.request("GET", &format!("/api/tasks/{}/stream", id(&queued)));
+        std::thread::spawn(move || {
+            let mut response = request.send().unwrap();
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut response, &mut sink);
+        })
+    };
     assert!(server.stop().success());
+    follower.join().unwrap();
+    queued_follower.join().unwrap();
     let server = Server::start_in(temp.path(), &[]).unwrap();
     let task = server.ok(&format!("/api/tasks/{}", id(&task)));
     assert_eq!(task["State"], "Failed");

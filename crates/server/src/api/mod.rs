@@ -197,7 +197,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
 
 /// The space a scoped route names: `default`, an id, or a slug. Unknown answers 404.
 pub async fn resolve_space(app: &App, key: &str) -> Result<Space, ApiError> {
-    let found = if key == "default" {
+    let found = if key == crate::http::DEFAULT_SPACE {
         app.store
             .list::<Space>("")
             .await?

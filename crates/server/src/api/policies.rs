@@ -79,11 +79,7 @@ pub async fn get_one(
 fn validate(policy: &mut MachinePolicy) -> Result<(), ApiError> {
     policy.name = policy.name.trim().to_string();
     let mut errors = Vec::new();
-    if policy.name.is_empty() {
-        errors.push("Name is required.".to_string());
-    } else if policy.name.chars().count() > 200 {
-        errors.push("Name must be at most 200 characters.".to_string());
-    }
+    errors.extend(muster_core::ids::check_name(&policy.name));
     if let Err(problems) = policy.validate() {
         errors.extend(problems);
     }

@@ -78,10 +78,9 @@ pub async fn get_one(
 fn validate(pool: &mut WorkerPool) -> Result<(), ApiError> {
     pool.name = pool.name.trim().to_string();
     let mut errors = Vec::new();
-    if pool.name.is_empty() {
-        errors.push("Name is required.".to_string());
-    } else if pool.name.chars().count() > 200 {
-        errors.push("Name must be at most 200 characters.".to_string());
+    errors.extend(muster_core::ids::check_name(&pool.name));
+    if !(0..=i64::from(i32::MAX)).contains(&pool.sort_order) {
+        errors.push(format!("SortOrder must be between 0 and {}.", i32::MAX));
     }
     pool.slug = muster_core::ids::slugify(if pool.slug.trim().is_empty() {
         &pool.name

@@ -69,7 +69,7 @@ fn scoped_links(space_id: &str) -> Map<String, Value> {
 }
 
 pub async fn root(State(app): State<App>) -> ApiResult {
-    let default_space = super::resolve_space(&app, "default").await?;
+    let default_space = super::resolve_space(&app, crate::http::DEFAULT_SPACE).await?;
     let mut links = Map::new();
     links.insert("Self".into(), json!("/api"));
     links.insert(

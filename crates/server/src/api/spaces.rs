@@ -51,16 +51,22 @@ pub async fn get_one(State(app): State<App>, Path(id): Path<String>) -> ApiResul
 fn validate(space: &mut Space) -> Result<(), ApiError> {
     space.name = space.name.trim().to_string();
     let mut errors = Vec::new();
-    if space.name.is_empty() {
-        errors.push("Name is required.".to_string());
-    } else if space.name.chars().count() > 200 {
-        errors.push("Name must be at most 200 characters.".to_string());
-    }
+    errors.extend(muster_core::ids::check_name(&space.name));
     space.slug = muster_core::ids::slugify(if space.slug.trim().is_empty() {
         &space.name
     } else {
         &space.slug
     });
+    // A slug must not shadow a route: `/api/spaces/all`, or another space's id.
+    let own_id = space.id.to_ascii_lowercase();
+    if space.slug == "all"
+        || (muster_core::parse_id(IdKind::Space, &space.slug).is_some() && space.slug != own_id)
+    {
+        errors.push(format!(
+            "Slug '{}' is reserved; choose another.",
+            space.slug
+        ));
+    }
     if errors.is_empty() {
         Ok(())
     } else {

@@ -186,6 +186,11 @@ async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
     };
     let queue_time = date("QueueTime", &mut errors);
     let queue_time_expiry = date("QueueTimeExpiry", &mut errors);
+    if let (Some(start), Some(expiry)) = (queue_time, queue_time_expiry)
+        && expiry <= start
+    {
+        errors.push("QueueTimeExpiry must be after QueueTime.".into());
+    }
     match ScriptArguments::parse(&arguments) {
         Err(problems) => errors.extend(problems),
         Ok(script) => {
@@ -194,7 +199,9 @@ async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
             for given in &script.pool_ids {
                 let id = muster_core::ids::canonical_id(IdKind::WorkerPool, given)
                     .unwrap_or_else(|| given.clone());
-                if pools.iter().any(|p| p.id == id) {
+                if pool_ids.contains(&id) {
+                    // Named twice: once is enough.
+                } else if pools.iter().any(|p| p.id == id) {
                     pool_ids.push(id);
                 } else {
                     errors.push(format!(
@@ -208,7 +215,9 @@ async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
             for given in &script.machine_ids {
                 let id = muster_core::ids::canonical_id(IdKind::Worker, given)
                     .unwrap_or_else(|| given.clone());
-                if workers.iter().any(|w| w.id == id) {
+                if machine_ids.contains(&id) {
+                    // Named twice: once is enough.
+                } else if workers.iter().any(|w| w.id == id) {
                     machine_ids.push(id);
                 } else {
                     errors.push(format!("'{given}' is not a worker of space {}.", space.id));
@@ -274,7 +283,7 @@ pub async fn create_default(State(app): State<App>, body: JsonBody) -> ApiResult
             .map_err(|_| {
                 ApiError::bad_request(format!("SpaceId '{id}' is not a space of this server."))
             })?,
-        None => resolve_space(&app, "default").await?,
+        None => resolve_space(&app, crate::http::DEFAULT_SPACE).await?,
     };
     create(&app, &space, body).await
 }
@@ -517,8 +526,15 @@ fn stream(app: App, task: Task, params: &Params) -> Result<Response, ApiError> {
     };
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);
     tokio::spawn(async move {
-        if let Err(error) = follow(&app, &task.id, after, &tx).await {
-            tracing::debug!(%error, "a task stream ended early");
+        let mut shutdown = app.shutdown.subscribe();
+        tokio::select! {
+            result = follow(&app, &task.id, after, &tx) => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "a task stream ended early");
+                }
+            }
+            // The server is stopping: the stream ends so that the shutdown does not wait on it.
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
         }
     });
     let body =
@@ -572,47 +588,54 @@ async fn follow(app: &App, id: &str, after: i64, tx: &Sender) -> anyhow::Result<
             app.logs.flush().await;
         }
         send_stored(app, id, &mut last, tx).await?;
-        if let Some(mut events) = live {
-            loop {
-                match events.recv().await {
-                    Ok(LogEvent::Line(line)) if line.seq > last => {
-                        send_line(tx, &line).await?;
-                        last = line.seq;
-                    }
-                    Ok(LogEvent::Line(_)) => {}
-                    Ok(LogEvent::Done) | Err(broadcast::error::RecvError::Closed) => break,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        app.logs.flush().await;
-                        send_stored(app, id, &mut last, tx).await?;
-                    }
-                }
-            }
-            send_stored(app, id, &mut last, tx).await?;
-        }
         let Some(task) = app.store.get_task(id).await? else {
             return Ok(());
         };
+        if task.state.is_completed() {
+            // Its last line was committed before its final state: read once more, then end.
+            send_stored(app, id, &mut last, tx).await?;
+            return send_task(tx, &task).await;
+        }
         if last_state != Some((task.state, task.queue_reason.clone())) {
             send_task(tx, &task).await?;
             last_state = Some((task.state, task.queue_reason.clone()));
         }
-        if task.state.is_completed() {
-            return Ok(());
-        }
-        if app.logs.subscribe(id).is_some() {
-            continue;
-        }
-        // Queued (or running on another node): wait for its next change, or for the follower to leave.
-        loop {
-            tokio::select! {
-                changed = changes.recv() => match changed {
-                    Ok(changed) if changed == id => break,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                },
-                _ = tx.closed() => return Ok(()),
-            }
+        match live {
+            // Running here: its lines as they come, until it ends or its state changes.
+            Some(mut events) => loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(LogEvent::Line(line)) if line.seq > last => {
+                            send_line(tx, &line).await?;
+                            last = line.seq;
+                        }
+                        Ok(LogEvent::Line(_)) => {}
+                        Ok(LogEvent::Done) | Err(broadcast::error::RecvError::Closed) => break,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            app.logs.flush().await;
+                            send_stored(app, id, &mut last, tx).await?;
+                        }
+                    },
+                    changed = changes.recv() => match changed {
+                        Ok(changed) if changed == id => break,
+                        Ok(_) => {}
+                        Err(_) => break,
+                    },
+                    _ = tx.closed() => return Ok(()),
+                }
+            },
+            // Queued (or running on another node): wait for its next change, or for the follower to leave.
+            None => loop {
+                tokio::select! {
+                    changed = changes.recv() => match changed {
+                        Ok(changed) if changed == id => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    },
+                    _ = tx.closed() => return Ok(()),
+                }
+            },
         }
     }
 }

@@ -173,6 +173,18 @@ pub async fn revoke_key(
     if record.is_none() {
         return Err(ApiError::not_found(&key_id));
     }
+    let remaining = app
+        .store
+        .list::<ApiKeyRecord>("")
+        .await?
+        .iter()
+        .filter(|k| k.user_id == user.id && k.id != key_id)
+        .count();
+    if remaining == 0 && user.username == crate::bootstrap::ADMIN_USERNAME {
+        return Err(ApiError::bad_request(
+            "This is the administrator's last API key; create another before revoking it.",
+        ));
+    }
     app.store.delete::<ApiKeyRecord>(&key_id).await?;
     empty_ok()
 }

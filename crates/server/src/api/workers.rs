@@ -111,11 +111,7 @@ pub async fn get_one(
 async fn validate(app: &App, space: &Space, worker: &mut Worker) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     worker.name = worker.name.trim().to_string();
-    if worker.name.is_empty() {
-        errors.push("Name is required.".to_string());
-    } else if worker.name.chars().count() > 200 {
-        errors.push("Name must be at most 200 characters.".to_string());
-    }
+    errors.extend(muster_core::ids::check_name(&worker.name));
     match worker.endpoint.as_mut() {
         None => errors
             .push("Endpoint is required: it says how the server reaches the worker.".to_string()),
@@ -234,6 +230,7 @@ pub async fn create(
     worker.last_modified_by = actor(&user);
     app.store.put(&worker).await?;
     app.dispatcher.wake();
+    app.health_wake.notify_one();
     created(&links::worker(&worker))
 }
 
@@ -256,6 +253,7 @@ pub async fn update(
     worker.last_modified_by = actor(&user);
     app.store.put(&worker).await?;
     app.dispatcher.wake();
+    app.health_wake.notify_one();
     ok(&links::worker(&worker))
 }
 

@@ -1,0 +1,448 @@
+//! `muster-agent run`: serves the script RPC to the server, by listening for it, by dialling it
+//! (polling), or both. Scripts run through `muster-exec`, the built-in worker's code.
+
+use crate::config::{AgentConfig, Home};
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use muster_proto::rpc::{
+    self, HealthReply, Outcome, ScriptLine, ScriptState, StartScript, StatusReply, StatusRequest,
+    Ticket,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+
+/// The most lines one status answer carries.
+const MAX_LINES_PER_REPLY: usize = 5000;
+
+struct Script {
+    inner: Mutex<ScriptInner>,
+    changed: Notify,
+    cancel: Notify,
+}
+
+#[derive(Default)]
+struct ScriptInner {
+    lines: Vec<ScriptLine>,
+    done: Option<(Outcome, Option<i32>)>,
+}
+
+/// The scripts this agent runs or ran, by ticket, until the server completes them.
+pub struct Scripts {
+    map: Mutex<HashMap<String, Arc<Script>>>,
+    work_dir: PathBuf,
+}
+
+impl Scripts {
+    fn get(&self, ticket: &str) -> Option<Arc<Script>> {
+        self.map.lock().expect("scripts lock").get(ticket).cloned()
+    }
+
+    fn running(&self) -> usize {
+        self.map
+            .lock()
+            .expect("scripts lock")
+            .values()
+            .filter(|s| s.inner.lock().expect("script lock").done.is_none())
+            .count()
+    }
+
+    /// Starts a script, or does nothing when the ticket is known (a repeated start).
+    fn start(self: &Arc<Self>, request: StartScript) {
+        let script = {
+            let mut map = self.map.lock().expect("scripts lock");
+            if map.contains_key(&request.ticket) {
+                return;
+            }
+            let script = Arc::new(Script {
+                inner: Mutex::new(ScriptInner::default()),
+                changed: Notify::new(),
+                cancel: Notify::new(),
+            });
+            map.insert(request.ticket.clone(), script.clone());
+            script
+        };
+        let syntax = match request.syntax.to_ascii_lowercase().as_str() {
+            "python" => muster_exec::Syntax::Python,
+            "powershell" => muster_exec::Syntax::PowerShell,
+            _ => muster_exec::Syntax::Bash,
+        };
+        let exec_script = muster_exec::Script {
+            syntax,
+            body: request.body,
+            env: request.env,
+            timeout: request.timeout_seconds.map(Duration::from_secs),
+            work_root: self.work_dir.clone(),
+        };
+        tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::channel::<muster_exec::Line>(1024);
+            let collector = {
+                let script = script.clone();
+                tokio::spawn(async move {
+                    while let Some(line) = rx.recv().await {
+                        push_line(
+                            &script,
+                            line.stream == muster_exec::Stream::Stderr,
+                            line.text,
+                        );
+                    }
+                })
+            };
+            let cancel = script.clone();
+            let result =
+                muster_exec::run(
+                    exec_script,
+                    tx,
+                    async move { cancel.cancel.notified().await },
+                )
+                .await;
+            let _ = collector.await;
+            let done = match result {
+                Ok(muster_exec::Outcome::Exited(code)) => (Outcome::Exited, Some(code)),
+                Ok(muster_exec::Outcome::Signaled(signal)) => (Outcome::Signaled, Some(signal)),
+                Ok(muster_exec::Outcome::Canceled) => (Outcome::Canceled, None),
+                Ok(muster_exec::Outcome::TimedOut) => (Outcome::TimedOut, None),
+                Err(error) => {
+                    push_line(&script, true, error.to_string());
+                    (Outcome::Failed, None)
+                }
+            };
+            script.inner.lock().expect("script lock").done = Some(done);
+            script.changed.notify_waiters();
+        });
+    }
+
+    async fn status(&self, request: StatusRequest) -> StatusReply {
+        let Some(script) = self.get(&request.ticket) else {
+            return StatusReply {
+                state: ScriptState::Unknown,
+                outcome: None,
+                exit_code: None,
+                lines: Vec::new(),
+            };
+        };
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(request.wait_ms.min(60_000));
+        loop {
+            let changed = script.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let inner = script.inner.lock().expect("script lock");
+                let start = inner.lines.partition_point(|l| l.seq <= request.after);
+                let lines: Vec<ScriptLine> = inner.lines[start..]
+                    .iter()
+                    .take(MAX_LINES_PER_REPLY)
+                    .cloned()
+                    .collect();
+                let all_sent = start + lines.len() == inner.lines.len();
+                if !lines.is_empty() || inner.done.is_some() {
+                    let (state, outcome, exit_code) = match inner.done {
+                        Some((outcome, code)) if all_sent => {
+                            (ScriptState::Complete, Some(outcome), code)
+                        }
+                        _ => (ScriptState::Running, None, None),
+                    };
+                    return StatusReply {
+                        state,
+                        outcome,
+                        exit_code,
+                        lines,
+                    };
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return StatusReply {
+                    state: ScriptState::Running,
+                    outcome: None,
+                    exit_code: None,
+                    lines: Vec::new(),
+                };
+            }
+        }
+    }
+}
+
+fn push_line(script: &Script, error: bool, text: String) {
+    let mut inner = script.inner.lock().expect("script lock");
+    let seq = inner.lines.len() as u64 + 1;
+    inner.lines.push(ScriptLine { seq, error, text });
+    drop(inner);
+    script.changed.notify_waiters();
+}
+
+fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("a valid response")
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<hyper::body::Incoming>,
+) -> Result<T, String> {
+    let body = Limited::new(request.into_body(), 64 * 1024 * 1024)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}
+
+async fn handle(
+    scripts: Arc<Scripts>,
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let path = request.uri().path().to_string();
+    let bad = |e: String| json_reply(StatusCode::BAD_REQUEST, &serde_json::json!({"Error": e}));
+    let response = match path.as_str() {
+        rpc::PATH_START => match read_json::<StartScript>(request).await {
+            Ok(start) => {
+                let ticket = start.ticket.clone();
+                scripts.start(start);
+                json_reply(StatusCode::OK, &Ticket { ticket })
+            }
+            Err(e) => bad(e),
+        },
+        rpc::PATH_STATUS => match read_json::<StatusRequest>(request).await {
+            Ok(status) => json_reply(StatusCode::OK, &scripts.status(status).await),
+            Err(e) => bad(e),
+        },
+        rpc::PATH_CANCEL => match read_json::<Ticket>(request).await {
+            Ok(ticket) => {
+                if let Some(script) = scripts.get(&ticket.ticket) {
+                    script.cancel.notify_one();
+                }
+                json_reply(StatusCode::OK, &ticket)
+            }
+            Err(e) => bad(e),
+        },
+        rpc::PATH_COMPLETE => match read_json::<Ticket>(request).await {
+            Ok(ticket) => {
+                scripts
+                    .map
+                    .lock()
+                    .expect("scripts lock")
+                    .remove(&ticket.ticket);
+                json_reply(StatusCode::OK, &ticket)
+            }
+            Err(e) => bad(e),
+        },
+        rpc::PATH_HEALTH => json_reply(
+            StatusCode::OK,
+            &HealthReply {
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                operating_system: std::env::consts::OS.into(),
+                architecture: std::env::consts::ARCH.into(),
+                shell_name: "bash".into(),
+                running_scripts: scripts.running(),
+            },
+        ),
+        _ => json_reply(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"Error": "no such call"}),
+        ),
+    };
+    Ok(response)
+}
+
+/// Serves the RPC on one established connection until it closes.
+async fn serve(
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    scripts: Arc<Scripts>,
+) {
+    let service = hyper::service::service_fn(move |request| handle(scripts.clone(), request));
+    let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(15)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(error) = result {
+        eprintln!("muster-agent: the connection to the server ended: {error}");
+    }
+}
+
+async fn listen(
+    address: String,
+    identity: Arc<muster_proto::Identity>,
+    config: AgentConfig,
+    scripts: Arc<Scripts>,
+) -> anyhow::Result<()> {
+    let pin = muster_proto::tls::pin_thumbprints(config.trusted_thumbprints.clone());
+    let tls = muster_proto::tls::server_config(&identity, pin, true)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    println!("muster-agent is listening on {}", listener.local_addr()?);
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let acceptor = acceptor.clone();
+        let scripts = scripts.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => serve(stream, scripts).await,
+                Ok(Err(error)) => {
+                    eprintln!("muster-agent: refused a connection from {peer}: {error}")
+                }
+                Err(_) => eprintln!(
+                    "muster-agent: refused a connection from {peer}: no TLS handshake in time"
+                ),
+            }
+        });
+    }
+}
+
+/// The host part of the server's REST address, which the comms port shares.
+fn server_host(server: &str) -> anyhow::Result<String> {
+    let rest = server.split("://").nth(1).unwrap_or(server);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    if host.is_empty() {
+        bail!("cannot tell the server's host from '{server}'");
+    }
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
+}
+
+async fn poll(
+    server: String,
+    port: u16,
+    subscription: String,
+    identity: Arc<muster_proto::Identity>,
+    config: AgentConfig,
+    scripts: Arc<Scripts>,
+) {
+    let pin = muster_proto::tls::pin_thumbprints(config.trusted_thumbprints.clone());
+    let tls = match muster_proto::tls::client_config(&identity, pin) {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("muster-agent: cannot set up TLS: {error}");
+            return;
+        }
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let host = match server_host(&server) {
+        Ok(host) => host,
+        Err(error) => {
+            eprintln!("muster-agent: {error}");
+            return;
+        }
+    };
+    let mut failures: u32 = 0;
+    loop {
+        let started = tokio::time::Instant::now();
+        match connect(&connector, &host, port, &subscription).await {
+            Ok(stream) => {
+                println!("muster-agent is connected to {host}:{port} as {subscription}");
+                serve(stream, scripts.clone()).await;
+            }
+            Err(error) => eprintln!("muster-agent: cannot connect to {host}:{port}: {error:#}"),
+        }
+        // Capped exponential backoff with jitter; a connection that lasted resets it.
+        if started.elapsed() > Duration::from_secs(30) {
+            failures = 0;
+        }
+        failures = failures.saturating_add(1);
+        let base = Duration::from_millis(100u64.saturating_mul(1 << failures.min(9)))
+            .min(Duration::from_secs(30));
+        let jitter = rand::random_range(0..=base.as_millis() as u64 / 2);
+        tokio::time::sleep(base / 2 + Duration::from_millis(jitter)).await;
+    }
+}
+
+async fn connect(
+    connector: &tokio_rustls::TlsConnector,
+    host: &str,
+    port: u16,
+    subscription: &str,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
+        .await
+        .context("timed out")??;
+    tcp.set_nodelay(true)?;
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        connector.connect(muster_proto::tls::server_name(), tcp),
+    )
+    .await
+    .context("the TLS handshake timed out")??;
+    stream
+        .write_all(format!("{} {subscription}\n", rpc::SUBSCRIBER_PREFACE).as_bytes())
+        .await?;
+    stream.flush().await?;
+    Ok(stream)
+}
+
+pub async fn run(home: &Home, listen_address: &str) -> anyhow::Result<()> {
+    let identity = Arc::new(home.identity()?);
+    let config = home.load()?;
+    let work_dir = config
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| home.dir.join("work"));
+    let scripts = Arc::new(Scripts {
+        map: Mutex::new(HashMap::new()),
+        work_dir,
+    });
+    if config.trusted_thumbprints.is_empty() {
+        bail!(
+            "the agent trusts no server yet: run register-worker, or configure --trust THUMBPRINT"
+        );
+    }
+    let mut jobs = tokio::task::JoinSet::new();
+    if let Some(port) = config.listen_port {
+        let address = format!("{listen_address}:{port}");
+        jobs.spawn(listen(
+            address,
+            identity.clone(),
+            config.clone(),
+            scripts.clone(),
+        ));
+    }
+    if let (Some(server), Some(subscription)) =
+        (config.server.clone(), config.subscription_id.clone())
+    {
+        let port = config
+            .server_comms_port
+            .unwrap_or(crate::config::DEFAULT_SERVER_COMMS_PORT);
+        let (identity, config, scripts) = (identity.clone(), config.clone(), scripts.clone());
+        jobs.spawn(async move {
+            poll(server, port, subscription, identity, config, scripts).await;
+            Ok(())
+        });
+    }
+    if jobs.is_empty() {
+        bail!(
+            "the agent neither listens nor polls: configure --listen-port, or register-worker --comms-style TentacleActive"
+        );
+    }
+    let terminate = async {
+        if let Ok(mut signal) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            signal.recv().await;
+        }
+    };
+    tokio::select! {
+        Some(result) = jobs.join_next() => result?,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = terminate => Ok(()),
+    }
+}

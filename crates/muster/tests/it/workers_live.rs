@@ -1,0 +1,290 @@
+//! Real agent processes on loopback: polling and listening, scripts pushed to them, failures, and
+//! every security refusal.
+
+use crate::support::{Agent, KEY, Server, agent, eventually, free_port, muster};
+use serde_json::{Value, json};
+
+fn id(task: &Value) -> String {
+    task["Id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn polling_and_listening_agents_run_the_pools_scripts() {
+    let server = Server::start();
+    let _poller = server.polling_agent("poller");
+    let _listener = server.listening_agent("listener");
+    let poller = server.wait_health("poller", "Healthy");
+    assert_eq!(poller["Status"], "Online");
+    assert_eq!(poller["OperatingSystem"], "linux");
+    server.wait_health("listener", "Healthy");
+
+    // Two tasks at once go to different workers: fewest running tasks first.
+    let release = server.dir.join("release");
+    let script = format!(
+        "echo \"started on $(pwd)\"\nwhile [ ! -f '{}' ]; do sleep 0.02; done\necho done >&2",
+        release.display()
+    );
+    let first = server.run_script("Spaces-1", json!({"ScriptBody": script}));
+    server.follow(&id(&first), |kind, data| {
+        !(kind == "line" && data["MessageText"].as_str().unwrap().starts_with("started"))
+    });
+    let second = server.run_script("Spaces-1", json!({"ScriptBody": script}));
+    server.follow(&id(&second), |kind, data| {
+        !(kind == "line" && data["MessageText"].as_str().unwrap().starts_with("started"))
+    });
+    std::fs::write(&release, "go").unwrap();
+    let (first, first_lines) = server.wait_task(&id(&first));
+    let (second, _) = server.wait_task(&id(&second));
+    assert_eq!(first["State"], "Success", "{first}");
+    assert_eq!(second["State"], "Success", "{second}");
+    let mut names = vec![
+        first["WorkerName"].as_str().unwrap(),
+        second["WorkerName"].as_str().unwrap(),
+    ];
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["listener", "poller"],
+        "each worker took one task, none ran on the built-in worker"
+    );
+    let texts: Vec<&str> = first_lines
+        .iter()
+        .map(|l| l["MessageText"].as_str().unwrap())
+        .collect();
+    assert!(
+        texts[0].starts_with("Running on worker "),
+        "the log names the worker: {texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("/agent-")),
+        "the script ran in the agent's working directory: {texts:?}"
+    );
+    let done = first_lines
+        .iter()
+        .find(|l| l["MessageText"] == "done")
+        .unwrap();
+    assert_eq!(
+        done["Category"], "Error",
+        "stderr stays marked over the wire"
+    );
+
+    let cli = muster()
+        .args([
+            "script",
+            "run",
+            "--pool",
+            "Default Worker Pool",
+            "--",
+            "echo $MUSTER_TASK_ID",
+        ])
+        .env("MUSTER_SERVER", &server.url)
+        .env("MUSTER_API_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let task_id = String::from_utf8_lossy(&cli.stdout).trim().to_string();
+    let task = server.ok(&format!("/api/tasks/{task_id}"));
+    assert_ne!(task["WorkerName"], "Built-in worker");
+
+    // A canceled script on an agent ends Canceled.
+    let long = server.run_script("Spaces-1", json!({"ScriptBody": "echo started\nsleep 30"}));
+    server.follow(&id(&long), |kind, data| {
+        !(kind == "line" && data["MessageText"] == "started")
+    });
+    server
+        .post(&format!("/api/tasks/{}/cancel", id(&long)), &json!({}))
+        .assert_status(200);
+    assert_eq!(server.wait_task(&id(&long)).0["State"], "Canceled");
+}
+
+#[test]
+fn a_killed_agent_fails_its_task_and_turns_unavailable() {
+    let server = Server::start();
+    server
+        .put(
+            "/api/Spaces-1/machinepolicies/MachinePolicies-1",
+            &json!({"ConnectionConnectTimeout": "00:00:02"}),
+        )
+        .assert_status(200);
+    let mut poller = server.polling_agent("doomed");
+    server.wait_health("doomed", "Healthy");
+    let task = server.run_script("Spaces-1", json!({"ScriptBody": "echo started\nsleep 5"}));
+    server.follow(&id(&task), |kind, data| {
+        !(kind == "line" && data["MessageText"] == "started")
+    });
+    poller.kill();
+    let (done, _) = server.wait_task(&id(&task));
+    assert_eq!(done["State"], "Failed");
+    let message = done["ErrorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("worker doomed"),
+        "the message names the worker: {message}"
+    );
+    let worker = server.wait_health("doomed", "Unavailable");
+    assert!(
+        worker["StatusSummary"]
+            .as_str()
+            .unwrap()
+            .contains("connection closed")
+    );
+    // With its only worker gone, the pool's next task waits and says why.
+    let next = server.run_script("Spaces-1", json!({"ScriptBody": "true"}));
+    let reason = eventually("a queue reason", || {
+        let task = server.ok(&format!("/api/tasks/{}", id(&next)));
+        task["QueueReason"].as_str().map(str::to_string)
+    });
+    assert!(
+        reason.contains("No healthy worker in pool 'Default Worker Pool': doomed is Unavailable"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn the_comms_port_refuses_unknown_certificates_and_old_tls_and_answers_probes() {
+    let server = Server::start();
+    let _known = server.polling_agent("known");
+    let subscription = server.ok("/api/Spaces-1/workers/all")[0]["Endpoint"]["Uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let server_thumbprint =
+        server.ok("/api/configuration/certificates/certificate-global")["Thumbprint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+    // Another certificate claiming the same subscription id is refused, and the refusal is logged.
+    let impostor = server.dir.join("impostor");
+    assert!(
+        agent()
+            .arg("--home")
+            .arg(&impostor)
+            .args(["configure", "--noListen", "--trust", &server_thumbprint])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(impostor.join("agent.json")).unwrap())
+            .unwrap();
+    config["Server"] = json!(server.url);
+    config["ServerCommsPort"] = json!(server.comms_port);
+    config["SubscriptionId"] = json!(subscription);
+    std::fs::write(impostor.join("agent.json"), config.to_string()).unwrap();
+    let _impostor = Agent::start(&impostor);
+    eventually("the refusal in the server's log", || {
+        let log = server.stderr.lock().unwrap().clone();
+        (log.contains("refused a connection on the comms port")
+            && log.contains("is not registered for subscription"))
+        .then_some(())
+    });
+
+    // A plain HTTPS request gets a 200, as Octopus's Halibut port answers Tentacle's probe.
+    let probe = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let reply = probe
+        .post(format!("https://127.0.0.1:{}/handshake", server.comms_port))
+        .send()
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 200);
+
+    // Only TLS 1.3.
+    let old = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_2",
+            "-connect",
+            &format!("127.0.0.1:{}", server.comms_port),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !old.status.success(),
+        "a TLS 1.2 handshake must fail: {}",
+        String::from_utf8_lossy(&old.stdout)
+    );
+    let new = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_3",
+            "-connect",
+            &format!("127.0.0.1:{}", server.comms_port),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&new.stdout).contains("TLSv1.3"),
+        "{}",
+        String::from_utf8_lossy(&new.stdout)
+    );
+}
+
+#[test]
+fn a_listening_agent_refuses_a_server_it_does_not_trust() {
+    let server = Server::start();
+    let home = server.dir.join("wary");
+    let port = free_port();
+    let configured = agent()
+        .arg("--home")
+        .arg(&home)
+        .args([
+            "configure",
+            "--listen-port",
+            &port.to_string(),
+            "--trust",
+            &"0".repeat(64),
+        ])
+        .output()
+        .unwrap();
+    assert!(configured.status.success());
+    let thumbprint = String::from_utf8_lossy(
+        &agent()
+            .arg("--home")
+            .arg(&home)
+            .arg("show-thumbprint")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let wary = Agent::start(&home);
+    wary.wait_for("is listening on");
+    let endpoint = json!({"CommunicationStyle": "TentaclePassive", "Uri": format!("https://127.0.0.1:{port}/"), "Thumbprint": thumbprint});
+    server
+        .post(
+            "/api/Spaces-1/workers",
+            &json!({"Name": "wary", "Endpoint": endpoint, "WorkerPoolIds": ["WorkerPools-1"]}),
+        )
+        .assert_status(201);
+    wary.wait_for("refused a connection");
+    let worker = server.wait_health("wary", "Unavailable");
+    assert_ne!(worker["StatusSummary"], "", "the summary says why");
+    // The server pins the agent too: an endpoint naming a live agent with another thumbprint fails.
+    let _other = server.listening_agent("other");
+    let other = server.wait_health("other", "Healthy");
+    let endpoint = json!({"CommunicationStyle": "TentaclePassive", "Uri": other["Uri"], "Thumbprint": "AB".repeat(32)});
+    server
+        .post(
+            "/api/Spaces-1/workers",
+            &json!({"Name": "mispinned", "Endpoint": endpoint, "WorkerPoolIds": ["WorkerPools-1"]}),
+        )
+        .assert_status(201);
+    let mispinned = server.wait_health("mispinned", "Unavailable");
+    assert!(
+        mispinned["StatusSummary"]
+            .as_str()
+            .unwrap()
+            .contains("TLS handshake failed"),
+        "{}",
+        mispinned["StatusSummary"]
+    );
+}

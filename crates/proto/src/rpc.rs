@@ -1,0 +1,95 @@
+//! The agent RPC: JSON over HTTP/2 on the pinned TLS connection. Whoever dialled, the agent is the
+//! HTTP/2 server and the Muster server the client, so polling and listening share everything after
+//! the handshake.
+//!
+//! Scripts are restart-safe (Tentacle's design): `start` is idempotent for a ticket, `status` returns
+//! the lines after a sequence number and waits (long-polls) until there are some or the script ends,
+//! `cancel` stops the script, `complete` frees the ticket. The agent keeps every line until
+//! `complete`, so a dropped connection or a restarted server loses and duplicates nothing.
+
+use serde::{Deserialize, Serialize};
+
+/// What a polling agent writes first on its TLS connection: `MUSTER-SUBSCRIBER 1 poll://…/`.
+pub const SUBSCRIBER_PREFACE: &str = "MUSTER-SUBSCRIBER 1";
+
+pub const PATH_START: &str = "/v1/scripts/start";
+pub const PATH_STATUS: &str = "/v1/scripts/status";
+pub const PATH_CANCEL: &str = "/v1/scripts/cancel";
+pub const PATH_COMPLETE: &str = "/v1/scripts/complete";
+pub const PATH_HEALTH: &str = "/v1/health";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StartScript {
+    /// Chosen by the server (the task id), so a repeated start finds the running script.
+    pub ticket: String,
+    /// `Bash`, `Python` or `PowerShell`.
+    pub syntax: String,
+    pub body: String,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ticket {
+    pub ticket: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StatusRequest {
+    pub ticket: String,
+    /// Lines with a sequence number above this one are wanted.
+    pub after: u64,
+    /// How long the agent may wait for news before answering.
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScriptState {
+    Running,
+    Complete,
+    /// The agent has no script with that ticket (it restarted, or the ticket was completed).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Exited,
+    Signaled,
+    Canceled,
+    TimedOut,
+    /// The script could not start (the message is the last line).
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ScriptLine {
+    pub seq: u64,
+    /// True for stderr.
+    pub error: bool,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StatusReply {
+    pub state: ScriptState,
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub lines: Vec<ScriptLine>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthReply {
+    pub agent_version: String,
+    pub operating_system: String,
+    pub architecture: String,
+    pub shell_name: String,
+    pub running_scripts: usize,
+}

@@ -1,0 +1,430 @@
+//! Live connections to agents. Polling agents dial the comms port; the server dials listening agents.
+//! Either way the agent is the HTTP/2 server on the pinned TLS stream and the server the client, so a
+//! task's work is pushed over a connection that is already open.
+//!
+//! Architecture invariant: a link is keyed by the agent's certificate thumbprint, so one physical agent
+//! has one connection and one health record however many workers name it.
+
+use crate::state::App;
+use anyhow::{Context, anyhow};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use muster_core::resources::{Endpoint, Worker};
+use muster_core::{HealthStatus, MachineStatus};
+use muster_proto::rpc;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// An open connection to one agent.
+#[derive(Clone)]
+pub struct Link {
+    id: u64,
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl Link {
+    /// One RPC: a JSON request, a JSON answer.
+    pub async fn call<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Q,
+    ) -> anyhow::Result<R> {
+        let mut sender = self.sender.clone();
+        sender
+            .ready()
+            .await
+            .context("the agent's connection is closed")?;
+        let request = hyper::Request::post(path)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("the agent did not answer")?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("the agent's answer broke off")?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(anyhow!(
+                "the agent refused {path}: {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        serde_json::from_slice(&bytes).context("the agent's answer is not what Muster expects")
+    }
+}
+
+#[derive(Default)]
+pub struct Comms {
+    links: Mutex<HashMap<String, Link>>,
+    next_id: AtomicU64,
+    /// Signalled whenever a link opens or closes.
+    pub changed: Notify,
+}
+
+impl Comms {
+    pub fn link(&self, thumbprint: &str) -> Option<Link> {
+        self.links
+            .lock()
+            .expect("comms lock")
+            .get(&thumbprint.to_ascii_uppercase())
+            .cloned()
+    }
+
+    fn add(&self, thumbprint: &str, sender: SendRequest<Full<Bytes>>) -> Link {
+        let link = Link {
+            id: self.next_id.fetch_add(1, Ordering::SeqCst),
+            sender,
+        };
+        self.links
+            .lock()
+            .expect("comms lock")
+            .insert(thumbprint.to_ascii_uppercase(), link.clone());
+        self.changed.notify_waiters();
+        link
+    }
+
+    fn remove(&self, thumbprint: &str, id: u64) {
+        let mut links = self.links.lock().expect("comms lock");
+        if links
+            .get(&thumbprint.to_ascii_uppercase())
+            .is_some_and(|l| l.id == id)
+        {
+            links.remove(&thumbprint.to_ascii_uppercase());
+        }
+        drop(links);
+        self.changed.notify_waiters();
+    }
+}
+
+/// Opens the HTTP/2 client side on an agent's stream, keeps the link while it lives, and marks the
+/// agent's workers Unavailable when it ends.
+async fn attach(
+    app: &App,
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    thumbprint: String,
+) -> anyhow::Result<Link> {
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .context("the HTTP/2 handshake with the agent failed")?;
+    let link = app.comms.add(&thumbprint, sender);
+    let id = link.id;
+    let app2 = app.clone();
+    let checked_thumbprint = thumbprint.clone();
+    tokio::spawn(async move {
+        let _ = connection.await;
+        app2.comms.remove(&thumbprint, id);
+        if app2.comms.link(&thumbprint).is_none() {
+            set_health(
+                &app2,
+                &thumbprint,
+                HealthStatus::Unavailable,
+                "The agent's connection closed.",
+                None,
+            )
+            .await;
+        }
+        app2.dispatcher.wake();
+    });
+    let (app3, checked) = (app.clone(), link.clone());
+    tokio::spawn(async move { check_link(&app3, &checked_thumbprint, &checked).await });
+    app.dispatcher.wake();
+    Ok(link)
+}
+
+/// The comms port: polling agents, and plain HTTPS probes (answered 200 as Octopus's port does).
+pub async fn listen(app: App, listener: TcpListener) {
+    let tls = match muster_proto::tls::server_config(
+        &app.certificate,
+        std::sync::Arc::new(|_: &[u8]| true),
+        false,
+    ) {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::error!(%error, "cannot set up TLS on the comms port");
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (app, acceptor) = (app.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            if let Err(error) = accept(&app, acceptor, tcp).await {
+                tracing::warn!(%peer, "refused a connection on the comms port: {error:#}");
+            }
+        });
+    }
+}
+
+async fn accept(
+    app: &App,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+) -> anyhow::Result<()> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+        .await
+        .context("no TLS handshake in time")??;
+    let line = tokio::time::timeout(Duration::from_secs(10), read_line(&mut stream))
+        .await
+        .context("nothing sent in time")??;
+    let Some(subscription) = line
+        .strip_prefix(rpc::SUBSCRIBER_PREFACE)
+        .map(|s| s.trim().to_ascii_lowercase())
+    else {
+        let page = "<html><body><p>Muster communications port</p></body></html>";
+        let answer = format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+            page.len()
+        );
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        return Ok(());
+    };
+    let certificate = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .ok_or_else(|| anyhow!("a polling agent for {subscription} sent no client certificate"))?;
+    let workers: Vec<Worker> = app.store.list_all().await?;
+    let registered = workers.iter().find(|w| match &w.endpoint {
+        Some(Endpoint::TentacleActive(e)) => {
+            e.uri == subscription && muster_proto::matches_thumbprint(&certificate, &e.thumbprint)
+        }
+        Some(Endpoint::KubernetesTentacle(e)) => {
+            let c = &e.tentacle_endpoint_configuration;
+            c.uri == subscription && muster_proto::matches_thumbprint(&certificate, &c.thumbprint)
+        }
+        _ => false,
+    });
+    let Some(worker) = registered else {
+        return Err(anyhow!(
+            "certificate {} is not registered for subscription {subscription}",
+            muster_proto::thumbprint_sha256(&certificate)
+        ));
+    };
+    let thumbprint = worker.thumbprint.clone().unwrap_or_default();
+    attach(app, stream, thumbprint).await?;
+    Ok(())
+}
+
+async fn read_line(stream: &mut (impl AsyncRead + Unpin)) -> anyhow::Result<String> {
+    let mut line = Vec::new();
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' || line.len() >= 512 {
+            return Ok(String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string());
+        }
+        line.push(byte);
+    }
+}
+
+/// The link to a worker: the polling agent's open connection, or a listening agent dialled now.
+pub async fn link_for(app: &App, worker: &Worker) -> anyhow::Result<Link> {
+    let thumbprint = worker
+        .thumbprint
+        .clone()
+        .ok_or_else(|| anyhow!("worker {} has no thumbprint", worker.name))?;
+    if let Some(link) = app.comms.link(&thumbprint) {
+        return Ok(link);
+    }
+    match &worker.endpoint {
+        Some(Endpoint::TentaclePassive(e)) => dial(app, &e.uri, &thumbprint).await,
+        _ => Err(anyhow!(
+            "the polling agent of worker {} is not connected",
+            worker.name
+        )),
+    }
+}
+
+async fn dial(app: &App, uri: &str, thumbprint: &str) -> anyhow::Result<Link> {
+    let authority = uri
+        .trim_start_matches("https://")
+        .trim_start_matches("HTTPS://")
+        .trim_end_matches('/');
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+            (host, port.parse::<u16>()?)
+        }
+        _ => (authority, 10933),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
+        .await
+        .context("connecting timed out")?
+        .with_context(|| format!("cannot connect to {host}:{port}"))?;
+    tcp.set_nodelay(true)?;
+    let pin = muster_proto::tls::pin_thumbprints(vec![thumbprint.to_string()]);
+    let connector =
+        tokio_rustls::TlsConnector::from(muster_proto::tls::client_config(&app.certificate, pin)?);
+    let stream = tokio::time::timeout(Duration::from_secs(10), connector.connect(muster_proto::tls::server_name(), tcp))
+        .await
+        .context("the TLS handshake timed out")?
+        .context("the TLS handshake failed (is the agent's thumbprint right, and does it trust this server?)")?;
+    attach(app, stream, thumbprint.to_string()).await
+}
+
+/// Reads an agent's health over its link and records it on every worker that names the agent.
+async fn check_link(app: &App, thumbprint: &str, link: &Link) {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(20),
+        link.call::<_, rpc::HealthReply>(rpc::PATH_HEALTH, &()),
+    )
+    .await;
+    match reply {
+        Ok(Ok(health)) => {
+            set_health(
+                app,
+                thumbprint,
+                HealthStatus::Healthy,
+                "The agent is connected and answered its health check.",
+                Some(health),
+            )
+            .await
+        }
+        // No answer on the link: the agent refused this server or is gone.
+        Ok(Err(error)) => {
+            let summary = format!(
+                "The agent did not answer its health check (does it trust this server?): {error:#}"
+            );
+            set_health(app, thumbprint, HealthStatus::Unavailable, &summary, None).await
+        }
+        Err(_) => {
+            set_health(
+                app,
+                thumbprint,
+                HealthStatus::Unavailable,
+                "The agent did not answer its health check in 20 seconds.",
+                None,
+            )
+            .await
+        }
+    }
+}
+
+/// Checks one worker now: dials a listening agent if needed.
+pub async fn check_worker(app: &App, worker: &Worker) {
+    let Some(thumbprint) = worker.thumbprint.clone() else {
+        return;
+    };
+    match link_for(app, worker).await {
+        Ok(link) => check_link(app, &thumbprint, &link).await,
+        Err(error) => {
+            set_health(
+                app,
+                &thumbprint,
+                HealthStatus::Unavailable,
+                &format!("{error:#}"),
+                None,
+            )
+            .await
+        }
+    }
+}
+
+async fn set_health(
+    app: &App,
+    thumbprint: &str,
+    status: HealthStatus,
+    summary: &str,
+    health: Option<rpc::HealthReply>,
+) {
+    let workers = match app
+        .store
+        .find_by_ext::<Worker>(&thumbprint.to_ascii_uppercase())
+        .await
+    {
+        Ok(workers) => workers,
+        Err(error) => {
+            tracing::error!(%error, "cannot read workers to record their health");
+            return;
+        }
+    };
+    for mut worker in workers {
+        worker.health_status = status;
+        worker.status = if status == HealthStatus::Healthy {
+            MachineStatus::Online
+        } else {
+            MachineStatus::Offline
+        };
+        worker.status_summary = summary.to_string();
+        if let Some(health) = &health {
+            worker.operating_system = Some(health.operating_system.clone());
+            worker.architecture = Some(health.architecture.clone());
+            worker.shell_name = Some(health.shell_name.clone());
+            worker.shell_version = None;
+        }
+        if let Err(error) = app.store.put(&worker).await {
+            tracing::error!(%error, "cannot record a worker's health");
+        }
+    }
+    app.dispatcher.wake();
+}
+
+/// Checks every worker once, then again as often as its machine policy says. Listening agents are
+/// dialled here, so dispatch finds their links open.
+pub async fn health_loop(app: App) {
+    loop {
+        let workers: Vec<Worker> = app.store.list_all().await.unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        // SSH workers are not reached by agents; their checks come with SSH support.
+        for worker in workers
+            .iter()
+            .filter(|w| !w.is_disabled && !matches!(w.endpoint, Some(Endpoint::Ssh(_)) | None))
+        {
+            if let Some(t) = &worker.thumbprint
+                && seen.insert(t.clone())
+            {
+                let (app, worker) = (app.clone(), worker.clone());
+                tokio::spawn(async move { check_worker(&app, &worker).await });
+            }
+        }
+        let policies: Vec<muster_core::resources::MachinePolicy> =
+            app.store.list_all().await.unwrap_or_default();
+        let mut interval = policies
+            .iter()
+            .map(|p| p.health_check_interval())
+            .min()
+            .unwrap_or(Duration::from_secs(3600));
+        // A listening agent that could not be reached is tried again soon, not at the next interval.
+        let unreachable = workers.iter().any(|w| {
+            !w.is_disabled
+                && matches!(w.endpoint, Some(Endpoint::TentaclePassive(_)))
+                && w.thumbprint
+                    .as_ref()
+                    .is_none_or(|t| app.comms.link(t).is_none())
+        });
+        if unreachable {
+            interval = interval.min(Duration::from_secs(5));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval.max(Duration::from_secs(1))) => {}
+            _ = app.health_wake.notified() => {}
+        }
+    }
+}

@@ -4,12 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The tests run real interpreters: bash and python3 for scripts, procps for `kill`.
+# The tests run real programs: bash and python3 for scripts, procps for `kill`.
 missing=()
 command -v bash >/dev/null 2>&1 || missing+=(bash)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v kill >/dev/null 2>&1 || missing+=(procps)
 command -v date >/dev/null 2>&1 || missing+=(coreutils)
+# openssl s_client proves the comms port refuses TLS 1.2.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "The tests need: ${missing[*]}. Install them, or run this script as root." >&2

@@ -79,6 +79,22 @@ enum Command {
         #[arg(long, env = "MUSTER_AGENT_LISTEN_ADDRESS", default_value = "0.0.0.0")]
         listen_address: String,
     },
+    /// Installs, starts, stops or removes the agent as a systemd service (`muster-agent run`).
+    Service {
+        #[arg(long)]
+        install: bool,
+        #[arg(long)]
+        start: bool,
+        #[arg(long)]
+        stop: bool,
+        #[arg(long)]
+        restart: bool,
+        #[arg(long)]
+        uninstall: bool,
+        /// Accepted for Tentacle scripts; ignored.
+        #[arg(long, hide = true)]
+        instance: Option<String>,
+    },
     /// Accepted so that Tentacle bootstrap scripts run unchanged: Muster's agent has one instance per
     /// home directory.
     #[command(hide = true)]
@@ -246,6 +262,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Run { listen_address } => service::run(&home, &listen_address).await?,
+        Command::Service {
+            install,
+            start,
+            stop,
+            restart,
+            uninstall,
+            ..
+        } => service::systemd(&home, install, start, stop, restart, uninstall)?,
         Command::CreateInstance { .. } => {
             println!(
                 "The agent's instance is its home directory, {}",

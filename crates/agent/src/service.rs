@@ -446,3 +446,61 @@ pub async fn run(home: &Home, listen_address: &str) -> anyhow::Result<()> {
         _ = terminate => Ok(()),
     }
 }
+
+const UNIT_PATH: &str = "/etc/systemd/system/muster-agent.service";
+
+/// `service`: the agent as a systemd unit that runs `muster-agent run` on this home.
+pub fn systemd(
+    home: &Home,
+    install: bool,
+    start: bool,
+    stop: bool,
+    restart: bool,
+    uninstall: bool,
+) -> anyhow::Result<()> {
+    let systemctl = |args: &[&str]| -> anyhow::Result<()> {
+        let status = std::process::Command::new("systemctl")
+            .args(args)
+            .status()
+            .context("cannot run systemctl")?;
+        if !status.success() {
+            bail!("systemctl {} failed", args.join(" "));
+        }
+        Ok(())
+    };
+    if muster_exec::find_program("systemctl").is_none()
+        || !std::path::Path::new("/run/systemd/system").exists()
+    {
+        bail!(
+            "systemd is not running here: run `muster-agent --home {} run` under your own supervisor",
+            home.dir.display()
+        );
+    }
+    if install {
+        let exe = std::env::current_exe().context("cannot tell where muster-agent is")?;
+        let unit = format!(
+            "[Unit]\nDescription=Muster worker agent\nAfter=network-online.target\nWants=network-online.target\n\n\
+             [Service]\nExecStart={} --home {} run\nRestart=always\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n",
+            exe.display(),
+            home.dir.display()
+        );
+        std::fs::write(UNIT_PATH, unit)
+            .with_context(|| format!("cannot write {UNIT_PATH} (run as root)"))?;
+        systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", "muster-agent"])?;
+    }
+    if stop || uninstall {
+        systemctl(&["stop", "muster-agent"])?;
+    }
+    if uninstall {
+        systemctl(&["disable", "muster-agent"])?;
+        std::fs::remove_file(UNIT_PATH).with_context(|| format!("cannot remove {UNIT_PATH}"))?;
+        systemctl(&["daemon-reload"])?;
+    }
+    if restart {
+        systemctl(&["restart", "muster-agent"])?;
+    } else if start {
+        systemctl(&["start", "muster-agent"])?;
+    }
+    Ok(())
+}

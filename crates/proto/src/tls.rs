@@ -184,11 +184,11 @@ pub fn client_config(identity: &Identity, pin: Pin) -> Result<Arc<ClientConfig>,
     Ok(Arc::new(config))
 }
 
-/// A client that presents no certificate and trusts any server: only for reading a peer's
-/// thumbprint (`workers/discover`), never for work.
-pub fn probe_config() -> Result<Arc<ClientConfig>, Error> {
+/// A client that presents no certificate and shows the server's certificate to `pin`: only for
+/// reading a peer's thumbprint (`workers/discover`), never for work.
+pub fn probe_config(pin: Pin) -> Result<Arc<ClientConfig>, Error> {
     let verifier = Arc::new(PinnedServer {
-        pin: PinDebug(Arc::new(|_: &[u8]| true)),
+        pin: PinDebug(pin),
         algorithms: algorithms(),
     });
     let config = ClientConfig::builder_with_provider(provider())

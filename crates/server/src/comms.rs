@@ -244,6 +244,30 @@ async fn read_line(stream: &mut (impl AsyncRead + Unpin)) -> anyhow::Result<Stri
     }
 }
 
+/// Reads the thumbprint of the certificate a listening agent presents at host:port.
+pub async fn discover(host: &str, port: u16) -> anyhow::Result<String> {
+    let seen: std::sync::Arc<Mutex<Option<Vec<u8>>>> = Default::default();
+    let slot = seen.clone();
+    let pin: muster_proto::tls::Pin = std::sync::Arc::new(move |der: &[u8]| {
+        *slot.lock().expect("discover lock") = Some(der.to_vec());
+        true
+    });
+    let connector = tokio_rustls::TlsConnector::from(muster_proto::tls::probe_config(pin)?);
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
+        .await
+        .context("connecting timed out")?
+        .with_context(|| format!("cannot connect to {host}:{port}"))?;
+    // The agent refuses a client without a trusted certificate, but only after showing its own.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        connector.connect(muster_proto::tls::server_name(), tcp),
+    )
+    .await;
+    let der = seen.lock().expect("discover lock").take();
+    der.map(|der| muster_proto::thumbprint_sha256(&der))
+        .ok_or_else(|| anyhow!("{host}:{port} did not present a TLS certificate"))
+}
+
 /// The link to a worker: the polling agent's open connection, or a listening agent dialled now.
 pub async fn link_for(app: &App, worker: &Worker) -> anyhow::Result<Link> {
     let thumbprint = worker

@@ -396,6 +396,15 @@ const OPS: &[Op] = &[
     ),
     op(
         "get",
+        "/api/{spaceId}/workers/discover",
+        "Workers",
+        "Reads the thumbprint a listening agent presents, and answers an unsaved worker to register with it.",
+        &["host", "port", "type"],
+        None,
+        "Worker",
+    ),
+    op(
+        "get",
         "/api/{spaceId}/workers/{id}",
         "Workers",
         "One worker.",

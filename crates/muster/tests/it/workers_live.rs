@@ -258,6 +258,17 @@ fn a_listening_agent_refuses_a_server_it_does_not_trust() {
     .to_string();
     let wary = Agent::start(&home);
     wary.wait_for("is listening on");
+    // Discovery reads the thumbprint the agent presents, as the portal's "add worker" does.
+    let discovered = server.ok(&format!(
+        "/api/Spaces-1/workers/discover?host=127.0.0.1&port={port}&type=TentaclePassive"
+    ));
+    assert_eq!(discovered["Endpoint"]["Thumbprint"], thumbprint.as_str());
+    server
+        .get("/api/Spaces-1/workers/discover?host=127.0.0.1&port=1")
+        .assert_error(400);
+    server
+        .get("/api/Spaces-1/workers/discover")
+        .assert_error(400);
     let endpoint = json!({"CommunicationStyle": "TentaclePassive", "Uri": format!("https://127.0.0.1:{port}/"), "Thumbprint": thumbprint});
     server
         .post(

@@ -89,6 +89,7 @@ pub fn router(app: App) -> Router {
             get(workers::list).post(workers::create),
         )
         .route("/api/s/{space}/workers/all", get(workers::all))
+        .route("/api/s/{space}/workers/discover", get(workers::discover))
         .route(
             "/api/s/{space}/workers/{id}",
             get(workers::get_one)

@@ -268,6 +268,57 @@ pub async fn delete(
     empty_ok()
 }
 
+/// Reads a listening agent's thumbprint, and answers an unsaved worker to register with it.
+pub async fn discover(
+    State(app): State<App>,
+    Path(space): Path<String>,
+    params: Params,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let host = params.get("host").map(str::trim).unwrap_or("");
+    if host.is_empty() || host.contains(['/', ' ', '@', '?', '#']) {
+        return Err(ApiError::bad_request(
+            "host must be a host name or address.",
+        ));
+    }
+    let port: u16 = match params.get("port") {
+        None => 10933,
+        Some(text) => text
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| ApiError::bad_request("port must be between 1 and 65535."))?,
+    };
+    match params.get("type").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("tentaclepassive") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Discovery of '{other}' workers is not supported; only TentaclePassive."
+            )));
+        }
+    }
+    let thumbprint = crate::comms::discover(host, port).await.map_err(|e| {
+        ApiError::bad_request(format!(
+            "Could not discover a worker at {host}:{port}: {e:#}"
+        ))
+    })?;
+    let uri = format!("https://{host}:{port}/");
+    ok(&json!({
+        "Id": null,
+        "SpaceId": space.id,
+        "Name": host,
+        "Endpoint": {"CommunicationStyle": "TentaclePassive", "Id": null, "Uri": uri, "Thumbprint": thumbprint, "ProxyId": null, "Links": {}},
+        "Thumbprint": thumbprint,
+        "Uri": uri,
+        "WorkerPoolIds": [],
+        "MachinePolicyId": null,
+        "IsDisabled": false,
+        "HealthStatus": "Unknown",
+        "Links": {},
+    }))
+}
+
 pub async fn connection(
     State(app): State<App>,
     Path((space, id)): Path<(String, String)>,
@@ -280,7 +331,8 @@ pub async fn connection(
         "Status": worker.status,
         "CurrentTentacleVersion": null,
         "LastChecked": null,
-        "Logs": [],
+        "HealthStatus": worker.health_status,
+        "Logs": [worker.status_summary],
         "Links": {"Self": format!("/api/{}/workers/{}/connection", space.id, worker.id)},
     }))
 }

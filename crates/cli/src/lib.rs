@@ -117,6 +117,21 @@ pub enum WorkerCommand {
         #[command(flatten)]
         space: SpaceOption,
     },
+    /// Checks the health of workers now (a Health task), prints each one's result, and exits 0 only
+    /// when every checked worker is Healthy.
+    Health {
+        #[command(flatten)]
+        space: SpaceOption,
+        /// Only the workers of this pool (name, slug or id).
+        #[arg(long)]
+        pool: Option<String>,
+        /// Only these workers (name, slug or id); repeatable.
+        #[arg(long = "worker")]
+        workers: Vec<String>,
+        /// How long each worker has to answer, as a TimeSpan (default 00:00:20).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -527,6 +542,31 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
                     ],
                 );
             }
+        }
+        WorkerCommand::Health {
+            space,
+            pool,
+            workers,
+            timeout,
+        } => {
+            let space = resolve_space(client, &space).await?;
+            let mut arguments = json!({});
+            if let Some(pool) = pool {
+                arguments["WorkerpoolId"] =
+                    json!(id_of(&resolve_pool(client, &space, &pool).await?));
+            }
+            let mut ids = Vec::new();
+            for worker in &workers {
+                ids.push(id_of(&resolve_worker(client, &space, worker).await?));
+            }
+            if !ids.is_empty() {
+                arguments["MachineIds"] = json!(ids);
+            }
+            if let Some(timeout) = timeout {
+                arguments["MachineTimeout"] = json!(timeout);
+            }
+            let request = json!({"Name": "Health", "Arguments": arguments});
+            return tasks::run_and_follow(client, json, &space, &request).await;
         }
         WorkerCommand::Delete { worker, space } => {
             let space = resolve_space(client, &space).await?;

@@ -180,22 +180,40 @@ pub async fn script_run(client: &Client, json: bool, args: ScriptRun) -> anyhow:
         arguments["Timeout"] = json!(timeout);
     }
     let request = json!({"Name": "AdHocScript", "Description": "Script run from the muster CLI", "Arguments": arguments});
-    let task = client
-        .send(
-            Method::POST,
-            &format!("/api/{}/tasks", id_of(&space)),
-            Some(&request),
-        )
-        .await?;
-    let task_id = id_of(&task);
     if args.no_wait {
+        let task = client
+            .send(
+                Method::POST,
+                &format!("/api/{}/tasks", id_of(&space)),
+                Some(&request),
+            )
+            .await?;
         if json {
             output::json(&task);
         } else {
-            println!("{task_id}");
+            println!("{}", id_of(&task));
         }
         return Ok(0);
     }
+    run_and_follow(client, json, &space, &request).await
+}
+
+/// Creates a task, prints its log as it grows, and exits by its final state; Ctrl-C or SIGTERM
+/// cancels it.
+pub async fn run_and_follow(
+    client: &Client,
+    json: bool,
+    space: &Value,
+    request: &Value,
+) -> anyhow::Result<i32> {
+    let task = client
+        .send(
+            Method::POST,
+            &format!("/api/{}/tasks", id_of(space)),
+            Some(request),
+        )
+        .await?;
+    let task_id = id_of(&task);
     // Ctrl-C cancels the task, and the log is followed to its end.
     let canceller = {
         let client = client.clone();

@@ -583,6 +583,8 @@ pub struct Task {
     pub queue_reason: Option<String>,
     /// The worker the task ran on, once it started.
     pub worker_name: Option<String>,
+    /// The external worker's id (None on the built-in worker): a restarted server re-attaches to it.
+    pub worker_id: Option<String>,
 }
 
 impl Task {

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use muster_core::HealthStatus;
 use muster_core::resources::{Endpoint, Worker};
-use muster_core::{HealthStatus, MachineStatus};
 use muster_proto::rpc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -133,7 +133,7 @@ async fn attach(
         let _ = connection.await;
         app2.comms.remove(&thumbprint, id);
         if app2.comms.link(&thumbprint).is_none() {
-            set_health(
+            crate::health::set_health(
                 &app2,
                 &thumbprint,
                 HealthStatus::Unavailable,
@@ -145,7 +145,9 @@ async fn attach(
         app2.dispatcher.wake();
     });
     let (app3, checked) = (app.clone(), link.clone());
-    tokio::spawn(async move { check_link(&app3, &checked_thumbprint, &checked).await });
+    tokio::spawn(
+        async move { crate::health::check_link(&app3, &checked_thumbprint, &checked).await },
+    );
     app.dispatcher.wake();
     Ok(link)
 }
@@ -311,144 +313,4 @@ async fn dial(app: &App, uri: &str, thumbprint: &str) -> anyhow::Result<Link> {
         .context("the TLS handshake timed out")?
         .context("the TLS handshake failed (is the agent's thumbprint right, and does it trust this server?)")?;
     attach(app, stream, thumbprint.to_string()).await
-}
-
-/// Reads an agent's health over its link and records it on every worker that names the agent.
-async fn check_link(app: &App, thumbprint: &str, link: &Link) {
-    let reply = tokio::time::timeout(
-        Duration::from_secs(20),
-        link.call::<_, rpc::HealthReply>(rpc::PATH_HEALTH, &()),
-    )
-    .await;
-    match reply {
-        Ok(Ok(health)) => {
-            set_health(
-                app,
-                thumbprint,
-                HealthStatus::Healthy,
-                "The agent is connected and answered its health check.",
-                Some(health),
-            )
-            .await
-        }
-        // No answer on the link: the agent refused this server or is gone.
-        Ok(Err(error)) => {
-            let summary = format!(
-                "The agent did not answer its health check (does it trust this server?): {error:#}"
-            );
-            set_health(app, thumbprint, HealthStatus::Unavailable, &summary, None).await
-        }
-        Err(_) => {
-            set_health(
-                app,
-                thumbprint,
-                HealthStatus::Unavailable,
-                "The agent did not answer its health check in 20 seconds.",
-                None,
-            )
-            .await
-        }
-    }
-}
-
-/// Checks one worker now: dials a listening agent if needed.
-pub async fn check_worker(app: &App, worker: &Worker) {
-    let Some(thumbprint) = worker.thumbprint.clone() else {
-        return;
-    };
-    match link_for(app, worker).await {
-        Ok(link) => check_link(app, &thumbprint, &link).await,
-        Err(error) => {
-            set_health(
-                app,
-                &thumbprint,
-                HealthStatus::Unavailable,
-                &format!("{error:#}"),
-                None,
-            )
-            .await
-        }
-    }
-}
-
-async fn set_health(
-    app: &App,
-    thumbprint: &str,
-    status: HealthStatus,
-    summary: &str,
-    health: Option<rpc::HealthReply>,
-) {
-    let workers = match app
-        .store
-        .find_by_ext::<Worker>(&thumbprint.to_ascii_uppercase())
-        .await
-    {
-        Ok(workers) => workers,
-        Err(error) => {
-            tracing::error!(%error, "cannot read workers to record their health");
-            return;
-        }
-    };
-    for mut worker in workers {
-        worker.health_status = status;
-        worker.status = if status == HealthStatus::Healthy {
-            MachineStatus::Online
-        } else {
-            MachineStatus::Offline
-        };
-        worker.status_summary = summary.to_string();
-        if let Some(health) = &health {
-            worker.operating_system = Some(health.operating_system.clone());
-            worker.architecture = Some(health.architecture.clone());
-            worker.shell_name = Some(health.shell_name.clone());
-            worker.shell_version = None;
-        }
-        if let Err(error) = app.store.put(&worker).await {
-            tracing::error!(%error, "cannot record a worker's health");
-        }
-    }
-    app.dispatcher.wake();
-}
-
-/// Checks every worker once, then again as often as its machine policy says. Listening agents are
-/// dialled here, so dispatch finds their links open.
-pub async fn health_loop(app: App) {
-    loop {
-        let workers: Vec<Worker> = app.store.list_all().await.unwrap_or_default();
-        let mut seen = std::collections::HashSet::new();
-        // SSH workers are not reached by agents; their checks come with SSH support.
-        for worker in workers
-            .iter()
-            .filter(|w| !w.is_disabled && !matches!(w.endpoint, Some(Endpoint::Ssh(_)) | None))
-        {
-            if let Some(t) = &worker.thumbprint
-                && seen.insert(t.clone())
-            {
-                let (app, worker) = (app.clone(), worker.clone());
-                tokio::spawn(async move { check_worker(&app, &worker).await });
-            }
-        }
-        let policies: Vec<muster_core::resources::MachinePolicy> =
-            app.store.list_all().await.unwrap_or_default();
-        let mut interval = policies
-            .iter()
-            .map(|p| p.health_check_interval())
-            .min()
-            .unwrap_or(Duration::from_secs(3600));
-        // A listening agent that could not be reached is tried again soon, not at the next interval.
-        let unreachable = workers.iter().any(|w| {
-            !w.is_disabled
-                && matches!(w.endpoint, Some(Endpoint::TentaclePassive(_)))
-                && w.thumbprint
-                    .as_ref()
-                    .is_none_or(|t| app.comms.link(t).is_none())
-        });
-        if unreachable {
-            interval = interval.min(Duration::from_secs(5));
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(interval.max(Duration::from_secs(1))) => {}
-            _ = app.health_wake.notified() => {}
-        }
-    }
 }

@@ -33,8 +33,21 @@ pub struct Dispatcher {
 struct Running {
     cancel: Arc<Notify>,
     shutting_down: Arc<AtomicBool>,
-    /// The external worker it runs on (None: the built-in worker).
+    /// The external worker it runs on (None: the built-in worker, or a health check).
     worker_id: Option<String>,
+    /// Whether it takes a task-cap slot (health checks do not).
+    capped: bool,
+}
+
+impl Running {
+    fn new(worker_id: Option<String>) -> Running {
+        Running {
+            cancel: Arc::new(Notify::new()),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            worker_id,
+            capped: true,
+        }
+    }
 }
 
 impl Dispatcher {
@@ -43,8 +56,14 @@ impl Dispatcher {
         self.wake.notify_one();
     }
 
+    /// How many running tasks take a task-cap slot.
     fn running_count(&self) -> usize {
-        self.running.lock().expect("dispatcher lock").len()
+        self.running
+            .lock()
+            .expect("dispatcher lock")
+            .values()
+            .filter(|r| r.capped)
+            .count()
     }
 
     /// How many tasks run on a worker now.
@@ -73,6 +92,14 @@ struct SpaceView {
     workers: Vec<Worker>,
 }
 
+/// Who runs a task that starts.
+enum Runner {
+    Builtin,
+    Agent(Box<Worker>),
+    /// A health check: it runs on the server, outside the task cap.
+    Health,
+}
+
 /// What a queued task needs to start.
 enum Decision {
     Builtin,
@@ -91,7 +118,7 @@ pub struct ScriptArguments {
     pub timeout: Option<Duration>,
 }
 
-fn string_list(value: &Value) -> Vec<String> {
+pub(crate) fn string_list(value: &Value) -> Vec<String> {
     match value {
         Value::Array(items) => items
             .iter()
@@ -211,14 +238,22 @@ impl ScriptArguments {
     }
 }
 
-/// Tasks left Executing by a server that stopped cannot be trusted to have finished: they end Failed,
-/// with a line in their log saying why. No task stays Executing forever.
+/// Tasks left Executing by a server that stopped: a script on an agent kept running, so the server
+/// re-attaches to it and reads on from the last line it stored. A script on the built-in worker died
+/// with the server, so its task ends Failed, with a line saying why. No task stays Executing forever:
+/// a re-attached agent that does not come back fails its task after the policy's grace.
 pub async fn recover(app: &App) -> anyhow::Result<()> {
     for mut task in app
         .store
         .tasks_in_states(&[TaskState::Executing, TaskState::Cancelling])
         .await?
     {
+        if let Some(worker_id) = task.worker_id.clone()
+            && let Some(worker) = app.store.get::<Worker>(&worker_id).await?
+        {
+            reattach(app, task, worker).await?;
+            continue;
+        }
         let from = task.state;
         let worker = task
             .worker_name
@@ -229,10 +264,17 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
             "The task was being canceled when the Muster server stopped.".to_string()
         } else {
             task.state = TaskState::Failed;
-            // Re-attaching to a script that an agent kept running is not built yet.
-            format!(
-                "The Muster server stopped while this task was executing on {worker}; the script's outcome is unknown."
-            )
+            if task.name == crate::health::TASK_NAME {
+                "The Muster server stopped during this health check; run it again.".to_string()
+            } else if task.worker_id.is_some() {
+                format!(
+                    "The Muster server stopped while this task was executing on {worker}, and that worker has since been deleted; the script's outcome is unknown."
+                )
+            } else {
+                format!(
+                    "The Muster server stopped while this task was executing on {worker}; the script stopped with it."
+                )
+            }
         };
         let message = message.as_str();
         app.logs
@@ -243,6 +285,34 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
         app.store.transition_task(&task, from).await?;
         app.logs.close(&task.id);
     }
+    Ok(())
+}
+
+/// Follows a script an agent kept running while the server was down, from the agent's line after the
+/// last one stored. A task that was being canceled is canceled on the agent.
+async fn reattach(app: &App, task: Task, worker: Worker) -> anyhow::Result<()> {
+    let after = app.store.last_source_seq(&task.id).await?;
+    let running = Running::new(Some(worker.id.clone()));
+    app.dispatcher
+        .running
+        .lock()
+        .expect("dispatcher lock")
+        .insert(task.id.clone(), running.clone());
+    app.logs
+        .open(&task.id, app.store.last_log_seq(&task.id).await?);
+    app.logs.append(
+        &task.id,
+        LogCategory::Verbose,
+        format!(
+            "The Muster server restarted; re-attaching to the script on worker {} after its line {after}",
+            worker.name
+        ),
+    );
+    if task.state == TaskState::Cancelling {
+        // notify_one keeps the signal until the driver first waits for it.
+        running.cancel.notify_one();
+    }
+    tokio::spawn(run_agent(app.clone(), task, worker, running, Some(after)));
     Ok(())
 }
 
@@ -326,6 +396,10 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             set_reason(app, &mut task, reason).await?;
             continue;
         }
+        if task.name == crate::health::TASK_NAME {
+            start(app, task, Runner::Health).await?;
+            continue;
+        }
         let decision = decide(app, &task, pools, workers);
         match &decision {
             Decision::Fail(message) => {
@@ -350,8 +424,8 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
                     set_reason(app, &mut task, reason).await?;
                 } else {
                     match decision {
-                        Decision::Agent(worker) => start(app, task, Some(*worker)).await?,
-                        _ => start(app, task, None).await?,
+                        Decision::Agent(worker) => start(app, task, Runner::Agent(worker)).await?,
+                        _ => start(app, task, Runner::Builtin).await?,
                     }
                 }
             }
@@ -490,24 +564,25 @@ fn decide(app: &App, task: &Task, pools: &[WorkerPool], workers: &[Worker]) -> D
     }
 }
 
-/// Claims a task for the built-in worker (`worker` None) or an agent's worker, and starts it.
-async fn start(app: &App, mut task: Task, worker: Option<Worker>) -> anyhow::Result<()> {
+/// Claims a task for its runner, and starts it.
+async fn start(app: &App, mut task: Task, runner: Runner) -> anyhow::Result<()> {
     let at = now();
     task.state = TaskState::Executing;
     task.start_time = Some(at);
     task.last_updated_time = at;
     task.server_node = Some(app.config.node_name.clone());
-    task.worker_name = Some(
-        worker
-            .as_ref()
-            .map_or(BUILTIN_WORKER_NAME.to_string(), |w| w.name.clone()),
-    );
-    task.queue_reason = None;
-    let running = Running {
-        cancel: Arc::new(Notify::new()),
-        shutting_down: Arc::new(AtomicBool::new(false)),
-        worker_id: worker.as_ref().map(|w| w.id.clone()),
+    task.worker_name = match &runner {
+        Runner::Builtin => Some(BUILTIN_WORKER_NAME.to_string()),
+        Runner::Agent(worker) => Some(worker.name.clone()),
+        Runner::Health => None,
     };
+    task.queue_reason = None;
+    task.worker_id = match &runner {
+        Runner::Agent(worker) => Some(worker.id.clone()),
+        _ => None,
+    };
+    let mut running = Running::new(task.worker_id.clone());
+    running.capped = !matches!(runner, Runner::Health);
     // Counted as running before the claim, so a second pass cannot overshoot the cap.
     app.dispatcher
         .running
@@ -519,9 +594,12 @@ async fn start(app: &App, mut task: Task, worker: Option<Worker>) -> anyhow::Res
             let last_seq = app.store.last_log_seq(&task.id).await.unwrap_or(0);
             app.logs.open(&task.id, last_seq);
             app.logs.changed(&task.id);
-            match worker {
-                Some(worker) => tokio::spawn(run_agent(app.clone(), task, worker, running)),
-                None => tokio::spawn(run_builtin(app.clone(), task, running)),
+            match runner {
+                Runner::Agent(worker) => {
+                    tokio::spawn(run_agent(app.clone(), task, *worker, running, None))
+                }
+                Runner::Builtin => tokio::spawn(run_builtin(app.clone(), task, running)),
+                Runner::Health => tokio::spawn(run_health(app.clone(), task, running)),
             };
             Ok(())
         }
@@ -613,6 +691,11 @@ async fn run_builtin(app: App, mut task: Task, running: Running) {
     conclude(&app, task, final_state, message).await;
 }
 
+async fn run_health(app: App, task: Task, running: Running) {
+    let (state, message) = crate::health::run_task(&app, &task, &running.cancel).await;
+    conclude(&app, task, state, message).await;
+}
+
 /// Ends a task: its last line, its log committed, then its final state, then the followers told.
 async fn conclude(app: &App, mut task: Task, final_state: TaskState, message: String) {
     let id = task.id.clone();
@@ -666,14 +749,17 @@ async fn reconnect_grace(app: &App, worker: &Worker) -> Duration {
         .min(Duration::from_secs(60))
 }
 
-async fn run_agent(app: App, task: Task, worker: Worker, running: Running) {
+/// Runs a task on an agent, or (`resume` Some) follows the script it already runs from that line on.
+async fn run_agent(app: App, task: Task, worker: Worker, running: Running, resume: Option<u64>) {
     let id = task.id.clone();
-    let uri = worker.uri.clone().unwrap_or_default();
-    app.logs.append(
-        &id,
-        LogCategory::Verbose,
-        format!("Running on worker {} ({uri})", worker.name),
-    );
+    if resume.is_none() {
+        let uri = worker.uri.clone().unwrap_or_default();
+        app.logs.append(
+            &id,
+            LogCategory::Verbose,
+            format!("Running on worker {} ({uri})", worker.name),
+        );
+    }
     let mut stderr_seen = false;
     let (final_state, message) = match ScriptArguments::parse(&task.arguments) {
         Err(errors) => (TaskState::Failed, errors.join(" ")),
@@ -688,7 +774,13 @@ async fn run_agent(app: App, task: Task, worker: Worker, running: Running) {
                 ],
                 timeout_seconds: arguments.timeout.map(|t| t.as_secs().max(1)),
             };
-            drive_agent(&app, &worker, start, &running, &mut stderr_seen).await
+            match drive_agent(&app, &worker, start, &running, &mut stderr_seen, resume).await {
+                Some(end) => end,
+                None => {
+                    detach(&app, &id, &worker);
+                    return;
+                }
+            }
         }
     };
     let mut task = task;
@@ -696,39 +788,63 @@ async fn run_agent(app: App, task: Task, worker: Worker, running: Running) {
     conclude(&app, task, final_state, message).await;
 }
 
-/// Starts the script on the agent and follows it to its end, over a dropped connection if the agent
-/// comes back within the grace period.
+/// Leaves a script running on its agent while this server shuts down; the task stays Executing in
+/// the store and the next start re-attaches to it.
+fn detach(app: &App, task_id: &str, worker: &Worker) {
+    app.logs.append(
+        task_id,
+        LogCategory::Verbose,
+        format!(
+            "The Muster server is shutting down; the script keeps running on worker {}, and the server re-attaches to it when it starts again",
+            worker.name
+        ),
+    );
+    app.dispatcher
+        .running
+        .lock()
+        .expect("dispatcher lock")
+        .remove(task_id);
+    app.dispatcher.ended.notify_waiters();
+}
+
+/// Starts the script on the agent (or, `resume` Some, reads on after that line of a script it already
+/// runs) and follows it to its end, over a dropped connection if the agent comes back within the grace
+/// period. None: the server is shutting down and leaves the script running.
 async fn drive_agent(
     app: &App,
     worker: &Worker,
     start: muster_proto::rpc::StartScript,
     running: &Running,
     stderr_seen: &mut bool,
-) -> (TaskState, String) {
+    resume: Option<u64>,
+) -> Option<(TaskState, String)> {
     use muster_proto::rpc::{self, Outcome, ScriptState, StatusReply, StatusRequest, Ticket};
     let ticket = Ticket {
         ticket: start.ticket.clone(),
     };
     let id = start.ticket.clone();
-    let mut after = 0u64;
-    let mut started = false;
+    let mut after = resume.unwrap_or(0);
+    let mut started = resume.is_some();
     let mut cancel_sent = false;
     let mut lost_since: Option<tokio::time::Instant> = None;
     let grace = reconnect_grace(app, worker).await;
     loop {
+        if running.shutting_down.load(Ordering::SeqCst) {
+            return None;
+        }
         let link = match crate::comms::link_for(app, worker).await {
             Ok(link) => link,
             Err(error) => {
                 let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= grace {
-                    return (
+                    return Some((
                         TaskState::Failed,
                         format!(
                             "Lost the connection to worker {} and it did not come back within {} seconds: {error:#}",
                             worker.name,
                             grace.as_secs()
                         ),
-                    );
+                    ));
                 }
                 let changed = app.comms.changed.notified();
                 let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
@@ -754,6 +870,7 @@ async fn drive_agent(
             _ = cancel.notified(), if !cancel_sent => None,
         };
         let reply = match reply {
+            None if running.shutting_down.load(Ordering::SeqCst) => return None,
             None => {
                 cancel_sent = true;
                 if let Err(error) = link.call::<_, Ticket>(rpc::PATH_CANCEL, &ticket).await {
@@ -764,10 +881,10 @@ async fn drive_agent(
             Some(Err(error)) => {
                 let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= grace {
-                    return (
+                    return Some((
                         TaskState::Failed,
                         format!("Lost the connection to worker {}: {error:#}", worker.name),
-                    );
+                    ));
                 }
                 let changed = app.comms.changed.notified();
                 let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
@@ -783,23 +900,24 @@ async fn drive_agent(
             } else {
                 LogCategory::Info
             };
-            app.logs.append(&id, category, line.text.clone());
+            app.logs
+                .append_from_agent(&id, category, line.text.clone(), line.seq);
             after = line.seq;
         }
         match reply.state {
             ScriptState::Running => {}
             ScriptState::Unknown => {
-                return (
+                return Some((
                     TaskState::Failed,
                     format!(
                         "Worker {} no longer knows this script (the agent restarted).",
                         worker.name
                     ),
-                );
+                ));
             }
             ScriptState::Complete => {
                 let _ = link.call::<_, Ticket>(rpc::PATH_COMPLETE, &ticket).await;
-                return match (reply.outcome, reply.exit_code) {
+                return Some(match (reply.outcome, reply.exit_code) {
                     (Some(Outcome::Exited), Some(0)) => (TaskState::Success, String::new()),
                     (Some(Outcome::Exited), Some(code)) => (TaskState::Failed, format!("The script exited with code {code}.")),
                     (Some(Outcome::Signaled), code) => {
@@ -811,7 +929,7 @@ async fn drive_agent(
                     (Some(Outcome::Canceled), _) => (TaskState::Canceled, "The task was canceled.".into()),
                     (Some(Outcome::TimedOut), _) => (TaskState::TimedOut, "The task timed out.".into()),
                     _ => (TaskState::Failed, format!("The script could not run on worker {}.", worker.name)),
-                };
+                });
             }
         }
     }

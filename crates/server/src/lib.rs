@@ -8,6 +8,7 @@ mod auth;
 mod bootstrap;
 mod comms;
 mod dispatch;
+mod health;
 mod http;
 mod links;
 mod logs;
@@ -103,7 +104,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let dispatcher = tokio::spawn(dispatch::run(app.clone()));
     let comms = tokio::spawn(comms::listen(app.clone(), comms_listener));
-    let health = tokio::spawn(comms::health_loop(app.clone()));
+    let health = tokio::spawn(health::health_loop(app.clone()));
     let router = api::router(app.clone());
     let service = tower::ServiceBuilder::new()
         .map_request(http::normalize_request)

@@ -21,7 +21,8 @@ struct Live {
 }
 
 enum WriterMessage {
-    Line(String, LogLine),
+    /// A line of a task, with the agent's sequence number of it when it came from an agent.
+    Line(String, LogLine, Option<u64>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -69,6 +70,27 @@ impl LogHub {
     }
 
     pub fn append(&self, task_id: &str, category: LogCategory, text: impl Into<String>) {
+        self.append_line(task_id, category, text.into(), None);
+    }
+
+    /// Appends a line an agent sent, stored with the agent's sequence number of it.
+    pub fn append_from_agent(
+        &self,
+        task_id: &str,
+        category: LogCategory,
+        text: String,
+        agent_seq: u64,
+    ) {
+        self.append_line(task_id, category, text, Some(agent_seq));
+    }
+
+    fn append_line(
+        &self,
+        task_id: &str,
+        category: LogCategory,
+        text: String,
+        agent_seq: Option<u64>,
+    ) {
         let mut live = self.live.lock().expect("log hub lock");
         let Some(entry) = live.get_mut(task_id) else {
             tracing::warn!(
@@ -81,13 +103,13 @@ impl LogHub {
             seq: entry.next_seq,
             occurred_at: muster_core::time::now(),
             category,
-            message_text: text.into(),
+            message_text: text,
         };
         entry.next_seq += 1;
         let _ = entry.events.send(LogEvent::Line(line.clone()));
         let _ = self
             .writer
-            .send(WriterMessage::Line(task_id.to_string(), line));
+            .send(WriterMessage::Line(task_id.to_string(), line, agent_seq));
     }
 
     /// Live events of a task that is running, or None when it is not (its log is all stored).
@@ -123,7 +145,7 @@ async fn write_lines(store: Store, mut receiver: mpsc::UnboundedReceiver<WriterM
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
-                WriterMessage::Line(task, line) => lines.push((task, line)),
+                WriterMessage::Line(task, line, agent_seq) => lines.push((task, line, agent_seq)),
                 WriterMessage::Flush(done) => flushes.push(done),
             }
             if lines.len() < BATCH {

@@ -744,7 +744,13 @@ fn operation(o: &Op) -> Value {
 }
 
 fn object(required: &[&str], properties: Value) -> Value {
-    json!({"type": "object", "required": required, "properties": properties, "additionalProperties": true})
+    let mut schema =
+        json!({"type": "object", "properties": properties, "additionalProperties": true});
+    // OpenAPI 3.0 wants `required` absent rather than empty.
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    schema
 }
 
 fn schemas() -> Value {
@@ -836,13 +842,16 @@ fn schemas() -> Value {
         })),
         "MachinePolicyArray": array_of("MachinePolicy"),
         "TaskCreate": object(&["Name"], json!({
-            "Name": {"type": "string", "enum": ["AdHocScript"]}, "Description": s, "SpaceId": sn,
+            "Name": {"type": "string", "enum": ["AdHocScript", "Health"], "description": "AdHocScript runs ScriptBody; Health checks workers (WorkerpoolId, MachineIds, or every worker of the space) outside the task cap, and fails when a checked worker is not Healthy."},
+            "Description": s, "SpaceId": sn,
             "QueueTime": sn, "QueueTimeExpiry": sn,
-            "Arguments": object(&["ScriptBody"], json!({
-                "ScriptBody": s, "Syntax": {"type": "string", "enum": ["Bash", "Python", "PowerShell"], "default": "Bash"},
+            "Arguments": object(&[], json!({
+                "ScriptBody": {"type": "string", "description": "AdHocScript: the script to run (required)."}, "Syntax": {"type": "string", "enum": ["Bash", "Python", "PowerShell"], "default": "Bash"},
                 "TargetType": {"type": "string", "enum": ["OctopusServer", "WorkerPools", "Workers"], "description": "Default: WorkerPools with the space's default pool (the built-in worker runs the script while that pool has no workers)."},
                 "WorkerPoolIds": ids, "MachineIds": ids,
-                "Timeout": {"type": "string", "description": "A TimeSpan (00:10:00) or seconds; the task ends TimedOut after it."}
+                "Timeout": {"type": "string", "description": "A TimeSpan (00:10:00) or seconds; the task ends TimedOut after it."},
+                "WorkerpoolId": {"type": "string", "nullable": true, "description": "Health: check this pool's workers."},
+                "MachineTimeout": {"type": "string", "description": "Health: how long each agent has to answer, a TimeSpan (default 00:00:20)."}
             }))
         })),
         "Task": object(&["Id", "State", "IsCompleted"], json!({

@@ -22,7 +22,7 @@ pub struct TaskQuery {
 }
 
 const TASK_COLUMNS: &str = "num, space_id, name, description, arguments, state, error_message, queue_time, \
-    queue_time_expiry, start_time, completed_time, last_updated_time, server_node, has_warnings, queue_reason, worker_name";
+    queue_time_expiry, start_time, completed_time, last_updated_time, server_node, has_warnings, queue_reason, worker_name, worker_id";
 
 fn task_num(id: &str) -> Option<i64> {
     parse_id(IdKind::ServerTask, id)
@@ -61,6 +61,7 @@ fn read_task(row: &SqliteRow) -> Result<Task> {
         has_warnings_or_errors: row.try_get::<i64, _>("has_warnings")? != 0,
         queue_reason: row.try_get("queue_reason")?,
         worker_name: row.try_get("worker_name")?,
+        worker_id: row.try_get("worker_id")?,
     })
 }
 
@@ -70,7 +71,7 @@ impl Store {
         let num = task_num(&task.id)
             .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
         let sql = format!(
-            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         );
         bind_task(sqlx::query(sqlx::AssertSqlSafe(sql)), num, task)
             .execute(&self.pool)
@@ -84,8 +85,8 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
         let sql = "UPDATE tasks SET space_id = ?2, name = ?3, description = ?4, arguments = ?5, state = ?6, \
             error_message = ?7, queue_time = ?8, queue_time_expiry = ?9, start_time = ?10, completed_time = ?11, \
-            last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16 \
-            WHERE num = ?1";
+            last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16, \
+            worker_id = ?17 WHERE num = ?1";
         bind_task(sqlx::query(sql), num, task)
             .execute(&self.pool)
             .await?;
@@ -99,8 +100,8 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
         let sql = "UPDATE tasks SET space_id = ?2, name = ?3, description = ?4, arguments = ?5, state = ?6, \
             error_message = ?7, queue_time = ?8, queue_time_expiry = ?9, start_time = ?10, completed_time = ?11, \
-            last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16 \
-            WHERE num = ?1 AND state = ?17";
+            last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16, \
+            worker_id = ?17 WHERE num = ?1 AND state = ?18";
         let done = bind_task(sqlx::query(sql), num, task)
             .bind(from.as_str())
             .execute(&self.pool)
@@ -212,22 +213,24 @@ impl Store {
     }
 
     /// Appends log lines of any tasks in one transaction: the log writer batches lines this way so
-    /// that a chatty script costs one commit per batch, not per line.
-    pub async fn append_logs(&self, lines: &[(String, LogLine)]) -> Result<()> {
+    /// that a chatty script costs one commit per batch, not per line. Each line is (task id, line,
+    /// the agent's sequence number of it when it came from an agent).
+    pub async fn append_logs(&self, lines: &[(String, LogLine, Option<u64>)]) -> Result<()> {
         if lines.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for (task_id, line) in lines {
+        for (task_id, line, source_seq) in lines {
             let Some(num) = task_num(task_id) else {
                 continue;
             };
-            sqlx::query("INSERT OR IGNORE INTO task_log (task_num, seq, occurred_at, category, message) VALUES (?1, ?2, ?3, ?4, ?5)")
+            sqlx::query("INSERT OR IGNORE INTO task_log (task_num, seq, occurred_at, category, message, source_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
                 .bind(num)
                 .bind(line.seq)
                 .bind(format_date(&line.occurred_at))
                 .bind(line.category.as_str())
                 .bind(&line.message_text)
+                .bind(source_seq.map(|n| n.min(i64::MAX as u64) as i64))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -273,6 +276,20 @@ impl Store {
                 .await?;
         Ok(seq.unwrap_or(0))
     }
+
+    /// The agent's sequence number of the last stored line that came from an agent (0 when none):
+    /// where a re-attached server resumes reading the script's output.
+    pub async fn last_source_seq(&self, task_id: &str) -> Result<u64> {
+        let Some(num) = task_num(task_id) else {
+            return Ok(0);
+        };
+        let (seq,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(source_seq) FROM task_log WHERE task_num = ?1")
+                .bind(num)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(seq.unwrap_or(0).max(0) as u64)
+    }
 }
 
 fn bind_task<'q>(
@@ -298,4 +315,5 @@ fn bind_task<'q>(
         .bind(i64::from(task.has_warnings_or_errors))
         .bind(task.queue_reason.clone())
         .bind(task.worker_name.clone())
+        .bind(task.worker_id.clone())
 }

@@ -27,13 +27,17 @@ pub fn agent() -> Command {
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
         let status = Command::new(env!("CARGO"))
+            // The same packages and targets as this test build, so Cargo picks the same features
+            // for shared dependencies and finds the agent fresh instead of building it again.
             .args([
                 "build",
                 "--quiet",
                 "-p",
+                "muster",
+                "-p",
                 "muster-agent",
-                "--bin",
-                "muster-agent",
+                "--bins",
+                "--tests",
             ])
             .status()
             .expect("cargo runs");
@@ -129,15 +133,13 @@ impl Server {
             Some(key) => command.env("MUSTER_BOOTSTRAP_API_KEY", key),
             None => command.env_remove("MUSTER_BOOTSTRAP_API_KEY"),
         };
+        command.args(["server", "--listen", "127.0.0.1:0"]);
+        // A restart that agents must find again passes its own --comms-listen.
+        if !args.contains(&"--comms-listen") {
+            command.args(["--comms-listen", "127.0.0.1:0"]);
+        }
         let mut child = command
-            .arg("server")
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--comms-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .arg("--data-dir")
             .arg(dir)
             .args(args)
             .env_remove("MUSTER_LISTEN")

@@ -299,3 +299,302 @@ fn a_listening_agent_refuses_a_server_it_does_not_trust() {
         mispinned["StatusSummary"]
     );
 }
+
+/// The lines `line 1` to `line N` appear once each, in order, among a task's log lines.
+fn assert_whole_log(lines: &[Value], n: usize) {
+    let numbered: Vec<&str> = lines
+        .iter()
+        .map(|l| l["MessageText"].as_str().unwrap())
+        .filter(|t| t.starts_with("line "))
+        .collect();
+    let expected: Vec<String> = (1..=n).map(|i| format!("line {i}")).collect();
+    assert_eq!(numbered.len(), n, "no line lost or repeated");
+    assert!(
+        numbered.iter().zip(&expected).all(|(a, b)| a == b),
+        "lines in order"
+    );
+}
+
+#[test]
+fn a_restarted_server_reattaches_to_scripts_its_agents_kept_running() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = Server::start_in(temp.path(), &[]).unwrap();
+    let comms = format!("127.0.0.1:{}", server.comms_port);
+    let _poller = server.polling_agent("poller");
+    let _listener = server.listening_agent("listener");
+    server.wait_health("poller", "Healthy");
+    server.wait_health("listener", "Healthy");
+    let worker_id = |server: &Server, name: &str| {
+        server
+            .ok("/api/Spaces-1/workers/all")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["Name"] == name)
+            .unwrap()["Id"]
+            .clone()
+    };
+    // Five lines, then a wait for a file, then 3,000 lines: many log batches around the restart.
+    let release = temp.path().join("release");
+    let script = format!(
+        "for i in 1 2 3 4 5; do echo \"line $i\"; done\n\
+         while [ ! -f '{}' ]; do sleep 0.02; done\n\
+         for i in $(seq 6 3000); do echo \"line $i\"; done",
+        release.display()
+    );
+    let mut tasks = Vec::new();
+    for name in ["poller", "listener"] {
+        let task = server.run_script(
+            "Spaces-1",
+            json!({"ScriptBody": script, "TargetType": "Workers", "MachineIds": [worker_id(&server, name)]}),
+        );
+        server.follow(&id(&task), |kind, data| {
+            !(kind == "line" && data["MessageText"] == "line 5")
+        });
+        tasks.push(id(&task));
+    }
+
+    // A crash: the scripts finish while no server is there to hear them.
+    server.kill();
+    std::fs::write(&release, "go").unwrap();
+    let server = Server::start_in(temp.path(), &["--comms-listen", &comms]).unwrap();
+    for (task_id, name) in tasks.iter().zip(["poller", "listener"]) {
+        let (task, lines) = server.wait_task(task_id);
+        assert_eq!(task["State"], "Success", "{task}");
+        assert_eq!(task["WorkerName"], name);
+        assert_whole_log(&lines, 3000);
+        let texts: Vec<&str> = lines
+            .iter()
+            .map(|l| l["MessageText"].as_str().unwrap())
+            .collect();
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains("re-attaching to the script")),
+            "the log says the server re-attached: {texts:?}"
+        );
+    }
+
+    // A clean stop leaves a running script running; the next start follows it to its end.
+    std::fs::remove_file(&release).unwrap();
+    let task = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": script, "TargetType": "Workers", "MachineIds": [worker_id(&server, "poller")]}),
+    );
+    server.follow(&id(&task), |kind, data| {
+        !(kind == "line" && data["MessageText"] == "line 5")
+    });
+    assert!(server.stop().success());
+    let server = Server::start_in(temp.path(), &["--comms-listen", &comms]).unwrap();
+    let stored = server.ok(&format!("/api/tasks/{}", id(&task)));
+    assert!(
+        stored["State"] == "Executing",
+        "still running after the restart: {stored}"
+    );
+    std::fs::write(&release, "go").unwrap();
+    let (task, lines) = server.wait_task(&id(&task));
+    assert_eq!(task["State"], "Success", "{task}");
+    assert_whole_log(&lines, 3000);
+    let raw = server.get(&format!("/api/tasks/{}/raw", id(&task))).text;
+    assert!(raw.contains("keeps running on worker poller"), "{raw}");
+
+    // A task being canceled when the server died is canceled on the agent after the restart.
+    std::fs::remove_file(&release).unwrap();
+    let task = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": script, "TargetType": "Workers", "MachineIds": [worker_id(&server, "listener")]}),
+    );
+    server.follow(&id(&task), |kind, data| {
+        !(kind == "line" && data["MessageText"] == "line 5")
+    });
+    assert!(server.stop().success());
+    // Mark it Cancelling as a cancel that raced the crash would have left it.
+    let db = temp.path().join("muster.db");
+    let num = id(&task).trim_start_matches("ServerTasks-").to_string();
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE tasks SET state='Cancelling' WHERE num=?\", (int(sys.argv[2]),)); c.commit()",
+        ])
+        .arg(&db)
+        .arg(&num)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = Server::start_in(temp.path(), &["--comms-listen", &comms]).unwrap();
+    let (task, _) = server.wait_task(&id(&task));
+    assert_eq!(task["State"], "Canceled", "{task}");
+}
+
+#[test]
+fn health_tasks_run_beside_a_full_task_cap_and_name_the_unhealthy_workers() {
+    let server = Server::start_with(&["--task-cap", "1"]);
+    let _poller = server.polling_agent("poller");
+    let _listener = server.listening_agent("listener");
+    server.wait_health("poller", "Healthy");
+    server.wait_health("listener", "Healthy");
+    let pool = server.default_pool();
+    // A worker whose agent is gone: nothing listens on its port.
+    let ghost = server
+        .post(
+            "/api/Spaces-1/workers",
+            &json!({"Name": "ghost", "WorkerPoolIds": [pool], "Endpoint": {
+                "CommunicationStyle": "TentaclePassive",
+                "Uri": format!("https://127.0.0.1:{}/", free_port()),
+                "Thumbprint": "0123456789ABCDEF0123456789ABCDEF01234567"}}),
+        )
+        .assert_status(201)
+        .clone();
+    let worker_ids: Vec<Value> = ["poller", "listener"]
+        .iter()
+        .map(|name| {
+            server
+                .ok("/api/Spaces-1/workers/all")
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["Name"] == *name)
+                .unwrap()["Id"]
+                .clone()
+        })
+        .collect();
+
+    // The only task-cap slot is taken by a script that waits.
+    let release = server.dir.join("release");
+    let blocker = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": format!("echo waiting\nwhile [ ! -f '{}' ]; do sleep 0.02; done", release.display()),
+               "TargetType": "Workers", "MachineIds": [worker_ids[0]]}),
+    );
+    server.follow(&id(&blocker), |kind, data| {
+        !(kind == "line" && data["MessageText"] == "waiting")
+    });
+
+    let task = server
+        .post(
+            "/api/Spaces-1/tasks",
+            &json!({"Name": "Health", "Arguments": {"WorkerpoolId": pool}}),
+        )
+        .assert_status(201)
+        .clone();
+    assert_eq!(task["Description"], "Check health");
+    let (task, lines) = server.wait_task(&id(&task));
+    assert_eq!(task["State"], "Failed", "{task}");
+    assert!(
+        task["ErrorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 3 workers are not healthy: ghost (Unavailable)"),
+        "{task}"
+    );
+    let texts: Vec<&str> = lines
+        .iter()
+        .map(|l| l["MessageText"].as_str().unwrap())
+        .collect();
+    for expected in ["poller: Healthy", "listener: Healthy", "ghost: Unavailable"] {
+        assert!(
+            texts.iter().any(|t| t.starts_with(expected)),
+            "{expected} in {texts:?}"
+        );
+    }
+    let blocker_now = server.ok(&format!("/api/tasks/{}", id(&blocker)));
+    assert_eq!(
+        blocker_now["State"], "Executing",
+        "the health check ran while the script held the only slot"
+    );
+
+    let named = server
+        .post(
+            "/api/Spaces-1/tasks",
+            &json!({"Name": "health", "Arguments": {"MachineIds": worker_ids, "MachineTimeout": "00:00:30"}}),
+        )
+        .assert_status(201)
+        .clone();
+    assert_eq!(server.wait_task(&id(&named)).0["State"], "Success");
+
+    // Bad arguments are refused before anything is queued.
+    for arguments in [
+        json!({"WorkerpoolId": "WorkerPools-999"}),
+        json!({"MachineIds": ["Workers-999"]}),
+        json!({"MachineTimeout": "soon"}),
+        json!({"MachineTimeout": "00:00:00"}),
+        json!({"WorkerpoolId": 7}),
+    ] {
+        server
+            .post(
+                "/api/Spaces-1/tasks",
+                &json!({"Name": "Health", "Arguments": arguments}),
+            )
+            .assert_error(400);
+    }
+
+    // The CLI runs the same check, prints each worker's result and exits by it.
+    let cli = |args: &[&str]| {
+        muster()
+            .args(["worker", "health"])
+            .args(args)
+            .env("MUSTER_SERVER", &server.url)
+            .env("MUSTER_API_KEY", KEY)
+            .output()
+            .unwrap()
+    };
+    let all = cli(&["--pool", "Default Worker Pool"]);
+    // Error lines (the unhealthy workers) go to stderr, as a script's do.
+    let stdout = format!(
+        "{}{}",
+        String::from_utf8_lossy(&all.stdout),
+        String::from_utf8_lossy(&all.stderr)
+    );
+    assert_eq!(all.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("ghost: Unavailable"), "{stdout}");
+    assert!(stdout.contains("poller: Healthy"), "{stdout}");
+    let healthy = cli(&["--worker", "poller", "--worker", "listener"]);
+    assert!(
+        healthy.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&healthy.stdout),
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    std::fs::write(&release, "go").unwrap();
+    assert_eq!(server.wait_task(&id(&blocker)).0["State"], "Success");
+
+    // A policy that deletes unavailable workers deletes the ghost and keeps the healthy agents.
+    let policy = server
+        .post(
+            "/api/Spaces-1/machinepolicies",
+            &json!({"Name": "Clean up", "MachineHealthCheckPolicy": {"HealthCheckInterval": "00:00:01"},
+                    "MachineCleanupPolicy": {"DeleteMachinesBehavior": "DeleteUnavailableMachines",
+                                             "DeleteMachinesElapsedTimeSpan": "00:00:02"}}),
+        )
+        .assert_status(201)
+        .clone();
+    for worker in [&ghost["Id"], &worker_ids[0]] {
+        let mut body = server.ok(&format!(
+            "/api/Spaces-1/workers/{}",
+            worker.as_str().unwrap()
+        ));
+        body["MachinePolicyId"] = policy["Id"].clone();
+        server
+            .put(
+                &format!("/api/Spaces-1/workers/{}", worker.as_str().unwrap()),
+                &body,
+            )
+            .assert_status(200);
+    }
+    eventually("the unavailable worker to be deleted", || {
+        (server
+            .get(&format!(
+                "/api/Spaces-1/workers/{}",
+                ghost["Id"].as_str().unwrap()
+            ))
+            .status
+            == 404)
+            .then_some(())
+    });
+    server
+        .get(&format!(
+            "/api/Spaces-1/workers/{}",
+            worker_ids[0].as_str().unwrap()
+        ))
+        .assert_status(200);
+}

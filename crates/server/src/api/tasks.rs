@@ -21,11 +21,19 @@ use serde_json::{Map, Value, json};
 use std::convert::Infallible;
 use tokio::sync::{broadcast, mpsc};
 
-pub const TASK_TYPES: &[(&str, &str, &str)] = &[(
-    "AdHocScript",
-    "Run a script",
-    "Runs a Bash, Python or PowerShell script on a worker or the built-in worker.",
-)];
+/// The task types this server runs: name, default description, what it does.
+pub const TASK_TYPES: &[(&str, &str, &str)] = &[
+    (
+        "AdHocScript",
+        "Run a script",
+        "Runs a Bash, Python or PowerShell script on a worker or the built-in worker.",
+    ),
+    (
+        crate::health::TASK_NAME,
+        "Check health",
+        "Checks the health of a pool's workers (WorkerpoolId), named workers (MachineIds), or every worker of the space.",
+    ),
+];
 
 const TEMPLATE: &str =
     "skip,active,name,node,running,states,hasWarningsOrErrors,take,ids,partialName,spaces";
@@ -145,14 +153,13 @@ async fn find_any(app: &App, id: &str) -> Result<Task, ApiError> {
 async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
     check_space_id(body, space)?;
     let mut errors = Vec::new();
-    let name = match body.get("Name") {
+    let task_type = match body.get("Name") {
         Some(Value::String(name)) => TASK_TYPES
             .iter()
-            .find(|(id, _, _)| id.eq_ignore_ascii_case(name.trim()))
-            .map(|t| t.0),
+            .find(|(id, _, _)| id.eq_ignore_ascii_case(name.trim())),
         _ => None,
     };
-    let Some(name) = name else {
+    let Some(&(name, default_description, _)) = task_type else {
         let known: Vec<&str> = TASK_TYPES.iter().map(|t| t.0).collect();
         return Err(ApiError::validation(vec![format!(
             "Name must name a task type this server runs: {}.",
@@ -165,8 +172,8 @@ async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
         Some(_) => return Err(ApiError::bad_request("Arguments must be a JSON object.")),
     };
     let description = match body.get("Description") {
-        None | Some(Value::Null) => "Run a script".to_string(),
-        Some(Value::String(text)) if text.trim().is_empty() => "Run a script".to_string(),
+        None | Some(Value::Null) => default_description.to_string(),
+        Some(Value::String(text)) if text.trim().is_empty() => default_description.to_string(),
         Some(Value::String(text)) => text.trim().to_string(),
         Some(_) => return Err(ApiError::bad_request("Description must be a string.")),
     };
@@ -191,48 +198,10 @@ async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
     {
         errors.push("QueueTimeExpiry must be after QueueTime.".into());
     }
-    match ScriptArguments::parse(&arguments) {
-        Err(problems) => errors.extend(problems),
-        Ok(script) => {
-            let pools: Vec<WorkerPool> = app.store.list(&space.id).await?;
-            let mut pool_ids = Vec::new();
-            for given in &script.pool_ids {
-                let id = muster_core::ids::canonical_id(IdKind::WorkerPool, given)
-                    .unwrap_or_else(|| given.clone());
-                if pool_ids.contains(&id) {
-                    // Named twice: once is enough.
-                } else if pools.iter().any(|p| p.id == id) {
-                    pool_ids.push(id);
-                } else {
-                    errors.push(format!(
-                        "'{given}' is not a worker pool of space {}.",
-                        space.id
-                    ));
-                }
-            }
-            let workers: Vec<Worker> = app.store.list(&space.id).await?;
-            let mut machine_ids = Vec::new();
-            for given in &script.machine_ids {
-                let id = muster_core::ids::canonical_id(IdKind::Worker, given)
-                    .unwrap_or_else(|| given.clone());
-                if machine_ids.contains(&id) {
-                    // Named twice: once is enough.
-                } else if workers.iter().any(|w| w.id == id) {
-                    machine_ids.push(id);
-                } else {
-                    errors.push(format!("'{given}' is not a worker of space {}.", space.id));
-                }
-            }
-            arguments.insert("Syntax".into(), json!(script.syntax.as_str()));
-            let target = match script.target {
-                ScriptTarget::OctopusServer => "OctopusServer",
-                ScriptTarget::WorkerPools => "WorkerPools",
-                ScriptTarget::Workers => "Workers",
-            };
-            arguments.insert("TargetType".into(), json!(target));
-            arguments.insert("WorkerPoolIds".into(), json!(pool_ids));
-            arguments.insert("MachineIds".into(), json!(machine_ids));
-        }
+    if name == crate::health::TASK_NAME {
+        check_health_arguments(app, space, &mut arguments, &mut errors).await?;
+    } else {
+        check_script_arguments(app, space, &mut arguments, &mut errors).await?;
     }
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
@@ -255,10 +224,115 @@ async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
         has_warnings_or_errors: false,
         queue_reason: None,
         worker_name: None,
+        worker_id: None,
     };
     app.store.insert_task(&task).await?;
     app.dispatcher.wake();
     created(&links::task(&task))
+}
+
+/// Resolves ids a client gave (in any case) against the ids that exist, once each; the rest are errors.
+fn resolve_ids(
+    kind: IdKind,
+    given: &[String],
+    existing: &[&str],
+    what: &str,
+    space: &Space,
+    errors: &mut Vec<String>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for given in given {
+        let id = muster_core::ids::canonical_id(kind, given).unwrap_or_else(|| given.clone());
+        if ids.contains(&id) {
+            // Named twice: once is enough.
+        } else if existing.contains(&id.as_str()) {
+            ids.push(id);
+        } else {
+            errors.push(format!("'{given}' is not a {what} of space {}.", space.id));
+        }
+    }
+    ids
+}
+
+/// Checks an AdHocScript's arguments and stores them in their canonical form.
+async fn check_script_arguments(
+    app: &App,
+    space: &Space,
+    arguments: &mut Map<String, Value>,
+    errors: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    match ScriptArguments::parse(arguments) {
+        Err(problems) => errors.extend(problems),
+        Ok(script) => {
+            let pools: Vec<WorkerPool> = app.store.list(&space.id).await?;
+            let pool_ids: Vec<&str> = pools.iter().map(|p| p.id.as_str()).collect();
+            let pool_ids = resolve_ids(
+                IdKind::WorkerPool,
+                &script.pool_ids,
+                &pool_ids,
+                "worker pool",
+                space,
+                errors,
+            );
+            let workers: Vec<Worker> = app.store.list(&space.id).await?;
+            let worker_ids: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
+            let machine_ids = resolve_ids(
+                IdKind::Worker,
+                &script.machine_ids,
+                &worker_ids,
+                "worker",
+                space,
+                errors,
+            );
+            arguments.insert("Syntax".into(), json!(script.syntax.as_str()));
+            let target = match script.target {
+                ScriptTarget::OctopusServer => "OctopusServer",
+                ScriptTarget::WorkerPools => "WorkerPools",
+                ScriptTarget::Workers => "Workers",
+            };
+            arguments.insert("TargetType".into(), json!(target));
+            arguments.insert("WorkerPoolIds".into(), json!(pool_ids));
+            arguments.insert("MachineIds".into(), json!(machine_ids));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Health task's arguments (Octopus's `WorkerpoolId`, `MachineIds`, `MachineTimeout`).
+async fn check_health_arguments(
+    app: &App,
+    space: &Space,
+    arguments: &mut Map<String, Value>,
+    errors: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    match crate::health::HealthArguments::parse(arguments) {
+        Err(problems) => errors.extend(problems),
+        Ok(health) => {
+            let pools: Vec<WorkerPool> = app.store.list(&space.id).await?;
+            let pool_ids: Vec<&str> = pools.iter().map(|p| p.id.as_str()).collect();
+            let pool = resolve_ids(
+                IdKind::WorkerPool,
+                health.pool_id.as_slice(),
+                &pool_ids,
+                "worker pool",
+                space,
+                errors,
+            );
+            let workers: Vec<Worker> = app.store.list(&space.id).await?;
+            let worker_ids: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
+            let machine_ids = resolve_ids(
+                IdKind::Worker,
+                &health.machine_ids,
+                &worker_ids,
+                "worker",
+                space,
+                errors,
+            );
+            arguments.insert("WorkerpoolId".into(), json!(pool.first()));
+            arguments.insert("MachineIds".into(), json!(machine_ids));
+        }
+    }
+    Ok(())
 }
 
 pub async fn create_in_space(

@@ -3,6 +3,7 @@
 pub mod client;
 mod output;
 mod tasks;
+mod users;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
@@ -49,6 +50,9 @@ pub enum Command {
     /// Run scripts.
     #[command(subcommand)]
     Script(ScriptCommand),
+    /// Users, their API keys, and the roles they hold in spaces.
+    #[command(subcommand)]
+    User(users::UserCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -235,6 +239,7 @@ pub async fn run(connection: Connection, command: Command) -> anyhow::Result<i32
         }
         Command::Task(c) => tasks::task(&client, json, c).await,
         Command::Script(ScriptCommand::Run(args)) => tasks::script_run(&client, json, args).await,
+        Command::User(c) => users::user(&client, json, c).await,
     }
 }
 

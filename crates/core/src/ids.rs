@@ -10,10 +10,13 @@ pub enum IdKind {
     ServerTask,
     User,
     ApiKey,
+    Team,
+    UserRole,
+    ScopedUserRole,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 7] = [
+    pub const ALL: [IdKind; 10] = [
         IdKind::Space,
         IdKind::WorkerPool,
         IdKind::Worker,
@@ -21,6 +24,9 @@ impl IdKind {
         IdKind::ServerTask,
         IdKind::User,
         IdKind::ApiKey,
+        IdKind::Team,
+        IdKind::UserRole,
+        IdKind::ScopedUserRole,
     ];
 
     /// The prefix before the dash, spelled as Octopus spells it.
@@ -33,6 +39,9 @@ impl IdKind {
             IdKind::ServerTask => "ServerTasks",
             IdKind::User => "Users",
             IdKind::ApiKey => "APIKeys",
+            IdKind::Team => "Teams",
+            IdKind::UserRole => "UserRoles",
+            IdKind::ScopedUserRole => "ScopedUserRoles",
         }
     }
 

@@ -6,6 +6,7 @@ pub mod enums;
 pub mod error;
 pub mod ids;
 pub mod paging;
+pub mod permissions;
 pub mod resources;
 pub mod time;
 

@@ -547,6 +547,58 @@ pub struct User {
     pub last_modified_by: Option<String>,
 }
 
+/// A team: users who share the roles scoped to it. A team with a `SpaceId` belongs to that space.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Team {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub member_user_ids: Vec<String>,
+    pub external_security_groups: Vec<Value>,
+    pub can_be_deleted: bool,
+    pub can_be_renamed: bool,
+    pub can_change_roles: bool,
+    pub can_change_members: bool,
+    pub space_id: Option<String>,
+    #[serde(with = "date_format::option")]
+    pub last_modified_on: Option<Timestamp>,
+    pub last_modified_by: Option<String>,
+}
+
+/// A named set of permissions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct UserRole {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub granted_space_permissions: Vec<String>,
+    pub granted_system_permissions: Vec<String>,
+    pub can_be_deleted: bool,
+    pub supported_restrictions: Vec<String>,
+    #[serde(with = "date_format::option")]
+    pub last_modified_on: Option<Timestamp>,
+    pub last_modified_by: Option<String>,
+}
+
+/// A role given to a team, in one space (`SpaceId`) or, for system permissions, in none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ScopedUserRole {
+    pub id: String,
+    pub team_id: String,
+    pub user_role_id: String,
+    pub space_id: Option<String>,
+    pub project_ids: Vec<String>,
+    pub environment_ids: Vec<String>,
+    pub tenant_ids: Vec<String>,
+    pub project_group_ids: Vec<String>,
+    #[serde(with = "date_format::option")]
+    pub last_modified_on: Option<Timestamp>,
+    pub last_modified_by: Option<String>,
+}
+
 /// A stored API key: only its SHA-256 hash and a short hint are kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

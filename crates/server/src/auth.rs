@@ -81,13 +81,21 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
     if is_anonymous(request.method(), request.uri().path()) {
         return next.run(request).await;
     }
-    match user_for(&app, presented_key(&request)).await {
-        Ok(user) => {
-            request.extensions_mut().insert(CurrentUser(user));
-            next.run(request).await
-        }
-        Err(error) => error.into_response(),
+    let user = match user_for(&app, presented_key(&request)).await {
+        Ok(user) => user,
+        Err(error) => return error.into_response(),
+    };
+    let access = match crate::access::Access::load(&app, &user).await {
+        Ok(access) => access,
+        Err(error) => return error.into_response(),
+    };
+    let path = request.uri().path().to_string();
+    if let Err(error) = crate::access::check_route(&app, &access, request.method(), &path).await {
+        return error.into_response();
     }
+    request.extensions_mut().insert(CurrentUser(user));
+    request.extensions_mut().insert(access);
+    next.run(request).await
 }
 
 async fn user_for(app: &App, key: Option<String>) -> Result<User, ApiError> {

@@ -67,6 +67,7 @@ pub async fn ensure(store: &Store, bootstrap_key: Option<&str>) -> anyhow::Resul
             admin
         }
     };
+    ensure_roles_and_administrators(store, &admin).await?;
     let mut new_admin_key = None;
     match bootstrap_key {
         Some(key) => {
@@ -159,4 +160,64 @@ pub async fn create_space(
         .put_rows(vec![Row::of(&space), Row::of(&pool), Row::of(&policy)])
         .await?;
     Ok(space)
+}
+
+/// The built-in user roles, and the administrators' team holding the system administrator role with
+/// the first administrator in it. Each is created once; what a user changed later stays.
+async fn ensure_roles_and_administrators(store: &Store, admin: &User) -> anyhow::Result<()> {
+    use muster_core::permissions::{ADMINISTRATORS_TEAM, BUILT_IN_ROLES, SYSTEM_ADMINISTRATOR};
+    use muster_core::resources::{ScopedUserRole, Team, UserRole};
+    let roles: Vec<UserRole> = store.list("").await?;
+    let mut admin_role_id = roles
+        .iter()
+        .find(|r| r.name == SYSTEM_ADMINISTRATOR)
+        .map(|r| r.id.clone());
+    for built_in in BUILT_IN_ROLES {
+        if roles.iter().any(|r| r.name == built_in.name) {
+            continue;
+        }
+        let role = UserRole {
+            id: store.next_id(IdKind::UserRole).await?,
+            name: built_in.name.into(),
+            description: Some(built_in.description.into()),
+            granted_space_permissions: built_in.space.iter().map(|p| p.to_string()).collect(),
+            granted_system_permissions: built_in.system.iter().map(|p| p.to_string()).collect(),
+            can_be_deleted: false,
+            supported_restrictions: Vec::new(),
+            last_modified_on: Some(now()),
+            last_modified_by: Some("system".into()),
+        };
+        store.put(&role).await?;
+        if built_in.name == SYSTEM_ADMINISTRATOR {
+            admin_role_id = Some(role.id.clone());
+        }
+    }
+    let teams: Vec<Team> = store.list("").await?;
+    if !teams.iter().any(|t| t.name == ADMINISTRATORS_TEAM) {
+        let team = Team {
+            id: store.next_id(IdKind::Team).await?,
+            name: ADMINISTRATORS_TEAM.into(),
+            description: Some("Administer the whole server.".into()),
+            member_user_ids: vec![admin.id.clone()],
+            can_be_deleted: false,
+            can_be_renamed: false,
+            can_change_roles: false,
+            can_change_members: true,
+            last_modified_on: Some(now()),
+            last_modified_by: Some("system".into()),
+            ..Default::default()
+        };
+        let scoped = ScopedUserRole {
+            id: store.next_id(IdKind::ScopedUserRole).await?,
+            team_id: team.id.clone(),
+            user_role_id: admin_role_id.context("the system administrator role is missing")?,
+            last_modified_on: Some(now()),
+            last_modified_by: Some("system".into()),
+            ..Default::default()
+        };
+        store
+            .put_rows(vec![Row::of(&team), Row::of(&scoped)])
+            .await?;
+    }
+    Ok(())
 }

@@ -109,6 +109,11 @@ impl ApiError {
         )
     }
 
+    /// A 403 that names what is missing, so a user knows what to ask an administrator for.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
     }

@@ -3,6 +3,7 @@
 
 #![recursion_limit = "256"]
 
+mod access;
 mod api;
 mod auth;
 mod bootstrap;

@@ -1,7 +1,9 @@
 //! Configuration resources as JSON documents.
 
 use crate::{Result, Store, StoreError, conflict_or};
-use muster_core::resources::{ApiKeyRecord, MachinePolicy, Space, User, Worker, WorkerPool};
+use muster_core::resources::{
+    ApiKeyRecord, MachinePolicy, ScopedUserRole, Space, Team, User, UserRole, Worker, WorkerPool,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -13,6 +15,9 @@ pub enum DocKind {
     MachinePolicy,
     User,
     ApiKey,
+    Team,
+    UserRole,
+    ScopedUserRole,
 }
 
 impl DocKind {
@@ -24,6 +29,9 @@ impl DocKind {
             DocKind::MachinePolicy => "machinepolicy",
             DocKind::User => "user",
             DocKind::ApiKey => "apikey",
+            DocKind::Team => "team",
+            DocKind::UserRole => "userrole",
+            DocKind::ScopedUserRole => "scopeduserrole",
         }
     }
 
@@ -35,6 +43,9 @@ impl DocKind {
             DocKind::MachinePolicy => "machine policy",
             DocKind::User => "user",
             DocKind::ApiKey => "API key",
+            DocKind::Team => "team",
+            DocKind::UserRole => "user role",
+            DocKind::ScopedUserRole => "scoped user role",
         }
     }
 }
@@ -137,6 +148,51 @@ impl Document for ApiKeyRecord {
     }
     fn ext(&self) -> Option<&str> {
         Some(&self.key_hash)
+    }
+}
+
+/// Teams of a space live in it (and go with it); system teams are system-level. Names are unique per
+/// space, as Octopus has them.
+impl Document for Team {
+    const KIND: DocKind = DocKind::Team;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        self.space_id.as_deref().unwrap_or("")
+    }
+    fn unique_name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Document for UserRole {
+    const KIND: DocKind = DocKind::UserRole;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        ""
+    }
+    fn unique_name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Kept in its space, so deleting a space removes the roles given in it; indexed by team.
+impl Document for ScopedUserRole {
+    const KIND: DocKind = DocKind::ScopedUserRole;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        self.space_id.as_deref().unwrap_or("")
+    }
+    fn unique_name(&self) -> &str {
+        &self.id
+    }
+    fn ext(&self) -> Option<&str> {
+        Some(&self.team_id)
     }
 }
 

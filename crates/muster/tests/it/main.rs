@@ -7,6 +7,7 @@ mod blog;
 mod cli;
 mod conventions;
 mod openapi;
+mod permissions;
 mod resources;
 mod snapshots;
 mod support;

@@ -254,6 +254,62 @@ impl Server {
         self.send(self.request("GET", path))
     }
 
+    /// A request made with another user's API key.
+    pub fn as_user(&self, key: &str, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.url, path))
+            .header("X-Octopus-ApiKey", key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(request)
+    }
+
+    /// Creates a user and an API key for them; returns (user id, key).
+    pub fn new_user(&self, username: &str) -> (String, String) {
+        let user = self
+            .post("/api/users", &json!({"Username": username}))
+            .assert_status(201)
+            .clone();
+        let id = user["Id"].as_str().unwrap().to_string();
+        let key = self
+            .post(
+                &format!("/api/users/{id}/apikeys"),
+                &json!({"Purpose": "tests"}),
+            )
+            .assert_status(201)["ApiKey"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (id, key)
+    }
+
+    /// Gives a user a built-in role in a space, through a team of their own.
+    pub fn grant(&self, user_id: &str, role: &str, space_id: &str) {
+        let roles = self.ok("/api/userroles/all");
+        let role_id = roles
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["Name"] == role)
+            .unwrap_or_else(|| panic!("no role {role}"))["Id"]
+            .clone();
+        let team = self
+            .post(
+                "/api/teams",
+                &json!({"Name": format!("{user_id} as {role} in {space_id}"), "MemberUserIds": [user_id]}),
+            )
+            .assert_status(201)
+            .clone();
+        self.post(
+            "/api/scopeduserroles",
+            &json!({"TeamId": team["Id"], "UserRoleId": role_id, "SpaceId": space_id}),
+        )
+        .assert_status(201);
+    }
+
     pub fn delete(&self, path: &str) -> Reply {
         self.send(self.request("DELETE", path))
     }

@@ -6,6 +6,7 @@ mod pools;
 mod root;
 mod spaces;
 mod tasks;
+mod teams;
 mod users;
 mod workers;
 
@@ -44,9 +45,13 @@ pub fn router(app: App) -> Router {
                 .delete(spaces::delete),
         )
         // Users and API keys
-        .route("/api/users", get(users::list))
+        .route("/api/users", get(users::list).post(users::create))
         .route("/api/users/me", get(users::me))
-        .route("/api/users/{id}", get(users::get_one))
+        .route(
+            "/api/users/{id}",
+            get(users::get_one).put(users::update).delete(users::delete),
+        )
+        .route("/api/users/{id}/permissions", get(users::permissions))
         .route("/api/users/{id}/spaces", get(users::spaces))
         .route(
             "/api/users/{id}/apikeys",
@@ -56,6 +61,48 @@ pub fn router(app: App) -> Router {
             "/api/users/{id}/apikeys/{key}",
             get(users::get_key).delete(users::revoke_key),
         )
+        // Teams, user roles and the roles given to teams
+        .route(
+            "/api/teams",
+            get(teams::list_teams).post(teams::create_team),
+        )
+        .route("/api/teams/all", get(teams::all_teams))
+        .route(
+            "/api/teams/{id}",
+            get(teams::get_team)
+                .put(teams::update_team)
+                .delete(teams::delete_team),
+        )
+        .route(
+            "/api/teams/{id}/scopeduserroles",
+            get(teams::team_scoped_roles),
+        )
+        .route(
+            "/api/userroles",
+            get(teams::list_roles).post(teams::create_role),
+        )
+        .route("/api/userroles/all", get(teams::all_roles))
+        .route(
+            "/api/userroles/{id}",
+            get(teams::get_role)
+                .put(teams::update_role)
+                .delete(teams::delete_role),
+        )
+        .route(
+            "/api/scopeduserroles",
+            get(teams::list_scoped).post(teams::create_scoped),
+        )
+        .route(
+            "/api/scopeduserroles/{id}",
+            get(teams::get_scoped)
+                .put(teams::update_scoped)
+                .delete(teams::delete_scoped),
+        )
+        .route(
+            "/api/s/{space}/scopeduserroles",
+            get(teams::list_scoped_in_space).post(teams::create_scoped_in_space),
+        )
+        .route("/api/permissions/all", get(teams::all_permissions))
         // Worker pools
         .route(
             "/api/s/{space}/workerpools",

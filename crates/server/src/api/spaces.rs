@@ -2,6 +2,7 @@
 //! exactly one space is the default.
 
 use super::{actor, empty_ok, filter_named, page, path_id};
+use crate::access::Access;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
 use crate::links;
@@ -12,14 +13,25 @@ use muster_core::resources::{Space, apply};
 use muster_core::{IdKind, TaskState};
 use muster_store::Row;
 
-async fn sorted_spaces(app: &App) -> Result<Vec<Space>, ApiError> {
+/// The spaces the user can see, by name.
+pub async fn visible_spaces(app: &App, access: &Access) -> Result<Vec<Space>, ApiError> {
     let mut spaces: Vec<Space> = app.store.list("").await?;
+    spaces.retain(|s| access.sees_space(&s.id));
     spaces.sort_by_key(|s| s.name.to_lowercase());
     Ok(spaces)
 }
 
-pub async fn list(State(app): State<App>, params: Params) -> ApiResult {
-    let spaces = filter_named(sorted_spaces(&app).await?, &params, |s| &s.id, |s| &s.name);
+pub async fn list(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    params: Params,
+) -> ApiResult {
+    let spaces = filter_named(
+        visible_spaces(&app, &access).await?,
+        &params,
+        |s| &s.id,
+        |s| &s.name,
+    );
     let items = spaces.iter().map(links::space).collect();
     page(
         "Space",
@@ -31,8 +43,17 @@ pub async fn list(State(app): State<App>, params: Params) -> ApiResult {
     )
 }
 
-pub async fn all(State(app): State<App>, params: Params) -> ApiResult {
-    let spaces = filter_named(sorted_spaces(&app).await?, &params, |s| &s.id, |s| &s.name);
+pub async fn all(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    params: Params,
+) -> ApiResult {
+    let spaces = filter_named(
+        visible_spaces(&app, &access).await?,
+        &params,
+        |s| &s.id,
+        |s| &s.name,
+    );
     ok(&spaces.iter().map(links::space).collect::<Vec<_>>())
 }
 
@@ -44,8 +65,16 @@ pub async fn find(app: &App, id: &str) -> Result<Space, ApiError> {
         .ok_or_else(|| ApiError::not_found(&id))
 }
 
-pub async fn get_one(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
-    ok(&links::space(&find(&app, &id).await?))
+pub async fn get_one(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let space = find(&app, &id).await?;
+    if !access.sees_space(&space.id) {
+        return Err(ApiError::not_found(&space.id));
+    }
+    ok(&links::space(&space))
 }
 
 fn validate(space: &mut Space) -> Result<(), ApiError> {

@@ -2,6 +2,7 @@
 //! details, and a live stream), and cancel. Unprefixed `/api/tasks` spans every space.
 
 use super::{check_space_id, path_id, resolve_space};
+use crate::access::Access;
 use crate::auth::CurrentUser;
 use crate::dispatch::{self, ScriptArguments};
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -121,14 +122,31 @@ pub async fn list_in_space(
     .await
 }
 
-pub async fn list_all(State(app): State<App>, params: Params) -> ApiResult {
-    let spaces = params.list("spaces").map(|ids| {
+pub async fn list_all(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    params: Params,
+) -> ApiResult {
+    let mut spaces: Option<Vec<String>> = params.list("spaces").map(|ids| {
         ids.iter()
             .map(|id| {
                 muster_core::ids::canonical_id(IdKind::Space, id).unwrap_or_else(|| id.clone())
             })
             .collect()
     });
+    // Only the spaces whose tasks the user may see.
+    if !access.admin {
+        let visible: Vec<String> = access
+            .spaces
+            .iter()
+            .filter(|(_, granted)| granted.contains("TaskView"))
+            .map(|(id, _)| id.clone())
+            .collect();
+        spaces = Some(match spaces {
+            Some(asked) => asked.into_iter().filter(|s| visible.contains(s)).collect(),
+            None => visible,
+        });
+    }
     list(&app, &params, spaces, "/api/tasks").await
 }
 
@@ -141,12 +159,32 @@ async fn find_in_space(app: &App, space: &Space, id: &str) -> Result<Task, ApiEr
         .ok_or_else(|| ApiError::not_found(&id))
 }
 
-async fn find_any(app: &App, id: &str) -> Result<Task, ApiError> {
+/// A task by id alone (unprefixed routes), if the user has `permission` in its space; a task of a
+/// space the user cannot see is not found.
+async fn find_any(
+    app: &App,
+    access: &Access,
+    id: &str,
+    permission: &str,
+) -> Result<Task, ApiError> {
     let id = path_id(IdKind::ServerTask, id)?;
-    app.store
+    let task = app
+        .store
         .get_task(&id)
         .await?
-        .ok_or_else(|| ApiError::not_found(&id))
+        .ok_or_else(|| ApiError::not_found(&id))?;
+    if !access.admin {
+        let space = app
+            .store
+            .get::<Space>(&task.space_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(&id))?;
+        if !access.sees_space(&space.id) {
+            return Err(ApiError::not_found(&id));
+        }
+        access.require(&space, permission)?;
+    }
+    Ok(task)
 }
 
 /// Reads, checks and normalizes a new task; it is committed before the 201.
@@ -345,7 +383,11 @@ pub async fn create_in_space(
     create(&app, &space, body.object()?).await
 }
 
-pub async fn create_default(State(app): State<App>, body: JsonBody) -> ApiResult {
+pub async fn create_default(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    body: JsonBody,
+) -> ApiResult {
     let body = body.object()?;
     let space = match body
         .get("SpaceId")
@@ -359,6 +401,13 @@ pub async fn create_default(State(app): State<App>, body: JsonBody) -> ApiResult
             })?,
         None => resolve_space(&app, crate::http::DEFAULT_SPACE).await?,
     };
+    if !access.sees_space(&space.id) {
+        return Err(ApiError::bad_request(format!(
+            "SpaceId '{}' is not a space of this server.",
+            space.id
+        )));
+    }
+    access.require(&space, "TaskCreate")?;
     create(&app, &space, body).await
 }
 
@@ -370,8 +419,14 @@ pub async fn get_in_space(
     ok(&links::task(&find_in_space(&app, &space, &id).await?))
 }
 
-pub async fn get_any(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
-    ok(&links::task(&find_any(&app, &id).await?))
+pub async fn get_any(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    ok(&links::task(
+        &find_any(&app, &access, &id, "TaskView").await?,
+    ))
 }
 
 async fn all_lines(app: &App, task: &Task) -> Result<Vec<LogLine>, ApiError> {
@@ -444,10 +499,11 @@ pub async fn details_in_space(
 
 pub async fn details_any(
     State(app): State<App>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     params: Params,
 ) -> ApiResult {
-    let task = find_any(&app, &id).await?;
+    let task = find_any(&app, &access, &id, "TaskView").await?;
     details(&app, task, &params).await
 }
 
@@ -480,8 +536,12 @@ pub async fn raw_in_space(
     raw(&app, task).await
 }
 
-pub async fn raw_any(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
-    let task = find_any(&app, &id).await?;
+pub async fn raw_any(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let task = find_any(&app, &access, &id, "TaskView").await?;
     raw(&app, task).await
 }
 
@@ -502,13 +562,21 @@ pub async fn cancel_in_space(
     cancel(&app, task).await
 }
 
-pub async fn cancel_any(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
-    let task = find_any(&app, &id).await?;
+pub async fn cancel_any(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let task = find_any(&app, &access, &id, "TaskCancel").await?;
     cancel(&app, task).await
 }
 
-pub async fn rerun(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
-    let task = find_any(&app, &id).await?;
+pub async fn rerun(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let task = find_any(&app, &access, &id, "TaskCreate").await?;
     if !task.state.is_completed() {
         return Err(ApiError::bad_request(
             "Only a finished task can be run again.",
@@ -529,7 +597,7 @@ pub async fn task_types() -> ApiResult {
 }
 
 /// The tasks a queued task waits behind, and why it waits, in words.
-async fn queued_behind(app: &App, task: Task, params: &Params) -> ApiResult {
+async fn queued_behind(app: &App, access: &Access, task: Task, params: &Params) -> ApiResult {
     let mut ahead: Vec<Task> = app
         .store
         .tasks_in_states(&[
@@ -547,6 +615,12 @@ async fn queued_behind(app: &App, task: Task, params: &Params) -> ApiResult {
         })
         .collect();
     ahead.reverse();
+    // Tasks of spaces the user cannot see still hold their place in the queue: they are counted, not shown.
+    let hidden = ahead
+        .iter()
+        .filter(|t| !access.has(&t.space_id, "TaskView"))
+        .count();
+    ahead.retain(|t| access.has(&t.space_id, "TaskView"));
     let request = params.page(30)?;
     let range = request.range(ahead.len());
     let items: Vec<Value> = ahead[range].iter().map(links::task).collect();
@@ -560,6 +634,7 @@ async fn queued_behind(app: &App, task: Task, params: &Params) -> ApiResult {
         "skip,take",
         "",
     );
+    body["HiddenTasksAhead"] = json!(hidden);
     body["QueueReason"] = json!(if task.state == TaskState::Queued {
         task.queue_reason.clone()
     } else {
@@ -570,21 +645,23 @@ async fn queued_behind(app: &App, task: Task, params: &Params) -> ApiResult {
 
 pub async fn queued_behind_in_space(
     State(app): State<App>,
+    Extension(access): Extension<Access>,
     Path((space, id)): Path<(String, String)>,
     params: Params,
 ) -> ApiResult {
     let space = resolve_space(&app, &space).await?;
     let task = find_in_space(&app, &space, &id).await?;
-    queued_behind(&app, task, &params).await
+    queued_behind(&app, &access, task, &params).await
 }
 
 pub async fn queued_behind_any(
     State(app): State<App>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     params: Params,
 ) -> ApiResult {
-    let task = find_any(&app, &id).await?;
-    queued_behind(&app, task, &params).await
+    let task = find_any(&app, &access, &id, "TaskView").await?;
+    queued_behind(&app, &access, task, &params).await
 }
 
 /// A live view of a task as server-sent events: `task` events carry the task resource (first, on each
@@ -726,9 +803,10 @@ pub async fn stream_in_space(
 
 pub async fn stream_any(
     State(app): State<App>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     params: Params,
 ) -> ApiResult {
-    let task = find_any(&app, &id).await?;
+    let task = find_any(&app, &access, &id, "TaskView").await?;
     stream(app, task, &params)
 }

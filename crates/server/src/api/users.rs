@@ -1,7 +1,8 @@
 //! The current user, users, and API keys (contract 2.2).
 
 use super::{empty_ok, filter_named, page, path_id};
-use crate::auth::{self, CurrentUser};
+use crate::access::Access;
+use crate::auth;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
 use crate::links;
 use crate::state::App;
@@ -19,18 +20,21 @@ async fn find(app: &App, id: &str) -> Result<User, ApiError> {
         .ok_or_else(|| ApiError::not_found(&id))
 }
 
-/// A user may see and manage only their own keys and spaces (until teams arrive, every user is an
-/// administrator, and only the administrator exists).
-async fn find_visible(app: &App, current: &CurrentUser, id: &str) -> Result<User, ApiError> {
+/// A user may see and manage their own keys and spaces; an administrator anyone's.
+async fn find_visible(app: &App, access: &Access, id: &str) -> Result<User, ApiError> {
     let user = find(app, id).await?;
-    if user.id != current.0.id && current.0.username != crate::bootstrap::ADMIN_USERNAME {
-        return Err(ApiError::not_found(id));
-    }
+    access.require_self_or_admin(&user.id)?;
     Ok(user)
 }
 
-pub async fn list(State(app): State<App>, params: Params) -> ApiResult {
+/// Every user for an administrator; oneself for anyone else.
+pub async fn list(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    params: Params,
+) -> ApiResult {
     let mut users: Vec<User> = app.store.list("").await?;
+    users.retain(|u| access.admin || u.id == access.user.id);
     users.sort_by_key(|u| u.username.to_lowercase());
     let users = filter_named(users, &params, |u| &u.id, |u| &u.username);
     page(
@@ -43,37 +47,41 @@ pub async fn list(State(app): State<App>, params: Params) -> ApiResult {
     )
 }
 
-pub async fn me(Extension(current): Extension<CurrentUser>) -> ApiResult {
-    ok(&links::user(&current.0))
+pub async fn me(Extension(access): Extension<Access>) -> ApiResult {
+    ok(&links::user(&access.user))
 }
 
 pub async fn get_one(
     State(app): State<App>,
-    Extension(current): Extension<CurrentUser>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    ok(&links::user(&find_visible(&app, &current, &id).await?))
+    ok(&links::user(&find_visible(&app, &access, &id).await?))
 }
 
 /// The spaces a user can use: a bare array, with the default space among them (Tentacle picks here).
 pub async fn spaces(
     State(app): State<App>,
-    Extension(current): Extension<CurrentUser>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    find_visible(&app, &current, &id).await?;
-    let mut spaces: Vec<Space> = app.store.list("").await?;
-    spaces.sort_by_key(|s| s.name.to_lowercase());
+    let user = find_visible(&app, &access, &id).await?;
+    let theirs = if user.id == access.user.id {
+        access
+    } else {
+        Access::load(&app, &user).await?
+    };
+    let spaces = super::spaces::visible_spaces(&app, &theirs).await?;
     ok(&spaces.iter().map(links::space).collect::<Vec<_>>())
 }
 
 pub async fn list_keys(
     State(app): State<App>,
-    Extension(current): Extension<CurrentUser>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     params: Params,
 ) -> ApiResult {
-    let user = find_visible(&app, &current, &id).await?;
+    let user = find_visible(&app, &access, &id).await?;
     let keys: Vec<ApiKeyRecord> = app
         .store
         .list::<ApiKeyRecord>("")
@@ -94,10 +102,10 @@ pub async fn list_keys(
 
 pub async fn get_key(
     State(app): State<App>,
-    Extension(current): Extension<CurrentUser>,
+    Extension(access): Extension<Access>,
     Path((id, key)): Path<(String, String)>,
 ) -> ApiResult {
-    let user = find_visible(&app, &current, &id).await?;
+    let user = find_visible(&app, &access, &id).await?;
     let key_id = path_id(IdKind::ApiKey, &key)?;
     let record = app
         .store
@@ -113,11 +121,11 @@ pub async fn get_key(
 /// Creates a key; its value is in the answer once and never again.
 pub async fn create_key(
     State(app): State<App>,
-    Extension(current): Extension<CurrentUser>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     body: JsonBody,
 ) -> ApiResult {
-    let user = find_visible(&app, &current, &id).await?;
+    let user = find_visible(&app, &access, &id).await?;
     let empty = serde_json::json!({});
     let body = if body.0.is_null() {
         &empty
@@ -160,10 +168,10 @@ pub async fn create_key(
 
 pub async fn revoke_key(
     State(app): State<App>,
-    Extension(current): Extension<CurrentUser>,
+    Extension(access): Extension<Access>,
     Path((id, key)): Path<(String, String)>,
 ) -> ApiResult {
-    let user = find_visible(&app, &current, &id).await?;
+    let user = find_visible(&app, &access, &id).await?;
     let key_id = path_id(IdKind::ApiKey, &key)?;
     let record = app
         .store
@@ -180,11 +188,164 @@ pub async fn revoke_key(
         .iter()
         .filter(|k| k.user_id == user.id && k.id != key_id)
         .count();
-    if remaining == 0 && user.username == crate::bootstrap::ADMIN_USERNAME {
+    if remaining == 0
+        && user.username == crate::bootstrap::ADMIN_USERNAME
+        && user.id == access.user.id
+    {
         return Err(ApiError::bad_request(
             "This is the administrator's last API key; create another before revoking it.",
         ));
     }
     app.store.delete::<ApiKeyRecord>(&key_id).await?;
     empty_ok()
+}
+
+/// Checks a user's fields; the username is required and unique (the store says so).
+fn validate(user: &mut User) -> Result<(), ApiError> {
+    user.username = user.username.trim().to_string();
+    user.display_name = user.display_name.trim().to_string();
+    let mut errors = muster_core::ids::check_name(&user.username)
+        .into_iter()
+        .map(|e| format!("Username: {e}"))
+        .collect::<Vec<_>>();
+    if user.display_name.is_empty() {
+        user.display_name = user.username.clone();
+    }
+    if user.display_name.chars().any(char::is_control) {
+        errors.push("DisplayName may not contain control characters.".into());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// Creates a user (administrators only). Muster's users sign in with API keys: a `Password` is refused
+/// rather than silently dropped.
+pub async fn create(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    body: JsonBody,
+) -> ApiResult {
+    access.require_admin()?;
+    let body = body.object()?;
+    if body.get("Password").is_some_and(|p| !p.is_null()) {
+        return Err(ApiError::bad_request(
+            "Muster users sign in with API keys; create one at /api/users/{id}/apikeys instead of sending a Password.",
+        ));
+    }
+    let mut user = muster_core::resources::apply(
+        &User {
+            is_active: true,
+            ..Default::default()
+        },
+        body,
+    )
+    .map_err(ApiError::bad_request)?;
+    validate(&mut user)?;
+    user.id = app.store.next_id(IdKind::User).await?;
+    user.identities = Vec::new();
+    user.last_modified_on = Some(muster_core::time::now());
+    user.last_modified_by = Some(access.user.username.clone());
+    app.store.put(&user).await?;
+    created(&links::user(&user))
+}
+
+/// Edits a user: anyone their own display name and e-mail; an administrator anything but the id.
+pub async fn update(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> ApiResult {
+    let existing = find_visible(&app, &access, &id).await?;
+    let body = body.object()?;
+    let mut user = muster_core::resources::apply(&existing, body).map_err(ApiError::bad_request)?;
+    user.id = existing.id.clone();
+    user.identities = existing.identities.clone();
+    if !access.admin {
+        user.username = existing.username.clone();
+        user.is_active = existing.is_active;
+        user.is_service = existing.is_service;
+    }
+    if user.id == access.user.id && !user.is_active {
+        return Err(ApiError::bad_request("You cannot deactivate yourself."));
+    }
+    validate(&mut user)?;
+    user.last_modified_on = Some(muster_core::time::now());
+    user.last_modified_by = Some(access.user.username.clone());
+    app.store.put(&user).await?;
+    ok(&links::user(&user))
+}
+
+/// Deletes a user with their API keys and team memberships (administrators only, never oneself).
+pub async fn delete(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    access.require_admin()?;
+    let user = find(&app, &id).await?;
+    if user.id == access.user.id {
+        return Err(ApiError::bad_request("You cannot delete yourself."));
+    }
+    let mut rows = Vec::new();
+    for mut team in app
+        .store
+        .list_all::<muster_core::resources::Team>()
+        .await?
+        .into_iter()
+        .filter(|t| t.member_user_ids.contains(&user.id))
+    {
+        team.member_user_ids.retain(|m| *m != user.id);
+        rows.push(muster_store::Row::of(&team));
+    }
+    app.store.put_rows(rows).await?;
+    for key in app
+        .store
+        .list::<ApiKeyRecord>("")
+        .await?
+        .into_iter()
+        .filter(|k| k.user_id == user.id)
+    {
+        app.store.delete::<ApiKeyRecord>(&key.id).await?;
+    }
+    app.store.delete::<User>(&user.id).await?;
+    empty_ok()
+}
+
+/// What a user may do: system permissions, and each space permission with the spaces it holds in
+/// (Octopus's `UserPermissionSetResource`, without project restrictions).
+pub async fn permissions(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let user = find_visible(&app, &access, &id).await?;
+    let theirs = if user.id == access.user.id {
+        access
+    } else {
+        Access::load(&app, &user).await?
+    };
+    let spaces: Vec<Space> = app.store.list("").await?;
+    let mut by_permission = serde_json::Map::new();
+    for (permission, _) in muster_core::permissions::SPACE_PERMISSIONS {
+        let holders: Vec<Value> = spaces
+            .iter()
+            .filter(|s| theirs.has(&s.id, permission))
+            .map(|s| serde_json::json!({"SpaceId": s.id, "RestrictedToProjectIds": [], "RestrictedToEnvironmentIds": [], "RestrictedToTenantIds": [], "RestrictedToProjectGroupIds": []}))
+            .collect();
+        if !holders.is_empty() {
+            by_permission.insert(permission.to_string(), Value::Array(holders));
+        }
+    }
+    ok(&serde_json::json!({
+        "Id": user.id,
+        "SystemPermissions": theirs.system,
+        "SpacePermissions": by_permission,
+        "Teams": theirs.team_ids,
+        "IsAdministrator": theirs.admin,
+        "Links": {"Self": format!("/api/users/{}/permissions", user.id)},
+    }))
 }

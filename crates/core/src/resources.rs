@@ -350,6 +350,17 @@ pub struct Worker {
     pub shell_version: Option<String>,
     pub architecture: Option<String>,
     pub skip_initial_health_check: bool,
+    /// Muster: on a worker that shares another space's agent, the worker it is shared from.
+    pub home_worker_id: Option<String>,
+    /// Muster: that worker's space (the agent's home).
+    pub home_space_id: Option<String>,
+    /// Muster: at most this many of this space's tasks run on the shared agent at once (None: no
+    /// limit beyond the server's task cap).
+    pub share_task_limit: Option<i64>,
+    /// Muster, read-only: the agent serves workers in more than one space.
+    pub is_shared: bool,
+    /// Muster, read-only, on the home worker: the spaces the agent is shared into.
+    pub shared_with_space_ids: Vec<String>,
     #[serde(with = "date_format::option")]
     pub last_modified_on: Option<Timestamp>,
     pub last_modified_by: Option<String>,

@@ -13,7 +13,7 @@ use muster_core::resources::{Space, Task, Worker, WorkerPool};
 use muster_core::time::{Timestamp, format_date, now};
 use muster_core::{LogCategory, ScriptSyntax, ScriptTarget, TaskState, WorkerPoolType};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +27,8 @@ pub struct Dispatcher {
     running: Mutex<HashMap<String, Running>>,
     /// Signalled each time a running task ends, for shutdown to wait on.
     ended: Notify,
+    /// The space that started a task most recently: it goes last in the next pass.
+    last_space: Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -35,16 +37,19 @@ struct Running {
     shutting_down: Arc<AtomicBool>,
     /// The external worker it runs on (None: the built-in worker, or a health check).
     worker_id: Option<String>,
+    /// That worker's agent (certificate thumbprint): one agent may serve workers of several spaces.
+    agent: Option<String>,
     /// Whether it takes a task-cap slot (health checks do not).
     capped: bool,
 }
 
 impl Running {
-    fn new(worker_id: Option<String>) -> Running {
+    fn new(worker: Option<&Worker>) -> Running {
         Running {
             cancel: Arc::new(Notify::new()),
             shutting_down: Arc::new(AtomicBool::new(false)),
-            worker_id,
+            worker_id: worker.map(|w| w.id.clone()),
+            agent: worker.and_then(|w| w.thumbprint.clone()),
             capped: true,
         }
     }
@@ -66,8 +71,18 @@ impl Dispatcher {
             .count()
     }
 
-    /// How many tasks run on a worker now.
-    fn load(&self, worker_id: &str) -> usize {
+    /// How many tasks run on an agent now, from every space it serves.
+    fn load(&self, agent: &str) -> usize {
+        self.running
+            .lock()
+            .expect("dispatcher lock")
+            .values()
+            .filter(|r| r.agent.as_deref() == Some(agent))
+            .count()
+    }
+
+    /// How many tasks run through one worker record: one space's tasks on a shared agent.
+    fn share_load(&self, worker_id: &str) -> usize {
         self.running
             .lock()
             .expect("dispatcher lock")
@@ -292,7 +307,7 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
 /// last one stored. A task that was being canceled is canceled on the agent.
 async fn reattach(app: &App, task: Task, worker: Worker) -> anyhow::Result<()> {
     let after = app.store.last_source_seq(&task.id).await?;
-    let running = Running::new(Some(worker.id.clone()));
+    let running = Running::new(Some(&worker));
     app.dispatcher
         .running
         .lock()
@@ -350,6 +365,13 @@ pub async fn run(app: App) {
 /// Returns when the next scheduled task becomes due.
 async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
     let queued = app.store.tasks_in_states(&[TaskState::Queued]).await?;
+    let last_space = app
+        .dispatcher
+        .last_space
+        .lock()
+        .expect("dispatcher lock")
+        .clone();
+    let queued = fair_order(queued, last_space.as_deref());
     let mut next_timer: Option<Timestamp> = None;
     let mut spaces: HashMap<String, SpaceView> = HashMap::new();
     for mut task in queued {
@@ -434,6 +456,38 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
     Ok(next_timer)
 }
 
+/// Oldest first within each space, the spaces taking turns, and the space that started a task most
+/// recently last: a space that floods the queue cannot starve the others of the task cap or of the
+/// workers they share.
+fn fair_order(queued: Vec<Task>, last_space: Option<&str>) -> Vec<Task> {
+    let mut queues: HashMap<String, VecDeque<Task>> = HashMap::new();
+    for task in queued {
+        queues
+            .entry(task.space_id.clone())
+            .or_default()
+            .push_back(task);
+    }
+    let mut spaces: Vec<String> = queues.keys().cloned().collect();
+    spaces.sort_by_key(|s| muster_core::parse_id(muster_core::IdKind::Space, s).unwrap_or(0));
+    if let Some(last) = last_space
+        && let Some(at) = spaces.iter().position(|s| s == last)
+    {
+        spaces.rotate_left(at + 1);
+    }
+    let mut ordered = Vec::new();
+    loop {
+        let before = ordered.len();
+        for space in &spaces {
+            if let Some(task) = queues.get_mut(space).and_then(VecDeque::pop_front) {
+                ordered.push(task);
+            }
+        }
+        if ordered.len() == before {
+            return ordered;
+        }
+    }
+}
+
 async fn set_reason(app: &App, task: &mut Task, reason: String) -> anyhow::Result<()> {
     if task.queue_reason.as_deref() != Some(reason.as_str()) {
         task.queue_reason = Some(reason);
@@ -455,6 +509,14 @@ fn unavailable(app: &App, worker: &Worker) -> Option<String> {
             worker.status_summary.trim_end_matches('.')
         ));
     }
+    if let Some(limit) = worker.share_task_limit
+        && app.dispatcher.share_load(&worker.id) >= limit.max(0) as usize
+    {
+        return Some(format!(
+            "{} is shared into this space with a limit of {limit} tasks at once, and the space's share limit is reached",
+            worker.name
+        ));
+    }
     match &worker.thumbprint {
         Some(t) if app.comms.link(t).is_some() => None,
         _ => Some(format!("{} is not connected", worker.name)),
@@ -473,7 +535,8 @@ fn choose<'a>(
             Some(reason) => reasons.push(reason),
             None => {
                 let key = (
-                    app.dispatcher.load(&worker.id),
+                    app.dispatcher
+                        .load(worker.thumbprint.as_deref().unwrap_or_default()),
                     muster_core::parse_id(muster_core::IdKind::Worker, &worker.id).unwrap_or(0),
                 );
                 if best.is_none_or(|(load, id, _)| key < (load, id)) {
@@ -581,7 +644,10 @@ async fn start(app: &App, mut task: Task, runner: Runner) -> anyhow::Result<()> 
         Runner::Agent(worker) => Some(worker.id.clone()),
         _ => None,
     };
-    let mut running = Running::new(task.worker_id.clone());
+    let mut running = Running::new(match &runner {
+        Runner::Agent(worker) => Some(worker),
+        _ => None,
+    });
     running.capped = !matches!(runner, Runner::Health);
     // Counted as running before the claim, so a second pass cannot overshoot the cap.
     app.dispatcher
@@ -591,6 +657,8 @@ async fn start(app: &App, mut task: Task, runner: Runner) -> anyhow::Result<()> 
         .insert(task.id.clone(), running.clone());
     match app.store.transition_task(&task, TaskState::Queued).await {
         Ok(true) => {
+            *app.dispatcher.last_space.lock().expect("dispatcher lock") =
+                Some(task.space_id.clone());
             let last_seq = app.store.last_log_seq(&task.id).await.unwrap_or(0);
             app.logs.open(&task.id, last_seq);
             app.logs.changed(&task.id);

@@ -673,6 +673,33 @@ const OPS: &[Op] = &[
     ),
     op(
         "get",
+        "/api/{spaceId}/workers/{id}/shares",
+        "Workers",
+        "The workers that share this worker's agent into other spaces (those you can see).",
+        &[],
+        None,
+        "WorkerArray",
+    ),
+    op(
+        "post",
+        "/api/{spaceId}/workers/{id}/shares",
+        "Workers",
+        "Shares the worker's agent into pools of another space (WorkerEdit in both); sharing again updates the share (200).",
+        &[],
+        Some("WorkerShare"),
+        "Worker",
+    ),
+    op(
+        "delete",
+        "/api/{spaceId}/workers/{id}/shares/{targetSpaceId}",
+        "Workers",
+        "Stops sharing the agent into that space: its running tasks finish, no new ones are routed.",
+        &[],
+        None,
+        "Empty",
+    ),
+    op(
+        "get",
         "/api/{spaceId}/machinepolicies",
         "MachinePolicies",
         "Machine policies, paged.",
@@ -1086,9 +1113,20 @@ fn schemas() -> Value {
             "Endpoint": schema_ref("Endpoint"), "Thumbprint": sn, "Uri": sn,
             "HealthStatus": {"type": "string", "enum": ["Healthy", "Unavailable", "Unknown", "HasWarnings", "Unhealthy"]},
             "Status": s, "StatusSummary": s, "HasLatestCalamari": b, "IsInProcess": b, "OperatingSystem": sn,
-            "ShellName": sn, "Architecture": sn, "SkipInitialHealthCheck": b, "Links": links
+            "ShellName": sn, "Architecture": sn, "SkipInitialHealthCheck": b,
+            "HomeWorkerId": {"type": "string", "nullable": true, "description": "Muster: on a worker shared from another space, the worker it is shared from."},
+            "HomeSpaceId": {"type": "string", "nullable": true, "description": "Muster: that worker's space, the agent's home."},
+            "ShareTaskLimit": {"type": "integer", "nullable": true, "description": "Muster: on a shared worker, at most this many of this space's tasks at once."},
+            "IsShared": {"type": "boolean", "description": "Muster, read-only: the agent serves workers in several spaces."},
+            "SharedWithSpaceIds": {"type": "array", "items": s, "description": "Muster, read-only, on the home worker: the spaces it is shared into."},
+            "Links": links
         })),
         "WorkerArray": array_of("Worker"),
+        "WorkerShare": object(&["SpaceId", "WorkerPoolIds"], json!({
+            "SpaceId": s, "WorkerPoolIds": {"type": "array", "items": s, "description": "Pools of that space, by id, name or slug."},
+            "TaskLimit": {"type": "integer", "nullable": true, "description": "At most this many of that space's tasks at once on the agent."},
+            "Name": {"type": "string", "description": "The worker's name in that space (default: the home worker's)."}
+        })),
         "MachinePolicy": object(&["Name"], json!({
             "Id": s, "SpaceId": s, "Name": s, "Description": sn, "IsDefault": b,
             "MachineHealthCheckPolicy": {"type": "object"}, "MachineConnectivityPolicy": {"type": "object"},

@@ -9,6 +9,7 @@ mod conventions;
 mod openapi;
 mod permissions;
 mod resources;
+mod sharing;
 mod snapshots;
 mod support;
 mod tasks;

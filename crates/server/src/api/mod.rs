@@ -147,6 +147,14 @@ pub fn router(app: App) -> Router {
             "/api/s/{space}/workers/{id}/connection",
             get(workers::connection),
         )
+        .route(
+            "/api/s/{space}/workers/{id}/shares",
+            get(workers::list_shares).post(workers::share),
+        )
+        .route(
+            "/api/s/{space}/workers/{id}/shares/{target}",
+            axum::routing::delete(workers::unshare),
+        )
         // Machine policies
         .route(
             "/api/s/{space}/machinepolicies",

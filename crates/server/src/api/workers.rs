@@ -2,6 +2,7 @@
 //! a null policy means the space's default policy.
 
 use super::{actor, check_space_id, empty_ok, filter_named, page, path_id, resolve_space};
+use crate::access::Access;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
 use crate::links;
@@ -10,7 +11,8 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use muster_core::resources::{MachinePolicy, Space, Worker, WorkerPool, apply};
 use muster_core::{CommunicationStyle, HealthStatus, IdKind, MachineStatus, WorkerPoolType};
-use serde_json::json;
+use serde_json::{Value, json};
+use std::collections::HashMap;
 
 pub fn sorted(mut workers: Vec<Worker>) -> Vec<Worker> {
     workers.sort_by_key(|w| w.name.to_lowercase());
@@ -70,6 +72,44 @@ pub fn filter_workers(workers: Vec<Worker>, params: &Params) -> Result<Vec<Worke
     Ok(workers)
 }
 
+/// Fills the read-only sharing fields: whether the agent serves several spaces, and, on the home
+/// worker, which spaces it is shared into.
+pub async fn annotate(app: &App, mut workers: Vec<Worker>) -> Result<Vec<Worker>, ApiError> {
+    let mut spaces_of: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+    for w in app.store.list_all::<Worker>().await? {
+        if let Some(t) = w.thumbprint.clone() {
+            spaces_of
+                .entry(t)
+                .or_default()
+                .push((w.space_id.clone(), w.home_worker_id.is_some()));
+        }
+    }
+    for worker in &mut workers {
+        let records = worker
+            .thumbprint
+            .as_ref()
+            .and_then(|t| spaces_of.get(t))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        worker.is_shared = records.iter().any(|(space, _)| *space != worker.space_id);
+        worker.shared_with_space_ids = if worker.home_worker_id.is_none() {
+            records
+                .iter()
+                .filter(|(space, is_share)| *is_share && *space != worker.space_id)
+                .map(|(space, _)| space.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+    }
+    Ok(workers)
+}
+
+async fn resource(app: &App, worker: Worker) -> Result<Value, ApiError> {
+    let annotated = annotate(app, vec![worker]).await?;
+    Ok(links::worker(&annotated[0]))
+}
+
 pub async fn find(app: &App, space: &Space, id: &str) -> Result<Worker, ApiError> {
     let id = path_id(IdKind::Worker, id)?;
     app.store
@@ -82,6 +122,7 @@ pub async fn find(app: &App, space: &Space, id: &str) -> Result<Worker, ApiError
 pub async fn list(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
     let space = resolve_space(&app, &space).await?;
     let workers = sorted(filter_workers(app.store.list(&space.id).await?, &params)?);
+    let workers = annotate(&app, workers).await?;
     let path = format!("/api/{}/workers", space.id);
     page(
         "Worker",
@@ -96,6 +137,7 @@ pub async fn list(State(app): State<App>, Path(space): Path<String>, params: Par
 pub async fn all(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
     let space = resolve_space(&app, &space).await?;
     let workers = sorted(filter_workers(app.store.list(&space.id).await?, &params)?);
+    let workers = annotate(&app, workers).await?;
     ok(&workers.iter().map(links::worker).collect::<Vec<_>>())
 }
 
@@ -104,7 +146,7 @@ pub async fn get_one(
     Path((space, id)): Path<(String, String)>,
 ) -> ApiResult {
     let space = resolve_space(&app, &space).await?;
-    ok(&links::worker(&find(&app, &space, &id).await?))
+    ok(&resource(&app, find(&app, &space, &id).await?).await?)
 }
 
 /// Checks a worker as a client sent it and fills what the server owns. Every problem is reported.
@@ -184,6 +226,19 @@ async fn validate(app: &App, space: &Space, worker: &mut Worker) -> Result<(), A
         .as_ref()
         .and_then(|e| e.uri())
         .map(str::to_string);
+    if let Some(thumbprint) = &worker.thumbprint
+        && let Some(twin) = app
+            .store
+            .find_by_ext::<Worker>(thumbprint)
+            .await?
+            .into_iter()
+            .find(|w| w.space_id == space.id && w.id != worker.id)
+    {
+        errors.push(format!(
+            "The agent with this thumbprint is already worker '{}' ({}) of this space; add pools to it instead.",
+            twin.name, twin.id
+        ));
+    }
     if errors.is_empty() {
         Ok(())
     } else {
@@ -203,11 +258,84 @@ fn keep_server_fields(worker: &mut Worker, from: &Worker) {
     worker.shell_name = from.shell_name.clone();
     worker.shell_version = from.shell_version.clone();
     worker.architecture = from.architecture.clone();
+    worker.home_worker_id = from.home_worker_id.clone();
+    worker.home_space_id = from.home_space_id.clone();
+    worker.is_shared = false;
+    worker.shared_with_space_ids = Vec::new();
+}
+
+/// When a new worker names an agent already registered in another space, it becomes a share of that
+/// agent (the blog's "add workers to remaining spaces" step): the caller needs WorkerEdit in the
+/// agent's home space too, and a polling agent keeps its one subscription.
+async fn link_to_home(app: &App, access: &Access, worker: &mut Worker) -> Result<(), ApiError> {
+    let Some(thumbprint) = worker.thumbprint.clone() else {
+        return Ok(());
+    };
+    let records = app.store.find_by_ext::<Worker>(&thumbprint).await?;
+    let Some(home) = records
+        .iter()
+        .filter(|w| w.space_id != worker.space_id)
+        .min_by_key(|w| {
+            (
+                w.home_worker_id.is_some(),
+                muster_core::parse_id(IdKind::Worker, &w.id),
+            )
+        })
+    else {
+        return Ok(());
+    };
+    let (home_id, home_space) = match (&home.home_worker_id, &home.home_space_id) {
+        (Some(id), Some(space)) => (id.clone(), space.clone()),
+        _ => (home.id.clone(), home.space_id.clone()),
+    };
+    if !access.has(&home_space, "WorkerEdit") {
+        return Err(ApiError::forbidden(format!(
+            "This agent is registered in another space; sharing it here needs WorkerEdit in its home space ({home_space}) as well."
+        )));
+    }
+    let home_style = home.endpoint.as_ref().map(|e| e.style());
+    if home_style != worker.endpoint.as_ref().map(|e| e.style()) {
+        return Err(ApiError::bad_request(
+            "The Endpoint's CommunicationStyle must be the agent's own, as registered in its home space.",
+        ));
+    }
+    if home_style == Some(CommunicationStyle::TentacleActive) && home.uri != worker.uri {
+        return Err(ApiError::bad_request(format!(
+            "A polling agent has one subscription: the Endpoint's Uri must be {}.",
+            home.uri.clone().unwrap_or_default()
+        )));
+    }
+    worker.home_worker_id = Some(home_id);
+    worker.home_space_id = Some(home_space);
+    worker.health_status = home.health_status;
+    worker.status = home.status;
+    worker.status_summary = home.status_summary.clone();
+    worker.operating_system = home.operating_system.clone();
+    worker.architecture = home.architecture.clone();
+    worker.shell_name = home.shell_name.clone();
+    Ok(())
+}
+
+fn check_share_limit(worker: &Worker) -> Result<(), ApiError> {
+    if let Some(limit) = worker.share_task_limit
+        && !(1..=i64::from(i32::MAX)).contains(&limit)
+    {
+        return Err(ApiError::bad_request(
+            "ShareTaskLimit must be at least 1 (or null for no limit).",
+        ));
+    }
+    if worker.share_task_limit.is_some() && worker.home_worker_id.is_none() {
+        return Err(ApiError::bad_request(
+            "ShareTaskLimit applies to a worker shared from another space; this worker is the agent's home.",
+        ));
+    }
+    Ok(())
 }
 
 pub async fn create(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
+    Extension(access): Extension<Access>,
     Path(space): Path<String>,
     body: JsonBody,
 ) -> ApiResult {
@@ -225,18 +353,21 @@ pub async fn create(
     keep_server_fields(&mut worker, &fresh);
     worker.space_id = space.id.clone();
     validate(&app, &space, &mut worker).await?;
+    link_to_home(&app, &access, &mut worker).await?;
+    check_share_limit(&worker)?;
     worker.id = app.store.next_id(IdKind::Worker).await?;
     worker.last_modified_on = Some(muster_core::time::now());
     worker.last_modified_by = actor(&user);
     app.store.put(&worker).await?;
     app.dispatcher.wake();
     app.health_wake.notify_one();
-    created(&links::worker(&worker))
+    created(&resource(&app, worker).await?)
 }
 
 pub async fn update(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
+    Extension(access): Extension<Access>,
     Path((space, id)): Path<(String, String)>,
     body: JsonBody,
 ) -> ApiResult {
@@ -249,12 +380,28 @@ pub async fn update(
     worker.space_id = existing.space_id.clone();
     keep_server_fields(&mut worker, &existing);
     validate(&app, &space, &mut worker).await?;
+    if let Some(home_space) = &existing.home_space_id {
+        // A shared worker belongs to its home space's editors.
+        if !access.has(home_space, "WorkerEdit") {
+            return Err(ApiError::forbidden(format!(
+                "This worker is shared from space {home_space}; changing it needs WorkerEdit there. Deleting it here stops using it in this space."
+            )));
+        }
+        if worker.thumbprint != existing.thumbprint {
+            return Err(ApiError::bad_request(
+                "A shared worker's agent cannot change; share another worker instead.",
+            ));
+        }
+    } else if worker.thumbprint != existing.thumbprint {
+        link_to_home(&app, &access, &mut worker).await?;
+    }
+    check_share_limit(&worker)?;
     worker.last_modified_on = Some(muster_core::time::now());
     worker.last_modified_by = actor(&user);
     app.store.put(&worker).await?;
     app.dispatcher.wake();
     app.health_wake.notify_one();
-    ok(&links::worker(&worker))
+    ok(&resource(&app, worker).await?)
 }
 
 pub async fn delete(
@@ -263,7 +410,191 @@ pub async fn delete(
 ) -> ApiResult {
     let space = resolve_space(&app, &space).await?;
     let worker = find(&app, &space, &id).await?;
+    // The home worker goes with its shares; a share goes alone (the space stops using the agent).
+    if worker.home_worker_id.is_none() {
+        for share in shares_of(&app, &worker).await? {
+            app.store.delete::<Worker>(&share.id).await?;
+        }
+    }
     app.store.delete::<Worker>(&worker.id).await?;
+    app.dispatcher.wake();
+    empty_ok()
+}
+
+/// The workers that share a home worker's agent into other spaces.
+async fn shares_of(app: &App, home: &Worker) -> Result<Vec<Worker>, ApiError> {
+    let Some(thumbprint) = &home.thumbprint else {
+        return Ok(Vec::new());
+    };
+    Ok(app
+        .store
+        .find_by_ext::<Worker>(thumbprint)
+        .await?
+        .into_iter()
+        .filter(|w| w.home_worker_id.as_deref() == Some(home.id.as_str()))
+        .collect())
+}
+
+/// The home worker of a worker: itself, or the one it is shared from.
+async fn home_of(app: &App, worker: Worker) -> Result<Worker, ApiError> {
+    match &worker.home_worker_id {
+        None => Ok(worker),
+        Some(id) => app
+            .store
+            .get::<Worker>(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(id)),
+    }
+}
+
+/// `GET /api/{space}/workers/{id}/shares`: the spaces the agent is shared into (those the caller sees).
+pub async fn list_shares(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path((space, id)): Path<(String, String)>,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let home = home_of(&app, find(&app, &space, &id).await?).await?;
+    let mut shares = shares_of(&app, &home).await?;
+    shares.retain(|w| access.sees_space(&w.space_id));
+    let shares = annotate(&app, sorted(shares)).await?;
+    ok(&shares.iter().map(links::worker).collect::<Vec<_>>())
+}
+
+/// `POST /api/{space}/workers/{id}/shares`: makes the agent a worker of named pools in another space
+/// (`SpaceId`, `WorkerPoolIds` by id or name, optional `TaskLimit`), or updates that share. It needs
+/// WorkerEdit in both spaces; sharing twice changes the share, never duplicates it.
+pub async fn share(
+    State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
+    Extension(access): Extension<Access>,
+    Path((space, id)): Path<(String, String)>,
+    body: JsonBody,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let home = home_of(&app, find(&app, &space, &id).await?).await?;
+    access.require(
+        &app.store
+            .get::<Space>(&home.space_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(&home.space_id))?,
+        "WorkerEdit",
+    )?;
+    let body = body.object()?;
+    let target_key = body
+        .get("SpaceId")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request("SpaceId must name the space to share the worker into.")
+        })?;
+    let target = resolve_space(&app, &target_key.to_ascii_lowercase())
+        .await
+        .ok()
+        .filter(|s| access.sees_space(&s.id))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "SpaceId '{target_key}' is not a space of this server."
+            ))
+        })?;
+    access.require(&target, "WorkerEdit")?;
+    if target.id == home.space_id {
+        return Err(ApiError::bad_request(
+            "The worker is already in that space: it is the agent's home.",
+        ));
+    }
+    let limit = match body.get("TaskLimit") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.as_i64().ok_or_else(|| {
+            ApiError::bad_request("TaskLimit must be a whole number (or null for no limit).")
+        })?),
+    };
+    let pools: Vec<WorkerPool> = app.store.list(&target.id).await?;
+    let mut pool_ids = Vec::new();
+    let given: Vec<String> = match body.get("WorkerPoolIds") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::bad_request("WorkerPoolIds must be a list of pool ids or names.")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(Value::String(one)) => vec![one.clone()],
+        _ => {
+            return Err(ApiError::bad_request(
+                "WorkerPoolIds must name at least one pool of the target space.",
+            ));
+        }
+    };
+    for key in &given {
+        let key = key.trim();
+        let found = pools.iter().find(|p| {
+            p.id.eq_ignore_ascii_case(key)
+                || p.name.eq_ignore_ascii_case(key)
+                || p.slug.eq_ignore_ascii_case(key)
+        });
+        match found {
+            Some(pool) => pool_ids.push(pool.id.clone()),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "'{key}' is not a worker pool of space {}.",
+                    target.id
+                )));
+            }
+        }
+    }
+    let existing = shares_of(&app, &home)
+        .await?
+        .into_iter()
+        .find(|w| w.space_id == target.id);
+    let is_new = existing.is_none();
+    let mut worker = match existing {
+        Some(worker) => worker,
+        None => Worker {
+            name: body
+                .get("Name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| home.name.clone()),
+            endpoint: home.endpoint.clone(),
+            space_id: target.id.clone(),
+            ..Default::default()
+        },
+    };
+    worker.worker_pool_ids = pool_ids;
+    worker.share_task_limit = limit;
+    worker.machine_policy_id = worker.machine_policy_id.filter(|p| !p.is_empty());
+    validate(&app, &target, &mut worker).await?;
+    if is_new {
+        link_to_home(&app, &access, &mut worker).await?;
+        worker.id = app.store.next_id(IdKind::Worker).await?;
+    }
+    check_share_limit(&worker)?;
+    worker.last_modified_on = Some(muster_core::time::now());
+    worker.last_modified_by = actor(&user);
+    app.store.put(&worker).await?;
+    app.dispatcher.wake();
+    let body = resource(&app, worker).await?;
+    if is_new { created(&body) } else { ok(&body) }
+}
+
+/// `DELETE /api/{space}/workers/{id}/shares/{spaceId}`: the other space stops using the agent. Its
+/// running tasks finish; no new ones are routed to it.
+pub async fn unshare(
+    State(app): State<App>,
+    Path((space, id, target)): Path<(String, String, String)>,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let home = home_of(&app, find(&app, &space, &id).await?).await?;
+    let target = path_id(IdKind::Space, &target)?;
+    let share = shares_of(&app, &home)
+        .await?
+        .into_iter()
+        .find(|w| w.space_id == target)
+        .ok_or_else(|| ApiError::not_found(&target))?;
+    app.store.delete::<Worker>(&share.id).await?;
     app.dispatcher.wake();
     empty_ok()
 }

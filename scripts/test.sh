@@ -12,6 +12,8 @@ command -v kill >/dev/null 2>&1 || missing+=(procps)
 command -v date >/dev/null 2>&1 || missing+=(coreutils)
 # openssl s_client proves the comms port refuses TLS 1.2.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# curl makes the seed blog's raw REST calls.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "The tests need: ${missing[*]}. Install them, or run this script as root." >&2

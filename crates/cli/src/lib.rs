@@ -2,6 +2,7 @@
 
 pub mod client;
 mod output;
+mod sharing;
 mod tasks;
 mod users;
 
@@ -135,6 +136,38 @@ pub enum WorkerCommand {
         /// How long each worker has to answer, as a TimeSpan (default 00:00:20).
         #[arg(long)]
         timeout: Option<String>,
+    },
+    /// Shares the workers of a pool into the pool of the same name in other spaces (idempotent): the
+    /// blog's "add workers to remaining spaces" step.
+    Share {
+        /// The pool's name, in the source space and in the spaces to share into.
+        #[arg(long)]
+        pool_name: String,
+        /// Every other space that has a pool of that name.
+        #[arg(long, conflicts_with = "spaces", required_unless_present = "spaces")]
+        all_spaces: bool,
+        /// These spaces (names, slugs or ids), comma-separated or repeated.
+        #[arg(long = "space", value_delimiter = ',')]
+        spaces: Vec<String>,
+        /// The space whose workers are shared (default: the default space).
+        #[arg(long = "from")]
+        from: Option<String>,
+        /// At most this many of each other space's tasks at once on each worker.
+        #[arg(long)]
+        task_limit: Option<i64>,
+    },
+    /// Waits until a pool has this many healthy workers, printing progress; exits 124 on timeout.
+    Wait {
+        /// The pool, by name, slug or id.
+        #[arg(long)]
+        pool: String,
+        #[command(flatten)]
+        space: SpaceOption,
+        #[arg(long)]
+        count: usize,
+        /// How long to wait: 90s, 20m, 1h or 00:20:00.
+        #[arg(long, default_value = "20m")]
+        timeout: String,
     },
 }
 
@@ -572,6 +605,28 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
             }
             let request = json!({"Name": "Health", "Arguments": arguments});
             return tasks::run_and_follow(client, json, &space, &request).await;
+        }
+        WorkerCommand::Share {
+            pool_name,
+            all_spaces,
+            spaces,
+            from,
+            task_limit,
+        } => {
+            let from = SpaceOption { space: from };
+            return sharing::share(
+                client, json, &pool_name, &from, all_spaces, &spaces, task_limit,
+            )
+            .await;
+        }
+        WorkerCommand::Wait {
+            pool,
+            space,
+            count,
+            timeout,
+        } => {
+            let timeout = sharing::parse_duration(&timeout)?;
+            return sharing::wait(client, &pool, &space, count, timeout).await;
         }
         WorkerCommand::Delete { worker, space } => {
             let space = resolve_space(client, &space).await?;

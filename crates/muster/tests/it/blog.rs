@@ -2,7 +2,7 @@
 //! PowerShell makes them: `?skip=N` paging that stops when a page is shorter than ItemsPerPage, mixed
 //! route casing, and a JSON body sent without a JSON content type.
 
-use crate::support::Server;
+use crate::support::{Agent, KEY, Server, agent, muster};
 use serde_json::{Value, json};
 
 /// The blog's Get-OctopusItems: follows `?skip=N` until a page is shorter than ItemsPerPage.
@@ -130,4 +130,214 @@ fn the_blogs_space_list_and_add_workers_steps_work_unchanged() {
         let listed = server.ok(&format!("/api/{space_id}/workers/all"));
         assert_eq!(listed[0]["Name"], "samples-worker-1");
     }
+}
+
+/// The blog end to end: four spaces with a "Linux Worker Pool TF", three polling agents registered into
+/// the first space as configure-tentacle.sh does it, `muster worker wait` for them, shared into two
+/// spaces with the CLI and into the last with the blog's raw REST call made by curl, then tasks queued
+/// in every space run on the three agents, and a space's user cannot read another space's logs.
+#[test]
+fn the_blogs_shared_workers_run_every_spaces_tasks() {
+    let server = Server::start();
+    let pool_name = "Linux Worker Pool TF";
+    let mut spaces = vec!["Spaces-1".to_string()];
+    for name in ["Samples 2", "Samples 3", "Samples 4"] {
+        let space = server
+            .post("/api/spaces", &json!({"Name": name}))
+            .assert_status(201)
+            .clone();
+        spaces.push(space["Id"].as_str().unwrap().to_string());
+    }
+    let mut pools = Vec::new();
+    for space in &spaces {
+        let pool = server
+            .post(
+                &format!("/api/{space}/workerpools"),
+                &json!({"Name": pool_name, "WorkerPoolType": "StaticWorkerPool"}),
+            )
+            .assert_status(201)
+            .clone();
+        pools.push(pool["Id"].as_str().unwrap().to_string());
+    }
+
+    // Create workers: each registers itself into the initial space, as configure-tentacle.sh does.
+    let port = server.comms_port.to_string();
+    let mut agents: Vec<Agent> = Vec::new();
+    for n in 1..=3 {
+        let home = server.dir.join(format!("agent-samples-{n}"));
+        let name = format!("samples-worker-{n}");
+        let configure = agent()
+            .arg("--home")
+            .arg(&home)
+            .args(["configure", "--noListen", "True"])
+            .output()
+            .unwrap();
+        assert!(configure.status.success());
+        let output = agent()
+            .arg("--home")
+            .arg(&home)
+            .args([
+                "register-worker",
+                "--server",
+                &server.url,
+                "--apiKey",
+                KEY,
+                "--name",
+                &name,
+                "--space",
+                "Default",
+                "--comms-style",
+                "TentacleActive",
+                "--server-comms-port",
+                &port,
+                "--workerpool",
+                pool_name,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        agents.push(Agent::start(&home));
+    }
+
+    // Wait for workers to register themselves.
+    let cli = |args: &[&str]| {
+        muster()
+            .args(args)
+            .env("MUSTER_SERVER", &server.url)
+            .env("MUSTER_API_KEY", KEY)
+            .output()
+            .unwrap()
+    };
+    let waited = cli(&[
+        "worker",
+        "wait",
+        "--pool",
+        pool_name,
+        "--count",
+        "3",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(
+        waited.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    let too_many = cli(&[
+        "worker",
+        "wait",
+        "--pool",
+        pool_name,
+        "--count",
+        "4",
+        "--timeout",
+        "2s",
+    ]);
+    assert_eq!(
+        too_many.status.code(),
+        Some(124),
+        "a real timeout and exit code"
+    );
+
+    // Add workers to remaining spaces: two with the CLI (twice: it is idempotent)...
+    for _ in 0..2 {
+        let shared = cli(&[
+            "worker",
+            "share",
+            "--pool-name",
+            pool_name,
+            "--space",
+            "Samples 2,Samples 3",
+        ]);
+        assert!(
+            shared.status.success(),
+            "{}",
+            String::from_utf8_lossy(&shared.stderr)
+        );
+    }
+    // ...and the last with the blog's own call, made by curl.
+    let workers = server.ok(&format!("/api/Spaces-1/workerpools/{}/workers", pools[0]));
+    let policy = server
+        .ok(&format!("/api/{}/machinepolicies/all", spaces[3]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["Name"] == "Default Machine Policy")
+        .unwrap()["Id"]
+        .clone();
+    for worker in workers["Items"].as_array().unwrap() {
+        let payload = json!({
+            "Name": worker["Name"], "MachinePolicyId": policy, "IsDisabled": worker["IsDisabled"],
+            "HealthStatus": worker["HealthStatus"], "HasLatestCalamari": worker["HasLatestCalamari"],
+            "IsInProcess": true, "EndPoint": worker["Endpoint"], "WorkerPoolIds": [pools[3]],
+        });
+        let curl = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+                "-H",
+            ])
+            .arg(format!("X-Octopus-ApiKey: {KEY}"))
+            .args(["--data-binary", &payload.to_string()])
+            .arg(format!("{}/api/{}/workers", server.url, spaces[3]))
+            .output()
+            .expect("curl runs");
+        assert_eq!(String::from_utf8_lossy(&curl.stdout), "201");
+    }
+    for (space, pool) in spaces.iter().zip(&pools) {
+        let members = server.ok(&format!("/api/{space}/workerpools/{pool}/workers"));
+        assert_eq!(members["TotalResults"], 3, "{space} has the three workers");
+        for worker in members["Items"].as_array().unwrap() {
+            assert_eq!(worker["IsShared"], true);
+            assert_eq!(
+                worker["HealthStatus"], "Healthy",
+                "one health record per agent"
+            );
+        }
+    }
+
+    // Tasks queued in every space run on the three agents, never on a built-in worker.
+    let mut tasks = Vec::new();
+    for (space, pool) in spaces.iter().zip(&pools) {
+        for _ in 0..3 {
+            let task = server.run_script(
+                space,
+                json!({"ScriptBody": "echo \"secret of $MUSTER_SPACE_ID\"", "TargetType": "WorkerPools", "WorkerPoolIds": [pool]}),
+            );
+            tasks.push((space.clone(), task["Id"].as_str().unwrap().to_string()));
+        }
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for (_, task) in &tasks {
+        let (task, _) = server.wait_task(task);
+        assert_eq!(task["State"], "Success", "{task}");
+        let worker = task["WorkerName"].as_str().unwrap().to_string();
+        assert!(worker.starts_with("samples-worker-"), "ran on {worker}");
+        used.insert(worker);
+    }
+    assert!(used.len() >= 2, "the load spread over the agents: {used:?}");
+
+    // A user of space 2 sees space 2's logs, not the initial space's.
+    let (reader, reader_key) = server.new_user("reader");
+    server.grant(&reader, "Task runner", &spaces[1]);
+    for (space, task) in &tasks {
+        let reply = server.as_user(&reader_key, "GET", &format!("/api/tasks/{task}/raw"), None);
+        if *space == spaces[1] {
+            assert_eq!(reply.status, 200);
+            assert!(reply.text.contains(&format!("secret of {}", spaces[1])));
+        } else {
+            reply.assert_error(404);
+        }
+    }
+    drop(agents);
 }

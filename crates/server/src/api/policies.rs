@@ -193,6 +193,7 @@ pub async fn workers(
         .filter(|w| w.machine_policy_id.as_deref() == Some(policy.id.as_str()))
         .collect();
     let workers = super::workers::sorted(super::workers::filter_workers(workers, &params)?);
+    let workers = super::workers::annotate(&app, workers).await?;
     let path = format!("/api/{}/machinepolicies/{}/workers", space.id, policy.id);
     page(
         "Worker",

@@ -376,6 +376,7 @@ pub async fn workers(
         .filter(|w| w.worker_pool_ids.contains(&pool.id))
         .collect();
     let members = super::workers::sorted(super::workers::filter_workers(members, &params)?);
+    let members = super::workers::annotate(&app, members).await?;
     let path = format!("/api/{}/workerpools/{}/workers", space.id, pool.id);
     page(
         "Worker",

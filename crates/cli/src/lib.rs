@@ -156,6 +156,15 @@ pub enum WorkerCommand {
         #[arg(long)]
         task_limit: Option<i64>,
     },
+    /// How busy the agents were (per agent and per space), and what sharing saved.
+    Usage {
+        /// Only this space's tasks (default: every space you may see).
+        #[arg(long)]
+        space: Option<String>,
+        /// The window: the last this many hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+    },
     /// Waits until a pool has this many healthy workers, printing progress; exits 124 on timeout.
     Wait {
         /// The pool, by name, slug or id.
@@ -618,6 +627,9 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
                 client, json, &pool_name, &from, all_spaces, &spaces, task_limit,
             )
             .await;
+        }
+        WorkerCommand::Usage { space, hours } => {
+            return sharing::usage(client, json, space.as_deref(), hours).await;
         }
         WorkerCommand::Wait {
             pool,

@@ -205,6 +205,71 @@ pub async fn wait(
     }
 }
 
+/// `muster worker usage`: how busy the agents were, and what sharing saved against dedicated workers.
+pub async fn usage(
+    client: &Client,
+    json: bool,
+    space: Option<&str>,
+    hours: u32,
+) -> anyhow::Result<i32> {
+    let path = match space {
+        Some(key) => {
+            let space = resolve_space(
+                client,
+                &SpaceOption {
+                    space: Some(key.to_string()),
+                },
+            )
+            .await?;
+            format!("/api/{}/workers/usage?hours={hours}", id_of(&space))
+        }
+        None => format!("/api/usage/workers?hours={hours}"),
+    };
+    let usage = client.get(&path).await?;
+    if json {
+        output::json(&usage);
+        return Ok(0);
+    }
+    let percent = |v: &Value| format!("{:.1}%", v.as_f64().unwrap_or(0.0) * 100.0);
+    let rows = array(&usage["Agents"])
+        .iter()
+        .map(|a| {
+            vec![
+                output::text(&a["Name"]),
+                array(&a["SpaceIds"])
+                    .iter()
+                    .map(output::text)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                output::text(&a["Tasks"]),
+                format!("{:.0}s", a["BusySeconds"].as_f64().unwrap_or(0.0)),
+                format!("{:.0}s", a["IdleSeconds"].as_f64().unwrap_or(0.0)),
+                percent(&a["Utilization"]),
+            ]
+        })
+        .collect();
+    output::table(
+        &["AGENT", "SPACES", "TASKS", "BUSY", "IDLE", "BUSY %"],
+        rows,
+    );
+    let s = &usage["Summary"];
+    println!(
+        "{} agent(s) served {} space(s) over {hours}h: busy {}, idle {}.",
+        output::text(&s["Agents"]),
+        output::text(&s["Spaces"]),
+        percent(&s["Utilization"]),
+        percent(&s["Idle"])
+    );
+    println!(
+        "Dedicated workers per space would have needed {} agent(s), busy {}, idle {}: sharing saved {}.",
+        output::text(&s["DedicatedAgents"]),
+        percent(&s["DedicatedUtilization"]),
+        percent(&s["DedicatedIdle"]),
+        output::text(&s["AgentsSaved"])
+    );
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_duration;

@@ -130,8 +130,8 @@ pub async fn user(client: &Client, json: bool, command: UserCommand) -> anyhow::
             let space = resolve_space(client, &space).await?;
             let name = team_name(&role, &space);
             let teams = array(&client.get("/api/teams/all").await?);
-            let mut team = match teams.into_iter().find(|t| matches(t, &name)) {
-                Some(team) => team,
+            let (mut team, is_new) = match teams.into_iter().find(|t| matches(t, &name)) {
+                Some(team) => (team, false),
                 None => {
                     let team = client
                         .send(
@@ -140,16 +140,40 @@ pub async fn user(client: &Client, json: bool, command: UserCommand) -> anyhow::
                             Some(&json!({"Name": name, "MemberUserIds": []})),
                         )
                         .await?;
-                    client
-                        .send(
-                            Method::POST,
-                            "/api/scopeduserroles",
-                            Some(&json!({"TeamId": id_of(&team), "UserRoleId": id_of(&role), "SpaceId": id_of(&space)})),
-                        )
-                        .await?;
-                    team
+                    (team, true)
                 }
             };
+            // The team must hold the role in the space: a team left from a deleted space may not.
+            let scoped = client
+                .get_all_pages(&format!(
+                    "/api/teams/{}/scopeduserroles?take=2147483647",
+                    id_of(&team)
+                ))
+                .await?;
+            let holds = scoped
+                .iter()
+                .any(|s| s["UserRoleId"] == role["Id"] && s["SpaceId"] == space["Id"]);
+            if !holds {
+                let given = client
+                    .send(
+                        Method::POST,
+                        "/api/scopeduserroles",
+                        Some(&json!({"TeamId": id_of(&team), "UserRoleId": id_of(&role), "SpaceId": id_of(&space)})),
+                    )
+                    .await;
+                if let Err(error) = given {
+                    if is_new {
+                        let _ = client
+                            .send(
+                                Method::DELETE,
+                                &format!("/api/teams/{}", id_of(&team)),
+                                None,
+                            )
+                            .await;
+                    }
+                    return Err(error);
+                }
+            }
             let members = team["MemberUserIds"]
                 .as_array_mut()
                 .ok_or_else(|| anyhow!("the team has no member list"))?;

@@ -285,11 +285,16 @@ pub fn normalize_thumbprint(text: &str) -> Option<String> {
     ((t.len() == 40 || t.len() == 64) && t.bytes().all(|b| b.is_ascii_hexdigit())).then_some(t)
 }
 
+/// An agent is pinned by its SHA-256 thumbprint only: with two accepted forms, one agent would have two
+/// identities, and a second form could pass for another agent (and around the rules of sharing).
 fn check_thumbprint(thumbprint: &mut String, field: &str, errors: &mut Vec<String>) {
     match normalize_thumbprint(thumbprint) {
-        Some(t) => *thumbprint = t,
+        Some(t) if t.len() == 64 => *thumbprint = t,
+        Some(_) => errors.push(format!(
+            "{field} must be the agent's SHA-256 thumbprint (64 hexadecimal characters); Muster does not pin agents by SHA-1. `muster-agent show-thumbprint` and GET workers/discover give it."
+        )),
         None => errors.push(format!(
-            "{field} must be 40 (SHA-1) or 64 (SHA-256) hexadecimal characters, got '{}'",
+            "{field} must be 64 hexadecimal characters (the agent's SHA-256 thumbprint), got '{}'",
             thumbprint
         )),
     }
@@ -732,11 +737,17 @@ mod tests {
     #[test]
     fn endpoints_are_validated_per_style() {
         let mut passive: Endpoint = serde_json::from_value(json!({
-            "CommunicationStyle": "TentaclePassive", "Uri": "https://127.0.0.1:10933/", "Thumbprint": "ab".repeat(20)
+            "CommunicationStyle": "TentaclePassive", "Uri": "https://127.0.0.1:10933/", "Thumbprint": "ab".repeat(32)
         }))
         .unwrap();
         passive.validate().unwrap();
-        assert_eq!(passive.thumbprint(), Some("AB".repeat(20).as_str()));
+        assert_eq!(passive.thumbprint(), Some("AB".repeat(32).as_str()));
+        // A SHA-1 thumbprint would give one agent a second identity.
+        let mut sha1: Endpoint = serde_json::from_value(json!({
+            "CommunicationStyle": "TentaclePassive", "Uri": "https://127.0.0.1:10933/", "Thumbprint": "ab".repeat(20)
+        }))
+        .unwrap();
+        assert!(sha1.validate().unwrap_err()[0].contains("SHA-256"));
         let mut polling: Endpoint = serde_json::from_value(json!({
             "CommunicationStyle": "TentacleActive", "Uri": "poll://not valid/", "Thumbprint": "xyz"
         }))

@@ -513,7 +513,7 @@ fn unavailable(app: &App, worker: &Worker) -> Option<String> {
         && app.dispatcher.share_load(&worker.id) >= limit.max(0) as usize
     {
         return Some(format!(
-            "{} is shared into this space with a limit of {limit} tasks at once, and the space's share limit is reached",
+            "{} is shared into this space for at most {limit} task(s) at once, and this space's share limit is reached",
             worker.name
         ));
     }
@@ -596,7 +596,7 @@ fn decide(app: &App, task: &Task, pools: &[WorkerPool], workers: &[Worker]) -> D
                     ) {
                         Ok(worker) => return Decision::Agent(Box::new(worker)),
                         Err(why) => reasons.push(format!(
-                            "No healthy worker in pool '{}': {}.",
+                            "No worker of pool '{}' can take it now: {}.",
                             pool.name,
                             why.join("; ")
                         )),

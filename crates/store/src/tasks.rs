@@ -138,6 +138,24 @@ impl Store {
         rows.iter().map(read_task).collect()
     }
 
+    /// The tasks that ran on external workers at some time between `from` and `to`, for utilization.
+    pub async fn tasks_on_workers_between(
+        &self,
+        from: &muster_core::time::Timestamp,
+        to: &muster_core::time::Timestamp,
+    ) -> Result<Vec<Task>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE worker_id IS NOT NULL AND start_time IS NOT NULL \
+             AND start_time < ?1 AND (completed_time IS NULL OR completed_time > ?2) ORDER BY num"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(format_date(to))
+            .bind(format_date(from))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(read_task).collect()
+    }
+
     /// A page of tasks, newest first, and the number that match.
     pub async fn list_tasks(&self, q: &TaskQuery) -> Result<(u64, Vec<Task>)> {
         let mut clauses: Vec<String> = Vec::new();

@@ -72,7 +72,7 @@ fn the_blogs_space_list_and_add_workers_steps_work_unchanged() {
         .find(|p| p["Name"] == pool_name)
         .unwrap()
         .clone();
-    let endpoint = json!({"CommunicationStyle": "TentacleActive", "Uri": "poll://samplesworker0000001/", "Thumbprint": "C0FFEE".repeat(7).chars().take(40).collect::<String>()});
+    let endpoint = json!({"CommunicationStyle": "TentacleActive", "Uri": "poll://samplesworker0000001/", "Thumbprint": "C0FFEE".repeat(11).chars().take(64).collect::<String>()});
     let registered = json!({"Name": "samples-worker-1", "Endpoint": endpoint, "WorkerPoolIds": [initial_pool["Id"]], "MachinePolicyId": null});
     server
         .post(&format!("/api/{initial}/workers"), &registered)
@@ -312,7 +312,7 @@ fn the_blogs_shared_workers_run_every_spaces_tasks() {
         for _ in 0..3 {
             let task = server.run_script(
                 space,
-                json!({"ScriptBody": "echo \"secret of $MUSTER_SPACE_ID\"", "TargetType": "WorkerPools", "WorkerPoolIds": [pool]}),
+                json!({"ScriptBody": "echo \"secret of $MUSTER_SPACE_ID\"\nsleep 0.2", "TargetType": "WorkerPools", "WorkerPoolIds": [pool]}),
             );
             tasks.push((space.clone(), task["Id"].as_str().unwrap().to_string()));
         }
@@ -327,6 +327,40 @@ fn the_blogs_shared_workers_run_every_spaces_tasks() {
     }
     assert!(used.len() >= 2, "the load spread over the agents: {used:?}");
 
+    // What sharing saved, measured: 3 agents did the work of 12 dedicated ones.
+    let usage = server.ok("/api/usage/workers?hours=1");
+    let summary = &usage["Summary"];
+    assert_eq!(summary["Agents"], 3, "{usage}");
+    assert_eq!(summary["Spaces"], 4);
+    assert_eq!(summary["DedicatedAgents"], 12);
+    assert_eq!(summary["AgentsSaved"], 9);
+    assert!(summary["Utilization"].as_f64().unwrap() > 0.0);
+    assert!(
+        summary["DedicatedUtilization"].as_f64().unwrap()
+            < summary["Utilization"].as_f64().unwrap(),
+        "shared agents are busier than dedicated ones would be: {summary}"
+    );
+    for space in usage["Spaces"].as_array().unwrap() {
+        assert_eq!(space["Tasks"], 3, "{space}");
+        assert!(space["BusySeconds"].as_f64().unwrap() > 0.0);
+    }
+    let one = server.ok(&format!("/api/{}/workers/usage?hours=1", spaces[2]));
+    assert_eq!(one["Summary"]["Spaces"], 1);
+    for bad in [
+        "hours=0",
+        "hours=x",
+        "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "from=yesterday",
+    ] {
+        server
+            .get(&format!("/api/usage/workers?{bad}"))
+            .assert_error(400);
+    }
+    let printed = cli(&["worker", "usage", "--hours", "1"]);
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(text.contains("3 agent(s) served 4 space(s)"), "{text}");
+    assert!(text.contains("sharing saved 9"), "{text}");
+
     // A user of space 2 sees space 2's logs, not the initial space's.
     let (reader, reader_key) = server.new_user("reader");
     server.grant(&reader, "Task runner", &spaces[1]);
@@ -339,5 +373,10 @@ fn the_blogs_shared_workers_run_every_spaces_tasks() {
             reply.assert_error(404);
         }
     }
+    let theirs = server.as_user(&reader_key, "GET", "/api/usage/workers", None);
+    assert_eq!(
+        theirs.body["Summary"]["Spaces"], 1,
+        "usage shows only the spaces one may see"
+    );
     drop(agents);
 }

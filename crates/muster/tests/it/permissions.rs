@@ -133,6 +133,12 @@ fn a_fresh_server_has_built_in_roles_and_an_administrators_team() {
         .clone();
     assert_eq!(scoped["SpaceId"], "Spaces-1");
     server
+        .post(
+            "/api/scopeduserroles",
+            &json!({"TeamId": id(&team), "UserRoleId": id(&role), "SpaceId": "Spaces-1"}),
+        )
+        .assert_error(400);
+    server
         .delete(&format!("/api/userroles/{}", id(&role)))
         .assert_error(400);
     server
@@ -187,7 +193,7 @@ fn a_key_does_only_what_its_roles_allow_in_the_spaces_it_sees() {
         "POST",
         &format!("/api/{b}/workers"),
         Some(
-            &json!({"Name": "w", "WorkerPoolIds": [], "Endpoint": {"CommunicationStyle": "TentaclePassive", "Uri": "https://127.0.0.1:10933/", "Thumbprint": "0123456789ABCDEF0123456789ABCDEF01234567"}}),
+            &json!({"Name": "w", "WorkerPoolIds": [], "Endpoint": {"CommunicationStyle": "TentaclePassive", "Uri": "https://127.0.0.1:10933/", "Thumbprint": "0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF"}}),
         ),
     );
     refused.assert_error(403);
@@ -458,5 +464,51 @@ fn the_cli_creates_users_and_grants_roles_in_spaces() {
     assert_eq!(
         server.as_user(&erin_key, "GET", "/api/spaces", None).body["TotalResults"],
         0
+    );
+
+    // A space deleted and made again: granting there takes effect (the old team had lost its role).
+    let (code, _, err) = cli(KEY, &["space", "delete", "Team B"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(KEY, &["space", "create", "Team B"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(
+        KEY,
+        &[
+            "user",
+            "grant",
+            "erin",
+            "--role",
+            "Task runner",
+            "--space",
+            "Team B",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        server.as_user(&erin_key, "GET", "/api/spaces", None).body["TotalResults"],
+        1
+    );
+    // A grant that fails leaves no team behind.
+    let (code, _, _) = cli(
+        KEY,
+        &[
+            "user",
+            "grant",
+            "erin",
+            "--role",
+            "System administrator",
+            "--space",
+            "Team B",
+        ],
+    );
+    assert_ne!(code, Some(0));
+    let teams = server.ok("/api/teams/all");
+    assert!(
+        !teams
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["Name"] == "System administrator in Team B"),
+        "{teams}"
     );
 }

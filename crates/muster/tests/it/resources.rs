@@ -329,9 +329,9 @@ fn workers_crud_filters_and_endpoint_shapes() {
     assert_eq!(ssh["Endpoint"]["Uri"], "ssh://127.0.0.1:2222/");
 
     for bad in [
-        json!({"CommunicationStyle": "TentaclePassive", "Uri": "ftp://x/", "Thumbprint": "AB".repeat(20)}),
+        json!({"CommunicationStyle": "TentaclePassive", "Uri": "ftp://x/", "Thumbprint": "AB".repeat(32)}),
         json!({"CommunicationStyle": "TentaclePassive", "Uri": "https://h:10933/", "Thumbprint": "short"}),
-        json!({"CommunicationStyle": "TentacleActive", "Uri": "poll://UPPER CASE/", "Thumbprint": "AB".repeat(20)}),
+        json!({"CommunicationStyle": "TentacleActive", "Uri": "poll://UPPER CASE/", "Thumbprint": "AB".repeat(32)}),
         json!({"CommunicationStyle": "Ssh", "Host": "", "Port": 70000}),
         json!({"CommunicationStyle": "Carrier pigeon"}),
         json!("not an object"),

@@ -84,6 +84,7 @@ fn one_polling_agent_serves_several_spaces() {
         json!({"SpaceId": "Spaces-1", "WorkerPoolIds": ["Default Worker Pool"]}),
         json!({"SpaceId": c, "WorkerPoolIds": ["No such pool"]}),
         json!({"SpaceId": c, "WorkerPoolIds": ["Default Worker Pool"], "TaskLimit": 0}),
+        json!({"SpaceId": c, "WorkerPoolIds": ["Default Worker Pool"], "TaskLimit": 2147483648i64}),
         json!({"WorkerPoolIds": ["Default Worker Pool"]}),
         json!({"SpaceId": "Spaces-99", "WorkerPoolIds": ["Default Worker Pool"]}),
     ] {

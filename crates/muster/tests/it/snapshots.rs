@@ -81,7 +81,7 @@ fn resource_shapes() {
             .assert_status(201)
             .clone()
     );
-    let polling = json!({"Name": "polling", "Endpoint": {"CommunicationStyle": "TentacleActive", "Uri": "poll://abcdefghij0123456789/", "Thumbprint": "AB".repeat(20)}, "WorkerPoolIds": ["WorkerPools-1"]});
+    let polling = json!({"Name": "polling", "Endpoint": {"CommunicationStyle": "TentacleActive", "Uri": "poll://abcdefghij0123456789/", "Thumbprint": "AB".repeat(32)}, "WorkerPoolIds": ["WorkerPools-1"]});
     snapshot!(
         "worker_polling",
         server
@@ -97,7 +97,7 @@ fn resource_shapes() {
             .assert_status(201)
             .clone()
     );
-    let k8s = json!({"Name": "k8s", "Endpoint": {"CommunicationStyle": "KubernetesTentacle", "TentacleEndpointConfiguration": {"CommunicationMode": "Polling", "Uri": "poll://kubernetesagent0000001/", "Thumbprint": "CD".repeat(20)}}, "WorkerPoolIds": ["WorkerPools-1"]});
+    let k8s = json!({"Name": "k8s", "Endpoint": {"CommunicationStyle": "KubernetesTentacle", "TentacleEndpointConfiguration": {"CommunicationMode": "Polling", "Uri": "poll://kubernetesagent0000001/", "Thumbprint": "CD".repeat(32)}}, "WorkerPoolIds": ["WorkerPools-1"]});
     snapshot!(
         "worker_kubernetes",
         server

@@ -427,7 +427,7 @@ impl Drop for Server {
 
 /// A listening worker's endpoint, for registering workers (nothing dials it in these tests).
 pub fn listening_endpoint(n: u32) -> Value {
-    json!({"CommunicationStyle": "TentaclePassive", "Uri": format!("https://127.0.0.1:{}/", 10933 + n), "Thumbprint": format!("{:040X}", n + 1)})
+    json!({"CommunicationStyle": "TentaclePassive", "Uri": format!("https://127.0.0.1:{}/", 10933 + n), "Thumbprint": format!("{:064X}", n + 1)})
 }
 
 /// A running `muster-agent run`, killed when dropped.

@@ -268,7 +268,11 @@ fn a_pool_with_workers_does_not_fall_back_to_the_builtin_worker() {
         )
         .assert_status(201);
     let task = server.run_script("Spaces-1", json!({"ScriptBody": "echo hi", "TargetType": "WorkerPools", "WorkerPoolIds": [pool["Id"]]}));
-    wait_reason(&server, &id(&task), "No healthy worker in pool 'Busy'");
+    wait_reason(
+        &server,
+        &id(&task),
+        "No worker of pool 'Busy' can take it now",
+    );
     // The default pool is empty, so its tasks run on the built-in worker (the docs' rule).
     let fallback = server.run_script("Spaces-1", json!({"ScriptBody": "echo fallback"}));
     assert_eq!(server.wait_task(&id(&fallback)).0["State"], "Success");

@@ -138,7 +138,9 @@ fn a_killed_agent_fails_its_task_and_turns_unavailable() {
         task["QueueReason"].as_str().map(str::to_string)
     });
     assert!(
-        reason.contains("No healthy worker in pool 'Default Worker Pool': doomed is Unavailable"),
+        reason.contains(
+            "No worker of pool 'Default Worker Pool' can take it now: doomed is Unavailable"
+        ),
         "{reason}"
     );
 }
@@ -441,7 +443,7 @@ fn health_tasks_run_beside_a_full_task_cap_and_name_the_unhealthy_workers() {
             &json!({"Name": "ghost", "WorkerPoolIds": [pool], "Endpoint": {
                 "CommunicationStyle": "TentaclePassive",
                 "Uri": format!("https://127.0.0.1:{}/", free_port()),
-                "Thumbprint": "0123456789ABCDEF0123456789ABCDEF01234567"}}),
+                "Thumbprint": "0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF"}}),
         )
         .assert_status(201)
         .clone();

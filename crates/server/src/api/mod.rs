@@ -7,6 +7,7 @@ mod root;
 mod spaces;
 mod tasks;
 mod teams;
+mod usage;
 mod users;
 mod workers;
 
@@ -137,6 +138,8 @@ pub fn router(app: App) -> Router {
         )
         .route("/api/s/{space}/workers/all", get(workers::all))
         .route("/api/s/{space}/workers/discover", get(workers::discover))
+        .route("/api/s/{space}/workers/usage", get(usage::one_space))
+        .route("/api/usage/workers", get(usage::all_spaces))
         .route(
             "/api/s/{space}/workers/{id}",
             get(workers::get_one)

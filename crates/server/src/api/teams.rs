@@ -197,12 +197,14 @@ pub async fn update_team(
             existing.name
         )));
     }
-    if existing.name == ADMINISTRATORS_TEAM && team.member_user_ids.is_empty() {
+    // The built-in administrators' team (it alone cannot be deleted) keeps a member, and you.
+    let administrators = !existing.can_be_deleted && existing.name == ADMINISTRATORS_TEAM;
+    if administrators && team.member_user_ids.is_empty() {
         return Err(ApiError::bad_request(format!(
             "'{ADMINISTRATORS_TEAM}' must keep at least one member."
         )));
     }
-    if existing.name == ADMINISTRATORS_TEAM && !team.member_user_ids.contains(&access.user.id) {
+    if administrators && !team.member_user_ids.contains(&access.user.id) {
         return Err(ApiError::bad_request(
             "You cannot remove yourself from the administrators; ask another administrator.",
         ));
@@ -348,6 +350,24 @@ pub async fn update_role(
     role.id = existing.id.clone();
     role.can_be_deleted = true;
     validate_role(&mut role)?;
+    // The teams that hold it keep holding it as they were given it.
+    let holders: Vec<ScopedUserRole> = app
+        .store
+        .list_all::<ScopedUserRole>()
+        .await?
+        .into_iter()
+        .filter(|s| s.user_role_id == role.id)
+        .collect();
+    if holders.iter().any(|s| s.space_id.is_some()) && !role.granted_system_permissions.is_empty() {
+        return Err(ApiError::bad_request(
+            "Teams hold this role in spaces, where system permissions do not apply; create another role for them.",
+        ));
+    }
+    if holders.iter().any(|s| s.space_id.is_none()) && role.granted_system_permissions.is_empty() {
+        return Err(ApiError::bad_request(
+            "Teams hold this role system-wide, which needs system permissions; create another role for them.",
+        ));
+    }
     role.last_modified_on = Some(now());
     role.last_modified_by = Some(access.user.username.clone());
     app.store.put(&role).await?;
@@ -450,6 +470,19 @@ async fn validate_scoped(app: &App, scoped: &mut ScopedUserRole) -> Result<(), A
             )),
             _ => {}
         }
+    }
+    let duplicate = app
+        .store
+        .find_by_ext::<ScopedUserRole>(&scoped.team_id)
+        .await?
+        .into_iter()
+        .any(|other| {
+            other.id != scoped.id
+                && other.user_role_id == scoped.user_role_id
+                && other.space_id == scoped.space_id
+        });
+    if duplicate {
+        errors.push("The team already holds this role there.".into());
     }
     if errors.is_empty() {
         Ok(())

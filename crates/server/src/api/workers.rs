@@ -473,13 +473,17 @@ pub async fn share(
 ) -> ApiResult {
     let space = resolve_space(&app, &space).await?;
     let home = home_of(&app, find(&app, &space, &id).await?).await?;
-    access.require(
-        &app.store
-            .get::<Space>(&home.space_id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(&home.space_id))?,
-        "WorkerEdit",
-    )?;
+    let home_space = app
+        .store
+        .get::<Space>(&home.space_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&id))?;
+    if !access.sees_space(&home_space.id) {
+        return Err(ApiError::forbidden(format!(
+            "This worker is shared from another space; only editors of its home space may share it ({id})."
+        )));
+    }
+    access.require(&home_space, "WorkerEdit")?;
     let body = body.object()?;
     let target_key = body
         .get("SpaceId")
@@ -506,9 +510,17 @@ pub async fn share(
     }
     let limit = match body.get("TaskLimit") {
         None | Some(Value::Null) => None,
-        Some(value) => Some(value.as_i64().ok_or_else(|| {
-            ApiError::bad_request("TaskLimit must be a whole number (or null for no limit).")
-        })?),
+        Some(value) => Some(
+            value
+                .as_i64()
+                .filter(|n| (1..=i64::from(i32::MAX)).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "TaskLimit must be a whole number from 1 to {} (or null for no limit).",
+                        i32::MAX
+                    ))
+                })?,
+        ),
     };
     let pools: Vec<WorkerPool> = app.store.list(&target.id).await?;
     let mut pool_ids = Vec::new();

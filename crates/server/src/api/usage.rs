@@ -1,0 +1,252 @@
+//! Utilization: how busy each agent was over a window, per agent and per space, from the tasks that
+//! ran on it, and what sharing saved compared with dedicated workers per space (the blog's first
+//! setup, whose workers "sat idle 99% of the day"). Nothing is recorded for it: task start and end
+//! times are the record.
+
+use super::resolve_space;
+use crate::access::Access;
+use crate::http::{ApiError, ApiResult, Params, ok};
+use crate::state::App;
+use axum::Extension;
+use axum::extract::{Path, State};
+use muster_core::resources::{Space, Worker};
+use muster_core::time::{Timestamp, format_date, now, parse_date};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Seconds covered by the union of intervals (tasks may overlap on one agent).
+fn covered_seconds(mut spans: Vec<(Timestamp, Timestamp)>) -> f64 {
+    spans.sort();
+    let mut total = 0.0;
+    let mut current: Option<(Timestamp, Timestamp)> = None;
+    for (start, end) in spans {
+        match &mut current {
+            Some((_, until)) if start <= *until => *until = (*until).max(end),
+            _ => {
+                if let Some((s, e)) = current.take() {
+                    total += (e - s).num_milliseconds() as f64 / 1000.0;
+                }
+                current = Some((start, end));
+            }
+        }
+    }
+    if let Some((s, e)) = current {
+        total += (e - s).num_milliseconds() as f64 / 1000.0;
+    }
+    total
+}
+
+fn window(params: &Params) -> Result<(Timestamp, Timestamp), ApiError> {
+    let date = |name: &str| -> Result<Option<Timestamp>, ApiError> {
+        params
+            .get(name)
+            .map(|text| {
+                parse_date(text).ok_or_else(|| {
+                    ApiError::bad_request(format!("{name} must be an ISO-8601 date, got '{text}'."))
+                })
+            })
+            .transpose()
+    };
+    let to = date("to")?.unwrap_or_else(now);
+    let from = match (date("from")?, params.get("hours")) {
+        (Some(from), _) => from,
+        (None, Some(hours)) => {
+            let hours: i64 = hours
+                .trim()
+                .parse()
+                .ok()
+                .filter(|h| (1..=24 * 366).contains(h))
+                .ok_or_else(|| ApiError::bad_request("hours must be between 1 and 8784."))?;
+            to - chrono::Duration::hours(hours)
+        }
+        (None, None) => to - chrono::Duration::hours(24),
+    };
+    if from >= to {
+        return Err(ApiError::bad_request("from must be before to."));
+    }
+    Ok((from, to))
+}
+
+/// Seconds to the millisecond.
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// A share of the window, to a millionth (a few seconds of a day must not read as zero).
+fn ratio(x: f64) -> f64 {
+    (x * 1_000_000.0).round() / 1_000_000.0
+}
+
+/// The usage of the agents serving `spaces`, from those spaces' tasks only.
+async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) -> ApiResult {
+    let window = (to - from).num_milliseconds() as f64 / 1000.0;
+    let space_ids: BTreeSet<String> = spaces.iter().map(|s| s.id.clone()).collect();
+    let workers: Vec<Worker> = app.store.list_all().await?;
+    let agent_of = |worker_id: &str| -> String {
+        workers
+            .iter()
+            .find(|w| w.id == worker_id)
+            .and_then(|w| w.thumbprint.clone())
+            .unwrap_or_else(|| format!("(deleted {worker_id})"))
+    };
+    // The agents that serve each space now, and each agent's home worker.
+    let mut serving: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut home: HashMap<String, &Worker> = HashMap::new();
+    for worker in workers.iter().filter(|w| space_ids.contains(&w.space_id)) {
+        if let Some(t) = &worker.thumbprint {
+            serving
+                .entry(worker.space_id.clone())
+                .or_default()
+                .insert(t.clone());
+            if worker.home_worker_id.is_none() || !home.contains_key(t) {
+                home.insert(t.clone(), worker);
+            }
+        }
+    }
+    let tasks = app.store.tasks_on_workers_between(&from, &to).await?;
+    let at = now();
+    // agent → space → spans
+    let mut spans: BTreeMap<String, BTreeMap<String, Vec<(Timestamp, Timestamp)>>> =
+        BTreeMap::new();
+    for task in tasks.iter().filter(|t| space_ids.contains(&t.space_id)) {
+        let (Some(start), Some(worker_id)) = (task.start_time, task.worker_id.as_deref()) else {
+            continue;
+        };
+        let end = task.completed_time.unwrap_or(at).min(to);
+        let start = start.max(from);
+        if end <= start {
+            continue;
+        }
+        let agent = agent_of(worker_id);
+        serving
+            .entry(task.space_id.clone())
+            .or_default()
+            .insert(agent.clone());
+        spans
+            .entry(agent)
+            .or_default()
+            .entry(task.space_id.clone())
+            .or_default()
+            .push((start, end));
+    }
+    let agents: BTreeSet<String> = serving.values().flatten().cloned().collect();
+    let mut agent_rows = Vec::new();
+    let mut total_busy = 0.0;
+    for agent in &agents {
+        let by_space = spans.get(agent).cloned().unwrap_or_default();
+        let all: Vec<(Timestamp, Timestamp)> = by_space.values().flatten().cloned().collect();
+        let busy = covered_seconds(all.clone());
+        total_busy += busy;
+        let served: Vec<&String> = serving
+            .iter()
+            .filter(|(_, set)| set.contains(agent))
+            .map(|(space, _)| space)
+            .collect();
+        let worker = home.get(agent);
+        agent_rows.push(json!({
+            "Thumbprint": agent,
+            "Name": worker.map(|w| w.name.clone()),
+            "HomeSpaceId": worker.map(|w| w.home_space_id.clone().unwrap_or_else(|| w.space_id.clone())),
+            "SpaceIds": served,
+            "Tasks": all.len(),
+            "BusySeconds": round(busy),
+            "IdleSeconds": round((window - busy).max(0.0)),
+            "Utilization": ratio(busy / window),
+            "Spaces": by_space.iter().map(|(space, s)| json!({
+                "SpaceId": space, "Tasks": s.len(), "BusySeconds": round(covered_seconds(s.clone())),
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    let mut space_rows = Vec::new();
+    let mut dedicated_agents = 0usize;
+    let mut dedicated_busy = 0.0;
+    for space in &spaces {
+        let count = serving.get(&space.id).map_or(0, BTreeSet::len);
+        let busy: f64 = spans
+            .values()
+            .filter_map(|by_space| by_space.get(&space.id))
+            .map(|s| covered_seconds(s.clone()))
+            .sum();
+        let tasks: usize = spans
+            .values()
+            .filter_map(|by_space| by_space.get(&space.id))
+            .map(Vec::len)
+            .sum();
+        dedicated_agents += count;
+        dedicated_busy += busy;
+        space_rows.push(json!({
+            "SpaceId": space.id,
+            "Name": space.name,
+            "Agents": count,
+            "Tasks": tasks,
+            "BusySeconds": round(busy),
+            // Had this space its own copy of each agent serving it: how busy those would have been.
+            "DedicatedUtilization": if count == 0 { 0.0 } else { ratio(busy / (count as f64 * window)) },
+        }));
+    }
+    let shared_utilization = if agents.is_empty() {
+        0.0
+    } else {
+        ratio(total_busy / (agents.len() as f64 * window))
+    };
+    let dedicated_utilization = if dedicated_agents == 0 {
+        0.0
+    } else {
+        ratio(dedicated_busy / (dedicated_agents as f64 * window))
+    };
+    ok(&json!({
+        "From": format_date(&from),
+        "To": format_date(&to),
+        "WindowSeconds": round(window),
+        "Agents": agent_rows,
+        "Spaces": space_rows,
+        "Summary": {
+            "Agents": agents.len(),
+            "Spaces": spaces.len(),
+            "Utilization": shared_utilization,
+            "Idle": ratio(1.0 - shared_utilization),
+            "DedicatedAgents": dedicated_agents,
+            "DedicatedUtilization": dedicated_utilization,
+            "DedicatedIdle": ratio(1.0 - dedicated_utilization),
+            "AgentsSaved": dedicated_agents.saturating_sub(agents.len()),
+        },
+    }))
+}
+
+/// `GET /api/usage/workers[?from&to|hours]`: every space whose workers the caller may see.
+pub async fn all_spaces(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    params: Params,
+) -> ApiResult {
+    let (from, to) = window(&params)?;
+    let mut spaces: Vec<Space> = app.store.list("").await?;
+    spaces.retain(|s| access.has(&s.id, "WorkerView"));
+    spaces.sort_by_key(|s| muster_core::parse_id(muster_core::IdKind::Space, &s.id));
+    usage(&app, spaces, from, to).await
+}
+
+/// `GET /api/{spaceId}/workers/usage[?from&to|hours]`: one space.
+pub async fn one_space(
+    State(app): State<App>,
+    Path(space): Path<String>,
+    params: Params,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let (from, to) = window(&params)?;
+    usage(&app, vec![space], from, to).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covered_seconds;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn overlapping_tasks_count_once() {
+        let t = |s: i64| Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap();
+        let spans = vec![(t(0), t(10)), (t(5), t(15)), (t(20), t(25)), (t(24), t(24))];
+        assert_eq!(covered_seconds(spans), 20.0);
+        assert_eq!(covered_seconds(vec![]), 0.0);
+    }
+}

@@ -137,6 +137,33 @@ fn one_polling_agent_serves_several_spaces() {
     assert_eq!(server.wait_task(&id(&first)).0["State"], "Success");
     assert_eq!(server.wait_task(&id(&second)).0["State"], "Success");
 
+    // Revoking lets a running task finish and routes no new one to the agent.
+    std::fs::remove_file(&release).unwrap();
+    let running = server.run_script(&b, json!({"ScriptBody": script}));
+    server.follow(&id(&running), |kind, data| {
+        !(kind == "line" && data["MessageText"] == "started")
+    });
+    server
+        .delete(&format!("/api/Spaces-1/workers/{}/shares/{b}", id(&home)))
+        .assert_status(200);
+    std::fs::write(&release, "go").unwrap();
+    let (finished, _) = server.wait_task(&id(&running));
+    assert_eq!(finished["State"], "Success", "{finished}");
+    assert_eq!(finished["WorkerName"], "poller");
+    let after = server.run_script(&b, json!({"ScriptBody": "true"}));
+    let (after, _) = server.wait_task(&id(&after));
+    assert_eq!(
+        after["WorkerName"], "Built-in worker",
+        "B's pool has no worker of its own now (the docs' rule)"
+    );
+    let shared = server
+        .post(
+            &url,
+            &json!({"SpaceId": b, "WorkerPoolIds": ["Default Worker Pool"]}),
+        )
+        .assert_status(201)
+        .clone();
+
     // Deleting the home worker takes its shares with it.
     server
         .delete(&format!("/api/Spaces-1/workers/{}", id(&home)))

@@ -126,6 +126,17 @@ fn logs_are_served_raw_as_details_and_live_before_the_script_ends() {
         final_task["IsCompleted"] != true
     });
     assert_eq!(final_task["State"], "Success");
+    // A follower of a task that has not ended hears of the task before any line.
+    let first = server.run_script("Spaces-1", json!({"ScriptBody": "sleep 1\necho late"}));
+    let mut kinds = Vec::new();
+    server.follow(&id(&first), |kind, data| {
+        kinds.push(kind.to_string());
+        !(kind == "task" && data["IsCompleted"] == true)
+    });
+    assert_eq!(kinds.first().map(String::as_str), Some("task"), "{kinds:?}");
+    server
+        .get(&format!("/api/tasks/{}/stream?after=-1", id(&first)))
+        .assert_error(400);
     assert!(
         seen.ends_with(&["first".to_string(), "second".to_string()]),
         "{seen:?}"

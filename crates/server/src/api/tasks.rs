@@ -673,7 +673,9 @@ fn stream(app: App, task: Task, params: &Params) -> Result<Response, ApiError> {
         Some(text) => text
             .trim()
             .parse()
-            .map_err(|_| ApiError::bad_request("after must be a whole number."))?,
+            .ok()
+            .filter(|n: &i64| *n >= 0)
+            .ok_or_else(|| ApiError::bad_request("after must be a whole number, 0 or more."))?,
     };
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);
     tokio::spawn(async move {
@@ -731,6 +733,14 @@ async fn follow(app: &App, id: &str, after: i64, tx: &Sender) -> anyhow::Result<
     let mut changes = app.logs.watch_changes();
     let mut last = after;
     let mut last_state = None;
+    // A task that has not ended comes first, so a follower knows what it follows; an ended one comes
+    // last only, after its lines, since a completed task event is how a follower knows the stream ends.
+    if let Some(task) = app.store.get_task(id).await?
+        && !task.state.is_completed()
+    {
+        send_task(tx, &task).await?;
+        last_state = Some((task.state, task.queue_reason.clone()));
+    }
     loop {
         // Subscribe, then commit every line appended before the subscription, then read what is
         // stored: no line falls between the two.

@@ -292,6 +292,37 @@ fn resolve_ids(
     ids
 }
 
+/// The pools and workers a task names, checked against the space's and spelled canonically.
+async fn resolve_targets(
+    app: &App,
+    space: &Space,
+    pool_ids: &[String],
+    machine_ids: &[String],
+    errors: &mut Vec<String>,
+) -> Result<(Vec<String>, Vec<String>), ApiError> {
+    let pools: Vec<WorkerPool> = app.store.list(&space.id).await?;
+    let existing: Vec<&str> = pools.iter().map(|p| p.id.as_str()).collect();
+    let pools = resolve_ids(
+        IdKind::WorkerPool,
+        pool_ids,
+        &existing,
+        "worker pool",
+        space,
+        errors,
+    );
+    let workers: Vec<Worker> = app.store.list(&space.id).await?;
+    let existing: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
+    let workers = resolve_ids(
+        IdKind::Worker,
+        machine_ids,
+        &existing,
+        "worker",
+        space,
+        errors,
+    );
+    Ok((pools, workers))
+}
+
 /// Checks an AdHocScript's arguments and stores them in their canonical form.
 async fn check_script_arguments(
     app: &App,
@@ -302,26 +333,8 @@ async fn check_script_arguments(
     match ScriptArguments::parse(arguments) {
         Err(problems) => errors.extend(problems),
         Ok(script) => {
-            let pools: Vec<WorkerPool> = app.store.list(&space.id).await?;
-            let pool_ids: Vec<&str> = pools.iter().map(|p| p.id.as_str()).collect();
-            let pool_ids = resolve_ids(
-                IdKind::WorkerPool,
-                &script.pool_ids,
-                &pool_ids,
-                "worker pool",
-                space,
-                errors,
-            );
-            let workers: Vec<Worker> = app.store.list(&space.id).await?;
-            let worker_ids: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
-            let machine_ids = resolve_ids(
-                IdKind::Worker,
-                &script.machine_ids,
-                &worker_ids,
-                "worker",
-                space,
-                errors,
-            );
+            let (pool_ids, machine_ids) =
+                resolve_targets(app, space, &script.pool_ids, &script.machine_ids, errors).await?;
             arguments.insert("Syntax".into(), json!(script.syntax.as_str()));
             let target = match script.target {
                 ScriptTarget::OctopusServer => "OctopusServer",
@@ -346,26 +359,14 @@ async fn check_health_arguments(
     match crate::health::HealthArguments::parse(arguments) {
         Err(problems) => errors.extend(problems),
         Ok(health) => {
-            let pools: Vec<WorkerPool> = app.store.list(&space.id).await?;
-            let pool_ids: Vec<&str> = pools.iter().map(|p| p.id.as_str()).collect();
-            let pool = resolve_ids(
-                IdKind::WorkerPool,
+            let (pool, machine_ids) = resolve_targets(
+                app,
+                space,
                 health.pool_id.as_slice(),
-                &pool_ids,
-                "worker pool",
-                space,
-                errors,
-            );
-            let workers: Vec<Worker> = app.store.list(&space.id).await?;
-            let worker_ids: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
-            let machine_ids = resolve_ids(
-                IdKind::Worker,
                 &health.machine_ids,
-                &worker_ids,
-                "worker",
-                space,
                 errors,
-            );
+            )
+            .await?;
             arguments.insert("WorkerpoolId".into(), json!(pool.first()));
             arguments.insert("MachineIds".into(), json!(machine_ids));
         }

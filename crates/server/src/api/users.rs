@@ -27,6 +27,15 @@ async fn find_visible(app: &App, access: &Access, id: &str) -> Result<User, ApiE
     Ok(user)
 }
 
+/// What `user` may do: the caller's own access, or theirs read afresh.
+async fn access_of(app: &App, caller: Access, user: &User) -> Result<Access, ApiError> {
+    if user.id == caller.user.id {
+        Ok(caller)
+    } else {
+        Access::load(app, user).await
+    }
+}
+
 /// Every user for an administrator; oneself for anyone else.
 pub async fn list(
     State(app): State<App>,
@@ -66,11 +75,7 @@ pub async fn spaces(
     Path(id): Path<String>,
 ) -> ApiResult {
     let user = find_visible(&app, &access, &id).await?;
-    let theirs = if user.id == access.user.id {
-        access
-    } else {
-        Access::load(&app, &user).await?
-    };
+    let theirs = access_of(&app, access, &user).await?;
     let spaces = super::spaces::visible_spaces(&app, &theirs).await?;
     ok(&spaces.iter().map(links::space).collect::<Vec<_>>())
 }
@@ -323,11 +328,7 @@ pub async fn permissions(
     Path(id): Path<String>,
 ) -> ApiResult {
     let user = find_visible(&app, &access, &id).await?;
-    let theirs = if user.id == access.user.id {
-        access
-    } else {
-        Access::load(&app, &user).await?
-    };
+    let theirs = access_of(&app, access, &user).await?;
     let spaces: Vec<Space> = app.store.list("").await?;
     let mut by_permission = serde_json::Map::new();
     for (permission, _) in muster_core::permissions::SPACE_PERMISSIONS {

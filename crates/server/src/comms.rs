@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use muster_core::HealthStatus;
 use muster_core::resources::{Endpoint, Worker};
 use muster_proto::rpc;
 use serde::Serialize;
@@ -73,6 +72,9 @@ pub struct Comms {
     next_id: AtomicU64,
     /// Signalled whenever a link opens or closes.
     pub changed: Notify,
+    /// One lock per agent around writing its health, so that a stale "not connected" cannot land
+    /// after the check of a link that has just opened.
+    health_writes: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Comms {
@@ -82,6 +84,15 @@ impl Comms {
             .expect("comms lock")
             .get(&thumbprint.to_ascii_uppercase())
             .cloned()
+    }
+
+    pub fn health_lock(&self, thumbprint: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.health_writes
+            .lock()
+            .expect("comms lock")
+            .entry(thumbprint.to_ascii_uppercase())
+            .or_default()
+            .clone()
     }
 
     fn add(&self, thumbprint: &str, sender: SendRequest<Full<Bytes>>) -> Link {
@@ -132,16 +143,7 @@ async fn attach(
     tokio::spawn(async move {
         let _ = connection.await;
         app2.comms.remove(&thumbprint, id);
-        if app2.comms.link(&thumbprint).is_none() {
-            crate::health::set_health(
-                &app2,
-                &thumbprint,
-                HealthStatus::Unavailable,
-                "The agent's connection closed.",
-                None,
-            )
-            .await;
-        }
+        crate::health::set_unreachable(&app2, &thumbprint, "The agent's connection closed.").await;
         app2.dispatcher.wake();
     });
     let (app3, checked) = (app.clone(), link.clone());

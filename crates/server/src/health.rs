@@ -78,14 +78,36 @@ pub async fn check_worker(app: &App, worker: &Worker) -> Checked {
         Ok(link) => check_link(app, &thumbprint, &link).await,
         Err(error) => {
             let summary = format!("{error:#}");
-            set_health(app, &thumbprint, HealthStatus::Unavailable, &summary, None).await;
+            set_unreachable(app, &thumbprint, &summary).await;
             (HealthStatus::Unavailable, summary)
         }
     }
 }
 
+/// Records that the agent cannot be reached, unless a link to it has opened meanwhile: that link's
+/// own check records its health, and a stale failure must not overwrite it.
+pub async fn set_unreachable(app: &App, thumbprint: &str, summary: &str) {
+    let lock = app.comms.health_lock(thumbprint);
+    let _held = lock.lock().await;
+    if app.comms.link(thumbprint).is_none() {
+        write_health(app, thumbprint, HealthStatus::Unavailable, summary, None).await;
+    }
+}
+
 /// Records a health result on every worker that names the agent.
 pub async fn set_health(
+    app: &App,
+    thumbprint: &str,
+    status: HealthStatus,
+    summary: &str,
+    health: Option<rpc::HealthReply>,
+) {
+    let lock = app.comms.health_lock(thumbprint);
+    let _held = lock.lock().await;
+    write_health(app, thumbprint, status, summary, health).await;
+}
+
+async fn write_health(
     app: &App,
     thumbprint: &str,
     status: HealthStatus,

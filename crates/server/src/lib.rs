@@ -121,6 +121,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             let _ = app.shutdown.send(true);
         }
     };
+    // No Nagle: a small answer (a task's final event on a live stream) must not wait for an ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         service.into_make_service_with_connect_info::<SocketAddr>(),

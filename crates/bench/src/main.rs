@@ -1,0 +1,385 @@
+//! `muster-bench SCENARIO`: starts the real `muster` and `muster-agent` binaries on loopback with a
+//! temporary data directory, runs one scenario many times, stops everything, and prints a table and
+//! one JSON line. It is not part of the test suite; docs/BENCHMARKS.md keeps its latest results.
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const KEY: &str = "API-MUSTERBENCHADMINKEY0123456789";
+
+#[derive(Parser)]
+#[command(name = "muster-bench", about = "Measures Muster on this machine.")]
+struct Args {
+    scenario: Scenario,
+    /// Runs per worker kind.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// Which workers to measure on.
+    #[arg(long, value_enum, default_value_t = Kind::All)]
+    worker: Kind,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Scenario {
+    /// From the 201 of a task to the first line of its script (`echo $EPOCHREALTIME > file`).
+    Dispatch,
+    /// From the POST of a `true` task to a follower seeing it Success.
+    Roundtrip,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Kind {
+    Builtin,
+    Polling,
+    Listening,
+    All,
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let bin = binaries()?;
+    let temp = tempfile::tempdir()?;
+    let server = Server::start(&bin, temp.path())?;
+    let kinds: Vec<Kind> = match args.worker {
+        Kind::All => vec![Kind::Builtin, Kind::Polling, Kind::Listening],
+        one => vec![one],
+    };
+    let mut agents = Vec::new();
+    let mut rows = Vec::new();
+    for kind in kinds {
+        let target = match kind {
+            Kind::Builtin => json!({"TargetType": "OctopusServer"}),
+            _ => {
+                let name = if kind == Kind::Polling {
+                    "polling"
+                } else {
+                    "listening"
+                };
+                agents.push(server.agent(&bin, temp.path(), name, kind)?);
+                let id = server.wait_healthy(name)?;
+                json!({"TargetType": "Workers", "MachineIds": [id]})
+            }
+        };
+        let name = match kind {
+            Kind::Builtin => "built-in worker",
+            Kind::Polling => "polling agent",
+            Kind::Listening => "listening agent",
+            Kind::All => unreachable!(),
+        };
+        let samples = match args.scenario {
+            Scenario::Dispatch => dispatch(&server, temp.path(), &target, args.runs)?,
+            Scenario::Roundtrip => roundtrip(&server, &target, args.runs)?,
+        };
+        rows.push((name, samples));
+    }
+    let scenario = match args.scenario {
+        Scenario::Dispatch => "dispatch",
+        Scenario::Roundtrip => "roundtrip",
+    };
+    println!(
+        "{:<10} {:<16} {:>5} {:>9} {:>9} {:>9} {:>9}",
+        "SCENARIO", "WORKER", "RUNS", "P50 ms", "P99 ms", "MIN ms", "MAX ms"
+    );
+    let mut results = Vec::new();
+    for (name, mut samples) in rows {
+        samples.sort_by(f64::total_cmp);
+        let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+        let (p50, p99) = (pick(0.5), pick(0.99));
+        let (min, max) = (samples[0], samples[samples.len() - 1]);
+        println!(
+            "{scenario:<10} {name:<16} {:>5} {p50:>9.3} {p99:>9.3} {min:>9.3} {max:>9.3}",
+            samples.len()
+        );
+        results.push(json!({"worker": name, "runs": samples.len(), "p50_ms": p50, "p99_ms": p99, "min_ms": min, "max_ms": max}));
+    }
+    println!("{}", json!({"scenario": scenario, "results": results}));
+    drop(agents);
+    drop(server);
+    Ok(())
+}
+
+/// The `muster` and `muster-agent` binaries beside this one, built in release when run by Cargo.
+fn binaries() -> anyhow::Result<PathBuf> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .ok_or_else(|| anyhow!("no directory for this binary"))?
+        .to_path_buf();
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let profile = if dir.ends_with("release") {
+            vec!["--release"]
+        } else {
+            vec![]
+        };
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "muster", "-p", "muster-agent"])
+            .args(profile)
+            .status()?;
+        if !status.success() {
+            bail!("cannot build muster and muster-agent");
+        }
+    }
+    for name in ["muster", "muster-agent"] {
+        if !dir.join(name).exists() {
+            bail!(
+                "{} is missing: run `cargo build --release -p muster -p muster-agent`",
+                dir.join(name).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+fn seconds_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// From the 201 to the timestamp the script's first line wrote: bash's `$EPOCHREALTIME`, no process.
+fn dispatch(server: &Server, dir: &Path, target: &Value, runs: usize) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let file = dir.join(format!("stamp-{run}"));
+        let mut arguments = target.clone();
+        arguments["ScriptBody"] = json!(format!("echo $EPOCHREALTIME > '{}'", file.display()));
+        let body = json!({"Name": "AdHocScript", "Arguments": arguments});
+        let reply = server
+            .http
+            .post(format!("{}/api/Spaces-1/tasks", server.url))
+            .header("X-Octopus-ApiKey", KEY)
+            .json(&body)
+            .send()?;
+        let answered = seconds_now();
+        if reply.status().as_u16() != 201 {
+            bail!("the task was not created: {}", reply.text()?);
+        }
+        let task: Value = reply.json()?;
+        let id = task["Id"].as_str().unwrap_or_default().to_string();
+        server.wait_done(&id)?;
+        let stamp: f64 = std::fs::read_to_string(&file)
+            .with_context(|| format!("task {id} wrote no timestamp"))?
+            .trim()
+            .replace(',', ".")
+            .parse()?;
+        samples.push((stamp - answered) * 1000.0);
+    }
+    Ok(samples)
+}
+
+/// From the POST to a follower seeing the task Success on its live stream.
+fn roundtrip(server: &Server, target: &Value, runs: usize) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut arguments = target.clone();
+        arguments["ScriptBody"] = json!("true");
+        let body = json!({"Name": "AdHocScript", "Arguments": arguments});
+        let started = Instant::now();
+        let reply = server
+            .http
+            .post(format!("{}/api/Spaces-1/tasks", server.url))
+            .header("X-Octopus-ApiKey", KEY)
+            .json(&body)
+            .send()?;
+        let task: Value = reply.json()?;
+        let id = task["Id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no task: {task}"))?
+            .to_string();
+        let state = server.wait_done(&id)?;
+        if state != "Success" {
+            bail!("task {id} ended {state}");
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(samples)
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    comms_port: u16,
+    http: reqwest::blocking::Client,
+}
+
+impl Server {
+    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Server> {
+        let mut child = Command::new(bin.join("muster"))
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--comms-listen",
+                "127.0.0.1:0",
+                "--task-cap",
+                "50",
+                "--data-dir",
+            ])
+            .arg(dir.join("data"))
+            .env("MUSTER_BOOTSTRAP_API_KEY", KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start muster")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut comms_port = 0;
+        loop {
+            let line = lines
+                .next()
+                .ok_or_else(|| anyhow!("the server stopped"))??;
+            if let Some(rest) = line.split("polling agents is listening on ").nth(1) {
+                comms_port = rest
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim().parse().ok())
+                    .unwrap_or(0);
+            }
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let address = rest.split('/').next().unwrap_or_default().to_string();
+                // Keep reading stdout so the server never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines.by_ref() {});
+                return Ok(Server {
+                    child,
+                    url: format!("http://{address}"),
+                    comms_port,
+                    http: reqwest::blocking::Client::builder()
+                        .timeout(Duration::from_secs(120))
+                        .build()?,
+                });
+            }
+        }
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}{path}", self.url))
+            .header("X-Octopus-ApiKey", KEY)
+            .send()?
+            .json()?)
+    }
+
+    /// Follows the task's live stream until it ends; returns its final state.
+    fn wait_done(&self, id: &str) -> anyhow::Result<String> {
+        let mut response = self
+            .http
+            .get(format!("{}/api/tasks/{id}/stream", self.url))
+            .header("X-Octopus-ApiKey", KEY)
+            .send()?;
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = response.read(&mut chunk)?;
+            if n == 0 {
+                bail!("the stream of {id} ended early");
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&event);
+                if text.contains("event: task") {
+                    let data: String = text
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim)
+                        .collect();
+                    let task: Value = serde_json::from_str(&data)?;
+                    if task["IsCompleted"] == true {
+                        return Ok(task["State"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    fn agent(&self, bin: &Path, dir: &Path, name: &str, kind: Kind) -> anyhow::Result<Agent> {
+        let home = dir.join(format!("agent-{name}"));
+        let mut register = Command::new(bin.join("muster-agent"));
+        register.arg("--home").arg(&home).args([
+            "register-worker",
+            "--server",
+            &self.url,
+            "--api-key",
+            KEY,
+            "--name",
+            name,
+            "--worker-pool",
+            "Default Worker Pool",
+        ]);
+        if kind == Kind::Polling {
+            register.args([
+                "--comms-style",
+                "TentacleActive",
+                "--server-comms-port",
+                &self.comms_port.to_string(),
+            ]);
+        } else {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            register.args([
+                "--comms-style",
+                "TentaclePassive",
+                "--public-hostname",
+                "127.0.0.1",
+                "--listen-port",
+                &port.to_string(),
+            ]);
+        }
+        let output = register.output()?;
+        if !output.status.success() {
+            bail!(
+                "cannot register {name}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let child = Command::new(bin.join("muster-agent"))
+            .arg("--home")
+            .arg(&home)
+            .args(["run", "--listen-address", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Agent(child))
+    }
+
+    fn wait_healthy(&self, name: &str) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let workers = self.get("/api/Spaces-1/workers/all")?;
+            if let Some(worker) = workers
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|w| w["Name"] == name && w["HealthStatus"] == "Healthy")
+            {
+                return Ok(worker["Id"].as_str().unwrap_or_default().to_string());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{name} did not turn Healthy in 60 s")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

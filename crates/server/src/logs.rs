@@ -1,11 +1,12 @@
-//! Task logs: each line gets its sequence number here, is published at once to live followers, and
-//! is committed by one writer that batches whatever lines are waiting into one transaction.
+//! Task logs: each line gets its sequence number here and is committed by one writer that batches
+//! whatever lines are waiting into one transaction; the writer then publishes the batch to live
+//! followers. A line is published only once committed, so a line any follower saw survives a crash.
 
 use muster_core::LogCategory;
 use muster_core::resources::LogLine;
 use muster_store::Store;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 #[derive(Debug, Clone)]
@@ -26,8 +27,10 @@ enum WriterMessage {
     Flush(oneshot::Sender<()>),
 }
 
+type LiveMap = Arc<Mutex<HashMap<String, Live>>>;
+
 pub struct LogHub {
-    live: Mutex<HashMap<String, Live>>,
+    live: LiveMap,
     writer: mpsc::UnboundedSender<WriterMessage>,
     /// The id of every task whose state changed, for followers waiting on a task to start or end.
     changes: broadcast::Sender<String>,
@@ -39,10 +42,11 @@ const BATCH: usize = 2048;
 impl LogHub {
     pub fn start(store: Store) -> LogHub {
         let (writer, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(write_lines(store, receiver));
+        let live: LiveMap = Arc::default();
+        tokio::spawn(write_lines(store, receiver, live.clone()));
         let (changes, _) = broadcast::channel(1024);
         LogHub {
-            live: Mutex::new(HashMap::new()),
+            live,
             writer,
             changes,
         }
@@ -106,7 +110,6 @@ impl LogHub {
             message_text: text,
         };
         entry.next_seq += 1;
-        let _ = entry.events.send(LogEvent::Line(line.clone()));
         let _ = self
             .writer
             .send(WriterMessage::Line(task_id.to_string(), line, agent_seq));
@@ -138,7 +141,11 @@ impl LogHub {
     }
 }
 
-async fn write_lines(store: Store, mut receiver: mpsc::UnboundedReceiver<WriterMessage>) {
+async fn write_lines(
+    store: Store,
+    mut receiver: mpsc::UnboundedReceiver<WriterMessage>,
+    live: LiveMap,
+) {
     let mut lines = Vec::new();
     let mut flushes = Vec::new();
     while let Some(first) = receiver.recv().await {
@@ -162,7 +169,16 @@ async fn write_lines(store: Store, mut receiver: mpsc::UnboundedReceiver<WriterM
                 break;
             }
         }
-        lines.clear();
+        // Published once committed, in order, before any flush is answered: a follower told the
+        // task ended has had every line.
+        {
+            let live = live.lock().expect("log hub lock");
+            for (task, line, _) in lines.drain(..) {
+                if let Some(entry) = live.get(&task) {
+                    let _ = entry.events.send(LogEvent::Line(line));
+                }
+            }
+        }
         for done in flushes.drain(..) {
             let _ = done.send(());
         }

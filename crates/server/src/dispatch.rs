@@ -215,12 +215,14 @@ impl ScriptArguments {
         let timeout = match arguments.get("Timeout") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => match n.as_u64() {
-                Some(secs) if secs > 0 => Some(Duration::from_secs(secs)),
+                Some(secs) if (1..=i32::MAX as u64).contains(&secs) => {
+                    Some(Duration::from_secs(secs))
+                }
                 _ => {
-                    errors.push(
-                        "Arguments.Timeout must be a positive number of seconds or a TimeSpan."
-                            .into(),
-                    );
+                    errors.push(format!(
+                        "Arguments.Timeout must be a whole number of seconds from 1 to {}, or a TimeSpan such as 00:10:00; got {n}.",
+                        i32::MAX
+                    ));
                     None
                 }
             },

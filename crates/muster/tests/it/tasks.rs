@@ -311,6 +311,8 @@ fn bad_task_input_is_refused() {
         json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": "true", "TargetType": "Workers"}}),
         json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": "true", "MachineIds": ["Workers-404"]}}),
         json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": "true", "Timeout": "eventually"}}),
+        json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": "true", "Timeout": 1.5}}),
+        json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": "true", "Timeout": 18446744073709551615u64}}),
         json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": 12}}),
         json!({"Name": "AdHocScript", "QueueTime": "tomorrow", "Arguments": {"ScriptBody": "true"}}),
         json!({"Arguments": {"ScriptBody": "true"}}),

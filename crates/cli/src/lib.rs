@@ -2,6 +2,7 @@
 
 pub mod client;
 mod output;
+mod runbooks;
 mod sharing;
 mod tasks;
 mod users;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Run scripts.
     #[command(subcommand)]
     Script(ScriptCommand),
+    /// Runbooks of a space: create from a file, run and follow.
+    #[command(subcommand)]
+    Runbook(runbooks::RunbookCommand),
     /// Users, their API keys, and the roles they hold in spaces.
     #[command(subcommand)]
     User(users::UserCommand),
@@ -282,6 +286,7 @@ pub async fn run(connection: Connection, command: Command) -> anyhow::Result<i32
         Command::Task(c) => tasks::task(&client, json, c).await,
         Command::Script(ScriptCommand::Run(args)) => tasks::script_run(&client, json, args).await,
         Command::User(c) => users::user(&client, json, c).await,
+        Command::Runbook(c) => runbooks::runbook(&client, json, c).await,
     }
 }
 

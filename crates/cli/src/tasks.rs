@@ -101,6 +101,16 @@ pub async fn task(client: &Client, json: bool, command: TaskCommand) -> anyhow::
             );
             if task["State"] == json!("Queued") {
                 println!("Why queued    {}", output::text(&task["QueueReason"]));
+                let behind = client
+                    .get(&format!(
+                        "/api/tasks/{}/queued-behind?take=1",
+                        output::text(&task["Id"])
+                    ))
+                    .await?;
+                println!("Tasks ahead   {}", output::text(&behind["TotalResults"]));
+            }
+            if task["WaitReason"].as_str().is_some_and(|r| !r.is_empty()) {
+                println!("Waiting for   {}", output::text(&task["WaitReason"]));
             }
             Ok(0)
         }
@@ -213,7 +223,13 @@ pub async fn run_and_follow(
             Some(request),
         )
         .await?;
-    let task_id = id_of(&task);
+    follow_to_end(client, json, &id_of(&task)).await
+}
+
+/// Prints a running task's log as it grows, and exits by its final state; Ctrl-C or SIGTERM
+/// cancels it.
+pub async fn follow_to_end(client: &Client, json: bool, task_id: &str) -> anyhow::Result<i32> {
+    let task_id = task_id.to_string();
     // Ctrl-C cancels the task, and the log is followed to its end.
     let canceller = {
         let client = client.clone();
@@ -285,12 +301,13 @@ pub async fn follow(client: &Client, task_id: &str) -> anyhow::Result<Value> {
                         if task["IsCompleted"] == json!(true) {
                             return Ok(task);
                         }
-                        let reason = task["QueueReason"].as_str().unwrap_or("").to_string();
-                        if task["State"] == json!("Queued")
-                            && !reason.is_empty()
-                            && reason != last_reason
-                        {
-                            eprintln!("Queued: {reason}");
+                        let (label, reason) = match task["State"].as_str() {
+                            Some("Queued") => ("Queued", &task["QueueReason"]),
+                            _ => ("Waiting", &task["WaitReason"]),
+                        };
+                        let reason = reason.as_str().unwrap_or("").to_string();
+                        if !reason.is_empty() && reason != last_reason {
+                            eprintln!("{label}: {reason}");
                             last_reason = reason;
                         }
                     }

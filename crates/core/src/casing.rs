@@ -149,6 +149,27 @@ pub const KNOWN_NAMES: &[&str] = &[
     "EmailAddress",
     "IsActive",
     "IsService",
+    // Runbooks, their processes, variables and runs
+    "RunbookProcessId",
+    "Steps",
+    "Actions",
+    "ActionType",
+    "WorkerPoolId",
+    "Properties",
+    "Condition",
+    "StartTrigger",
+    "PackageRequirement",
+    "Variables",
+    "Value",
+    "Type",
+    "IsSensitive",
+    "Scope",
+    "RunbookId",
+    "RunbookSnapshotId",
+    "EnvironmentId",
+    "FormValues",
+    "Comments",
+    "TaskId",
 ];
 
 /// Fields whose values are enums: their values, too, are read without case.
@@ -156,6 +177,7 @@ fn enum_values(field: &str) -> &'static [&'static str] {
     use crate::enums::*;
     match field {
         "CommunicationStyle" => CommunicationStyle::NAMES,
+        "Condition" => crate::runbooks::CONDITIONS,
         "WorkerPoolType" => WorkerPoolType::NAMES,
         "HealthStatus" => HealthStatus::NAMES,
         "Status" => MachineStatus::NAMES,

@@ -13,10 +13,12 @@ pub enum IdKind {
     Team,
     UserRole,
     ScopedUserRole,
+    Runbook,
+    RunbookRun,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 10] = [
+    pub const ALL: [IdKind; 12] = [
         IdKind::Space,
         IdKind::WorkerPool,
         IdKind::Worker,
@@ -27,6 +29,8 @@ impl IdKind {
         IdKind::Team,
         IdKind::UserRole,
         IdKind::ScopedUserRole,
+        IdKind::Runbook,
+        IdKind::RunbookRun,
     ];
 
     /// The prefix before the dash, spelled as Octopus spells it.
@@ -42,6 +46,8 @@ impl IdKind {
             IdKind::Team => "Teams",
             IdKind::UserRole => "UserRoles",
             IdKind::ScopedUserRole => "ScopedUserRoles",
+            IdKind::Runbook => "Runbooks",
+            IdKind::RunbookRun => "RunbookRuns",
         }
     }
 

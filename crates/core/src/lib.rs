@@ -8,7 +8,9 @@ pub mod ids;
 pub mod paging;
 pub mod permissions;
 pub mod resources;
+pub mod runbooks;
 pub mod time;
+pub mod variables;
 
 pub use enums::*;
 pub use error::ErrorBody;

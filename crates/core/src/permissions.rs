@@ -17,6 +17,15 @@ pub const SPACE_PERMISSIONS: &[(&str, &str)] = &[
     ("TaskView", "View tasks and their logs"),
     ("TaskCreate", "Run scripts and health checks"),
     ("TaskCancel", "Cancel tasks"),
+    (
+        "RunbookView",
+        "View runbooks, their processes, variables and runs",
+    ),
+    (
+        "RunbookEdit",
+        "Create, edit and delete runbooks, their processes and variables",
+    ),
+    ("RunbookRunCreate", "Run runbooks"),
 ];
 
 /// A permission over the whole server.
@@ -58,6 +67,9 @@ const ALL_SPACE: &[&str] = &[
     "TaskView",
     "TaskCreate",
     "TaskCancel",
+    "RunbookView",
+    "RunbookEdit",
+    "RunbookRunCreate",
 ];
 
 pub const SYSTEM_ADMINISTRATOR: &str = "System administrator";
@@ -85,25 +97,28 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
             "MachinePolicyView",
             "MachinePolicyEdit",
             "TaskView",
+            "RunbookView",
         ],
         system: &[],
     },
     BuiltInRole {
         name: "Task runner",
-        description: "Runs and cancels tasks in a space, and sees its workers and tasks.",
+        description: "Runs and cancels tasks and runbooks in a space, and sees its workers, tasks and runbooks.",
         space: &[
             "WorkerView",
             "MachinePolicyView",
             "TaskView",
             "TaskCreate",
             "TaskCancel",
+            "RunbookView",
+            "RunbookRunCreate",
         ],
         system: &[],
     },
     BuiltInRole {
         name: "Space viewer",
-        description: "Sees a space's workers, pools, policies and tasks.",
-        space: &["WorkerView", "MachinePolicyView", "TaskView"],
+        description: "Sees a space's workers, pools, policies, tasks and runbooks.",
+        space: &["WorkerView", "MachinePolicyView", "TaskView", "RunbookView"],
         system: &[],
     },
 ];

@@ -694,6 +694,8 @@ impl Task {
             "CanRerun": completed,
             "HasWarningsOrErrors": self.has_warnings_or_errors,
             "QueueReason": if self.state == TaskState::Queued { self.queue_reason.clone() } else { None },
+            // Muster's addition: what an executing task waits for, such as a child runbook run.
+            "WaitReason": if self.state == TaskState::Executing { self.queue_reason.clone() } else { None },
             "WorkerName": self.worker_name,
             "LastModifiedOn": format_date(&self.last_updated_time),
             "LastModifiedBy": null,
@@ -710,6 +712,9 @@ pub struct LogLine {
     pub occurred_at: Timestamp,
     pub category: LogCategory,
     pub message_text: String,
+    /// The step of a runbook run it belongs to (from 1); None for the task's own lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i64>,
 }
 
 #[cfg(test)]

@@ -35,27 +35,17 @@ pub struct Slot {
     pub share_limit: Option<usize>,
 }
 
-/// What a task needs before it starts.
+/// What a task needs before it starts: one worker among `slots` (a pool's members, or the workers
+/// a task names), or with `each`, every available one of them (a step that runs on each worker of a
+/// pool).
 #[derive(Debug, Clone)]
-pub enum Need {
-    /// One worker among these: a pool's members, or the workers a task names.
-    One { label: String, slots: Vec<Slot> },
-    /// Every available worker among these: a step that runs on each worker of a pool.
-    Each { label: String, slots: Vec<Slot> },
-}
-
-impl Need {
-    pub fn label(&self) -> &str {
-        match self {
-            Need::One { label, .. } | Need::Each { label, .. } => label,
-        }
-    }
-
-    fn slots(&self) -> &[Slot] {
-        match self {
-            Need::One { slots, .. } | Need::Each { slots, .. } => slots,
-        }
-    }
+pub struct Need {
+    /// The caller's key for it, copied into its leases (which step uses which lease).
+    pub key: String,
+    /// How reasons name it, such as `pool 'Linux'`.
+    pub label: String,
+    pub each: bool,
+    pub slots: Vec<Slot>,
 }
 
 /// A queued task, as the scheduler needs to know it.
@@ -73,8 +63,8 @@ pub struct Request {
 /// A worker held by a task, from its start to its end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    /// The need it meets (a pool's label).
-    pub label: String,
+    /// The key of the need it meets.
+    pub key: String,
     pub worker_id: String,
     pub worker_name: String,
     pub agent: String,
@@ -335,7 +325,7 @@ impl Ledger {
         need: &Need,
     ) -> Result<Vec<Lease>, String> {
         let lease = |slot: &Slot, borrowed: bool| Lease {
-            label: need.label().to_string(),
+            key: need.key.clone(),
             worker_id: slot.worker_id.clone(),
             worker_name: slot.name.clone(),
             agent: slot.agent.clone(),
@@ -343,8 +333,10 @@ impl Ledger {
             borrowed,
         };
         let mut reasons = Vec::new();
-        match need {
-            Need::One { label, slots } => {
+        let label = &need.label;
+        let slots = &need.slots;
+        match need.each {
+            false => {
                 // A waiting ancestor's machine first (it idles), then the least loaded, then by id.
                 let mut best: Option<((bool, usize, i64), &Slot, bool)> = None;
                 for slot in slots {
@@ -369,7 +361,7 @@ impl Ledger {
                     )),
                 }
             }
-            Need::Each { label, slots } => {
+            true => {
                 let mut got = Vec::new();
                 let mut skipped = Vec::new();
                 for slot in slots {
@@ -464,17 +456,12 @@ impl Ledger {
         pending: &HashMap<String, Request>,
         alive: &HashSet<String>,
     ) -> bool {
-        match need {
+        let hopeful = |s: &Slot| self.slot_hopeful(request, lenders, s, pending, alive);
+        if need.each {
+            need.slots.iter().all(hopeful)
+        } else {
             // A pool with no workers yet waits for one to be added.
-            Need::One { slots, .. } => {
-                slots.is_empty()
-                    || slots
-                        .iter()
-                        .any(|s| self.slot_hopeful(request, lenders, s, pending, alive))
-            }
-            Need::Each { slots, .. } => slots
-                .iter()
-                .all(|s| self.slot_hopeful(request, lenders, s, pending, alive)),
+            need.slots.is_empty() || need.slots.iter().any(hopeful)
         }
     }
 
@@ -550,7 +537,7 @@ impl Ledger {
             if self.need_hopeful(request, &lenders, need, pending, alive) {
                 continue;
             }
-            for slot in need.slots() {
+            for slot in &need.slots {
                 let SlotState::Held { by, .. } = self.slot_state(request, &lenders, slot) else {
                     continue;
                 };
@@ -569,7 +556,7 @@ impl Ledger {
                     path.push(format!(
                         "{} needs {}, and {} is leased by {holder}{}, which waits for its child {}",
                         request.task_id,
-                        need.label(),
+                        need.label,
                         slot.name,
                         waits.concat(),
                         child.task_id
@@ -700,8 +687,10 @@ mod tests {
             space_id: "Spaces-1".into(),
             parent: parent.map(str::to_string),
             exclusive,
-            needs: vec![Need::One {
+            needs: vec![Need {
+                key: "A".into(),
                 label: "pool 'A'".into(),
+                each: false,
                 slots,
             }],
         }

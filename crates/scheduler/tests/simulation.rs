@@ -101,9 +101,11 @@ fn slots(world: &World, pool: usize) -> Vec<Slot> {
 fn request(world: &World, id: &str, task: &Task) -> Request {
     let label = format!("pool {}", task.spec.pool);
     let slots = slots(world, task.spec.pool);
-    let need = match task.spec.body {
-        Body::FanOut(..) => Need::Each { label, slots },
-        _ => Need::One { label, slots },
+    let need = Need {
+        key: label.clone(),
+        label,
+        each: matches!(task.spec.body, Body::FanOut(..)),
+        slots,
     };
     Request {
         task_id: id.to_string(),

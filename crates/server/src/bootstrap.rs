@@ -173,7 +173,24 @@ async fn ensure_roles_and_administrators(store: &Store, admin: &User) -> anyhow:
         .find(|r| r.name == SYSTEM_ADMINISTRATOR)
         .map(|r| r.id.clone());
     for built_in in BUILT_IN_ROLES {
-        if roles.iter().any(|r| r.name == built_in.name) {
+        if let Some(existing) = roles.iter().find(|r| r.name == built_in.name) {
+            // A data directory from before runbooks: its built-in roles get the runbook
+            // permissions they would have had (a role that has any of them is left as it is).
+            let has_any = existing
+                .granted_space_permissions
+                .iter()
+                .any(|p| p.starts_with("Runbook"));
+            let missing: Vec<String> = built_in
+                .space
+                .iter()
+                .filter(|p| p.starts_with("Runbook"))
+                .map(|p| p.to_string())
+                .collect();
+            if !has_any && !missing.is_empty() && !existing.can_be_deleted {
+                let mut role = existing.clone();
+                role.granted_space_permissions.extend(missing);
+                store.put(&role).await?;
+            }
             continue;
         }
         let role = UserRole {

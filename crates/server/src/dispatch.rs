@@ -1,58 +1,43 @@
 //! The durable queue's dispatcher and the built-in worker.
 //!
 //! Architecture invariant: dispatch is woken by events (a task created or canceled, a task finished,
-//! the server started); no poll interval decides how soon a task starts. The only timer is the
-//! earliest `QueueTime` of a scheduled task.
+//! a worker changed, the server started); no poll interval decides how soon a task starts. The only
+//! timer is the earliest `QueueTime` of a scheduled task.
 //!
-//! A task is claimed by a conditional update from Queued to Executing, so it runs at most once; its
-//! final state is written only after its last log line is committed, so a follower that sees the
-//! final state has the whole log.
+//! A pass reads what each queued task needs (`plan`), and `muster_scheduler::Ledger` decides: start
+//! with these worker leases, or wait and why, or fail at once for a deadlock. A task is claimed by a
+//! conditional update from Queued to Executing, so it runs at most once; its final state is written
+//! only after its last log line is committed, so a follower that sees the final state has the whole
+//! log.
 
+use crate::script::{self, Invocation, Place, Stop};
 use crate::state::App;
 use muster_core::resources::{Space, Task, Worker, WorkerPool};
+use muster_core::runbooks::RunbookRun;
 use muster_core::time::{Timestamp, format_date, now};
 use muster_core::{LogCategory, ScriptSyntax, ScriptTarget, TaskState, WorkerPoolType};
+use muster_scheduler::{BUILTIN_AGENT, Decision, Lease, Ledger, Need, Request, Slot};
 use serde_json::Value;
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 pub const BUILTIN_WORKER_NAME: &str = "Built-in worker";
+/// The task name of a runbook run.
+pub const RUNBOOK_RUN: &str = "RunbookRun";
 
 #[derive(Default)]
 pub struct Dispatcher {
     wake: Notify,
-    running: Mutex<HashMap<String, Running>>,
+    /// How to stop each task running on this node.
+    running: Mutex<HashMap<String, Stop>>,
+    /// The leases and task-cap slots of the running tasks (health checks take neither).
+    ledger: Mutex<Ledger>,
     /// Signalled each time a running task ends, for shutdown to wait on.
     ended: Notify,
     /// The space that started a task most recently: it goes last in the next pass.
     last_space: Mutex<Option<String>>,
-}
-
-#[derive(Clone)]
-struct Running {
-    cancel: Arc<Notify>,
-    shutting_down: Arc<AtomicBool>,
-    /// The external worker it runs on (None: the built-in worker, or a health check).
-    worker_id: Option<String>,
-    /// That worker's agent (certificate thumbprint): one agent may serve workers of several spaces.
-    agent: Option<String>,
-    /// Whether it takes a task-cap slot (health checks do not).
-    capped: bool,
-}
-
-impl Running {
-    fn new(worker: Option<&Worker>) -> Running {
-        Running {
-            cancel: Arc::new(Notify::new()),
-            shutting_down: Arc::new(AtomicBool::new(false)),
-            worker_id: worker.map(|w| w.id.clone()),
-            agent: worker.and_then(|w| w.thumbprint.clone()),
-            capped: true,
-        }
-    }
 }
 
 impl Dispatcher {
@@ -61,42 +46,30 @@ impl Dispatcher {
         self.wake.notify_one();
     }
 
-    /// How many running tasks take a task-cap slot.
-    fn running_count(&self) -> usize {
-        self.running
-            .lock()
-            .expect("dispatcher lock")
-            .values()
-            .filter(|r| r.capped)
-            .count()
-    }
-
-    /// How many tasks run on an agent now, from every space it serves.
-    fn load(&self, agent: &str) -> usize {
-        self.running
-            .lock()
-            .expect("dispatcher lock")
-            .values()
-            .filter(|r| r.agent.as_deref() == Some(agent))
-            .count()
-    }
-
-    /// How many tasks run through one worker record: one space's tasks on a shared agent.
-    fn share_load(&self, worker_id: &str) -> usize {
-        self.running
-            .lock()
-            .expect("dispatcher lock")
-            .values()
-            .filter(|r| r.worker_id.as_deref() == Some(worker_id))
-            .count()
-    }
-
-    fn running(&self, task_id: &str) -> Option<Running> {
+    fn running(&self, task_id: &str) -> Option<Stop> {
         self.running
             .lock()
             .expect("dispatcher lock")
             .get(task_id)
             .cloned()
+    }
+
+    fn running_count(&self) -> usize {
+        self.running.lock().expect("dispatcher lock").len()
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().expect("dispatcher lock")
+    }
+
+    /// A running task now waits for its child run (Some), or no longer does (None). Set before the
+    /// child is queued, so that the child's first pass already sees what its parent lends it.
+    pub fn wait_for(&self, parent: &str, child: Option<&str>) {
+        self.ledger().wait_for(parent, child);
+    }
+
+    pub fn waiting_for(&self, task_id: &str) -> Option<String> {
+        self.ledger().waiting_for(task_id).map(str::to_string)
     }
 }
 
@@ -107,18 +80,9 @@ struct SpaceView {
     workers: Vec<Worker>,
 }
 
-/// Who runs a task that starts.
-enum Runner {
-    Builtin,
-    Agent(Box<Worker>),
-    /// A health check: it runs on the server, outside the task cap.
-    Health,
-}
-
-/// What a queued task needs to start.
-enum Decision {
-    Builtin,
-    Agent(Box<Worker>),
+/// What a queued task needs, or why it cannot be planned now.
+enum Planned {
+    Request(Request),
     Wait(String),
     Fail(String),
 }
@@ -131,6 +95,8 @@ pub struct ScriptArguments {
     pub pool_ids: Vec<String>,
     pub machine_ids: Vec<String>,
     pub timeout: Option<Duration>,
+    /// `OctopusBypassDeploymentMutex` False: nothing else runs on its worker meanwhile.
+    pub exclusive: bool,
 }
 
 pub(crate) fn string_list(value: &Value) -> Vec<String> {
@@ -240,8 +206,16 @@ impl ScriptArguments {
                 None
             }
         };
+        let exclusive = match exclusive_argument(arguments) {
+            Ok(exclusive) => exclusive,
+            Err(error) => {
+                errors.push(error);
+                false
+            }
+        };
         if errors.is_empty() {
             Ok(ScriptArguments {
+                exclusive,
                 body,
                 syntax,
                 target,
@@ -255,17 +229,42 @@ impl ScriptArguments {
     }
 }
 
+/// `Arguments.OctopusBypassDeploymentMutex`: False (a string or a boolean) makes the task's worker
+/// lease exclusive; True or absent shares the worker.
+pub fn exclusive_argument(arguments: &serde_json::Map<String, Value>) -> Result<bool, String> {
+    let value = arguments
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(muster_core::runbooks::BYPASS_MUTEX))
+        .map(|(_, v)| v);
+    match value {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(bypass)) => Ok(!bypass),
+        Some(Value::String(text)) => muster_core::runbooks::parse_bool(text)
+            .map(|bypass| !bypass)
+            .ok_or_else(|| {
+                format!(
+                    "Arguments.OctopusBypassDeploymentMutex must be True or False, got '{text}'."
+                )
+            }),
+        Some(other) => Err(format!(
+            "Arguments.OctopusBypassDeploymentMutex must be True or False, got {other}."
+        )),
+    }
+}
+
 /// Tasks left Executing by a server that stopped: a script on an agent kept running, so the server
 /// re-attaches to it and reads on from the last line it stored. A script on the built-in worker died
-/// with the server, so its task ends Failed, with a line saying why. No task stays Executing forever:
-/// a re-attached agent that does not come back fails its task after the policy's grace.
+/// with the server, so its task ends Failed, with a line saying why; so does a runbook run, whose
+/// steps the server itself drove. No task stays Executing forever: a re-attached agent that does
+/// not come back fails its task after the policy's grace.
 pub async fn recover(app: &App) -> anyhow::Result<()> {
     for mut task in app
         .store
         .tasks_in_states(&[TaskState::Executing, TaskState::Cancelling])
         .await?
     {
-        if let Some(worker_id) = task.worker_id.clone()
+        if task.name != RUNBOOK_RUN
+            && let Some(worker_id) = task.worker_id.clone()
             && let Some(worker) = app.store.get::<Worker>(&worker_id).await?
         {
             reattach(app, task, worker).await?;
@@ -283,6 +282,8 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
             task.state = TaskState::Failed;
             if task.name == crate::health::TASK_NAME {
                 "The Muster server stopped during this health check; run it again.".to_string()
+            } else if task.name == RUNBOOK_RUN {
+                "The Muster server stopped while this runbook run was executing; its steps do not outlive the server, so run it again.".to_string()
             } else if task.worker_id.is_some() {
                 format!(
                     "The Muster server stopped while this task was executing on {worker}, and that worker has since been deleted; the script's outcome is unknown."
@@ -306,15 +307,34 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
 }
 
 /// Follows a script an agent kept running while the server was down, from the agent's line after the
-/// last one stored. A task that was being canceled is canceled on the agent.
+/// last one stored. A task that was being canceled is canceled on the agent. It holds its worker's
+/// lease again, so nothing exclusive lands beside it.
 async fn reattach(app: &App, task: Task, worker: Worker) -> anyhow::Result<()> {
     let after = app.store.last_source_seq(&task.id).await?;
-    let running = Running::new(Some(&worker));
+    let stop = Stop::default();
+    let exclusive = exclusive_argument(&task.arguments).unwrap_or(false);
+    let slot = slot_of(app, &worker);
+    let request = Request {
+        task_id: task.id.clone(),
+        space_id: task.space_id.clone(),
+        parent: None,
+        exclusive,
+        needs: Vec::new(),
+    };
+    let lease = Lease {
+        key: String::new(),
+        worker_id: worker.id.clone(),
+        worker_name: worker.name.clone(),
+        agent: slot.agent,
+        exclusive,
+        borrowed: false,
+    };
+    app.dispatcher.ledger().begin(&request, vec![lease], true);
     app.dispatcher
         .running
         .lock()
         .expect("dispatcher lock")
-        .insert(task.id.clone(), running.clone());
+        .insert(task.id.clone(), stop.clone());
     app.logs
         .open(&task.id, app.store.last_log_seq(&task.id).await?);
     app.logs.append(
@@ -326,10 +346,15 @@ async fn reattach(app: &App, task: Task, worker: Worker) -> anyhow::Result<()> {
         ),
     );
     if task.state == TaskState::Cancelling {
-        // notify_one keeps the signal until the driver first waits for it.
-        running.cancel.notify_one();
+        stop.cancel.cancel();
     }
-    tokio::spawn(run_agent(app.clone(), task, worker, running, Some(after)));
+    tokio::spawn(run_script_task(
+        app.clone(),
+        task,
+        Place::Agent(Box::new(worker)),
+        stop,
+        Some(after),
+    ));
     Ok(())
 }
 
@@ -363,8 +388,9 @@ pub async fn run(app: App) {
     }
 }
 
-/// One look at the queue, oldest first: start what can start, and write down why the rest waits.
-/// Returns when the next scheduled task becomes due.
+/// One look at the queue: start what can start, and write down why the rest waits. Children that
+/// their parents wait for go first (they run in their parents' slots and unblock them), then the
+/// others in fair order. Returns when the next scheduled task becomes due.
 async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
     let queued = app.store.tasks_in_states(&[TaskState::Queued]).await?;
     let last_space = app
@@ -373,10 +399,26 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
         .lock()
         .expect("dispatcher lock")
         .clone();
-    let queued = fair_order(queued, last_space.as_deref());
+    let (children, others): (Vec<Task>, Vec<Task>) = {
+        let ledger = app.dispatcher.ledger();
+        queued.into_iter().partition(|task| {
+            parent_of(task).is_some_and(|p| ledger.waiting_for(&p) == Some(task.id.as_str()))
+        })
+    };
+    let ordered: Vec<Task> = children
+        .into_iter()
+        .chain(muster_scheduler::fair_order(
+            others,
+            |t| t.space_id.as_str(),
+            |s| muster_core::parse_id(muster_core::IdKind::Space, s).unwrap_or(0),
+            last_space.as_deref(),
+        ))
+        .collect();
     let mut next_timer: Option<Timestamp> = None;
     let mut spaces: HashMap<String, SpaceView> = HashMap::new();
-    for mut task in queued {
+    // First what each task needs, so a deadlock can be traced through the other queued tasks.
+    let mut plans: Vec<(Task, Planned)> = Vec::new();
+    for mut task in ordered {
         let at = now();
         if task.queue_time_expiry.is_some_and(|expiry| expiry <= at) {
             task.state = TaskState::Canceled;
@@ -407,12 +449,8 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
                 },
             );
         }
-        let SpaceView {
-            space,
-            pools,
-            workers,
-        } = &spaces[&task.space_id];
-        if let Some(space) = space.as_ref().filter(|s| s.task_queue_stopped) {
+        let view = &spaces[&task.space_id];
+        if let Some(space) = view.space.as_ref().filter(|s| s.task_queue_stopped) {
             let reason = format!(
                 "The task queue of space '{}' is stopped (TaskQueueStopped).",
                 space.name
@@ -421,73 +459,78 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             continue;
         }
         if task.name == crate::health::TASK_NAME {
-            start(app, task, Runner::Health).await?;
+            start_health(app, task).await?;
             continue;
         }
-        let decision = decide(app, &task, pools, workers);
-        match &decision {
-            Decision::Fail(message) => {
-                task.state = TaskState::Failed;
-                finish(&mut task, message);
-                app.store.transition_task(&task, TaskState::Queued).await?;
-                app.logs.changed(&task.id);
+        let planned = plan(app, &task, view).await;
+        plans.push((task, planned));
+    }
+    let mut pending: HashMap<String, Request> = plans
+        .iter()
+        .filter_map(|(task, planned)| match planned {
+            Planned::Request(request) => Some((task.id.clone(), request.clone())),
+            _ => None,
+        })
+        .collect();
+    for (mut task, planned) in plans {
+        let request = match planned {
+            Planned::Fail(message) => {
+                fail_queued(app, &mut task, &message).await?;
+                continue;
             }
-            Decision::Wait(reason) => set_reason(app, &mut task, reason.clone()).await?,
-            Decision::Builtin if !app.config.builtin_worker => {
-                let reason = "It needs the built-in worker, which is disabled on this server (--no-builtin-worker); \
-                              add a worker to the target pool or start the server without that flag.";
-                set_reason(app, &mut task, reason.to_string()).await?;
+            Planned::Wait(reason) => {
+                set_reason(app, &mut task, reason).await?;
+                continue;
             }
-            Decision::Builtin | Decision::Agent(_) => {
-                let running = app.dispatcher.running_count();
-                if running >= app.config.task_cap {
-                    let reason = format!(
-                        "The task cap of {} is reached on node {}: {running} tasks are executing.",
-                        app.config.task_cap, app.config.node_name
-                    );
-                    set_reason(app, &mut task, reason).await?;
-                } else {
-                    match decision {
-                        Decision::Agent(worker) => start(app, task, Runner::Agent(worker)).await?,
-                        _ => start(app, task, Runner::Builtin).await?,
-                    }
-                }
+            Planned::Request(request) => request,
+        };
+        let decision = app
+            .dispatcher
+            .ledger()
+            .decide(&request, app.config.task_cap, &pending);
+        match decision {
+            Decision::Start { leases, capped } => {
+                pending.remove(&task.id);
+                start(app, task, &request, leases, capped).await?;
+            }
+            Decision::CapReached { running } => {
+                let reason = format!(
+                    "The task cap of {} is reached on node {}: {running} tasks are executing.",
+                    app.config.task_cap, app.config.node_name
+                );
+                set_reason(app, &mut task, reason).await?;
+            }
+            Decision::Wait(reason) => set_reason(app, &mut task, reason).await?,
+            Decision::Deadlock(message) => {
+                // Failed, it is no longer a task the others wait through.
+                pending.remove(&task.id);
+                fail_queued(app, &mut task, &message).await?;
             }
         }
     }
     Ok(next_timer)
 }
 
-/// Oldest first within each space, the spaces taking turns, and the space that started a task most
-/// recently last: a space that floods the queue cannot starve the others of the task cap or of the
-/// workers they share.
-fn fair_order(queued: Vec<Task>, last_space: Option<&str>) -> Vec<Task> {
-    let mut queues: HashMap<String, VecDeque<Task>> = HashMap::new();
-    for task in queued {
-        queues
-            .entry(task.space_id.clone())
-            .or_default()
-            .push_back(task);
+/// The run that started a task through a "Run a runbook" step.
+pub fn parent_of(task: &Task) -> Option<String> {
+    task.arguments
+        .get("ParentTaskId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+async fn fail_queued(app: &App, task: &mut Task, message: &str) -> anyhow::Result<()> {
+    task.state = TaskState::Failed;
+    task.has_warnings_or_errors = true;
+    finish(task, message);
+    if app.store.transition_task(task, TaskState::Queued).await? {
+        let last_seq = app.store.last_log_seq(&task.id).await.unwrap_or(0);
+        app.logs.open(&task.id, last_seq);
+        app.logs.append(&task.id, LogCategory::Error, message);
+        app.logs.flush().await;
+        app.logs.close(&task.id);
     }
-    let mut spaces: Vec<String> = queues.keys().cloned().collect();
-    spaces.sort_by_key(|s| muster_core::parse_id(muster_core::IdKind::Space, s).unwrap_or(0));
-    if let Some(last) = last_space
-        && let Some(at) = spaces.iter().position(|s| s == last)
-    {
-        spaces.rotate_left(at + 1);
-    }
-    let mut ordered = Vec::new();
-    loop {
-        let before = ordered.len();
-        for space in &spaces {
-            if let Some(task) = queues.get_mut(space).and_then(VecDeque::pop_front) {
-                ordered.push(task);
-            }
-        }
-        if ordered.len() == before {
-            return ordered;
-        }
-    }
+    Ok(())
 }
 
 async fn set_reason(app: &App, task: &mut Task, reason: String) -> anyhow::Result<()> {
@@ -499,7 +542,8 @@ async fn set_reason(app: &App, task: &mut Task, reason: String) -> anyhow::Resul
     Ok(())
 }
 
-/// Why a worker cannot take work now, or None when it can.
+/// Why a worker cannot take work now, or None when it can. (A share's limit is the ledger's to
+/// count.)
 fn unavailable(app: &App, worker: &Worker) -> Option<String> {
     if worker.is_disabled {
         return Some(format!("{} is disabled", worker.name));
@@ -511,152 +555,293 @@ fn unavailable(app: &App, worker: &Worker) -> Option<String> {
             worker.status_summary.trim_end_matches('.')
         ));
     }
-    if let Some(limit) = worker.share_task_limit
-        && app.dispatcher.share_load(&worker.id) >= limit.max(0) as usize
-    {
-        return Some(format!(
-            "{} is shared into this space for at most {limit} task(s) at once, and this space's share limit is reached",
-            worker.name
-        ));
-    }
     match &worker.thumbprint {
         Some(t) if app.comms.link(t).is_some() => None,
         _ => Some(format!("{} is not connected", worker.name)),
     }
 }
 
-/// Among the workers that can take work, the one with the fewest running tasks (ties: lowest id).
-fn choose<'a>(
-    app: &App,
-    candidates: impl Iterator<Item = &'a Worker>,
-) -> Result<Worker, Vec<String>> {
-    let mut reasons = Vec::new();
-    let mut best: Option<(usize, i64, &Worker)> = None;
-    for worker in candidates {
-        match unavailable(app, worker) {
-            Some(reason) => reasons.push(reason),
-            None => {
-                let key = (
-                    app.dispatcher
-                        .load(worker.thumbprint.as_deref().unwrap_or_default()),
-                    muster_core::parse_id(muster_core::IdKind::Worker, &worker.id).unwrap_or(0),
-                );
-                if best.is_none_or(|(load, id, _)| key < (load, id)) {
-                    best = Some((key.0, key.1, worker));
-                }
-            }
-        }
+/// A worker as the scheduler sees it: its machine is its agent (one agent may serve workers of
+/// several spaces).
+fn slot_of(app: &App, worker: &Worker) -> Slot {
+    Slot {
+        worker_id: worker.id.clone(),
+        name: worker.name.clone(),
+        agent: worker
+            .thumbprint
+            .clone()
+            .unwrap_or_else(|| format!("worker:{}", worker.id)),
+        order: muster_core::parse_id(muster_core::IdKind::Worker, &worker.id).unwrap_or(0),
+        unavailable: unavailable(app, worker),
+        share_limit: worker.share_task_limit.map(|l| l.max(0) as usize),
     }
-    best.map(|(_, _, w)| w.clone()).ok_or(reasons)
 }
 
-fn decide(app: &App, task: &Task, pools: &[WorkerPool], workers: &[Worker]) -> Decision {
-    if task.name != "AdHocScript" {
-        return Decision::Fail(format!("Muster does not run tasks named '{}'.", task.name));
+pub const BUILTIN_KEY: &str = "builtin";
+
+fn builtin_slot(app: &App) -> Slot {
+    Slot {
+        worker_id: BUILTIN_AGENT.into(),
+        name: BUILTIN_WORKER_NAME.into(),
+        agent: BUILTIN_AGENT.into(),
+        order: 0,
+        unavailable: (!app.config.builtin_worker).then(|| {
+            "It needs the built-in worker, which is disabled on this server (--no-builtin-worker); \
+             add a worker to the target pool or start the server without that flag"
+                .to_string()
+        }),
+        share_limit: None,
     }
-    let arguments = match ScriptArguments::parse(&task.arguments) {
-        Ok(arguments) => arguments,
-        Err(errors) => return Decision::Fail(errors.join(" ")),
+}
+
+fn builtin_need(app: &App, key: &str) -> Need {
+    Need {
+        key: key.to_string(),
+        label: "the built-in worker".into(),
+        each: false,
+        slots: vec![builtin_slot(app)],
+    }
+}
+
+/// The need of a step or task on a pool (None: the space's default pool): one worker, or with
+/// `each` every worker; an empty static pool's steps run on the built-in worker (the docs' rule).
+fn pool_need(
+    app: &App,
+    view: &SpaceView,
+    pool_id: Option<&str>,
+    each: bool,
+    key: String,
+) -> Result<Need, Planned> {
+    let pool = match pool_id {
+        None => view.pools.iter().find(|p| p.is_default),
+        Some(id) => view.pools.iter().find(|p| p.id.eq_ignore_ascii_case(id)),
     };
-    match arguments.target {
-        ScriptTarget::OctopusServer => Decision::Builtin,
+    let Some(pool) = pool else {
+        return Err(Planned::Fail(
+            "A worker pool this task targets no longer exists.".into(),
+        ));
+    };
+    if pool.worker_pool_type == WorkerPoolType::DynamicWorkerPool {
+        return Err(Planned::Wait(format!(
+            "Pool '{}' is dynamic, and this server does not provision dynamic workers yet.",
+            pool.name
+        )));
+    }
+    let slots: Vec<Slot> = view
+        .workers
+        .iter()
+        .filter(|w| w.worker_pool_ids.contains(&pool.id))
+        .map(|w| slot_of(app, w))
+        .collect();
+    if slots.is_empty() {
+        return Ok(builtin_need(app, &key));
+    }
+    Ok(Need {
+        key,
+        label: format!("pool '{}'", pool.name),
+        each,
+        slots,
+    })
+}
+
+/// What a queued task needs to start.
+async fn plan(app: &App, task: &Task, view: &SpaceView) -> Planned {
+    let (exclusive, needs) = if task.name == RUNBOOK_RUN {
+        match plan_runbook_run(app, task, view).await {
+            Ok(planned) => planned,
+            Err(planned) => return planned,
+        }
+    } else if task.name == "AdHocScript" {
+        match plan_script(app, task, view) {
+            Ok(planned) => planned,
+            Err(planned) => return planned,
+        }
+    } else {
+        return Planned::Fail(format!("Muster does not run tasks named '{}'.", task.name));
+    };
+    Planned::Request(Request {
+        task_id: task.id.clone(),
+        space_id: task.space_id.clone(),
+        parent: parent_of(task),
+        exclusive,
+        needs,
+    })
+}
+
+fn plan_script(app: &App, task: &Task, view: &SpaceView) -> Result<(bool, Vec<Need>), Planned> {
+    let arguments = ScriptArguments::parse(&task.arguments)
+        .map_err(|errors| Planned::Fail(errors.join(" ")))?;
+    let need = match arguments.target {
+        ScriptTarget::OctopusServer => builtin_need(app, BUILTIN_KEY),
         ScriptTarget::WorkerPools => {
             let wanted: Vec<&WorkerPool> = if arguments.pool_ids.is_empty() {
-                pools.iter().filter(|p| p.is_default).collect()
+                view.pools.iter().filter(|p| p.is_default).collect()
             } else {
-                let found: Vec<&WorkerPool> = pools
+                let found: Vec<&WorkerPool> = view
+                    .pools
                     .iter()
                     .filter(|p| arguments.pool_ids.contains(&p.id))
                     .collect();
                 if found.len() < arguments.pool_ids.len() {
-                    return Decision::Fail(
+                    return Err(Planned::Fail(
                         "A worker pool this task targets no longer exists.".into(),
-                    );
+                    ));
                 }
                 found
             };
-            let mut reasons = Vec::new();
-            for pool in wanted {
-                let members = workers
-                    .iter()
-                    .filter(|w| w.worker_pool_ids.contains(&pool.id))
-                    .count();
-                if pool.worker_pool_type == WorkerPoolType::DynamicWorkerPool {
-                    reasons.push(format!(
-                        "Pool '{}' is dynamic, and this server does not provision dynamic workers yet.",
-                        pool.name
-                    ));
-                } else if members == 0 {
-                    // The docs' rule: while a pool has no workers, the built-in worker runs its steps.
-                    return Decision::Builtin;
+            if wanted.len() == 1 {
+                pool_need(app, view, Some(&wanted[0].id), false, "pool".into())?
+            } else {
+                // Several pools: any worker of any of them.
+                let mut slots = Vec::new();
+                let mut names = Vec::new();
+                let mut dynamic = Vec::new();
+                let mut empty = false;
+                for pool in &wanted {
+                    match pool_need(app, view, Some(&pool.id), false, "pool".into()) {
+                        Ok(need)
+                            if need.slots.first().is_some_and(|s| s.agent == BUILTIN_AGENT) =>
+                        {
+                            empty = true
+                        }
+                        Ok(need) => {
+                            names.push(format!("'{}'", pool.name));
+                            slots.extend(need.slots);
+                        }
+                        Err(Planned::Wait(reason)) => dynamic.push(reason),
+                        Err(other) => return Err(other),
+                    }
+                }
+                if empty {
+                    builtin_need(app, BUILTIN_KEY)
+                } else if slots.is_empty() {
+                    return Err(Planned::Wait(dynamic.join(" ")));
                 } else {
-                    match choose(
-                        app,
-                        workers
-                            .iter()
-                            .filter(|w| w.worker_pool_ids.contains(&pool.id)),
-                    ) {
-                        Ok(worker) => return Decision::Agent(Box::new(worker)),
-                        Err(why) => reasons.push(format!(
-                            "No worker of pool '{}' can take it now: {}.",
-                            pool.name,
-                            why.join("; ")
-                        )),
+                    Need {
+                        key: "pool".into(),
+                        label: format!("pools {}", names.join(", ")),
+                        each: false,
+                        slots,
                     }
                 }
             }
-            if reasons.is_empty() {
-                Decision::Fail("The task targets no worker pool.".into())
-            } else {
-                Decision::Wait(reasons.join(" "))
-            }
         }
         ScriptTarget::Workers => {
-            let named: Vec<&Worker> = workers
+            let named: Vec<Slot> = view
+                .workers
                 .iter()
                 .filter(|w| arguments.machine_ids.contains(&w.id))
+                .map(|w| slot_of(app, w))
                 .collect();
             if named.len() < arguments.machine_ids.len() {
-                return Decision::Fail("A worker this task targets no longer exists.".into());
+                return Err(Planned::Fail(
+                    "A worker this task targets no longer exists.".into(),
+                ));
             }
-            match choose(app, named.into_iter()) {
-                Ok(worker) => Decision::Agent(Box::new(worker)),
-                Err(why) => {
-                    Decision::Wait(format!("No named worker can take it: {}.", why.join("; ")))
-                }
+            Need {
+                key: "workers".into(),
+                label: "the workers it names".into(),
+                each: false,
+                slots: named,
             }
         }
-    }
+    };
+    Ok((arguments.exclusive, vec![need]))
 }
 
-/// Claims a task for its runner, and starts it.
-async fn start(app: &App, mut task: Task, runner: Runner) -> anyhow::Result<()> {
+/// A runbook run needs, at its start, one worker of each pool its steps use, every worker of a
+/// pool a step fans out over, and the built-in worker if a step runs there.
+async fn plan_runbook_run(
+    app: &App,
+    task: &Task,
+    view: &SpaceView,
+) -> Result<(bool, Vec<Need>), Planned> {
+    let run = run_of(app, task)
+        .await
+        .map_err(|e| Planned::Wait(format!("Cannot read the run: {e:#}")))?
+        .ok_or_else(|| Planned::Fail("This runbook run's record no longer exists.".into()))?;
+    let variables = crate::runbook::run_variables(&run);
+    let exclusive = crate::runbook::is_exclusive(&variables);
+    let default_pool = view
+        .pools
+        .iter()
+        .find(|p| p.is_default)
+        .map(|p| p.id.as_str());
+    let mut needs: Vec<Need> = Vec::new();
+    for step in &run.steps {
+        if step.is_disabled() {
+            continue;
+        }
+        let Ok(muster_core::runbooks::ActionPlan::Script { location, .. }) = step.plan() else {
+            continue;
+        };
+        let key = crate::runbook::location_key(&location, default_pool);
+        if needs.iter().any(|n| n.key == key) {
+            continue;
+        }
+        let need = match &location {
+            muster_core::runbooks::Location::BuiltIn => builtin_need(app, &key),
+            muster_core::runbooks::Location::Pool(pool) => {
+                pool_need(app, view, pool.as_deref(), false, key)?
+            }
+            muster_core::runbooks::Location::EachWorker(pool) => {
+                pool_need(app, view, pool.as_deref(), true, key)?
+            }
+        };
+        needs.push(need);
+    }
+    Ok((exclusive, needs))
+}
+
+/// The run record of a RunbookRun task.
+pub async fn run_of(app: &App, task: &Task) -> anyhow::Result<Option<RunbookRun>> {
+    Ok(app
+        .store
+        .find_by_ext::<RunbookRun>(&task.id)
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// Claims a task for the leases the ledger gave it, and starts it.
+async fn start(
+    app: &App,
+    mut task: Task,
+    request: &Request,
+    leases: Vec<Lease>,
+    capped: bool,
+) -> anyhow::Result<()> {
     let at = now();
     task.state = TaskState::Executing;
     task.start_time = Some(at);
     task.last_updated_time = at;
     task.server_node = Some(app.config.node_name.clone());
-    task.worker_name = match &runner {
-        Runner::Builtin => Some(BUILTIN_WORKER_NAME.to_string()),
-        Runner::Agent(worker) => Some(worker.name.clone()),
-        Runner::Health => None,
-    };
     task.queue_reason = None;
-    task.worker_id = match &runner {
-        Runner::Agent(worker) => Some(worker.id.clone()),
+    let mut names: Vec<String> = Vec::new();
+    for lease in &leases {
+        if !names.contains(&lease.worker_name) {
+            names.push(lease.worker_name.clone());
+        }
+    }
+    task.worker_name = Some(names.join(", "));
+    // A script task on an agent stores its worker: a restarted server re-attaches to it.
+    let agent_worker: Option<Worker> = match leases.as_slice() {
+        [lease] if task.name != RUNBOOK_RUN && lease.agent != BUILTIN_AGENT => {
+            app.store.get::<Worker>(&lease.worker_id).await?
+        }
         _ => None,
     };
-    let mut running = Running::new(match &runner {
-        Runner::Agent(worker) => Some(worker),
-        _ => None,
-    });
-    running.capped = !matches!(runner, Runner::Health);
-    // Counted as running before the claim, so a second pass cannot overshoot the cap.
+    task.worker_id = agent_worker.as_ref().map(|w| w.id.clone());
+    let stop = Stop::default();
+    // Counted before the claim, so a second pass cannot overshoot the cap or a lease.
+    app.dispatcher
+        .ledger()
+        .begin(request, leases.clone(), capped);
     app.dispatcher
         .running
         .lock()
         .expect("dispatcher lock")
-        .insert(task.id.clone(), running.clone());
+        .insert(task.id.clone(), stop.clone());
     match app.store.transition_task(&task, TaskState::Queued).await {
         Ok(true) => {
             *app.dispatcher.last_space.lock().expect("dispatcher lock") =
@@ -664,110 +849,130 @@ async fn start(app: &App, mut task: Task, runner: Runner) -> anyhow::Result<()> 
             let last_seq = app.store.last_log_seq(&task.id).await.unwrap_or(0);
             app.logs.open(&task.id, last_seq);
             app.logs.changed(&task.id);
-            match runner {
-                Runner::Agent(worker) => {
-                    tokio::spawn(run_agent(app.clone(), task, *worker, running, None))
-                }
-                Runner::Builtin => tokio::spawn(run_builtin(app.clone(), task, running)),
-                Runner::Health => tokio::spawn(run_health(app.clone(), task, running)),
-            };
+            if task.name == RUNBOOK_RUN {
+                tokio::spawn(crate::runbook::drive(app.clone(), task, stop, leases));
+            } else {
+                let place = match agent_worker {
+                    Some(worker) => Place::Agent(Box::new(worker)),
+                    None => Place::Builtin,
+                };
+                tokio::spawn(run_script_task(app.clone(), task, place, stop, None));
+            }
             Ok(())
         }
         other => {
-            app.dispatcher
-                .running
-                .lock()
-                .expect("dispatcher lock")
-                .remove(&task.id);
+            forget(app, &task.id);
             other.map(|_| ()).map_err(Into::into)
         }
     }
 }
 
-async fn run_builtin(app: App, mut task: Task, running: Running) {
+/// A health check runs on the server, outside the task cap and the leases.
+async fn start_health(app: &App, mut task: Task) -> anyhow::Result<()> {
+    let at = now();
+    task.state = TaskState::Executing;
+    task.start_time = Some(at);
+    task.last_updated_time = at;
+    task.server_node = Some(app.config.node_name.clone());
+    task.queue_reason = None;
+    let stop = Stop::default();
+    app.dispatcher
+        .running
+        .lock()
+        .expect("dispatcher lock")
+        .insert(task.id.clone(), stop.clone());
+    match app.store.transition_task(&task, TaskState::Queued).await {
+        Ok(true) => {
+            let last_seq = app.store.last_log_seq(&task.id).await.unwrap_or(0);
+            app.logs.open(&task.id, last_seq);
+            app.logs.changed(&task.id);
+            let app = app.clone();
+            tokio::spawn(async move {
+                let (state, message) = crate::health::run_task(&app, &task, &stop.cancel).await;
+                conclude(&app, task, state, message).await;
+            });
+            Ok(())
+        }
+        other => {
+            forget(app, &task.id);
+            other.map(|_| ()).map_err(Into::into)
+        }
+    }
+}
+
+/// Frees what a task held on this node: its leases, its slot, its stop handle.
+fn forget(app: &App, task_id: &str) {
+    app.dispatcher.ledger().end(task_id);
+    app.dispatcher
+        .running
+        .lock()
+        .expect("dispatcher lock")
+        .remove(task_id);
+}
+
+/// Runs an AdHocScript task on its worker, or (`resume` Some) follows the script an agent already
+/// runs from that line on.
+async fn run_script_task(app: App, mut task: Task, place: Place, stop: Stop, resume: Option<u64>) {
     let id = task.id.clone();
-    app.logs.append(
-        &id,
-        LogCategory::Verbose,
-        format!(
-            "Running on the {BUILTIN_WORKER_NAME} of node {}",
-            app.config.node_name
-        ),
-    );
+    if resume.is_none() {
+        let line = match &place {
+            Place::Builtin => format!(
+                "Running on the {BUILTIN_WORKER_NAME} of node {}",
+                app.config.node_name
+            ),
+            Place::Agent(worker) => format!(
+                "Running on worker {} ({})",
+                worker.name,
+                worker.uri.clone().unwrap_or_default()
+            ),
+        };
+        app.logs.append(&id, LogCategory::Verbose, line);
+    }
     let (final_state, message) = match ScriptArguments::parse(&task.arguments) {
         Err(errors) => (TaskState::Failed, errors.join(" ")),
         Ok(arguments) => {
-            let script = muster_exec::Script {
-                syntax: match arguments.syntax {
-                    ScriptSyntax::Bash => muster_exec::Syntax::Bash,
-                    ScriptSyntax::Python => muster_exec::Syntax::Python,
-                    ScriptSyntax::PowerShell => muster_exec::Syntax::PowerShell,
-                },
+            let invocation = Invocation {
+                ticket: id.clone(),
+                syntax: arguments.syntax,
                 body: arguments.body,
                 env: vec![
                     ("MUSTER_TASK_ID".into(), id.clone()),
                     ("MUSTER_SPACE_ID".into(), task.space_id.clone()),
                 ],
                 timeout: arguments.timeout,
-                work_root: app.config.work_dir.clone(),
             };
-            let (lines_tx, mut lines_rx) = mpsc::channel::<muster_exec::Line>(1024);
-            let forward = {
-                let app = app.clone();
-                let id = id.clone();
-                tokio::spawn(async move {
-                    let mut stderr_seen = false;
-                    while let Some(line) = lines_rx.recv().await {
-                        let category = match line.stream {
-                            muster_exec::Stream::Stdout => LogCategory::Info,
-                            muster_exec::Stream::Stderr => {
-                                stderr_seen = true;
-                                LogCategory::Error
-                            }
-                        };
-                        app.logs.append(&id, category, line.text);
+            let mut stderr_seen = false;
+            let logs = &app.logs;
+            let mut sink = |line: script::Line| {
+                stderr_seen |= line.error;
+                let category = if line.error {
+                    LogCategory::Error
+                } else {
+                    LogCategory::Info
+                };
+                match line.agent_seq {
+                    Some(seq) => logs.append_from_agent(&id, category, line.text, seq),
+                    None => logs.append(&id, category, line.text),
+                }
+            };
+            let end = script::run(&app, &place, invocation, &stop, &mut sink, resume).await;
+            task.has_warnings_or_errors |= stderr_seen;
+            match end {
+                Some(end) => end,
+                None => {
+                    if let Place::Agent(worker) = &place {
+                        detach(&app, &id, worker);
                     }
-                    stderr_seen
-                })
-            };
-            let cancel = running.cancel.clone();
-            let outcome =
-                muster_exec::run(script, lines_tx, async move { cancel.notified().await }).await;
-            task.has_warnings_or_errors |= forward.await.unwrap_or(false);
-            match outcome {
-                Ok(muster_exec::Outcome::Exited(0)) => (TaskState::Success, String::new()),
-                Ok(muster_exec::Outcome::Exited(code)) => {
-                    (TaskState::Failed, format!("The script exited with code {code}."))
+                    return;
                 }
-                Ok(muster_exec::Outcome::Signaled(signal)) => {
-                    (TaskState::Failed, format!("The script was ended by signal {signal}."))
-                }
-                Ok(muster_exec::Outcome::Canceled) if running.shutting_down.load(Ordering::SeqCst) => (
-                    TaskState::Failed,
-                    "The Muster server shut down while this task was executing; the script was stopped.".into(),
-                ),
-                Ok(muster_exec::Outcome::Canceled) => (TaskState::Canceled, "The task was canceled.".into()),
-                Ok(muster_exec::Outcome::TimedOut) => (
-                    TaskState::TimedOut,
-                    format!(
-                        "The task timed out after {}.",
-                        muster_core::time::format_timespan(arguments.timeout.unwrap_or_default())
-                    ),
-                ),
-                Err(error) => (TaskState::Failed, error.to_string()),
             }
         }
     };
     conclude(&app, task, final_state, message).await;
 }
 
-async fn run_health(app: App, task: Task, running: Running) {
-    let (state, message) = crate::health::run_task(&app, &task, &running.cancel).await;
-    conclude(&app, task, state, message).await;
-}
-
 /// Ends a task: its last line, its log committed, then its final state, then the followers told.
-async fn conclude(app: &App, mut task: Task, final_state: TaskState, message: String) {
+pub async fn conclude(app: &App, mut task: Task, final_state: TaskState, message: String) {
     let id = task.id.clone();
     if final_state != TaskState::Success {
         app.logs.append(&id, LogCategory::Error, message.clone());
@@ -792,70 +997,9 @@ async fn conclude(app: &App, mut task: Task, final_state: TaskState, message: St
         tracing::error!(task = %id, "a finished task was no longer Executing in the store");
     }
     app.logs.close(&id);
-    app.dispatcher
-        .running
-        .lock()
-        .expect("dispatcher lock")
-        .remove(&id);
+    forget(app, &id);
     app.dispatcher.ended.notify_waiters();
     app.dispatcher.wake();
-}
-
-/// How long a task waits for its agent to come back after the connection drops: the worker's machine
-/// policy's `ConnectionConnectTimeout`, at most 60 seconds.
-async fn reconnect_grace(app: &App, worker: &Worker) -> Duration {
-    let policy = match &worker.machine_policy_id {
-        Some(id) => app
-            .store
-            .get::<muster_core::resources::MachinePolicy>(id)
-            .await
-            .ok()
-            .flatten(),
-        None => None,
-    };
-    policy
-        .and_then(|p| muster_core::time::parse_timespan(&p.connection_connect_timeout))
-        .unwrap_or(Duration::from_secs(60))
-        .min(Duration::from_secs(60))
-}
-
-/// Runs a task on an agent, or (`resume` Some) follows the script it already runs from that line on.
-async fn run_agent(app: App, task: Task, worker: Worker, running: Running, resume: Option<u64>) {
-    let id = task.id.clone();
-    if resume.is_none() {
-        let uri = worker.uri.clone().unwrap_or_default();
-        app.logs.append(
-            &id,
-            LogCategory::Verbose,
-            format!("Running on worker {} ({uri})", worker.name),
-        );
-    }
-    let mut stderr_seen = false;
-    let (final_state, message) = match ScriptArguments::parse(&task.arguments) {
-        Err(errors) => (TaskState::Failed, errors.join(" ")),
-        Ok(arguments) => {
-            let start = muster_proto::rpc::StartScript {
-                ticket: id.clone(),
-                syntax: arguments.syntax.as_str().to_string(),
-                body: arguments.body,
-                env: vec![
-                    ("MUSTER_TASK_ID".into(), id.clone()),
-                    ("MUSTER_SPACE_ID".into(), task.space_id.clone()),
-                ],
-                timeout_seconds: arguments.timeout.map(|t| t.as_secs().max(1)),
-            };
-            match drive_agent(&app, &worker, start, &running, &mut stderr_seen, resume).await {
-                Some(end) => end,
-                None => {
-                    detach(&app, &id, &worker);
-                    return;
-                }
-            }
-        }
-    };
-    let mut task = task;
-    task.has_warnings_or_errors |= stderr_seen;
-    conclude(&app, task, final_state, message).await;
 }
 
 /// Leaves a script running on its agent while this server shuts down; the task stays Executing in
@@ -869,143 +1013,12 @@ fn detach(app: &App, task_id: &str, worker: &Worker) {
             worker.name
         ),
     );
-    app.dispatcher
-        .running
-        .lock()
-        .expect("dispatcher lock")
-        .remove(task_id);
+    forget(app, task_id);
     app.dispatcher.ended.notify_waiters();
 }
 
-/// Starts the script on the agent (or, `resume` Some, reads on after that line of a script it already
-/// runs) and follows it to its end, over a dropped connection if the agent comes back within the grace
-/// period. None: the server is shutting down and leaves the script running.
-async fn drive_agent(
-    app: &App,
-    worker: &Worker,
-    start: muster_proto::rpc::StartScript,
-    running: &Running,
-    stderr_seen: &mut bool,
-    resume: Option<u64>,
-) -> Option<(TaskState, String)> {
-    use muster_proto::rpc::{self, Outcome, ScriptState, StatusReply, StatusRequest, Ticket};
-    let ticket = Ticket {
-        ticket: start.ticket.clone(),
-    };
-    let id = start.ticket.clone();
-    let mut after = resume.unwrap_or(0);
-    let mut started = resume.is_some();
-    let mut cancel_sent = false;
-    let mut lost_since: Option<tokio::time::Instant> = None;
-    let grace = reconnect_grace(app, worker).await;
-    loop {
-        if running.shutting_down.load(Ordering::SeqCst) {
-            return None;
-        }
-        let link = match crate::comms::link_for(app, worker).await {
-            Ok(link) => link,
-            Err(error) => {
-                let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= grace {
-                    return Some((
-                        TaskState::Failed,
-                        format!(
-                            "Lost the connection to worker {} and it did not come back within {} seconds: {error:#}",
-                            worker.name,
-                            grace.as_secs()
-                        ),
-                    ));
-                }
-                let changed = app.comms.changed.notified();
-                let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
-                continue;
-            }
-        };
-        if !started {
-            if let Err(error) = link.call::<_, Ticket>(rpc::PATH_START, &start).await {
-                lost_since.get_or_insert_with(tokio::time::Instant::now);
-                tracing::warn!(task = %id, "cannot start the script on {}: {error:#}", worker.name);
-                continue;
-            }
-            started = true;
-        }
-        let request = StatusRequest {
-            ticket: id.clone(),
-            after,
-            wait_ms: 15_000,
-        };
-        let cancel = running.cancel.clone();
-        let reply = tokio::select! {
-            reply = link.call::<_, StatusReply>(rpc::PATH_STATUS, &request) => Some(reply),
-            _ = cancel.notified(), if !cancel_sent => None,
-        };
-        let reply = match reply {
-            None if running.shutting_down.load(Ordering::SeqCst) => return None,
-            None => {
-                cancel_sent = true;
-                if let Err(error) = link.call::<_, Ticket>(rpc::PATH_CANCEL, &ticket).await {
-                    tracing::warn!(task = %id, "cannot cancel the script on {}: {error:#}", worker.name);
-                }
-                continue;
-            }
-            Some(Err(error)) => {
-                let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= grace {
-                    return Some((
-                        TaskState::Failed,
-                        format!("Lost the connection to worker {}: {error:#}", worker.name),
-                    ));
-                }
-                let changed = app.comms.changed.notified();
-                let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
-                continue;
-            }
-            Some(Ok(reply)) => reply,
-        };
-        lost_since = None;
-        for line in &reply.lines {
-            *stderr_seen |= line.error;
-            let category = if line.error {
-                LogCategory::Error
-            } else {
-                LogCategory::Info
-            };
-            app.logs
-                .append_from_agent(&id, category, line.text.clone(), line.seq);
-            after = line.seq;
-        }
-        match reply.state {
-            ScriptState::Running => {}
-            ScriptState::Unknown => {
-                return Some((
-                    TaskState::Failed,
-                    format!(
-                        "Worker {} no longer knows this script (the agent restarted).",
-                        worker.name
-                    ),
-                ));
-            }
-            ScriptState::Complete => {
-                let _ = link.call::<_, Ticket>(rpc::PATH_COMPLETE, &ticket).await;
-                return Some(match (reply.outcome, reply.exit_code) {
-                    (Some(Outcome::Exited), Some(0)) => (TaskState::Success, String::new()),
-                    (Some(Outcome::Exited), Some(code)) => (TaskState::Failed, format!("The script exited with code {code}.")),
-                    (Some(Outcome::Signaled), code) => {
-                        (TaskState::Failed, format!("The script was ended by signal {}.", code.unwrap_or_default()))
-                    }
-                    (Some(Outcome::Canceled), _) if running.shutting_down.load(Ordering::SeqCst) => {
-                        (TaskState::Failed, "The Muster server shut down while this task was executing; the script was stopped.".into())
-                    }
-                    (Some(Outcome::Canceled), _) => (TaskState::Canceled, "The task was canceled.".into()),
-                    (Some(Outcome::TimedOut), _) => (TaskState::TimedOut, "The task timed out.".into()),
-                    _ => (TaskState::Failed, format!("The script could not run on worker {}.", worker.name)),
-                });
-            }
-        }
-    }
-}
-
-/// Cancels a task: a queued one at once, a running one by stopping its script.
+/// Cancels a task: a queued one at once, a running one by stopping its script (and the child run
+/// it waits for, if any).
 pub async fn cancel(app: &App, task_id: &str) -> anyhow::Result<Option<Task>> {
     for _ in 0..3 {
         let Some(mut task) = app.store.get_task(task_id).await? else {
@@ -1022,7 +1035,7 @@ pub async fn cancel(app: &App, task_id: &str) -> anyhow::Result<Option<Task>> {
                 }
             }
             TaskState::Executing | TaskState::Cancelling => match app.dispatcher.running(task_id) {
-                Some(running) => {
+                Some(stop) => {
                     if task.state == TaskState::Executing {
                         task.state = TaskState::Cancelling;
                         task.last_updated_time = now();
@@ -1031,7 +1044,10 @@ pub async fn cancel(app: &App, task_id: &str) -> anyhow::Result<Option<Task>> {
                             .await?;
                         app.logs.changed(&task.id);
                     }
-                    running.cancel.notify_one();
+                    stop.cancel.cancel();
+                    if let Some(child) = app.dispatcher.waiting_for(task_id) {
+                        Box::pin(cancel(app, &child)).await?;
+                    }
                     return Ok(Some(task));
                 }
                 None => {
@@ -1053,7 +1069,7 @@ pub async fn cancel(app: &App, task_id: &str) -> anyhow::Result<Option<Task>> {
 
 /// Stops every running script and waits (bounded) for their tasks to be stored as ended.
 pub async fn shutdown(app: &App, limit: Duration) {
-    let running: Vec<Running> = app
+    let running: Vec<Stop> = app
         .dispatcher
         .running
         .lock()
@@ -1061,9 +1077,10 @@ pub async fn shutdown(app: &App, limit: Duration) {
         .values()
         .cloned()
         .collect();
-    for r in &running {
-        r.shutting_down.store(true, Ordering::SeqCst);
-        r.cancel.notify_one();
+    for stop in &running {
+        stop.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        stop.cancel.cancel();
     }
     let wait = async {
         while app.dispatcher.running_count() > 0 {

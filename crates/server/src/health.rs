@@ -14,7 +14,6 @@ use muster_proto::rpc;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The name of an on-demand health check task.
@@ -285,7 +284,12 @@ pub struct HealthArguments {
 impl HealthArguments {
     pub fn parse(arguments: &Map<String, Value>) -> Result<HealthArguments, Vec<String>> {
         let mut errors = Vec::new();
-        let pool_id = match arguments.get("WorkerpoolId") {
+        // Octopus spells it WorkerpoolId; a body's WorkerPoolId (any case) reads the same.
+        let given = arguments
+            .get("WorkerpoolId")
+            .filter(|v| !v.is_null())
+            .or_else(|| arguments.get("WorkerPoolId"));
+        let pool_id = match given {
             None | Some(Value::Null) => None,
             Some(Value::String(id)) if id.trim().is_empty() => None,
             Some(Value::String(id)) => Some(id.trim().to_string()),
@@ -335,7 +339,11 @@ impl HealthArguments {
 /// Runs a `Health` task: checks the chosen workers of its space (a pool's, named ones, or all), each
 /// agent once and all at the same time, and logs each worker's result. It fails when a checked worker
 /// is not Healthy, so a script can rely on its outcome.
-pub async fn run_task(app: &App, task: &Task, cancel: &Notify) -> (TaskState, String) {
+pub async fn run_task(
+    app: &App,
+    task: &Task,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> (TaskState, String) {
     let arguments = match HealthArguments::parse(&task.arguments) {
         Ok(arguments) => arguments,
         Err(errors) => return (TaskState::Failed, errors.join(" ")),
@@ -424,7 +432,7 @@ pub async fn run_task(app: &App, task: &Task, cancel: &Notify) -> (TaskState, St
                 Some(Err(error)) => tracing::error!(%error, "a health check failed to run"),
                 None => break,
             },
-            _ = cancel.notified() => {
+            _ = cancel.cancelled() => {
                 checks.abort_all();
                 return (TaskState::Canceled, "The task was canceled.".into());
             }

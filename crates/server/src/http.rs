@@ -18,7 +18,15 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_SPACE: &str = "~default";
 
 /// Space-scoped collections that, unprefixed, mean the default space (contract 1.2).
-const SCOPED_COLLECTIONS: &[&str] = &["workerpools", "workers", "machinepolicies"];
+const SCOPED_COLLECTIONS: &[&str] = &[
+    "workerpools",
+    "workers",
+    "machinepolicies",
+    "runbooks",
+    "runbookprocesses",
+    "runbookruns",
+    "variables",
+];
 
 /// Rewrites a request path to the one form the router knows: lower case (routes are
 /// case-insensitive and ids parse in any case), no trailing slash, and every space-scoped route as

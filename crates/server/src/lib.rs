@@ -14,6 +14,8 @@ mod http;
 mod links;
 mod logs;
 mod openapi;
+mod runbook;
+mod script;
 mod state;
 
 pub use http::normalize_path;

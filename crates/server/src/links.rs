@@ -102,3 +102,111 @@ pub fn api_key(k: &ApiKeyRecord, new_value: Option<&str>) -> Value {
         "Links": {"Self": format!("/api/users/{}/apikeys/{}", k.user_id, k.id)},
     })
 }
+
+/// A runbook's variables as clients see them: a sensitive value is never shown.
+fn shown_variables(
+    variables: &[muster_core::runbooks::Variable],
+) -> Vec<muster_core::runbooks::Variable> {
+    variables
+        .iter()
+        .cloned()
+        .map(|mut v| {
+            if v.is_sensitive {
+                v.value = None;
+            }
+            v
+        })
+        .collect()
+}
+
+pub fn runbook(r: &muster_core::runbooks::Runbook) -> Value {
+    let mut shown = r.clone();
+    shown.variables = shown_variables(&r.variables);
+    let mut value = with_links(
+        &shown,
+        json!({
+            "Self": format!("/api/{}/runbooks/{}", r.space_id, r.id),
+            "RunbookProcess": format!("/api/{}/runbookProcesses/{}", r.space_id, r.runbook_process_id),
+            "Variables": format!("/api/{}/variables/variableset-{}", r.space_id, r.id),
+            "RunbookRuns": format!("/api/{}/runbookRuns{{?skip,take}}&runbook={}", r.space_id, r.id),
+            "Web": format!("/app#/{}/runbooks/{}", r.space_id, r.id),
+        }),
+    );
+    // Octopus's fields that Muster has one answer for: no projects, environments or tenants.
+    if let Value::Object(map) = &mut value {
+        map.insert(
+            "VariableSetId".into(),
+            json!(format!("variableset-{}", r.id)),
+        );
+        map.insert("ProjectId".into(), Value::Null);
+        map.insert("PublishedRunbookSnapshotId".into(), Value::Null);
+        map.insert("MultiTenancyMode".into(), json!("Untenanted"));
+        map.insert("EnvironmentScope".into(), json!("All"));
+        map.insert("Environments".into(), json!([]));
+        map.insert(
+            "DefaultGuidedFailureMode".into(),
+            json!("EnvironmentDefault"),
+        );
+    }
+    value
+}
+
+pub fn runbook_process(r: &muster_core::runbooks::Runbook) -> Value {
+    json!({
+        "Id": r.runbook_process_id,
+        "RunbookId": r.id,
+        "SpaceId": r.space_id,
+        "ProjectId": null,
+        "Version": 0,
+        "LastSnapshotId": null,
+        "Steps": r.steps,
+        "LastModifiedOn": r.last_modified_on.as_ref().map(muster_core::time::format_date),
+        "LastModifiedBy": r.last_modified_by,
+        "Links": {
+            "Self": format!("/api/{}/runbookProcesses/{}", r.space_id, r.runbook_process_id),
+            "Runbook": format!("/api/{}/runbooks/{}", r.space_id, r.id),
+        },
+    })
+}
+
+pub fn variable_set(r: &muster_core::runbooks::Runbook) -> Value {
+    let id = format!("variableset-{}", r.id);
+    json!({
+        "Id": id,
+        "OwnerId": r.id,
+        "SpaceId": r.space_id,
+        "Version": 0,
+        "Variables": shown_variables(&r.variables),
+        "ScopeValues": {},
+        "LastModifiedOn": r.last_modified_on.as_ref().map(muster_core::time::format_date),
+        "LastModifiedBy": r.last_modified_by,
+        "Links": {
+            "Self": format!("/api/{}/variables/{id}", r.space_id),
+            "Runbook": format!("/api/{}/runbooks/{}", r.space_id, r.id),
+        },
+    })
+}
+
+pub fn runbook_run(run: &muster_core::runbooks::RunbookRun) -> Value {
+    let mut shown = run.clone();
+    shown.variables = shown_variables(&run.variables);
+    // A value given for a sensitive variable is as secret as the variable.
+    for (name, value) in shown.form_values.iter_mut() {
+        if run
+            .variables
+            .iter()
+            .any(|v| v.is_sensitive && v.name.eq_ignore_ascii_case(name))
+        {
+            *value = Value::Null;
+        }
+    }
+    with_links(
+        &shown,
+        json!({
+            "Self": format!("/api/{}/runbookRuns/{}", run.space_id, run.id),
+            "Task": format!("/api/tasks/{}", run.task_id),
+            "Runbook": format!("/api/{}/runbooks/{}", run.space_id, run.runbook_id),
+            "Web": format!("/app#/{}/tasks/{}", run.space_id, run.task_id),
+        }),
+    )
+}

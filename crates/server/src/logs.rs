@@ -74,7 +74,18 @@ impl LogHub {
     }
 
     pub fn append(&self, task_id: &str, category: LogCategory, text: impl Into<String>) {
-        self.append_line(task_id, category, text.into(), None);
+        self.append_line(task_id, None, category, text.into(), None);
+    }
+
+    /// Appends a line of one step of a runbook run (its activity node, from 1).
+    pub fn append_step(
+        &self,
+        task_id: &str,
+        step: i64,
+        category: LogCategory,
+        text: impl Into<String>,
+    ) {
+        self.append_line(task_id, Some(step), category, text.into(), None);
     }
 
     /// Appends a line an agent sent, stored with the agent's sequence number of it.
@@ -85,12 +96,13 @@ impl LogHub {
         text: String,
         agent_seq: u64,
     ) {
-        self.append_line(task_id, category, text, Some(agent_seq));
+        self.append_line(task_id, None, category, text, Some(agent_seq));
     }
 
     fn append_line(
         &self,
         task_id: &str,
+        step: Option<i64>,
         category: LogCategory,
         text: String,
         agent_seq: Option<u64>,
@@ -108,6 +120,7 @@ impl LogHub {
             occurred_at: muster_core::time::now(),
             category,
             message_text: text,
+            step,
         };
         entry.next_seq += 1;
         let _ = self

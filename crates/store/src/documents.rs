@@ -4,6 +4,7 @@ use crate::{Result, Store, StoreError, conflict_or};
 use muster_core::resources::{
     ApiKeyRecord, MachinePolicy, ScopedUserRole, Space, Team, User, UserRole, Worker, WorkerPool,
 };
+use muster_core::runbooks::{Runbook, RunbookRun};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -18,6 +19,8 @@ pub enum DocKind {
     Team,
     UserRole,
     ScopedUserRole,
+    Runbook,
+    RunbookRun,
 }
 
 impl DocKind {
@@ -32,6 +35,8 @@ impl DocKind {
             DocKind::Team => "team",
             DocKind::UserRole => "userrole",
             DocKind::ScopedUserRole => "scopeduserrole",
+            DocKind::Runbook => "runbook",
+            DocKind::RunbookRun => "runbookrun",
         }
     }
 
@@ -46,6 +51,8 @@ impl DocKind {
             DocKind::Team => "team",
             DocKind::UserRole => "user role",
             DocKind::ScopedUserRole => "scoped user role",
+            DocKind::Runbook => "runbook",
+            DocKind::RunbookRun => "runbook run",
         }
     }
 }
@@ -61,6 +68,39 @@ pub trait Document: Serialize + DeserializeOwned {
     /// One extra indexed value: a space's slug, a worker's thumbprint, an API key's hash.
     fn ext(&self) -> Option<&str> {
         None
+    }
+}
+
+impl Document for Runbook {
+    const KIND: DocKind = DocKind::Runbook;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        &self.space_id
+    }
+    fn unique_name(&self) -> &str {
+        &self.name
+    }
+    fn ext(&self) -> Option<&str> {
+        Some(&self.slug)
+    }
+}
+
+/// A run is found by its task: the extra column holds the task's id.
+impl Document for RunbookRun {
+    const KIND: DocKind = DocKind::RunbookRun;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        &self.space_id
+    }
+    fn unique_name(&self) -> &str {
+        &self.id
+    }
+    fn ext(&self) -> Option<&str> {
+        Some(&self.task_id)
     }
 }
 
@@ -219,6 +259,30 @@ impl Row {
     }
 }
 
+impl Row {
+    /// Inserts or replaces the document within a transaction.
+    pub(crate) async fn write(&self, tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO documents (kind, id, space_id, name, ext, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (kind, id) DO UPDATE SET space_id = ?3, name = ?4, ext = ?5, body = ?6",
+        )
+        .bind(self.kind.as_str())
+        .bind(&self.id)
+        .bind(&self.space_id)
+        .bind(&self.name)
+        .bind(&self.ext)
+        .bind(&self.body)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
+            conflict_or(e, || {
+                format!("A {} named '{}' already exists here", self.kind.noun(), self.name)
+            })
+        })?;
+        Ok(())
+    }
+}
+
 fn decode<D: Document>(body: &str) -> Result<D> {
     serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -276,21 +340,7 @@ impl Store {
     pub async fn put_rows(&self, rows: Vec<Row>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for row in &rows {
-            sqlx::query(
-                "INSERT INTO documents (kind, id, space_id, name, ext, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (kind, id) DO UPDATE SET space_id = ?3, name = ?4, ext = ?5, body = ?6",
-            )
-            .bind(row.kind.as_str())
-            .bind(&row.id)
-            .bind(&row.space_id)
-            .bind(&row.name)
-            .bind(&row.ext)
-            .bind(&row.body)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| {
-                conflict_or(e, || format!("A {} named '{}' already exists here", row.kind.noun(), row.name))
-            })?;
+            row.write(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(())

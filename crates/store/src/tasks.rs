@@ -79,6 +79,25 @@ impl Store {
         Ok(())
     }
 
+    /// Commits a new task together with documents that belong to it (a runbook run and its
+    /// task): both exist, or neither.
+    pub async fn insert_task_with(&self, task: &Task, rows: Vec<crate::Row>) -> Result<()> {
+        let num = task_num(&task.id)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
+        let mut tx = self.pool.begin().await?;
+        for row in &rows {
+            row.write(&mut tx).await?;
+        }
+        let sql = format!(
+            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        );
+        bind_task(sqlx::query(sqlx::AssertSqlSafe(sql)), num, task)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Writes every field of a task.
     pub async fn update_task(&self, task: &Task) -> Result<()> {
         let num = task_num(&task.id)
@@ -242,13 +261,14 @@ impl Store {
             let Some(num) = task_num(task_id) else {
                 continue;
             };
-            sqlx::query("INSERT OR IGNORE INTO task_log (task_num, seq, occurred_at, category, message, source_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+            sqlx::query("INSERT OR IGNORE INTO task_log (task_num, seq, occurred_at, category, message, source_seq, step) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
                 .bind(num)
                 .bind(line.seq)
                 .bind(format_date(&line.occurred_at))
                 .bind(line.category.as_str())
                 .bind(&line.message_text)
                 .bind(source_seq.map(|n| n.min(i64::MAX as u64) as i64))
+                .bind(line.step)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -262,7 +282,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let rows = sqlx::query(
-            "SELECT seq, occurred_at, category, message FROM task_log WHERE task_num = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            "SELECT seq, occurred_at, category, message, step FROM task_log WHERE task_num = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )
         .bind(num)
         .bind(after)
@@ -277,6 +297,7 @@ impl Store {
                     occurred_at: date_column(row, "occurred_at")?.unwrap_or_default(),
                     category: LogCategory::parse(&category).unwrap_or(LogCategory::Info),
                     message_text: row.try_get("message")?,
+                    step: row.try_get("step")?,
                 })
             })
             .collect()

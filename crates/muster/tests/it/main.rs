@@ -9,6 +9,7 @@ mod conventions;
 mod openapi;
 mod permissions;
 mod resources;
+mod runbooks;
 mod sharing;
 mod snapshots;
 mod support;

@@ -517,6 +517,11 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 impl Server {
     /// Registers an agent home as a polling worker of the default pool and starts it, connected.
     pub fn polling_agent(&self, name: &str) -> Agent {
+        self.polling_agent_in(name, "Default Worker Pool")
+    }
+
+    /// Registers an agent home as a polling worker of a pool of the default space, connected.
+    pub fn polling_agent_in(&self, name: &str, pool: &str) -> Agent {
         let home = self.dir.join(format!("agent-{name}"));
         let port = self.comms_port.to_string();
         let output = agent()
@@ -531,7 +536,7 @@ impl Server {
                 "--name",
                 name,
                 "--worker-pool",
-                "Default Worker Pool",
+                pool,
                 "--comms-style",
                 "TentacleActive",
                 "--server-comms-port",

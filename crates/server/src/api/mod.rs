@@ -4,6 +4,7 @@
 mod policies;
 mod pools;
 mod root;
+mod runbooks;
 mod spaces;
 mod tasks;
 mod teams;
@@ -182,6 +183,31 @@ pub fn router(app: App) -> Router {
             "/api/s/{space}/machinepolicies/{id}/machines",
             get(policies::workers),
         )
+        // Runbooks, their processes and variables, and runs
+        .route(
+            "/api/s/{space}/runbooks",
+            get(runbooks::list).post(runbooks::create),
+        )
+        .route("/api/s/{space}/runbooks/all", get(runbooks::all))
+        .route(
+            "/api/s/{space}/runbooks/{id}",
+            get(runbooks::get_one)
+                .put(runbooks::update)
+                .delete(runbooks::delete),
+        )
+        .route(
+            "/api/s/{space}/runbookprocesses/{id}",
+            get(runbooks::get_process).put(runbooks::update_process),
+        )
+        .route(
+            "/api/s/{space}/variables/{id}",
+            get(runbooks::get_variables).put(runbooks::update_variables),
+        )
+        .route(
+            "/api/s/{space}/runbookruns",
+            get(runbooks::list_runs).post(runbooks::create_run),
+        )
+        .route("/api/s/{space}/runbookruns/{id}", get(runbooks::get_run))
         // Tasks: space-scoped, and unprefixed across spaces
         .route(
             "/api/s/{space}/tasks",

@@ -367,6 +367,7 @@ async fn check_health_arguments(
                 errors,
             )
             .await?;
+            arguments.remove("WorkerPoolId");
             arguments.insert("WorkerpoolId".into(), json!(pool.first()));
             arguments.insert("MachineIds".into(), json!(machine_ids));
         }
@@ -447,27 +448,65 @@ async fn details(app: &App, task: Task, params: &Params) -> ApiResult {
     }
     let status = task.state.activity_status();
     let date = |t: &Option<muster_core::time::Timestamp>| t.as_ref().map(format_date);
-    let elements: Vec<Value> = lines
-        .iter()
-        .map(|l| json!({"Category": l.category, "Detail": null, "MessageText": l.message_text, "OccurredAt": format_date(&l.occurred_at)}))
-        .collect();
     let progress = if task.state.is_completed() { 100 } else { 0 };
-    let step_name = match &task.worker_name {
-        Some(worker) => format!("Run script on {worker}"),
-        None => "Run script".to_string(),
+    let element = |l: &LogLine| json!({"Category": l.category, "Detail": null, "MessageText": l.message_text, "OccurredAt": format_date(&l.occurred_at)});
+    let run = if task.name == dispatch::RUNBOOK_RUN {
+        dispatch::run_of(app, &task)
+            .await
+            .map_err(ApiError::internal)?
+    } else {
+        None
     };
-    let step = json!({
-        "Id": format!("{}_1", task.id),
-        "Name": step_name,
-        "Started": date(&task.start_time),
-        "Ended": date(&task.completed_time),
-        "Status": status,
-        "ShowAtSummaryLevel": true,
-        "ProgressPercentage": progress,
-        "ProgressMessage": null,
-        "Children": [],
-        "LogElements": elements,
-    });
+    let (children, own): (Vec<Value>, Vec<Value>) = match run {
+        // A runbook run: one activity node per step, with that step's lines.
+        Some(run) => {
+            let children = run
+                .step_results
+                .iter()
+                .enumerate()
+                .map(|(index, result)| {
+                    let n = index as i64 + 1;
+                    json!({
+                        "Id": format!("{}_{n}", task.id),
+                        "Name": format!("Step {n}: {}", result.name),
+                        "Started": date(&result.started),
+                        "Ended": date(&result.ended),
+                        "Status": result.status,
+                        "ShowAtSummaryLevel": true,
+                        "ProgressPercentage": if matches!(result.status.as_str(), "Pending" | "Running") { 0 } else { 100 },
+                        "ProgressMessage": result.detail,
+                        "Children": [],
+                        "LogElements": lines.iter().filter(|l| l.step == Some(n)).map(element).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let own = lines
+                .iter()
+                .filter(|l| l.step.is_none())
+                .map(element)
+                .collect();
+            (children, own)
+        }
+        None => {
+            let step_name = match &task.worker_name {
+                Some(worker) => format!("Run script on {worker}"),
+                None => "Run script".to_string(),
+            };
+            let step = json!({
+                "Id": format!("{}_1", task.id),
+                "Name": step_name,
+                "Started": date(&task.start_time),
+                "Ended": date(&task.completed_time),
+                "Status": status,
+                "ShowAtSummaryLevel": true,
+                "ProgressPercentage": progress,
+                "ProgressMessage": null,
+                "Children": [],
+                "LogElements": lines.iter().map(element).collect::<Vec<_>>(),
+            });
+            (vec![step], Vec::new())
+        }
+    };
     let root = json!({
         "Id": task.id,
         "Name": task.description,
@@ -477,8 +516,8 @@ async fn details(app: &App, task: Task, params: &Params) -> ApiResult {
         "ShowAtSummaryLevel": true,
         "ProgressPercentage": progress,
         "ProgressMessage": null,
-        "Children": [step],
-        "LogElements": [],
+        "Children": children,
+        "LogElements": own,
     });
     ok(&json!({
         "Task": links::task(&task),
@@ -582,6 +621,33 @@ pub async fn rerun(
         return Err(ApiError::bad_request(
             "Only a finished task can be run again.",
         ));
+    }
+    if task.name == dispatch::RUNBOOK_RUN {
+        let Some(run) = dispatch::run_of(&app, &task)
+            .await
+            .map_err(ApiError::internal)?
+        else {
+            return Err(ApiError::bad_request(
+                "This runbook run's record no longer exists.",
+            ));
+        };
+        let Some(runbook) =
+            crate::runbook::find_runbook(&app, &task.space_id, &run.runbook_id).await?
+        else {
+            return Err(ApiError::bad_request(
+                "The runbook of this run no longer exists.",
+            ));
+        };
+        let (_, task) = crate::runbook::queue_run(
+            &app,
+            &runbook,
+            run.form_values.clone(),
+            run.comments.clone(),
+            None,
+        )
+        .await
+        .map_err(ApiError::internal)?;
+        return created(&links::task(&task));
     }
     let space = resolve_space(&app, &task.space_id.to_ascii_lowercase()).await?;
     let body =

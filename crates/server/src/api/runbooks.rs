@@ -1,0 +1,590 @@
+//! Runbooks of a space (Octopus's `/runbooks`, `/runbookProcesses`, `/variables` and
+//! `/runbookRuns`). A runbook is one document holding its process's steps and its variables; the
+//! process and the variable set are views of it. A run freezes the runbook as it was and queues a
+//! `RunbookRun` task.
+
+use super::{actor, check_space_id, empty_ok, filter_named, page, path_id, resolve_space};
+use crate::auth::CurrentUser;
+use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
+use crate::links;
+use crate::runbook;
+use crate::state::App;
+use axum::Extension;
+use axum::extract::{Path, State};
+use muster_core::IdKind;
+use muster_core::resources::{Space, WorkerPool, apply};
+use muster_core::runbooks::{
+    Action, ActionPlan, CONDITIONS, Location, PROP_CHILD_RUNBOOK, Runbook, RunbookRun, Variable,
+};
+use serde_json::{Map, Value, json};
+
+const PROCESS_PREFIX: &str = "RunbookProcess-";
+const VARIABLE_SET_PREFIX: &str = "variableset-";
+
+pub async fn sorted(app: &App, space: &Space) -> Result<Vec<Runbook>, ApiError> {
+    let mut runbooks: Vec<Runbook> = app.store.list(&space.id).await?;
+    runbooks.sort_by_key(|r| r.name.to_lowercase());
+    Ok(runbooks)
+}
+
+async fn find(app: &App, space: &Space, id: &str) -> Result<Runbook, ApiError> {
+    let id = path_id(IdKind::Runbook, id)?;
+    app.store
+        .get::<Runbook>(&id)
+        .await?
+        .filter(|r| r.space_id == space.id)
+        .ok_or_else(|| ApiError::not_found(&id))
+}
+
+/// `RunbookProcess-Runbooks-1` or `variableset-Runbooks-1` → the runbook.
+async fn find_by_view(
+    app: &App,
+    space: &Space,
+    id: &str,
+    prefix: &str,
+) -> Result<Runbook, ApiError> {
+    let lower = id.to_ascii_lowercase();
+    let Some(rest) = lower.strip_prefix(&prefix.to_ascii_lowercase()) else {
+        return Err(ApiError::not_found(id));
+    };
+    find(app, space, rest).await
+}
+
+pub async fn list(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let runbooks = filter_named(sorted(&app, &space).await?, &params, |r| &r.id, |r| &r.name);
+    let path = format!("/api/{}/runbooks", space.id);
+    page(
+        "Runbook",
+        runbooks.iter().map(links::runbook).collect(),
+        &params,
+        &path,
+        "skip,take,ids,partialName,name",
+        30,
+    )
+}
+
+pub async fn all(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let runbooks = filter_named(sorted(&app, &space).await?, &params, |r| &r.id, |r| &r.name);
+    ok(&runbooks.iter().map(links::runbook).collect::<Vec<_>>())
+}
+
+pub async fn get_one(
+    State(app): State<App>,
+    Path((space, id)): Path<(String, String)>,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    ok(&links::runbook(&find(&app, &space, &id).await?))
+}
+
+/// Checks and normalizes the steps: names unique, one action each, what they do readable, pools
+/// and child runbooks of this space (written as their ids), and no runbook that runs itself.
+async fn check_steps(
+    app: &App,
+    space: &Space,
+    runbook: &mut Runbook,
+    errors: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    let pools: Vec<WorkerPool> = app.store.list(&space.id).await?;
+    let others: Vec<Runbook> = app.store.list(&space.id).await?;
+    let mut names: Vec<String> = Vec::new();
+    for (index, step) in runbook.steps.iter_mut().enumerate() {
+        step.name = step.name.trim().to_string();
+        if step.name.is_empty()
+            && let [action] = step.actions.as_slice()
+        {
+            step.name = action.name.trim().to_string();
+        }
+        if let Some(problem) = muster_core::ids::check_name(&step.name) {
+            errors.push(format!("Step {}: {problem}", index + 1));
+            continue;
+        }
+        if names.contains(&step.name.to_lowercase()) {
+            errors.push(format!(
+                "Two steps are named '{}'; step names must be unique (output variables name them).",
+                step.name
+            ));
+        }
+        names.push(step.name.to_lowercase());
+        match CONDITIONS
+            .iter()
+            .find(|c| c.eq_ignore_ascii_case(step.condition.trim()))
+        {
+            Some(condition) => step.condition = condition.to_string(),
+            None => errors.push(format!(
+                "Step '{}': Condition must be {}, got '{}'.",
+                step.name,
+                CONDITIONS.join(", "),
+                step.condition
+            )),
+        }
+        if step.id.is_empty() {
+            step.id = uuid::Uuid::new_v4().to_string();
+        }
+        let step_name = step.name.clone();
+        for action in &mut step.actions {
+            if action.id.is_empty() {
+                action.id = uuid::Uuid::new_v4().to_string();
+            }
+            if action.name.trim().is_empty() {
+                action.name = step_name.clone();
+            }
+        }
+        let plan = match step.plan() {
+            Ok(plan) => plan,
+            Err(mut problems) => {
+                errors.append(&mut problems);
+                continue;
+            }
+        };
+        let action: &mut Action = &mut step.actions[0];
+        match plan {
+            ActionPlan::Script { location, .. } => {
+                action.action_type = muster_core::runbooks::SCRIPT_ACTION.into();
+                let pool = match &location {
+                    Location::Pool(Some(p)) | Location::EachWorker(Some(p)) => Some(p.clone()),
+                    _ => None,
+                };
+                if let Some(wanted) = pool {
+                    match pools.iter().find(|p| {
+                        p.id.eq_ignore_ascii_case(wanted.trim())
+                            || p.name.eq_ignore_ascii_case(wanted.trim())
+                    }) {
+                        Some(p) => action.worker_pool_id = Some(p.id.clone()),
+                        None => errors.push(format!(
+                            "Step '{step_name}': WorkerPoolId '{wanted}' is not a worker pool of space {}.",
+                            space.id
+                        )),
+                    }
+                }
+            }
+            ActionPlan::RunRunbook {
+                runbook: wanted, ..
+            } => {
+                action.action_type = muster_core::runbooks::RUN_RUNBOOK_ACTION.into();
+                let target = others.iter().find(|r| {
+                    r.id.eq_ignore_ascii_case(&wanted)
+                        || r.name.eq_ignore_ascii_case(&wanted)
+                        || r.slug.eq_ignore_ascii_case(&wanted)
+                });
+                match target {
+                    Some(target) => {
+                        action
+                            .properties
+                            .retain(|k, _| !k.eq_ignore_ascii_case(PROP_CHILD_RUNBOOK));
+                        action
+                            .properties
+                            .insert(PROP_CHILD_RUNBOOK.into(), json!(target.id));
+                    }
+                    None if !runbook.id.is_empty()
+                        && (runbook.id.eq_ignore_ascii_case(&wanted)
+                            || runbook.name.eq_ignore_ascii_case(&wanted)) =>
+                    {
+                        errors.push(format!(
+                            "Step '{step_name}' runs this runbook itself, which would never end."
+                        ))
+                    }
+                    None => errors.push(format!(
+                        "Step '{step_name}': there is no runbook '{wanted}' in space {} to run.",
+                        space.id
+                    )),
+                }
+            }
+        }
+    }
+    if errors.is_empty()
+        && !runbook.id.is_empty()
+        && let Some(cycle) = reference_cycle(runbook, &others)
+    {
+        errors.push(format!(
+            "Runbook '{}' would run itself through its child runbooks: {cycle}.",
+            runbook.name
+        ));
+    }
+    Ok(())
+}
+
+/// The child runbooks a runbook's steps run, by id.
+fn children(runbook: &Runbook) -> Vec<String> {
+    runbook
+        .steps
+        .iter()
+        .filter_map(|s| match s.plan() {
+            Ok(ActionPlan::RunRunbook { runbook, .. }) => Some(runbook),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A path from the runbook back to itself through "Run a runbook" steps, in words.
+fn reference_cycle(runbook: &Runbook, others: &[Runbook]) -> Option<String> {
+    fn walk(
+        at: &str,
+        target: &str,
+        graph: &dyn Fn(&str) -> Vec<String>,
+        path: &mut Vec<String>,
+    ) -> bool {
+        for child in graph(at) {
+            if path.contains(&child) && child != target {
+                continue;
+            }
+            path.push(child.clone());
+            if child.eq_ignore_ascii_case(target) || walk(&child, target, graph, path) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let graph = |id: &str| -> Vec<String> {
+        if id.eq_ignore_ascii_case(&runbook.id) {
+            children(runbook)
+        } else {
+            others
+                .iter()
+                .find(|r| r.id.eq_ignore_ascii_case(id))
+                .map(children)
+                .unwrap_or_default()
+        }
+    };
+    let mut path = vec![runbook.id.clone()];
+    if !walk(&runbook.id, &runbook.id, &graph, &mut path) {
+        return None;
+    }
+    let name = |id: &String| {
+        others
+            .iter()
+            .chain(std::iter::once(runbook))
+            .find(|r| r.id == *id)
+            .map(|r| format!("'{}'", r.name))
+            .unwrap_or_else(|| id.clone())
+    };
+    Some(path.iter().map(name).collect::<Vec<_>>().join(" → "))
+}
+
+/// Checks and normalizes the variables: names given and unique, `Type` and `IsSensitive` agreeing,
+/// and a sensitive variable sent back without its value keeping the stored one.
+fn check_variables(runbook: &mut Runbook, stored: &[Variable], errors: &mut Vec<String>) {
+    let mut names: Vec<String> = Vec::new();
+    for variable in &mut runbook.variables {
+        variable.name = variable.name.trim().to_string();
+        if variable.name.is_empty() {
+            errors.push("Every variable needs a Name.".into());
+            continue;
+        }
+        if variable.name.contains(['#', '{', '}']) {
+            errors.push(format!(
+                "Variable '{}': a name must not contain '#', '{{' or '}}'.",
+                variable.name
+            ));
+        }
+        if names.contains(&variable.name.to_lowercase()) {
+            errors.push(format!(
+                "Two variables are named '{}'; Muster has no scopes, so names must be unique.",
+                variable.name
+            ));
+        }
+        names.push(variable.name.to_lowercase());
+        let kind = variable.kind.trim().to_ascii_lowercase();
+        match kind.as_str() {
+            "" | "string" => {}
+            "sensitive" => variable.is_sensitive = true,
+            _ => errors.push(format!(
+                "Variable '{}': Type must be String or Sensitive, got '{}'.",
+                variable.name, variable.kind
+            )),
+        }
+        variable.kind = if variable.is_sensitive {
+            "Sensitive".into()
+        } else {
+            "String".into()
+        };
+        if variable.id.is_empty() {
+            variable.id = uuid::Uuid::new_v4().to_string();
+        }
+        if variable.value.is_none() {
+            let kept = stored
+                .iter()
+                .find(|s| s.id == variable.id || s.name.eq_ignore_ascii_case(&variable.name))
+                .filter(|s| s.is_sensitive)
+                .and_then(|s| s.value.clone());
+            variable.value = Some(kept.unwrap_or_default());
+        }
+    }
+}
+
+/// Reads a runbook from a body over `base`, checks and normalizes it; every problem is a 400.
+async fn read_runbook(
+    app: &App,
+    space: &Space,
+    base: &Runbook,
+    body: &Value,
+) -> Result<Runbook, ApiError> {
+    let mut runbook = apply(base, body).map_err(ApiError::bad_request)?;
+    runbook.id = base.id.clone();
+    runbook.space_id = space.id.clone();
+    runbook.name = runbook.name.trim().to_string();
+    let mut errors = Vec::new();
+    errors.extend(muster_core::ids::check_name(&runbook.name));
+    runbook.slug = muster_core::ids::slugify(if runbook.slug.trim().is_empty() {
+        &runbook.name
+    } else {
+        &runbook.slug
+    });
+    // Lists replace, not merge: the body's steps and variables are the whole of them.
+    if let Some(steps) = body.get("Steps") {
+        runbook.steps = serde_json::from_value(steps.clone())
+            .map_err(|e| ApiError::bad_request(format!("Steps: {e}")))?;
+    }
+    if let Some(variables) = body.get("Variables") {
+        runbook.variables = serde_json::from_value(variables.clone())
+            .map_err(|e| ApiError::bad_request(format!("Variables: {e}")))?;
+    }
+    check_steps(app, space, &mut runbook, &mut errors).await?;
+    check_variables(&mut runbook, &base.variables, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    Ok(runbook)
+}
+
+pub async fn create(
+    State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
+    Path(space): Path<String>,
+    body: JsonBody,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let body = body.object()?;
+    check_space_id(body, &space)?;
+    let mut runbook = read_runbook(&app, &space, &Runbook::default(), body).await?;
+    runbook.id = app.store.next_id(IdKind::Runbook).await?;
+    runbook.runbook_process_id = format!("{PROCESS_PREFIX}{}", runbook.id);
+    runbook.last_modified_on = Some(muster_core::time::now());
+    runbook.last_modified_by = actor(&user);
+    app.store.put(&runbook).await?;
+    created(&links::runbook(&runbook))
+}
+
+pub async fn update(
+    State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
+    Path((space, id)): Path<(String, String)>,
+    body: JsonBody,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let existing = find(&app, &space, &id).await?;
+    let body = body.object()?;
+    check_space_id(body, &space)?;
+    let mut runbook = read_runbook(&app, &space, &existing, body).await?;
+    runbook.runbook_process_id = existing.runbook_process_id.clone();
+    runbook.last_modified_on = Some(muster_core::time::now());
+    runbook.last_modified_by = actor(&user);
+    app.store.put(&runbook).await?;
+    ok(&links::runbook(&runbook))
+}
+
+pub async fn delete(
+    State(app): State<App>,
+    Path((space, id)): Path<(String, String)>,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let runbook = find(&app, &space, &id).await?;
+    let users: Vec<String> = sorted(&app, &space)
+        .await?
+        .iter()
+        .filter(|r| r.id != runbook.id && children(r).contains(&runbook.id))
+        .map(|r| format!("'{}'", r.name))
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "Runbook '{}' cannot be deleted: {} run(s) it. Remove those steps first.",
+            runbook.name,
+            users.join(", ")
+        )));
+    }
+    app.store.delete::<Runbook>(&runbook.id).await?;
+    empty_ok()
+}
+
+pub async fn get_process(
+    State(app): State<App>,
+    Path((space, id)): Path<(String, String)>,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let runbook = find_by_view(&app, &space, &id, PROCESS_PREFIX).await?;
+    ok(&links::runbook_process(&runbook))
+}
+
+pub async fn update_process(
+    State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
+    Path((space, id)): Path<(String, String)>,
+    body: JsonBody,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let existing = find_by_view(&app, &space, &id, PROCESS_PREFIX).await?;
+    let body = body.object()?;
+    check_space_id(body, &space)?;
+    let Some(steps) = body.get("Steps") else {
+        return Err(ApiError::bad_request(
+            "Steps is required: the process's steps.",
+        ));
+    };
+    let mut runbook = read_runbook(&app, &space, &existing, &json!({"Steps": steps})).await?;
+    runbook.last_modified_on = Some(muster_core::time::now());
+    runbook.last_modified_by = actor(&user);
+    app.store.put(&runbook).await?;
+    ok(&links::runbook_process(&runbook))
+}
+
+pub async fn get_variables(
+    State(app): State<App>,
+    Path((space, id)): Path<(String, String)>,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let runbook = find_by_view(&app, &space, &id, VARIABLE_SET_PREFIX).await?;
+    ok(&links::variable_set(&runbook))
+}
+
+pub async fn update_variables(
+    State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
+    Path((space, id)): Path<(String, String)>,
+    body: JsonBody,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let existing = find_by_view(&app, &space, &id, VARIABLE_SET_PREFIX).await?;
+    let body = body.object()?;
+    let Some(variables) = body.get("Variables") else {
+        return Err(ApiError::bad_request(
+            "Variables is required: the whole list of the runbook's variables.",
+        ));
+    };
+    let mut runbook =
+        read_runbook(&app, &space, &existing, &json!({"Variables": variables})).await?;
+    runbook.last_modified_on = Some(muster_core::time::now());
+    runbook.last_modified_by = actor(&user);
+    app.store.put(&runbook).await?;
+    ok(&links::variable_set(&runbook))
+}
+
+async fn find_run(app: &App, space: &Space, id: &str) -> Result<RunbookRun, ApiError> {
+    let id = path_id(IdKind::RunbookRun, id)?;
+    app.store
+        .get::<RunbookRun>(&id)
+        .await?
+        .filter(|r| r.space_id == space.id)
+        .ok_or_else(|| ApiError::not_found(&id))
+}
+
+pub async fn list_runs(
+    State(app): State<App>,
+    Path(space): Path<String>,
+    params: Params,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let mut runs: Vec<RunbookRun> = app.store.list(&space.id).await?;
+    if let Some(wanted) = params.get("runbook") {
+        let wanted = wanted.trim().to_ascii_lowercase();
+        runs.retain(|r| r.runbook_id.to_ascii_lowercase() == wanted);
+    }
+    if let Some(ids) = params.list("ids") {
+        let ids: Vec<String> = ids.iter().map(|i| i.to_ascii_lowercase()).collect();
+        runs.retain(|r| ids.contains(&r.id.to_ascii_lowercase()));
+    }
+    // Newest first.
+    runs.sort_by_key(|r| {
+        std::cmp::Reverse(muster_core::parse_id(IdKind::RunbookRun, &r.id).unwrap_or(0))
+    });
+    let path = format!("/api/{}/runbookRuns", space.id);
+    page(
+        "RunbookRun",
+        runs.iter().map(links::runbook_run).collect(),
+        &params,
+        &path,
+        "skip,take,ids,runbook",
+        30,
+    )
+}
+
+pub async fn get_run(
+    State(app): State<App>,
+    Path((space, id)): Path<(String, String)>,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    ok(&links::runbook_run(&find_run(&app, &space, &id).await?))
+}
+
+/// `POST /api/{s}/runbookRuns` `{RunbookId, FormValues?, Comments?}`: queues a run; 201 with the
+/// run, whose `TaskId` is the task to follow.
+pub async fn create_run(
+    State(app): State<App>,
+    Path(space): Path<String>,
+    body: JsonBody,
+) -> ApiResult {
+    let space = resolve_space(&app, &space).await?;
+    let body = body.object()?;
+    check_space_id(body, &space)?;
+    let mut errors = Vec::new();
+    let runbook = match body.get("RunbookId") {
+        Some(Value::String(wanted)) if !wanted.trim().is_empty() => {
+            match runbook::find_runbook(&app, &space.id, wanted).await? {
+                Some(runbook) => Some(runbook),
+                None => {
+                    errors.push(format!(
+                        "RunbookId '{wanted}' names no runbook of space {}.",
+                        space.id
+                    ));
+                    None
+                }
+            }
+        }
+        _ => {
+            errors.push("RunbookId is required: the runbook to run (its id or name).".into());
+            None
+        }
+    };
+    let form_values: Map<String, Value> = match body.get("FormValues") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(values)) => {
+            for (name, value) in values {
+                if !matches!(
+                    value,
+                    Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null
+                ) {
+                    errors.push(format!(
+                        "FormValues.{name} must be a string, a number or a boolean."
+                    ));
+                }
+            }
+            values.clone()
+        }
+        Some(_) => {
+            errors.push("FormValues must be an object of variable names and values.".into());
+            Map::new()
+        }
+    };
+    let comments = match body.get("Comments") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(_) => {
+            errors.push("Comments must be a string.".into());
+            None
+        }
+    };
+    let Some(runbook) = runbook.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::validation(errors));
+    };
+    if runbook.steps.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "Runbook '{}' has no steps to run.",
+            runbook.name
+        )));
+    }
+    let (run, _task) = runbook::queue_run(&app, &runbook, form_values, comments, None)
+        .await
+        .map_err(ApiError::internal)?;
+    created(&links::runbook_run(&run))
+}

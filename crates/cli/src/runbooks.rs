@@ -62,8 +62,11 @@ pub enum RunbookCommand {
         #[arg(long = "var")]
         vars: Vec<String>,
         /// Print the run's task id and return at once.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait")]
         no_wait: bool,
+        /// Follow the run to its end (the default).
+        #[arg(long)]
+        wait: bool,
         #[arg(long)]
         comments: Option<String>,
     },
@@ -210,6 +213,7 @@ pub async fn runbook(client: &Client, json: bool, command: RunbookCommand) -> an
             vars,
             no_wait,
             comments,
+            wait: _,
         } => {
             let space = resolve_space(client, &space).await?;
             let runbook = find(client, &space, &runbook).await?;

@@ -959,6 +959,123 @@ const OPS: &[Op] = &[
         None,
         "Collection",
     ),
+    op(
+        "get",
+        "/api/{spaceId}/runbooks",
+        "Runbooks",
+        "The space's runbooks by name, paged.",
+        PAGING,
+        None,
+        "Collection",
+    ),
+    op(
+        "post",
+        "/api/{spaceId}/runbooks",
+        "Runbooks",
+        "Creates a runbook with its steps and variables (RunbookEdit).",
+        &[],
+        Some("Runbook"),
+        "Runbook",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/runbooks/all",
+        "Runbooks",
+        "Every runbook of the space, as an array.",
+        &["ids"],
+        None,
+        "RunbookArray",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/runbooks/{id}",
+        "Runbooks",
+        "One runbook; sensitive variable values are null.",
+        &[],
+        None,
+        "Runbook",
+    ),
+    op(
+        "put",
+        "/api/{spaceId}/runbooks/{id}",
+        "Runbooks",
+        "Replaces a runbook; Steps and Variables, when given, are the whole lists. A sensitive variable sent without its Value keeps it.",
+        &[],
+        Some("Runbook"),
+        "Runbook",
+    ),
+    op(
+        "delete",
+        "/api/{spaceId}/runbooks/{id}",
+        "Runbooks",
+        "Deletes a runbook that no other runbook runs.",
+        &[],
+        None,
+        "Empty",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/runbookProcesses/{id}",
+        "Runbooks",
+        "A runbook's process (RunbookProcess-Runbooks-N): its steps.",
+        &[],
+        None,
+        "RunbookProcess",
+    ),
+    op(
+        "put",
+        "/api/{spaceId}/runbookProcesses/{id}",
+        "Runbooks",
+        "Replaces a runbook's steps.",
+        &[],
+        Some("RunbookProcess"),
+        "RunbookProcess",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/variables/{id}",
+        "Runbooks",
+        "A runbook's variable set (variableset-Runbooks-N); sensitive values are null.",
+        &[],
+        None,
+        "VariableSet",
+    ),
+    op(
+        "put",
+        "/api/{spaceId}/variables/{id}",
+        "Runbooks",
+        "Replaces a runbook's variables.",
+        &[],
+        Some("VariableSet"),
+        "VariableSet",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/runbookRuns",
+        "Runbooks",
+        "The space's runs, newest first, paged.",
+        &["skip", "take", "ids", "runbook"],
+        None,
+        "Collection",
+    ),
+    op(
+        "post",
+        "/api/{spaceId}/runbookRuns",
+        "Runbooks",
+        "Runs a runbook (RunbookRunCreate): a RunbookRun task is queued; follow TaskId.",
+        &[],
+        Some("RunbookRunCreate"),
+        "RunbookRun",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/runbookRuns/{id}",
+        "Runbooks",
+        "One run: the steps and variables it ran with, and each step's outcome.",
+        &[],
+        None,
+        "RunbookRun",
+    ),
 ];
 
 /// The operations as (method, path), for the test that walks them.
@@ -1155,13 +1272,14 @@ fn schemas() -> Value {
         })),
         "MachinePolicyArray": array_of("MachinePolicy"),
         "TaskCreate": object(&["Name"], json!({
-            "Name": {"type": "string", "enum": ["AdHocScript", "Health"], "description": "AdHocScript runs ScriptBody; Health checks workers (WorkerpoolId, MachineIds, or every worker of the space) outside the task cap, and fails when a checked worker is not Healthy."},
+            "Name": {"type": "string", "enum": ["AdHocScript", "Health"], "description": "AdHocScript runs ScriptBody (set Arguments.OctopusBypassDeploymentMutex to False for an exclusive worker); runbooks run through /runbookRuns. Health checks workers (WorkerpoolId, MachineIds, or every worker of the space) outside the task cap, and fails when a checked worker is not Healthy."},
             "Description": s, "SpaceId": sn,
             "QueueTime": sn, "QueueTimeExpiry": sn,
             "Arguments": object(&[], json!({
                 "ScriptBody": {"type": "string", "description": "AdHocScript: the script to run (required)."}, "Syntax": {"type": "string", "enum": ["Bash", "Python", "PowerShell"], "default": "Bash"},
                 "TargetType": {"type": "string", "enum": ["OctopusServer", "WorkerPools", "Workers"], "description": "Default: WorkerPools with the space's default pool (the built-in worker runs the script while that pool has no workers)."},
                 "WorkerPoolIds": ids, "MachineIds": ids,
+                "OctopusBypassDeploymentMutex": {"type": "string", "enum": ["True", "False"], "default": "True", "description": "False: nothing else runs on the task's worker while it runs."},
                 "Timeout": {"type": "string", "description": "A TimeSpan (00:10:00) or seconds; the task ends TimedOut after it."},
                 "WorkerpoolId": {"type": "string", "nullable": true, "description": "Health: check this pool's workers."},
                 "MachineTimeout": {"type": "string", "description": "Health: how long each agent has to answer, a TimeSpan (default 00:00:20)."}
@@ -1174,8 +1292,48 @@ fn schemas() -> Value {
             "ServerNode": sn, "Duration": s, "ErrorMessage": s, "HasBeenPickedUpByProcessor": b, "IsCompleted": b,
             "FinishedSuccessfully": b, "HasPendingInterruptions": b, "CanRerun": b, "HasWarningsOrErrors": b,
             "QueueReason": {"type": "string", "nullable": true, "description": "Why a Queued task has not started (Muster)."},
+            "WaitReason": {"type": "string", "nullable": true, "description": "What an Executing task waits for, such as a child runbook run (Muster)."},
             "WorkerName": {"type": "string", "nullable": true, "description": "The worker the task runs or ran on (Muster)."},
             "Links": links
+        })),
+        "Step": object(&["Name", "Actions"], json!({
+            "Id": s, "Name": {"type": "string", "description": "Unique in the runbook; output variables name it: #{Octopus.Action[Name].Output.X}."},
+            "Condition": {"type": "string", "enum": ["Success", "Failure", "Always"], "default": "Success"},
+            "StartTrigger": s, "PackageRequirement": s, "Properties": {"type": "object"},
+            "Actions": {"type": "array", "maxItems": 1, "items": object(&["ActionType"], json!({
+                "Id": s, "Name": s, "IsDisabled": b,
+                "ActionType": {"type": "string", "enum": ["Octopus.Script", "Muster.RunRunbook"]},
+                "WorkerPoolId": {"type": "string", "nullable": true, "description": "A pool by id or name; null: the space's default pool."},
+                "Properties": {"type": "object", "description": "Octopus.Action.Script.ScriptBody, Octopus.Action.Script.Syntax (Bash, Python, PowerShell), Octopus.Action.MaxParallelism (default 10), Muster.Action.ExecutionLocation (WorkerPool, EachWorkerInPool, BuiltInWorker), Muster.Action.RunRunbook.RunbookId (id or name), Muster.Action.RunRunbook.WaitForCompletion (default True).", "additionalProperties": s}
+            }))}
+        })),
+        "Variable": object(&["Name"], json!({
+            "Id": s, "Name": s, "Value": {"type": "string", "nullable": true, "description": "Null when read for a sensitive variable."},
+            "Description": sn, "Type": {"type": "string", "enum": ["String", "Sensitive"]}, "IsSensitive": b, "Scope": {"type": "object"}
+        })),
+        "Runbook": object(&["Name"], json!({
+            "Id": s, "SpaceId": s, "Name": s, "Slug": s, "Description": sn, "RunbookProcessId": s, "VariableSetId": s,
+            "Steps": {"type": "array", "items": schema_ref("Step")}, "Variables": {"type": "array", "items": schema_ref("Variable"), "description": "Set OctopusBypassDeploymentMutex to False for exclusive worker leases."},
+            "ProjectId": sn, "MultiTenancyMode": s, "EnvironmentScope": s, "Links": links
+        })),
+        "RunbookArray": array_of("Runbook"),
+        "RunbookProcess": object(&["Steps"], json!({
+            "Id": s, "RunbookId": s, "SpaceId": s, "Version": i, "Steps": {"type": "array", "items": schema_ref("Step")}, "Links": links
+        })),
+        "VariableSet": object(&["Variables"], json!({
+            "Id": s, "OwnerId": s, "SpaceId": s, "Version": i, "Variables": {"type": "array", "items": schema_ref("Variable")}, "Links": links
+        })),
+        "RunbookRunCreate": object(&["RunbookId"], json!({
+            "RunbookId": {"type": "string", "description": "The runbook, by id or name."},
+            "FormValues": {"type": "object", "description": "Variable values for this run, by name; they override the runbook's.", "additionalProperties": s},
+            "Comments": sn
+        })),
+        "RunbookRun": object(&["Id", "TaskId"], json!({
+            "Id": s, "SpaceId": s, "RunbookId": s, "TaskId": s, "Name": s, "Comments": sn, "FormValues": {"type": "object"},
+            "ParentTaskId": {"type": "string", "nullable": true, "description": "The run whose step started this one."}, "Depth": i,
+            "Steps": {"type": "array", "items": schema_ref("Step")}, "Variables": {"type": "array", "items": schema_ref("Variable")},
+            "StepResults": {"type": "array", "items": object(&[], json!({"Name": s, "Status": s, "Started": sn, "Ended": sn, "Detail": sn}))},
+            "FailureEncountered": b, "Created": s, "Links": links
         })),
         "TaskDetails": object(&["Task", "ActivityLogs"], json!({
             "Task": schema_ref("Task"), "Progress": {"type": "object"}, "PhysicalLogSize": i,

@@ -66,6 +66,11 @@ fn crate_dependencies_follow_the_architecture() {
         "proto knows only core"
     );
     assert!(ours("muster-cli").is_empty(), "the CLI speaks REST only");
+    assert!(
+        all["muster-scheduler"].is_empty(),
+        "the scheduler's rules are pure: no IO, no async, no other crate ({:?})",
+        all["muster-scheduler"]
+    );
     assert!(!ours("muster-server").contains(&"muster-cli".to_string()));
     for (name, deps) in &all {
         if deps.contains(&"sqlx".to_string()) {

@@ -22,6 +22,15 @@ struct Args {
     /// Which workers to measure on.
     #[arg(long, value_enum, default_value_t = Kind::All)]
     worker: Kind,
+    /// throughput: how many tasks are queued at once.
+    #[arg(long, default_value_t = 2000)]
+    tasks: usize,
+    /// throughput: how many polling agents run them.
+    #[arg(long, default_value_t = 4)]
+    agents: usize,
+    /// log: how many megabytes (of 80-byte lines) the script prints.
+    #[arg(long, default_value_t = 100)]
+    megabytes: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -30,6 +39,13 @@ enum Scenario {
     Dispatch,
     /// From the POST of a `true` task to a follower seeing it Success.
     Roundtrip,
+    /// `--tasks` `true` tasks queued at once over `--agents` polling agents: tasks per second.
+    Throughput,
+    /// Idle RSS of the server (no agents) and of a connected agent; binary sizes.
+    Footprint,
+    /// A script prints `--megabytes` MB of 80-byte lines: MB/s until `raw` returns all of it, and
+    /// the server's peak RSS.
+    Log,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -44,6 +60,12 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let bin = binaries()?;
+    match args.scenario {
+        Scenario::Throughput => return throughput(&bin, args.tasks, args.agents),
+        Scenario::Footprint => return footprint(&bin),
+        Scenario::Log => return log(&bin, args.megabytes),
+        Scenario::Dispatch | Scenario::Roundtrip => {}
+    }
     let temp = tempfile::tempdir()?;
     let server = Server::start(&bin, temp.path())?;
     let kinds: Vec<Kind> = match args.worker {
@@ -74,13 +96,13 @@ fn main() -> anyhow::Result<()> {
         };
         let samples = match args.scenario {
             Scenario::Dispatch => dispatch(&server, temp.path(), &target, args.runs)?,
-            Scenario::Roundtrip => roundtrip(&server, &target, args.runs)?,
+            _ => roundtrip(&server, &target, args.runs)?,
         };
         rows.push((name, samples));
     }
     let scenario = match args.scenario {
         Scenario::Dispatch => "dispatch",
-        Scenario::Roundtrip => "roundtrip",
+        _ => "roundtrip",
     };
     println!(
         "{:<10} {:<16} {:>5} {:>9} {:>9} {:>9} {:>9}",
@@ -201,6 +223,192 @@ fn roundtrip(server: &Server, target: &Value, runs: usize) -> anyhow::Result<Vec
     Ok(samples)
 }
 
+/// Kilobytes of a process's resident set now (`VmRSS`) or at its peak (`VmHWM`), from /proc.
+fn rss_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|v| v.trim_start_matches(':').split_whitespace().next())
+        })
+        .and_then(|kb| kb.parse().ok())
+        .ok_or_else(|| anyhow!("no {field} for process {pid}"))
+}
+
+/// Queues `tasks` tasks while the space's queue is stopped, starts the queue, and times until
+/// every one has ended.
+fn throughput(bin: &Path, tasks: usize, agents: usize) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let server = Server::start_with(bin, temp.path(), &["--task-cap", "200"])?;
+    let mut running = Vec::new();
+    for n in 0..agents {
+        let name = format!("agent-{n}");
+        running.push(server.agent(bin, temp.path(), &name, Kind::Polling)?);
+        server.wait_healthy(&name)?;
+    }
+    let space = server.get("/api/spaces/Spaces-1")?;
+    let mut stopped = space.clone();
+    stopped["TaskQueueStopped"] = json!(true);
+    server.put("/api/spaces/Spaces-1", &stopped)?;
+    // Queued from 4 client threads, so queueing is not what is measured.
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut threads = Vec::new();
+        for t in 0..4 {
+            let server = &server;
+            threads.push(scope.spawn(move || -> anyhow::Result<()> {
+                for _ in (t..tasks).step_by(4) {
+                    let body = json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": "true"}});
+                    let reply = server
+                        .http
+                        .post(format!("{}/api/Spaces-1/tasks", server.url))
+                        .header("X-Octopus-ApiKey", KEY)
+                        .json(&body)
+                        .send()?;
+                    if reply.status().as_u16() != 201 {
+                        bail!("a task was not created: {}", reply.text()?);
+                    }
+                }
+                Ok(())
+            }));
+        }
+        for thread in threads {
+            thread
+                .join()
+                .map_err(|_| anyhow!("a client thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let mut start = space.clone();
+    start["TaskQueueStopped"] = json!(false);
+    let started = Instant::now();
+    server.put("/api/spaces/Spaces-1", &start)?;
+    loop {
+        let open = server.get("/api/Spaces-1/tasks?states=Queued,Executing,Cancelling&take=1")?;
+        if open["TotalResults"] == 0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the tasks did not finish in 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let done = server.get("/api/Spaces-1/tasks?states=Success&take=1")?;
+    let succeeded = done["TotalResults"].as_u64().unwrap_or(0);
+    let rate = succeeded as f64 / seconds;
+    println!(
+        "{:<12} {:>7} {:>7} {:>10} {:>10}",
+        "SCENARIO", "TASKS", "AGENTS", "SECONDS", "TASKS/S"
+    );
+    println!(
+        "{:<12} {succeeded:>7} {agents:>7} {seconds:>10.2} {rate:>10.0}",
+        "throughput"
+    );
+    println!(
+        "{}",
+        json!({"scenario": "throughput", "tasks": succeeded, "agents": agents, "seconds": seconds, "tasks_per_second": rate})
+    );
+    drop(running);
+    Ok(())
+}
+
+/// Idle memory of the server alone and of a connected, trusted agent; the binaries' sizes.
+fn footprint(bin: &Path) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let server = Server::start(bin, temp.path())?;
+    std::thread::sleep(Duration::from_secs(3));
+    let server_kb = rss_kb(server.child.id(), "VmRSS")?;
+    let agent = server.agent(bin, temp.path(), "idle", Kind::Polling)?;
+    server.wait_healthy("idle")?;
+    std::thread::sleep(Duration::from_secs(3));
+    let agent_kb = rss_kb(agent.0.id(), "VmRSS")?;
+    let size = |name: &str| -> anyhow::Result<u64> { Ok(std::fs::metadata(bin.join(name))?.len()) };
+    let (server_bytes, agent_bytes) = (size("muster")?, size("muster-agent")?);
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
+    println!("{:<28} {:>10}", "MEASURE", "MB");
+    println!("{:<28} {:>10.1}", "server idle RSS", mb(server_kb));
+    println!(
+        "{:<28} {:>10.1}",
+        "agent idle RSS (connected)",
+        mb(agent_kb)
+    );
+    println!("{:<28} {:>10.1}", "muster binary", mib(server_bytes));
+    println!("{:<28} {:>10.1}", "muster-agent binary", mib(agent_bytes));
+    println!(
+        "{}",
+        json!({"scenario": "footprint", "server_rss_mb": mb(server_kb), "agent_rss_mb": mb(agent_kb), "muster_binary_mb": mib(server_bytes), "agent_binary_mb": mib(agent_bytes)})
+    );
+    drop(agent);
+    Ok(())
+}
+
+/// A script prints `megabytes` MB of 80-byte lines on the built-in worker; timed until `raw`
+/// returns every line.
+fn log(bin: &Path, megabytes: usize) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let server = Server::start(bin, temp.path())?;
+    let lines = megabytes * 1024 * 1024 / 80;
+    // 79 characters and a newline: one line of 80 bytes, printed by coreutils (no shell loop).
+    let script = format!("yes \"$(printf '%079d' 0)\" | head -n {lines}");
+    let body = json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": script, "TargetType": "OctopusServer"}});
+    let started = Instant::now();
+    let reply = server
+        .http
+        .post(format!("{}/api/Spaces-1/tasks", server.url))
+        .header("X-Octopus-ApiKey", KEY)
+        .json(&body)
+        .send()?;
+    let task: Value = reply.json()?;
+    let id = task["Id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no task: {task}"))?
+        .to_string();
+    // Without a live follower: the scenario is storing and `raw` (docs/BENCHMARKS.md says what a
+    // follower adds).
+    loop {
+        let task = server.get(&format!("/api/tasks/{id}"))?;
+        if task["IsCompleted"] == true {
+            if task["State"] != "Success" {
+                bail!("task {id} ended {}", task["State"]);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stored = started.elapsed().as_secs_f64();
+    let raw = server
+        .http
+        .get(format!("{}/api/tasks/{id}/raw", server.url))
+        .header("X-Octopus-ApiKey", KEY)
+        .send()?
+        .text()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let line = "0".repeat(79);
+    let got = raw.lines().filter(|l| l.ends_with(line.as_str())).count();
+    if got != lines {
+        bail!("raw returned {got} of {lines} lines");
+    }
+    let peak_kb = rss_kb(server.child.id(), "VmHWM")?;
+    let peak_mb = peak_kb as f64 / 1024.0;
+    let rate = (lines * 80) as f64 / 1024.0 / 1024.0 / seconds;
+    let raw_seconds = seconds - stored;
+    println!(
+        "{:<8} {:>6} {:>9} {:>9} {:>7} {:>7} {:>12}",
+        "SCENARIO", "MB", "LINES", "STORED s", "RAW s", "MB/S", "PEAK RSS MB"
+    );
+    println!(
+        "{:<8} {megabytes:>6} {lines:>9} {stored:>9.2} {raw_seconds:>7.2} {rate:>7.1} {peak_mb:>12.1}",
+        "log"
+    );
+    println!(
+        "{}",
+        json!({"scenario": "log", "megabytes": megabytes, "lines": lines, "stored_seconds": stored, "raw_seconds": raw_seconds, "mb_per_second": rate, "server_peak_rss_mb": peak_mb})
+    );
+    Ok(())
+}
+
 struct Server {
     child: Child,
     url: String,
@@ -210,6 +418,10 @@ struct Server {
 
 impl Server {
     fn start(bin: &Path, dir: &Path) -> anyhow::Result<Server> {
+        Server::start_with(bin, dir, &["--task-cap", "50"])
+    }
+
+    fn start_with(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
         let mut child = Command::new(bin.join("muster"))
             .args([
                 "server",
@@ -217,10 +429,9 @@ impl Server {
                 "127.0.0.1:0",
                 "--comms-listen",
                 "127.0.0.1:0",
-                "--task-cap",
-                "50",
-                "--data-dir",
             ])
+            .args(extra)
+            .arg("--data-dir")
             .arg(dir.join("data"))
             .env("MUSTER_BOOTSTRAP_API_KEY", KEY)
             .stdout(Stdio::piped())
@@ -264,6 +475,19 @@ impl Server {
             .header("X-Octopus-ApiKey", KEY)
             .send()?
             .json()?)
+    }
+
+    fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let reply = self
+            .http
+            .put(format!("{}{path}", self.url))
+            .header("X-Octopus-ApiKey", KEY)
+            .json(body)
+            .send()?;
+        if !reply.status().is_success() {
+            bail!("PUT {path}: {}", reply.text()?);
+        }
+        Ok(reply.json()?)
     }
 
     /// Follows the task's live stream until it ends; returns its final state.

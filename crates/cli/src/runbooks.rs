@@ -332,8 +332,12 @@ pub fn read_file(text: &str) -> anyhow::Result<Value> {
             variables.push(json!({"Name": name, "Value": value, "IsSensitive": sensitive}));
         }
     }
-    if file.get("exclusive") == Some(&json!(true)) {
-        variables.push(json!({"Name": "OctopusBypassDeploymentMutex", "Value": "False"}));
+    match file.get("exclusive") {
+        None | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => {
+            variables.push(json!({"Name": "OctopusBypassDeploymentMutex", "Value": "False"}))
+        }
+        Some(other) => bail!("exclusive must be true or false, got {other}"),
     }
     let steps = file
         .get("steps")
@@ -427,7 +431,8 @@ fn read_step(n: usize, step: &Value) -> anyhow::Result<Value> {
             );
             ("Muster.RunRunbook", None)
         }
-        _ => bail!("step '{name}' needs either script or runbook"),
+        (Some(_), Some(_)) => bail!("step '{name}' has both script and runbook: give only one"),
+        (None, None) => bail!("step '{name}' needs either script or runbook"),
     };
     Ok(json!({
         "Name": name,

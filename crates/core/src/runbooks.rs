@@ -198,6 +198,27 @@ impl Step {
         };
         let mut errors = Vec::new();
         let props = &action.properties;
+        for (key, value) in props {
+            // Strings, as Octopus sends them; a boolean or a number where one is meant.
+            let fits = match value {
+                Value::String(_) | Value::Bool(_) | Value::Null => true,
+                Value::Number(_) => !key.eq_ignore_ascii_case(PROP_SCRIPT_BODY),
+                _ => false,
+            };
+            if !fits {
+                errors.push(format!(
+                    "{who}: property {key} must be a string, got {}.",
+                    match value {
+                        Value::Number(_) => "a number",
+                        Value::Array(_) => "an array",
+                        _ => "an object",
+                    }
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         if action.action_type.eq_ignore_ascii_case(SCRIPT_ACTION) {
             let body = property(props, PROP_SCRIPT_BODY).unwrap_or_default();
             if body.trim().is_empty() {

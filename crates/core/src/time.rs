@@ -12,7 +12,9 @@ pub fn now() -> Timestamp {
 
 /// `2024-01-01T00:00:00.000+00:00`
 pub fn format_date(t: &Timestamp) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string()
+    // chrono's RFC 3339 writer, not a strftime pattern parsed on every call: every log line is
+    // stamped with this on the hot path.
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
 }
 
 pub fn parse_date(text: &str) -> Option<Timestamp> {
@@ -140,6 +142,14 @@ pub fn human_duration(d: chrono::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_keep_their_format() {
+        let t = parse_date("2024-01-02T03:04:05.006+00:00").unwrap();
+        assert_eq!(format_date(&t), "2024-01-02T03:04:05.006+00:00");
+        let whole = parse_date("2024-01-02T03:04:05Z").unwrap();
+        assert_eq!(format_date(&whole), "2024-01-02T03:04:05.000+00:00");
+    }
 
     #[test]
     fn timespans_round_trip() {

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 /// What a masked value is shown as.
 pub const MASK: &str = "********";
+/// The shortest line of a multi-line secret that is masked on its own.
+pub const MIN_LINE: usize = 4;
 
 /// Replaces each `#{Name}` whose name `lookup` knows; the others stay as written. Values are not
 /// substituted again, so a value that contains `#{…}` is taken literally.
@@ -65,13 +67,28 @@ pub struct Masker {
 
 impl Masker {
     pub fn add(&mut self, value: &str) {
-        let mut forms = vec![value.to_string(), BASE64.encode(value.as_bytes())];
+        let bytes = value.as_bytes();
+        let mut forms = vec![
+            value.to_string(),
+            BASE64.encode(bytes).trim_end_matches('=').to_string(),
+            // `echo "$secret" | base64` encodes a newline after it.
+            BASE64
+                .encode([bytes, b"\n"].concat())
+                .trim_end_matches('=')
+                .to_string(),
+        ];
+        // The base64 of its whole 3-byte groups is the same whatever follows the value.
+        if bytes.len() >= 6 {
+            forms.push(BASE64.encode(&bytes[..bytes.len() - bytes.len() % 3]));
+        }
         if value.contains('\n') {
+            // Each line of a value of several lines, but not a line so short that masking it
+            // would hide ordinary words.
             forms.extend(
                 value
                     .lines()
                     .map(|l| l.trim_end_matches('\r').to_string())
-                    .filter(|l| !l.trim().is_empty()),
+                    .filter(|l| l.trim().chars().count() >= MIN_LINE),
             );
         }
         for form in forms {
@@ -177,6 +194,11 @@ mod tests {
         assert_eq!(masker.mask("czNjcmV0"), MASK);
         assert_eq!(masker.mask("got line two"), format!("got {MASK}"));
         assert_eq!(masker.mask("nothing here"), "nothing here");
+        // `echo "$secret" | base64`, with its newline, is masked too.
+        assert_eq!(masker.mask("czNjcmV0Cg=="), format!("{MASK}=="));
+        let mut short = Masker::default();
+        short.add("long enough line\nab");
+        assert_eq!(short.mask("about"), "about");
     }
 
     #[test]

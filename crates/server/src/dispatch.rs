@@ -491,7 +491,11 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
         match decision {
             Decision::Start { leases, capped } => {
                 pending.remove(&task.id);
-                start(app, task, &request, leases, capped).await?;
+                let workers = spaces
+                    .get(&task.space_id)
+                    .map(|v| v.workers.as_slice())
+                    .unwrap_or_default();
+                start(app, task, &request, leases, capped, workers).await?;
             }
             Decision::CapReached { running } => {
                 let reason = format!(
@@ -803,13 +807,15 @@ pub async fn run_of(app: &App, task: &Task) -> anyhow::Result<Option<RunbookRun>
         .next())
 }
 
-/// Claims a task for the leases the ledger gave it, and starts it.
+/// Claims a task for the leases the ledger gave it, and starts it. `workers`: the space's, as the
+/// pass read them.
 async fn start(
     app: &App,
     mut task: Task,
     request: &Request,
     leases: Vec<Lease>,
     capped: bool,
+    workers: &[Worker],
 ) -> anyhow::Result<()> {
     let at = now();
     task.state = TaskState::Executing;
@@ -827,7 +833,7 @@ async fn start(
     // A script task on an agent stores its worker: a restarted server re-attaches to it.
     let agent_worker: Option<Worker> = match leases.as_slice() {
         [lease] if task.name != RUNBOOK_RUN && lease.agent != BUILTIN_AGENT => {
-            app.store.get::<Worker>(&lease.worker_id).await?
+            workers.iter().find(|w| w.id == lease.worker_id).cloned()
         }
         _ => None,
     };

@@ -31,6 +31,9 @@ type LiveMap = Arc<Mutex<HashMap<String, Live>>>;
 
 pub struct LogHub {
     live: LiveMap,
+    /// Lines appended and not yet committed, and a signal each time a batch commits: a chatty
+    /// script waits for room (`wait_for_room`) instead of filling memory faster than the disk takes it.
+    backlog: Arc<Backlog>,
     writer: mpsc::UnboundedSender<WriterMessage>,
     /// The id of every task whose state changed, for followers waiting on a task to start or end.
     changes: broadcast::Sender<String>,
@@ -38,15 +41,25 @@ pub struct LogHub {
 
 /// How many waiting lines one commit takes at most.
 const BATCH: usize = 2048;
+/// How many uncommitted lines make a script's reader wait.
+const MAX_BACKLOG: usize = 4 * BATCH;
+
+#[derive(Default)]
+struct Backlog {
+    lines: std::sync::atomic::AtomicUsize,
+    committed: tokio::sync::Notify,
+}
 
 impl LogHub {
     pub fn start(store: Store) -> LogHub {
         let (writer, receiver) = mpsc::unbounded_channel();
         let live: LiveMap = Arc::default();
-        tokio::spawn(write_lines(store, receiver, live.clone()));
+        let backlog: Arc<Backlog> = Arc::default();
+        tokio::spawn(write_lines(store, receiver, live.clone(), backlog.clone()));
         let (changes, _) = broadcast::channel(1024);
         LogHub {
             live,
+            backlog,
             writer,
             changes,
         }
@@ -123,6 +136,9 @@ impl LogHub {
             step,
         };
         entry.next_seq += 1;
+        self.backlog
+            .lines
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let _ = self
             .writer
             .send(WriterMessage::Line(task_id.to_string(), line, agent_seq));
@@ -135,6 +151,18 @@ impl LogHub {
             .expect("log hub lock")
             .get(task_id)
             .map(|live| live.events.subscribe())
+    }
+
+    /// Waits while more lines wait for their commit than the writer takes in a few batches.
+    pub async fn wait_for_room(&self) {
+        use std::sync::atomic::Ordering;
+        while self.backlog.lines.load(Ordering::SeqCst) > MAX_BACKLOG {
+            let committed = self.backlog.committed.notified();
+            if self.backlog.lines.load(Ordering::SeqCst) <= MAX_BACKLOG {
+                break;
+            }
+            committed.await;
+        }
     }
 
     /// Waits until every line appended so far is committed.
@@ -158,6 +186,7 @@ async fn write_lines(
     store: Store,
     mut receiver: mpsc::UnboundedReceiver<WriterMessage>,
     live: LiveMap,
+    backlog: Arc<Backlog>,
 ) {
     let mut lines = Vec::new();
     let mut flushes = Vec::new();
@@ -184,6 +213,10 @@ async fn write_lines(
         }
         // Published once committed, in order, before any flush is answered: a follower told the
         // task ended has had every line.
+        backlog
+            .lines
+            .fetch_sub(lines.len(), std::sync::atomic::Ordering::SeqCst);
+        backlog.committed.notify_waiters();
         {
             let live = live.lock().expect("log hub lock");
             for (task, line, _) in lines.drain(..) {

@@ -348,7 +348,9 @@ async fn execute(driver: &Driver<'_>, leases: &[Lease]) -> anyhow::Result<(TaskS
                 };
                 canceled |= state == TaskState::Canceled;
                 failed = true;
-                driver.log(n, LogCategory::Error, &message);
+                if state != TaskState::Canceled {
+                    driver.log(n, LogCategory::Error, &message);
+                }
                 first_error.get_or_insert(format!("Step '{}' failed: {message}", step.name));
             }
         }

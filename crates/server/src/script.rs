@@ -90,6 +90,8 @@ async fn run_builtin(
                 text: line.text,
                 agent_seq: None,
             });
+            // The script waits (its pipe fills) while the log writer catches up.
+            app.logs.wait_for_room().await;
         }
     };
     let (outcome, ()) = tokio::join!(exec, forward);
@@ -241,6 +243,7 @@ async fn drive_agent(
                 agent_seq: Some(line.seq),
             });
         }
+        app.logs.wait_for_room().await;
         match reply.state {
             ScriptState::Running => {}
             ScriptState::Unknown => {

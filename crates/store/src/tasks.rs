@@ -256,21 +256,38 @@ impl Store {
         if lines.is_empty() {
             return Ok(());
         }
+        // Many rows per statement: a statement costs far more than a row, so a chatty script's
+        // lines are stored at the disk's pace, not the statement parser's.
+        const ROWS: usize = 400;
         let mut tx = self.pool.begin().await?;
-        for (task_id, line, source_seq) in lines {
-            let Some(num) = task_num(task_id) else {
-                continue;
-            };
-            sqlx::query("INSERT OR IGNORE INTO task_log (task_num, seq, occurred_at, category, message, source_seq, step) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
-                .bind(num)
-                .bind(line.seq)
-                .bind(format_date(&line.occurred_at))
-                .bind(line.category.as_str())
-                .bind(&line.message_text)
-                .bind(source_seq.map(|n| n.min(i64::MAX as u64) as i64))
-                .bind(line.step)
-                .execute(&mut *tx)
-                .await?;
+        let rows: Vec<(i64, &LogLine, Option<u64>)> = lines
+            .iter()
+            .filter_map(|(task_id, line, source_seq)| {
+                task_num(task_id).map(|num| (num, line, *source_seq))
+            })
+            .collect();
+        for chunk in rows.chunks(ROWS) {
+            let mut sql = String::from(
+                "INSERT OR IGNORE INTO task_log (task_num, seq, occurred_at, category, message, source_seq, step) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?, ?, ?, ?, ?, ?, ?)");
+            }
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (num, line, source_seq) in chunk {
+                query = query
+                    .bind(*num)
+                    .bind(line.seq)
+                    .bind(format_date(&line.occurred_at))
+                    .bind(line.category.as_str())
+                    .bind(&line.message_text)
+                    .bind(source_seq.map(|n| n.min(i64::MAX as u64) as i64))
+                    .bind(line.step);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -301,6 +318,33 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// A page of a task's log as `raw` text (`HH:MM:SS  Category | message` lines), built by
+    /// SQLite itself: one row per page instead of one per line, which is what reading millions of
+    /// lines costs. Returns (last sequence number, lines, text), or None after the last line.
+    pub async fn raw_log_page(
+        &self,
+        task_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Option<(i64, i64, String)>> {
+        let Some(num) = task_num(task_id) else {
+            return Ok(None);
+        };
+        let row: (Option<i64>, i64, Option<String>) = sqlx::query_as(
+            "SELECT max(seq), count(*), group_concat(substr(occurred_at, 12, 8) || '  ' || printf('%-8s', category) || ' | ' || message || char(10), '' ORDER BY seq) \
+             FROM (SELECT seq, occurred_at, category, message FROM task_log WHERE task_num = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)",
+        )
+        .bind(num)
+        .bind(after)
+        .bind(limit)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(match row {
+            (Some(last), count, Some(text)) if count > 0 => Some((last, count, text)),
+            _ => None,
+        })
     }
 
     /// The highest sequence number logged for a task (0 when none).

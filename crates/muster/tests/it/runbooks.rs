@@ -278,6 +278,33 @@ fn runbook_bad_input_gets_clear_400s_and_permissions_hold() {
     server
         .post_raw("/api/Spaces-1/runbooks", "{not json", "application/json")
         .assert_error(400);
+    let number = post(
+        json!({"Name": "X", "Steps": [{"Name": "S", "Actions": [{"ActionType": "Octopus.Script",
+        "Properties": {"Octopus.Action.Script.ScriptBody": 5}}]}]}),
+    );
+    assert!(number.assert_error(400).text.contains("must be a string"));
+    let selfie = post(
+        json!({"Name": "Selfie", "Steps": [{"Name": "S", "Actions": [{"ActionType": "Muster.RunRunbook",
+        "Properties": {"Muster.Action.RunRunbook.RunbookId": "Selfie"}}]}]}),
+    );
+    assert!(
+        selfie
+            .assert_error(400)
+            .text
+            .contains("runs this runbook itself")
+    );
+    // A secret stays secret: turning it into a plain variable needs a new value.
+    let secret = post(json!({"Name": "Secretive", "Steps": null,
+        "Variables": [{"Name": "Pw", "Value": "hunter2-secret", "Type": "Sensitive"}]}))
+    .assert_status(201)
+    .clone();
+    let secret_self = secret["Links"]["Self"].as_str().unwrap();
+    let flip = server.put(
+        secret_self,
+        &json!({"Variables": [{"Name": "Pw", "Type": "String"}]}),
+    );
+    assert!(flip.assert_error(400).text.contains("was sensitive"));
+    assert!(!server.get(secret_self).text.contains("hunter2-secret"));
 
     // A runs B; B may not then run A.
     let b = post(json!({"Name": "B", "Steps": [script("S", "echo b")]}))

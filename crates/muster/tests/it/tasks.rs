@@ -149,6 +149,18 @@ fn logs_are_served_raw_as_details_and_live_before_the_script_ends() {
         "{}",
         raw.text
     );
+    // `HH:MM:SS  Category | message`, the category padded to 8.
+    let first_line = raw.text.lines().find(|l| l.ends_with("| first")).unwrap();
+    let (time, rest) = first_line.split_at(8);
+    assert!(
+        time.chars().enumerate().all(|(i, c)| if i == 2 || i == 5 {
+            c == ':'
+        } else {
+            c.is_ascii_digit()
+        }),
+        "{first_line}"
+    );
+    assert_eq!(rest, "  Info     | first");
     let details = server.ok(&format!("/api/Spaces-1/tasks/{}/details", id(&task)));
     assert_eq!(details["Task"]["Id"], id(&task).as_str());
     let step = &details["ActivityLogs"][0]["Children"][0];

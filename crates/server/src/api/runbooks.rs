@@ -140,8 +140,17 @@ async fn check_steps(
         };
         let action: &mut Action = &mut step.actions[0];
         match plan {
-            ActionPlan::Script { location, .. } => {
+            ActionPlan::Script {
+                location, syntax, ..
+            } => {
                 action.action_type = muster_core::runbooks::SCRIPT_ACTION.into();
+                action
+                    .properties
+                    .retain(|k, _| !k.eq_ignore_ascii_case(muster_core::runbooks::PROP_SYNTAX));
+                action.properties.insert(
+                    muster_core::runbooks::PROP_SYNTAX.into(),
+                    json!(syntax.as_str()),
+                );
                 let pool = match &location {
                     Location::Pool(Some(p)) | Location::EachWorker(Some(p)) => Some(p.clone()),
                     _ => None,
@@ -177,9 +186,8 @@ async fn check_steps(
                             .properties
                             .insert(PROP_CHILD_RUNBOOK.into(), json!(target.id));
                     }
-                    None if !runbook.id.is_empty()
-                        && (runbook.id.eq_ignore_ascii_case(&wanted)
-                            || runbook.name.eq_ignore_ascii_case(&wanted)) =>
+                    None if runbook.name.eq_ignore_ascii_case(&wanted)
+                        || (!runbook.id.is_empty() && runbook.id.eq_ignore_ascii_case(&wanted)) =>
                     {
                         errors.push(format!(
                             "Step '{step_name}' runs this runbook itself, which would never end."
@@ -295,6 +303,19 @@ fn check_variables(runbook: &mut Runbook, stored: &[Variable], errors: &mut Vec<
                 variable.name, variable.kind
             )),
         }
+        if variable
+            .name
+            .eq_ignore_ascii_case(muster_core::runbooks::BYPASS_MUTEX)
+            && variable
+                .value
+                .as_deref()
+                .is_some_and(|v| muster_core::runbooks::parse_bool(v).is_none())
+        {
+            errors.push(format!(
+                "Variable {}: its value must be True or False.",
+                muster_core::runbooks::BYPASS_MUTEX
+            ));
+        }
         variable.kind = if variable.is_sensitive {
             "Sensitive".into()
         } else {
@@ -304,12 +325,19 @@ fn check_variables(runbook: &mut Runbook, stored: &[Variable], errors: &mut Vec<
             variable.id = uuid::Uuid::new_v4().to_string();
         }
         if variable.value.is_none() {
-            let kept = stored
+            let was = stored
                 .iter()
-                .find(|s| s.id == variable.id || s.name.eq_ignore_ascii_case(&variable.name))
-                .filter(|s| s.is_sensitive)
-                .and_then(|s| s.value.clone());
-            variable.value = Some(kept.unwrap_or_default());
+                .find(|s| s.id == variable.id || s.name.eq_ignore_ascii_case(&variable.name));
+            match was {
+                // A secret keeps its value only while it stays a secret: turning it into a plain
+                // variable must not reveal it.
+                Some(was) if was.is_sensitive && !variable.is_sensitive => errors.push(format!(
+                    "Variable '{}' was sensitive; to make it a plain variable, give it a new Value.",
+                    variable.name
+                )),
+                Some(was) if was.is_sensitive => variable.value = was.value.clone(),
+                _ => variable.value = Some(String::new()),
+            }
         }
     }
 }
@@ -333,11 +361,11 @@ async fn read_runbook(
         &runbook.slug
     });
     // Lists replace, not merge: the body's steps and variables are the whole of them.
-    if let Some(steps) = body.get("Steps") {
+    if let Some(steps) = body.get("Steps").filter(|v| !v.is_null()) {
         runbook.steps = serde_json::from_value(steps.clone())
             .map_err(|e| ApiError::bad_request(format!("Steps: {e}")))?;
     }
-    if let Some(variables) = body.get("Variables") {
+    if let Some(variables) = body.get("Variables").filter(|v| !v.is_null()) {
         runbook.variables = serde_json::from_value(variables.clone())
             .map_err(|e| ApiError::bad_request(format!("Variables: {e}")))?;
     }
@@ -517,6 +545,12 @@ pub async fn get_run(
     ok(&links::runbook_run(&find_run(&app, &space, &id).await?))
 }
 
+/// Variables that set how a run is scheduled; a run may give them whether or not the runbook has them.
+fn is_setting(name: &str) -> bool {
+    name.eq_ignore_ascii_case(muster_core::runbooks::BYPASS_MUTEX)
+        || name.eq_ignore_ascii_case(muster_core::runbooks::PROP_MAX_PARALLELISM)
+}
+
 /// `POST /api/{s}/runbookRuns` `{RunbookId, FormValues?, Comments?}`: queues a run; 201 with the
 /// run, whose `TaskId` is the task to follow.
 pub async fn create_run(
@@ -541,31 +575,80 @@ pub async fn create_run(
                 }
             }
         }
-        _ => {
+        None | Some(Value::Null) => {
             errors.push("RunbookId is required: the runbook to run (its id or name).".into());
             None
         }
+        Some(Value::String(_)) => {
+            errors.push("RunbookId must not be empty.".into());
+            None
+        }
+        Some(other) => {
+            errors.push(format!(
+                "RunbookId must be a string (a runbook's id or name), got {other}."
+            ));
+            None
+        }
     };
-    let form_values: Map<String, Value> = match body.get("FormValues") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(values)) => {
-            for (name, value) in values {
-                if !matches!(
-                    value,
-                    Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null
-                ) {
-                    errors.push(format!(
-                        "FormValues.{name} must be a string, a number or a boolean."
+    let form_values: Map<String, Value> =
+        match body.get("FormValues") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(values)) => {
+                let mut form = Map::new();
+                for (name, value) in values {
+                    let text = match value {
+                        Value::Null => continue,
+                        Value::String(text) => text.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+                        _ => {
+                            errors.push(format!(
+                                "FormValues.{name} must be a string, a number or a boolean."
+                            ));
+                            continue;
+                        }
+                    };
+                    let known = runbook.as_ref().is_none_or(|r| {
+                        r.variables
+                            .iter()
+                            .any(|v| v.name.eq_ignore_ascii_case(name))
+                    });
+                    if name.trim().is_empty() {
+                        errors.push("FormValues names a variable with an empty name.".into());
+                    } else if is_setting(name) {
+                        if name.eq_ignore_ascii_case(muster_core::runbooks::BYPASS_MUTEX)
+                            && muster_core::runbooks::parse_bool(&text).is_none()
+                        {
+                            errors.push(format!(
+                                "FormValues.{name} must be True or False, got '{text}'."
+                            ));
+                        }
+                        if name.eq_ignore_ascii_case(muster_core::runbooks::PROP_MAX_PARALLELISM)
+                            && muster_core::runbooks::parse_parallelism(&text).is_none()
+                        {
+                            errors.push(format!(
+                            "FormValues.{name} must be a whole number of 1 or more, got '{text}'."
+                        ));
+                        }
+                    } else if !known {
+                        let names: Vec<String> = runbook
+                            .as_ref()
+                            .map(|r| r.variables.iter().map(|v| v.name.clone()).collect())
+                            .unwrap_or_default();
+                        errors.push(format!(
+                        "FormValues.{name}: the runbook has no variable of that name (it has: {}).",
+                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
                     ));
+                    }
+                    form.insert(name.clone(), json!(text));
                 }
+                form
             }
-            values.clone()
-        }
-        Some(_) => {
-            errors.push("FormValues must be an object of variable names and values.".into());
-            Map::new()
-        }
-    };
+            Some(_) => {
+                errors.push("FormValues must be an object of variable names and values.".into());
+                Map::new()
+            }
+        };
     let comments = match body.get("Comments") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(text.clone()),

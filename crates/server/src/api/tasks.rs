@@ -549,17 +549,26 @@ pub async fn details_any(
 
 /// The whole log as text: `HH:MM:SS  Category | message`.
 async fn raw(app: &App, task: Task) -> ApiResult {
-    let lines = all_lines(app, &task).await?;
-    let mut text = String::with_capacity(lines.iter().map(|l| l.message_text.len() + 24).sum());
-    for line in &lines {
-        text.push_str(&format!(
-            "{}  {:<8} | {}\n",
-            line.occurred_at.format("%H:%M:%S"),
-            line.category.as_str(),
-            line.message_text
-        ));
-    }
-    let mut response = text.into_response();
+    // Streamed a page at a time, so a log of millions of lines never sits whole in memory.
+    const PAGE: i64 = 20_000;
+    let app = app.clone();
+    let id = task.id.clone();
+    let pages = futures_util::stream::unfold(Some(0i64), move |after| {
+        let app = app.clone();
+        let id = id.clone();
+        async move {
+            let after = after?;
+            match app.store.raw_log_page(&id, after, PAGE).await {
+                Ok(None) => None,
+                Ok(Some((last, count, text))) => {
+                    let next = (count == PAGE).then_some(last);
+                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(text)), next))
+                }
+                Err(error) => Some((Err(std::io::Error::other(error.to_string())), None)),
+            }
+        }
+    });
+    let mut response = axum::body::Body::from_stream(pages).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -405,6 +405,11 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             parent_of(task).is_some_and(|p| ledger.waiting_for(&p) == Some(task.id.as_str()))
         })
     };
+    // While the cap is full, a task already told so is not planned again: with thousands queued,
+    // each pass would otherwise redo every task's plan to reach the same answer.
+    let cap_reason = cap_reason(app);
+    let cap_full = app.dispatcher.ledger().capped_count() >= app.config.task_cap;
+    let children_count = children.len();
     let ordered: Vec<Task> = children
         .into_iter()
         .chain(muster_scheduler::fair_order(
@@ -418,7 +423,13 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
     let mut spaces: HashMap<String, SpaceView> = HashMap::new();
     // First what each task needs, so a deadlock can be traced through the other queued tasks.
     let mut plans: Vec<(Task, Planned)> = Vec::new();
-    for mut task in ordered {
+    for (index, mut task) in ordered.into_iter().enumerate() {
+        if cap_full
+            && index >= children_count
+            && task.queue_reason.as_deref() == Some(cap_reason.as_str())
+        {
+            continue;
+        }
         let at = now();
         if task.queue_time_expiry.is_some_and(|expiry| expiry <= at) {
             task.state = TaskState::Canceled;
@@ -497,12 +508,8 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
                     .unwrap_or_default();
                 start(app, task, &request, leases, capped, workers).await?;
             }
-            Decision::CapReached { running } => {
-                let reason = format!(
-                    "The task cap of {} is reached on node {}: {running} tasks are executing.",
-                    app.config.task_cap, app.config.node_name
-                );
-                set_reason(app, &mut task, reason).await?;
+            Decision::CapReached { .. } => {
+                set_reason(app, &mut task, cap_reason.clone()).await?;
             }
             Decision::Wait(reason) => set_reason(app, &mut task, reason).await?,
             Decision::Deadlock(message) => {
@@ -513,6 +520,13 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
         }
     }
     Ok(next_timer)
+}
+
+fn cap_reason(app: &App) -> String {
+    format!(
+        "The task cap of {} is reached on node {}: {} tasks are executing.",
+        app.config.task_cap, app.config.node_name, app.config.task_cap
+    )
 }
 
 /// The run that started a task through a "Run a runbook" step.

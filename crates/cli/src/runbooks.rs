@@ -323,11 +323,17 @@ pub fn read_file(text: &str) -> anyhow::Result<Value> {
         };
         for (name, value) in vars {
             let (value, sensitive) = match value {
-                Value::Object(spec) => (
-                    scalar(spec.get("value").unwrap_or(&Value::Null)),
-                    spec.get("sensitive") == Some(&json!(true)),
-                ),
-                other => (scalar(other), false),
+                Value::Object(spec) => {
+                    let sensitive = spec.get("sensitive") == Some(&json!(true));
+                    // A secret without a value keeps the one the server has (--update).
+                    let value = match spec.get("value") {
+                        None | Some(Value::Null) if sensitive => Value::Null,
+                        Some(v) => json!(scalar(v)),
+                        None => json!(""),
+                    };
+                    (value, sensitive)
+                }
+                other => (json!(scalar(other)), false),
             };
             variables.push(json!({"Name": name, "Value": value, "IsSensitive": sensitive}));
         }
@@ -335,6 +341,15 @@ pub fn read_file(text: &str) -> anyhow::Result<Value> {
     match file.get("exclusive") {
         None | Some(Value::Bool(false)) => {}
         Some(Value::Bool(true)) => {
+            if variables.iter().any(|v| {
+                v["Name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case("OctopusBypassDeploymentMutex"))
+            }) {
+                bail!(
+                    "give either exclusive: true or the variable OctopusBypassDeploymentMutex, not both"
+                );
+            }
             variables.push(json!({"Name": "OctopusBypassDeploymentMutex", "Value": "False"}))
         }
         Some(other) => bail!("exclusive must be true or false, got {other}"),
@@ -391,8 +406,15 @@ fn read_step(n: usize, step: &Value) -> anyhow::Result<Value> {
         .map(scalar)
         .ok_or_else(|| anyhow!("step {n} needs a name"))?;
     let mut properties = Map::new();
+    let only = |keys: &[&str], kind: &str| -> anyhow::Result<()> {
+        match keys.iter().find(|k| step.contains_key(**k)) {
+            Some(key) => bail!("step '{name}': {key} does not apply to a {kind} step"),
+            None => Ok(()),
+        }
+    };
     let (action_type, pool) = match (step.get("script"), step.get("runbook")) {
         (Some(script), None) => {
+            only(&["wait"], "script")?;
             properties.insert(
                 "Octopus.Action.Script.ScriptBody".into(),
                 json!(scalar(script)),
@@ -420,6 +442,7 @@ fn read_step(n: usize, step: &Value) -> anyhow::Result<Value> {
             ("Octopus.Script", step.get("pool").map(scalar))
         }
         (None, Some(runbook)) => {
+            only(&["syntax", "on", "pool", "max_parallelism"], "runbook")?;
             properties.insert(
                 "Muster.Action.RunRunbook.RunbookId".into(),
                 json!(scalar(runbook)),

@@ -201,8 +201,8 @@ impl Step {
         for (key, value) in props {
             // Strings, as Octopus sends them; a boolean or a number where one is meant.
             let fits = match value {
-                Value::String(_) | Value::Bool(_) | Value::Null => true,
-                Value::Number(_) => !key.eq_ignore_ascii_case(PROP_SCRIPT_BODY),
+                Value::String(_) | Value::Null => true,
+                Value::Bool(_) | Value::Number(_) => !key.eq_ignore_ascii_case(PROP_SCRIPT_BODY),
                 _ => false,
             };
             if !fits {
@@ -210,6 +210,7 @@ impl Step {
                     "{who}: property {key} must be a string, got {}.",
                     match value {
                         Value::Number(_) => "a number",
+                        Value::Bool(_) => "a boolean",
                         Value::Array(_) => "an array",
                         _ => "an object",
                     }
@@ -219,7 +220,29 @@ impl Step {
         if !errors.is_empty() {
             return Err(errors);
         }
-        if action.action_type.eq_ignore_ascii_case(SCRIPT_ACTION) {
+        let script = action.action_type.eq_ignore_ascii_case(SCRIPT_ACTION);
+        let foreign: &[&str] = if script {
+            &[PROP_CHILD_RUNBOOK, PROP_CHILD_WAIT]
+        } else {
+            &[
+                PROP_SCRIPT_BODY,
+                PROP_SYNTAX,
+                PROP_LOCATION,
+                PROP_MAX_PARALLELISM,
+            ]
+        };
+        for key in props.keys() {
+            if foreign.iter().any(|f| f.eq_ignore_ascii_case(key)) {
+                errors.push(format!(
+                    "{who}: {key} does not apply to a {} action.",
+                    action.action_type
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if script {
             let body = property(props, PROP_SCRIPT_BODY).unwrap_or_default();
             if body.trim().is_empty() {
                 errors.push(format!(

@@ -68,15 +68,22 @@ pub struct Masker {
 impl Masker {
     pub fn add(&mut self, value: &str) {
         let bytes = value.as_bytes();
-        let mut forms = vec![
-            value.to_string(),
-            BASE64.encode(bytes).trim_end_matches('=').to_string(),
-            // `echo "$secret" | base64` encodes a newline after it.
-            BASE64
-                .encode([bytes, b"\n"].concat())
-                .trim_end_matches('=')
-                .to_string(),
-        ];
+        let mut forms = vec![value.to_string()];
+        // Its base64, and with a newline after it (`echo "$secret" | base64`), whole, without its
+        // padding, and in the 76-character lines `base64` wraps a long value into.
+        for encoded in [BASE64.encode(bytes), BASE64.encode([bytes, b"\n"].concat())] {
+            forms.push(encoded.trim_end_matches('=').to_string());
+            if encoded.len() > 76 {
+                let chars: Vec<char> = encoded.chars().collect();
+                forms.extend(
+                    chars
+                        .chunks(76)
+                        .map(|c| c.iter().collect::<String>())
+                        .filter(|c| c.trim_end_matches('=').len() >= 8),
+                );
+            }
+            forms.push(encoded);
+        }
         // The base64 of its whole 3-byte groups is the same whatever follows the value.
         if bytes.len() >= 6 {
             forms.push(BASE64.encode(&bytes[..bytes.len() - bytes.len() % 3]));
@@ -195,7 +202,15 @@ mod tests {
         assert_eq!(masker.mask("got line two"), format!("got {MASK}"));
         assert_eq!(masker.mask("nothing here"), "nothing here");
         // `echo "$secret" | base64`, with its newline, is masked too.
-        assert_eq!(masker.mask("czNjcmV0Cg=="), format!("{MASK}=="));
+        assert_eq!(masker.mask("czNjcmV0Cg=="), MASK);
+        // A long value's base64, wrapped at 76 characters as `base64` prints it.
+        let long = "ThisIsAVeryLongSecretValueThatExceedsFiftySevenBytesForSureYes1234567890";
+        masker.add(long);
+        let wrapped = BASE64.encode(format!("{long}\n"));
+        for line in wrapped.as_bytes().chunks(76) {
+            let line = std::str::from_utf8(line).unwrap();
+            assert_eq!(masker.mask(line), MASK, "{line}");
+        }
         let mut short = Masker::default();
         short.add("long enough line\nab");
         assert_eq!(short.mask("about"), "about");

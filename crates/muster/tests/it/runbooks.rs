@@ -92,6 +92,7 @@ variables:
   Greeting: hello
   DbPassword: { value: "pa55-w0rd-xyz", sensitive: true }
   Cert: { value: "first-secret-line\nsecond-secret-line", sensitive: true }
+  Long: { value: "a-long-token-0123456789-0123456789-0123456789-0123456789-0123456789", sensitive: true }
 steps:
   - name: Make
     script: |
@@ -99,6 +100,7 @@ steps:
       set_octopusvariable Token "tok-$((987000 + 654))" -sensitive
       echo "password is #{DbPassword}"
       echo "#{Cert}"
+      echo "#{Long}" | base64
   - name: Encode
     syntax: python
     script: |
@@ -149,6 +151,10 @@ steps:
         "tok-987654",
         "first-secret-line",
         "second-secret-line",
+        "a-long-token",
+        // The two lines `base64` wraps the long token's encoding into.
+        "YS1sb25nLXRva2VuLTAxMjM0NTY3ODktMDEyMzQ1Njc4OS0wMTIzNDU2Nzg5LTAxMjM0NTY3ODkt",
+        "MDEyMzQ1Njc4OQo=",
     ] {
         assert!(!raw.contains(secret), "{secret} in the raw log:\n{raw}");
         assert!(!details.to_string().contains(secret), "{secret} in details");

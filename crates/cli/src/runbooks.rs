@@ -153,6 +153,24 @@ pub async fn runbook(client: &Client, json: bool, command: RunbookCommand) -> an
             }
             output::fields(&runbook, &["Id", "Name", "Description", "SpaceId"]);
             println!();
+            // Steps name pools and runbooks by id; show their names.
+            let mut names: Vec<(String, String)> = Vec::new();
+            for kind in ["workerpools", "runbooks"] {
+                for item in array(
+                    &client
+                        .get(&format!("/api/{}/{kind}/all", id_of(&space)))
+                        .await?,
+                ) {
+                    names.push((id_of(&item), output::text(&item["Name"])));
+                }
+            }
+            let name_of = |id: &str| {
+                names
+                    .iter()
+                    .find(|(i, _)| i == id)
+                    .map(|(_, n)| format!("'{n}'"))
+                    .unwrap_or_else(|| id.to_string())
+            };
             let rows = array(&runbook["Steps"])
                 .iter()
                 .enumerate()
@@ -162,16 +180,16 @@ pub async fn runbook(client: &Client, json: bool, command: RunbookCommand) -> an
                     let what = if action["ActionType"] == json!("Muster.RunRunbook") {
                         format!(
                             "run runbook {}",
-                            output::text(&props["Muster.Action.RunRunbook.RunbookId"])
+                            name_of(&output::text(&props["Muster.Action.RunRunbook.RunbookId"]))
                         )
                     } else {
                         let location = props["Muster.Action.ExecutionLocation"]
                             .as_str()
                             .unwrap_or("WorkerPool");
-                        let pool = action["WorkerPoolId"]
-                            .as_str()
-                            .unwrap_or("default pool")
-                            .to_string();
+                        let pool = match action["WorkerPoolId"].as_str() {
+                            Some(id) => format!("pool {}", name_of(id)),
+                            None => "the default pool".to_string(),
+                        };
                         match location {
                             "BuiltInWorker" => "script on the built-in worker".to_string(),
                             "EachWorkerInPool" => format!("script on each worker of {pool}"),

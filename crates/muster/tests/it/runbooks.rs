@@ -204,7 +204,7 @@ steps:
     assert_eq!(password["Type"], "Sensitive");
     let show = cli(&server, &["runbook", "show", "Three steps"]);
     assert!(text(&show.stdout).contains("(sensitive)"));
-    assert!(text(&show.stdout).contains("script on default pool"));
+    assert!(text(&show.stdout).contains("script on the default pool"));
     // A PUT that sends a sensitive variable back without its value keeps the value.
     let mut variables = set["Variables"].clone();
     for v in variables.as_array_mut().unwrap() {

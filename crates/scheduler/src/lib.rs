@@ -240,27 +240,25 @@ impl Ledger {
         let mut exclusive_holders = Vec::new();
         let mut holders = Vec::new();
         let mut borrowed = false;
-        let mut tasks: Vec<(&String, &Holding)> = self.holdings.iter().collect();
-        tasks.sort_by(|a, b| task_order(a.0).cmp(&task_order(b.0)).then(a.0.cmp(b.0)));
-        for (task, holding) in tasks {
-            let on_it: Vec<&Lease> = holding
-                .leases
-                .iter()
-                .filter(|l| l.agent == slot.agent)
-                .collect();
-            if on_it.is_empty() {
+        for (task, holding) in &self.holdings {
+            let mut on_it = holding.leases.iter().filter(|l| l.agent == slot.agent);
+            let Some(first) = on_it.next() else {
                 continue;
-            }
+            };
             if !others(task) {
                 borrowed |= lenders.contains(task);
                 continue;
             }
-            if on_it.iter().any(|l| l.exclusive) {
+            if first.exclusive || on_it.any(|l| l.exclusive) {
                 exclusive_holders.push(task.clone());
             } else {
                 holders.push(task.clone());
             }
         }
+        // Named oldest first; only the few holders of this machine are sorted.
+        let by_age = |a: &String, b: &String| task_order(a).cmp(&task_order(b)).then(a.cmp(b));
+        exclusive_holders.sort_by(by_age);
+        holders.sort_by(by_age);
         if !exclusive_holders.is_empty() {
             let why = format!(
                 "{} is exclusively leased by {}",

@@ -424,12 +424,6 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
     // First what each task needs, so a deadlock can be traced through the other queued tasks.
     let mut plans: Vec<(Task, Planned)> = Vec::new();
     for (index, mut task) in ordered.into_iter().enumerate() {
-        if cap_full
-            && index >= children_count
-            && task.queue_reason.as_deref() == Some(cap_reason.as_str())
-        {
-            continue;
-        }
         let at = now();
         if task.queue_time_expiry.is_some_and(|expiry| expiry <= at) {
             task.state = TaskState::Canceled;
@@ -471,6 +465,12 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
         }
         if task.name == crate::health::TASK_NAME {
             start_health(app, task).await?;
+            continue;
+        }
+        if cap_full
+            && index >= children_count
+            && task.queue_reason.as_deref() == Some(cap_reason.as_str())
+        {
             continue;
         }
         let planned = plan(app, &task, view).await;

@@ -377,6 +377,14 @@ async fn read_runbook(
     Ok(runbook)
 }
 
+/// Stamps who changed a runbook and when, and stores it.
+async fn save(app: &App, user: &CurrentUser, runbook: &mut Runbook) -> Result<(), ApiError> {
+    runbook.last_modified_on = Some(muster_core::time::now());
+    runbook.last_modified_by = actor(user);
+    app.store.put(runbook).await?;
+    Ok(())
+}
+
 pub async fn create(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
@@ -389,9 +397,7 @@ pub async fn create(
     let mut runbook = read_runbook(&app, &space, &Runbook::default(), body).await?;
     runbook.id = app.store.next_id(IdKind::Runbook).await?;
     runbook.runbook_process_id = format!("{PROCESS_PREFIX}{}", runbook.id);
-    runbook.last_modified_on = Some(muster_core::time::now());
-    runbook.last_modified_by = actor(&user);
-    app.store.put(&runbook).await?;
+    save(&app, &user, &mut runbook).await?;
     created(&links::runbook(&runbook))
 }
 
@@ -407,9 +413,7 @@ pub async fn update(
     check_space_id(body, &space)?;
     let mut runbook = read_runbook(&app, &space, &existing, body).await?;
     runbook.runbook_process_id = existing.runbook_process_id.clone();
-    runbook.last_modified_on = Some(muster_core::time::now());
-    runbook.last_modified_by = actor(&user);
-    app.store.put(&runbook).await?;
+    save(&app, &user, &mut runbook).await?;
     ok(&links::runbook(&runbook))
 }
 
@@ -461,9 +465,7 @@ pub async fn update_process(
         ));
     };
     let mut runbook = read_runbook(&app, &space, &existing, &json!({"Steps": steps})).await?;
-    runbook.last_modified_on = Some(muster_core::time::now());
-    runbook.last_modified_by = actor(&user);
-    app.store.put(&runbook).await?;
+    save(&app, &user, &mut runbook).await?;
     ok(&links::runbook_process(&runbook))
 }
 
@@ -485,6 +487,7 @@ pub async fn update_variables(
     let space = resolve_space(&app, &space).await?;
     let existing = find_by_view(&app, &space, &id, VARIABLE_SET_PREFIX).await?;
     let body = body.object()?;
+    check_space_id(body, &space)?;
     let Some(variables) = body.get("Variables") else {
         return Err(ApiError::bad_request(
             "Variables is required: the whole list of the runbook's variables.",
@@ -492,9 +495,7 @@ pub async fn update_variables(
     };
     let mut runbook =
         read_runbook(&app, &space, &existing, &json!({"Variables": variables})).await?;
-    runbook.last_modified_on = Some(muster_core::time::now());
-    runbook.last_modified_by = actor(&user);
-    app.store.put(&runbook).await?;
+    save(&app, &user, &mut runbook).await?;
     ok(&links::variable_set(&runbook))
 }
 

@@ -82,16 +82,12 @@ impl Scripts {
             work_root: self.work_dir.clone(),
         };
         tokio::spawn(async move {
-            let (tx, mut rx) = mpsc::channel::<muster_exec::Line>(1024);
+            let (tx, mut rx) = mpsc::channel::<Vec<muster_exec::Line>>(16);
             let collector = {
                 let script = script.clone();
                 tokio::spawn(async move {
-                    while let Some(line) = rx.recv().await {
-                        push_line(
-                            &script,
-                            line.stream == muster_exec::Stream::Stderr,
-                            line.text,
-                        );
+                    while let Some(batch) = rx.recv().await {
+                        push_lines(&script, batch);
                     }
                 })
             };
@@ -171,9 +167,25 @@ impl Scripts {
 }
 
 fn push_line(script: &Script, error: bool, text: String) {
+    let stream = if error {
+        muster_exec::Stream::Stderr
+    } else {
+        muster_exec::Stream::Stdout
+    };
+    push_lines(script, vec![muster_exec::Line { stream, text }]);
+}
+
+/// Keeps a batch of a script's lines, numbered, and wakes the server's waiting status call once.
+fn push_lines(script: &Script, batch: Vec<muster_exec::Line>) {
     let mut inner = script.inner.lock().expect("script lock");
-    let seq = inner.lines.len() as u64 + 1;
-    inner.lines.push(ScriptLine { seq, error, text });
+    for line in batch {
+        let seq = inner.lines.len() as u64 + 1;
+        inner.lines.push(ScriptLine {
+            seq,
+            error: line.stream == muster_exec::Stream::Stderr,
+            text: line.text,
+        });
+    }
     drop(inner);
     script.changed.notify_waiters();
 }
@@ -360,10 +372,7 @@ async fn poll(
             failures = 0;
         }
         failures = failures.saturating_add(1);
-        let base = Duration::from_millis(100u64.saturating_mul(1 << failures.min(9)))
-            .min(Duration::from_secs(30));
-        let jitter = rand::random_range(0..=base.as_millis() as u64 / 2);
-        tokio::time::sleep(base / 2 + Duration::from_millis(jitter)).await;
+        tokio::time::sleep(rpc::reconnect_delay(failures)).await;
     }
 }
 

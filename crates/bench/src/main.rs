@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod swarm;
+
 const KEY: &str = "API-MUSTERBENCHADMINKEY0123456789";
 
 #[derive(Parser)]
@@ -31,6 +33,15 @@ struct Args {
     /// log: how many megabytes (of 80-byte lines) the script prints.
     #[arg(long, default_value_t = 100)]
     megabytes: usize,
+    /// swarm and health: how many polling connections, one measure per number.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1000, 5000])]
+    connections: Vec<usize>,
+    /// swarm: over how many seconds the server's CPU at rest is measured.
+    #[arg(long, default_value_t = 30)]
+    rest_seconds: u64,
+    /// health: how many health checks of every worker are timed per number of connections.
+    #[arg(long, default_value_t = 5)]
+    checks: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -46,6 +57,11 @@ enum Scenario {
     /// A script prints `--megabytes` MB of 80-byte lines: MB/s until `raw` returns all of it, and
     /// the server's peak RSS.
     Log,
+    /// `--connections` idle polling agents from one process: the server's RSS and CPU at rest, and
+    /// the time until all are connected and checked again after a server restart.
+    Swarm,
+    /// A `Health` task over `--connections` connected workers: time until every result is recorded.
+    Health,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -64,6 +80,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::Throughput => return throughput(&bin, args.tasks, args.agents),
         Scenario::Footprint => return footprint(&bin),
         Scenario::Log => return log(&bin, args.megabytes),
+        Scenario::Swarm => return swarm_scenario(&bin, &args.connections, args.rest_seconds),
+        Scenario::Health => return health(&bin, &args.connections, args.checks),
         Scenario::Dispatch | Scenario::Roundtrip => {}
     }
     let temp = tempfile::tempdir()?;
@@ -409,6 +427,248 @@ fn log(bin: &Path, megabytes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Seconds of CPU (user and system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields
+        .get(11..13)
+        .ok_or_else(|| anyhow!("/proc/{pid}/stat is short"))?
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    let hz: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    Ok(ticks as f64 / hz)
+}
+
+/// Waits until `done` holds, checking every 10 ms; fails after `limit`.
+fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while !done()? {
+        if started.elapsed() > limit {
+            bail!("{what} did not happen in {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(started.elapsed())
+}
+
+/// A free TCP port on loopback, for a server that must keep its comms port across a restart.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `count` simulated agents, each registered as a polling worker of the default pool through the
+/// REST API (from 4 client threads), then dialling the server: returns once every one is connected
+/// and Healthy, with the time that took.
+fn start_swarm(server: &Server, count: usize) -> anyhow::Result<(swarm::Swarm, Duration)> {
+    let thumbprint =
+        server.get("/api/configuration/certificates/certificate-global")?["Thumbprint"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the server gave no certificate thumbprint"))?
+            .to_string();
+    let pools = server.get("/api/Spaces-1/workerpools/all")?;
+    let pool = pools
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["IsDefault"] == true)
+        .and_then(|p| p["Id"].as_str())
+        .ok_or_else(|| anyhow!("no default pool"))?
+        .to_string();
+    let started = Instant::now();
+    let members: Vec<swarm::Member> = (0..count)
+        .map(|n| {
+            Ok(swarm::Member {
+                identity: muster_proto::Identity::generate(&format!("swarm-{n}"))?,
+                subscription: format!("poll://swarm{n:015}/"),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut threads = Vec::new();
+        for t in 0..4 {
+            let (members, pool) = (&members, &pool);
+            threads.push(scope.spawn(move || -> anyhow::Result<()> {
+                for n in (t..count).step_by(4) {
+                    let member = &members[n];
+                    server.post(
+                        "/api/Spaces-1/workers",
+                        &json!({
+                            "Name": format!("swarm-{n}"),
+                            "WorkerPoolIds": [pool],
+                            "Endpoint": {
+                                "CommunicationStyle": "TentacleActive",
+                                "Uri": member.subscription,
+                                "Thumbprint": member.identity.thumbprint(),
+                            }
+                        }),
+                    )?;
+                }
+                Ok(())
+            }));
+        }
+        for thread in threads {
+            thread
+                .join()
+                .map_err(|_| anyhow!("a client thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    eprintln!(
+        "muster-bench: {count} workers registered in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let swarm = swarm::Swarm::start(members, server.comms_port, &thumbprint)?;
+    let connected = wait_until("every agent connecting", Duration::from_secs(300), || {
+        Ok(swarm.checked() == count)
+    })?;
+    wait_until(
+        "every worker turning Healthy",
+        Duration::from_secs(300),
+        || Ok(server.healthy_count()? == count as u64),
+    )?;
+    Ok((swarm, connected))
+}
+
+/// Idle connections at scale: the server's RSS and CPU at rest, and how long until every agent is
+/// connected and checked again after the server restarts.
+fn swarm_scenario(bin: &Path, connections: &[usize], rest_seconds: u64) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for &count in connections {
+        let temp = tempfile::tempdir()?;
+        let comms_port = free_port()?;
+        let server = Server::start_on(bin, temp.path(), &[], comms_port)?;
+        let (swarm, first) = start_swarm(&server, count)?;
+        eprintln!(
+            "muster-bench: {count} agents connected and Healthy in {:.1} s; settling",
+            first.as_secs_f64()
+        );
+        // Let the connect-time checks and writes settle before measuring rest.
+        std::thread::sleep(Duration::from_secs(5));
+        let pid = server.child.id();
+        let (cpu_before, at) = (cpu_seconds(pid)?, Instant::now());
+        std::thread::sleep(Duration::from_secs(rest_seconds));
+        let cpu = (cpu_seconds(pid)? - cpu_before) / at.elapsed().as_secs_f64() * 100.0;
+        let rss_mb = rss_kb(pid, "VmRSS")? as f64 / 1024.0;
+        if swarm.open() != count {
+            bail!(
+                "{} of {count} connections stayed open at rest",
+                swarm.open()
+            );
+        }
+        // A clean restart on the same data directory and comms port.
+        server.stop()?;
+        let restarted = Instant::now();
+        let server = Server::start_on(bin, temp.path(), &[], comms_port)?;
+        let serving = restarted.elapsed();
+        wait_until("every agent reconnecting", Duration::from_secs(300), || {
+            Ok(swarm.checked() == count)
+        })?;
+        let reconnected = restarted.elapsed();
+        wait_until(
+            "every worker Healthy again",
+            Duration::from_secs(300),
+            || Ok(server.healthy_count()? == count as u64),
+        )?;
+        let recorded = restarted.elapsed();
+        results.push((count, rss_mb, cpu, serving, reconnected, recorded));
+        swarm.stop();
+        drop(server);
+    }
+    println!(
+        "{:<8} {:>11} {:>13} {:>12} {:>16} {:>14}",
+        "SCENARIO", "CONNECTIONS", "RSS MB", "CPU % core", "RECONNECTED s", "HEALTHY s"
+    );
+    let mut rows = Vec::new();
+    for (count, rss, cpu, serving, reconnected, recorded) in results {
+        println!(
+            "{:<8} {count:>11} {rss:>13.1} {cpu:>12.2} {:>16.2} {:>14.2}",
+            "swarm",
+            reconnected.as_secs_f64(),
+            recorded.as_secs_f64()
+        );
+        rows.push(json!({
+            "connections": count, "server_rss_mb": rss, "server_cpu_percent_of_core": cpu,
+            "rest_seconds": rest_seconds, "serving_after_restart_s": serving.as_secs_f64(),
+            "all_reconnected_s": reconnected.as_secs_f64(), "all_healthy_s": recorded.as_secs_f64(),
+        }));
+    }
+    println!("{}", json!({"scenario": "swarm", "results": rows}));
+    Ok(())
+}
+
+/// A `Health` task of the whole space with `count` connected workers, timed from its POST until it
+/// ends, which is when every result is recorded on its workers.
+fn health(bin: &Path, connections: &[usize], checks: usize) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    println!(
+        "{:<8} {:>8} {:>5} {:>9} {:>9} {:>9}",
+        "SCENARIO", "WORKERS", "RUNS", "P50 s", "MIN s", "MAX s"
+    );
+    for &count in connections {
+        let temp = tempfile::tempdir()?;
+        let server = Server::start(bin, temp.path())?;
+        let (swarm, _) = start_swarm(&server, count)?;
+        let mut samples = Vec::new();
+        for _ in 0..checks.max(1) {
+            let calls = swarm
+                .counts
+                .health_calls
+                .load(std::sync::atomic::Ordering::SeqCst);
+            let started = Instant::now();
+            let task = server.post(
+                "/api/Spaces-1/tasks",
+                &json!({"Name": "Health", "Description": "muster-bench health"}),
+            )?;
+            let id = task["Id"].as_str().unwrap_or_default().to_string();
+            let state = server.wait_done(&id)?;
+            let seconds = started.elapsed().as_secs_f64();
+            if state != "Success" {
+                bail!("health task {id} ended {state}");
+            }
+            let answered = swarm
+                .counts
+                .health_calls
+                .load(std::sync::atomic::Ordering::SeqCst)
+                - calls;
+            if answered < count {
+                bail!("the health task checked {answered} of {count} agents");
+            }
+            samples.push(seconds);
+        }
+        swarm.stop();
+        drop(server);
+        samples.sort_by(f64::total_cmp);
+        let p50 = samples[(samples.len() - 1) / 2];
+        let (min, max) = (samples[0], samples[samples.len() - 1]);
+        println!(
+            "{:<8} {count:>8} {:>5} {p50:>9.2} {min:>9.2} {max:>9.2}",
+            "health",
+            samples.len()
+        );
+        rows.push(json!({"workers": count, "runs": samples.len(), "p50_s": p50, "min_s": min, "max_s": max}));
+    }
+    println!("{}", json!({"scenario": "health", "results": rows}));
+    Ok(())
+}
+
 struct Server {
     child: Child,
     url: String,
@@ -422,20 +682,25 @@ impl Server {
     }
 
     fn start_with(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+        Server::start_on(bin, dir, extra, 0)
+    }
+
+    /// Starts the server on `dir`'s data directory with its comms port on `comms_port` (0: any).
+    fn start_on(bin: &Path, dir: &Path, extra: &[&str], comms_port: u16) -> anyhow::Result<Server> {
         let mut child = Command::new(bin.join("muster"))
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--comms-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["server", "--listen", "127.0.0.1:0", "--comms-listen"])
+            .arg(format!("127.0.0.1:{comms_port}"))
             .args(extra)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .env("MUSTER_BOOTSTRAP_API_KEY", KEY)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // MUSTER_BENCH_SERVER_LOG=1 shows the server's own log, to see why a scenario fails.
+            .stderr(if std::env::var_os("MUSTER_BENCH_SERVER_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .context("cannot start muster")?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
@@ -475,6 +740,39 @@ impl Server {
             .header("X-Octopus-ApiKey", KEY)
             .send()?
             .json()?)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let reply = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("X-Octopus-ApiKey", KEY)
+            .json(body)
+            .send()?;
+        if !reply.status().is_success() {
+            bail!("POST {path}: {}", reply.text()?);
+        }
+        Ok(reply.json()?)
+    }
+
+    /// Stops the server as an operator would (SIGTERM) and waits for it to exit.
+    fn stop(mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("cannot signal the server");
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// How many workers of the default space are Healthy now.
+    fn healthy_count(&self) -> anyhow::Result<u64> {
+        let page = self.get("/api/Spaces-1/workers?healthStatuses=Healthy&take=1")?;
+        page["TotalResults"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no worker count: {page}"))
     }
 
     fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {

@@ -96,7 +96,7 @@ fn is_executable(path: &Path) -> bool {
 /// the script down rather than losing lines). `cancel` resolving kills the process tree.
 pub async fn run(
     script: Script,
-    lines: mpsc::Sender<Line>,
+    lines: mpsc::Sender<Vec<Line>>,
     cancel: impl Future<Output = ()>,
 ) -> Result<Outcome, ExecError> {
     let (program, args, file_name) = script.syntax.interpreter();
@@ -183,37 +183,48 @@ fn kill_group(group: i32) {
     }
 }
 
-async fn forward_lines(reader: impl AsyncRead + Unpin, stream: Stream, lines: mpsc::Sender<Line>) {
+/// Reads a pipe and sends its lines in batches: every complete line of one read goes in one
+/// message, so a chatty script costs a hand-off per read, not per line.
+async fn forward_lines(
+    reader: impl AsyncRead + Unpin,
+    stream: Stream,
+    lines: mpsc::Sender<Vec<Line>>,
+) {
     let mut reader = BufReader::with_capacity(MAX_LINE_BYTES, reader);
-    let mut line: Vec<u8> = Vec::new();
+    let mut partial: Vec<u8> = Vec::new();
     while let Ok(buf) = reader.fill_buf().await {
         if buf.is_empty() {
             break;
         }
-        let (take, complete) = match buf.iter().position(|b| *b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (buf.len(), false),
-        };
-        line.extend_from_slice(&buf[..if complete { take - 1 } else { take }]);
-        reader.consume(take);
-        if (complete || line.len() >= MAX_LINE_BYTES)
-            && send(&lines, stream, &mut line).await.is_err()
-        {
+        let mut batch = Vec::new();
+        let mut rest = buf;
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            partial.extend_from_slice(&rest[..end]);
+            batch.push(take_line(stream, &mut partial));
+            rest = &rest[end + 1..];
+        }
+        partial.extend_from_slice(rest);
+        if partial.len() >= MAX_LINE_BYTES {
+            batch.push(take_line(stream, &mut partial));
+        }
+        let read = buf.len();
+        reader.consume(read);
+        if !batch.is_empty() && lines.send(batch).await.is_err() {
             return;
         }
     }
-    if !line.is_empty() {
-        let _ = send(&lines, stream, &mut line).await;
+    if !partial.is_empty() {
+        let _ = lines.send(vec![take_line(stream, &mut partial)]).await;
     }
 }
 
-async fn send(lines: &mpsc::Sender<Line>, stream: Stream, line: &mut Vec<u8>) -> Result<(), ()> {
+fn take_line(stream: Stream, line: &mut Vec<u8>) -> Line {
     if line.last() == Some(&b'\r') {
         line.pop();
     }
     let text = String::from_utf8_lossy(line).into_owned();
     line.clear();
-    lines.send(Line { stream, text }).await.map_err(|_| ())
+    Line { stream, text }
 }
 
 #[cfg(test)]
@@ -232,8 +243,8 @@ mod tests {
         };
         let collector = tokio::spawn(async move {
             let mut all = Vec::new();
-            while let Some(line) = rx.recv().await {
-                all.push(line);
+            while let Some(batch) = rx.recv().await {
+                all.extend(batch);
             }
             all
         });

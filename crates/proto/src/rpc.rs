@@ -8,9 +8,20 @@
 //! `complete`, so a dropped connection or a restarted server loses and duplicates nothing.
 
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// What a polling agent writes first on its TLS connection: `MUSTER-SUBSCRIBER 1 poll://…/`.
 pub const SUBSCRIBER_PREFACE: &str = "MUSTER-SUBSCRIBER 1";
+
+/// How long a polling agent waits before dialling again after `failures` failed or short-lived
+/// connections in a row: capped exponential backoff with jitter, so that thousands of agents that
+/// lost a restarting server do not all dial it in the same instant.
+pub fn reconnect_delay(failures: u32) -> Duration {
+    let base = Duration::from_millis(100u64.saturating_mul(1 << failures.clamp(1, 9)))
+        .min(Duration::from_secs(30));
+    let jitter = rand::random_range(0..=base.as_millis() as u64 / 2);
+    base / 2 + Duration::from_millis(jitter)
+}
 
 pub const PATH_START: &str = "/v1/scripts/start";
 pub const PATH_STATUS: &str = "/v1/scripts/status";

@@ -75,6 +75,8 @@ pub struct Comms {
     /// One lock per agent around writing its health, so that a stale "not connected" cannot land
     /// after the check of a link that has just opened.
     health_writes: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    /// Agents whose link this server saw close, and that have not connected since.
+    closed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Comms {
@@ -84,6 +86,19 @@ impl Comms {
             .expect("comms lock")
             .get(&thumbprint.to_ascii_uppercase())
             .cloned()
+    }
+
+    /// Whether this server saw the agent's link close (and it has not come back since).
+    pub fn was_closed(&self, thumbprint: &str) -> bool {
+        self.closed
+            .lock()
+            .expect("comms lock")
+            .contains(&thumbprint.to_ascii_uppercase())
+    }
+
+    /// Whether `link` is still the agent's open link.
+    pub fn is_current(&self, thumbprint: &str, link: &Link) -> bool {
+        self.link(thumbprint).is_some_and(|l| l.id == link.id)
     }
 
     pub fn health_lock(&self, thumbprint: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
@@ -104,6 +119,10 @@ impl Comms {
             .lock()
             .expect("comms lock")
             .insert(thumbprint.to_ascii_uppercase(), link.clone());
+        self.closed
+            .lock()
+            .expect("comms lock")
+            .remove(&thumbprint.to_ascii_uppercase());
         self.changed.notify_waiters();
         link
     }
@@ -115,6 +134,10 @@ impl Comms {
             .is_some_and(|l| l.id == id)
         {
             links.remove(&thumbprint.to_ascii_uppercase());
+            self.closed
+                .lock()
+                .expect("comms lock")
+                .insert(thumbprint.to_ascii_uppercase());
         }
         drop(links);
         self.changed.notify_waiters();
@@ -143,7 +166,7 @@ async fn attach(
     tokio::spawn(async move {
         let _ = connection.await;
         app2.comms.remove(&thumbprint, id);
-        crate::health::set_unreachable(&app2, &thumbprint, "The agent's connection closed.").await;
+        crate::health::set_unreachable(&app2, &thumbprint, crate::health::CONNECTION_CLOSED).await;
         app2.dispatcher.wake();
     });
     let (app3, checked) = (app.clone(), link.clone());
@@ -213,7 +236,10 @@ async fn accept(
         .and_then(|c| c.first())
         .map(|c| c.to_vec())
         .ok_or_else(|| anyhow!("a polling agent for {subscription} sent no client certificate"))?;
-    let workers: Vec<Worker> = app.store.list_all().await?;
+    // By the certificate's thumbprint, an indexed lookup: thousands of agents reconnecting after a
+    // restart must not each read every worker.
+    let presented = muster_proto::thumbprint_sha256(&certificate);
+    let workers: Vec<Worker> = app.store.find_by_ext(&presented).await?;
     let registered = workers.iter().find(|w| match &w.endpoint {
         Some(Endpoint::TentacleActive(e)) => {
             e.uri == subscription && muster_proto::matches_thumbprint(&certificate, &e.thumbprint)
@@ -226,8 +252,7 @@ async fn accept(
     });
     let Some(worker) = registered else {
         return Err(anyhow!(
-            "certificate {} is not registered for subscription {subscription}",
-            muster_proto::thumbprint_sha256(&certificate)
+            "certificate {presented} is not registered for subscription {subscription}"
         ));
     };
     let thumbprint = worker.thumbprint.clone().unwrap_or_default();

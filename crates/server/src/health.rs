@@ -25,6 +25,12 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 /// How soon a listening agent that could not be reached is tried again.
 const UNREACHABLE_RETRY: Duration = Duration::from_secs(5);
 
+/// How soon after one look at every worker a change may cause the next.
+const RESCAN_AT_MOST_EVERY: Duration = Duration::from_millis(250);
+
+/// What an agent's workers say once its link has closed.
+pub const CONNECTION_CLOSED: &str = "The agent's connection closed.";
+
 /// A check's result: the status and the reason, as `StatusSummary` shows it.
 pub type Checked = (HealthStatus, String);
 
@@ -41,6 +47,11 @@ pub async fn check_link(app: &App, thumbprint: &str, link: &Link) -> Checked {
             "The agent is connected and answered its health check.".to_string(),
             Some(health),
         ),
+        // The link closed during the check: its closing records the agent Unavailable, and this
+        // answer must not overwrite that clearer reason.
+        Ok(Err(_)) if !app.comms.is_current(thumbprint, link) => {
+            return (HealthStatus::Unavailable, CONNECTION_CLOSED.to_string());
+        }
         // No answer on the link: the agent refused this server or is gone.
         Ok(Err(error)) => (
             HealthStatus::Unavailable,
@@ -75,6 +86,14 @@ pub async fn check_worker(app: &App, worker: &Worker) -> Checked {
     };
     match link_for(app, worker).await {
         Ok(link) => check_link(app, &thumbprint, &link).await,
+        // A polling agent's closed link recorded the clearer reason; a later check keeps it.
+        Err(_)
+            if !matches!(worker.endpoint, Some(Endpoint::TentaclePassive(_)))
+                && app.comms.was_closed(&thumbprint) =>
+        {
+            set_unreachable(app, &thumbprint, CONNECTION_CLOSED).await;
+            (HealthStatus::Unavailable, CONNECTION_CLOSED.to_string())
+        }
         Err(error) => {
             let summary = format!("{error:#}");
             set_unreachable(app, &thumbprint, &summary).await;
@@ -269,7 +288,11 @@ pub async fn health_loop(app: App) {
 
         tokio::select! {
             _ = tokio::time::sleep_until(next.max(now + Duration::from_secs(1))) => {}
-            _ = app.health_wake.notified() => {}
+            _ = app.health_wake.notified() => {
+                // Each look reads every worker: while thousands register, look at most a few
+                // times a second rather than once per registration.
+                tokio::time::sleep_until(now + RESCAN_AT_MOST_EVERY).await;
+            }
         }
     }
 }
@@ -394,13 +417,20 @@ pub async fn run_task(
 
     // One check per agent; workers without one are checked (and answered) on their own.
     let mut groups: Vec<(Option<String>, Vec<usize>)> = Vec::new();
+    let mut group_of_agent: HashMap<&str, usize> = HashMap::new();
     for (index, worker) in chosen.iter().enumerate() {
-        match groups
-            .iter_mut()
-            .find(|(t, _)| t.is_some() && *t == worker.thumbprint)
+        match worker
+            .thumbprint
+            .as_deref()
+            .and_then(|t| group_of_agent.get(t))
         {
-            Some((_, members)) => members.push(index),
-            None => groups.push((worker.thumbprint.clone(), vec![index])),
+            Some(&group) => groups[group].1.push(index),
+            None => {
+                if let Some(t) = worker.thumbprint.as_deref() {
+                    group_of_agent.insert(t, groups.len());
+                }
+                groups.push((worker.thumbprint.clone(), vec![index]));
+            }
         }
     }
     let mut checks = tokio::task::JoinSet::new();

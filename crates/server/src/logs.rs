@@ -40,7 +40,7 @@ pub struct LogHub {
 }
 
 /// How many waiting lines one commit takes at most.
-const BATCH: usize = 2048;
+const BATCH: usize = 8192;
 /// How many uncommitted lines make a script's reader wait.
 const MAX_BACKLOG: usize = 4 * BATCH;
 

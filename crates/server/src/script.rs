@@ -80,16 +80,18 @@ async fn run_builtin(
         timeout: invocation.timeout,
         work_root: app.config.work_dir.clone(),
     };
-    let (lines_tx, mut lines_rx) = mpsc::channel::<muster_exec::Line>(1024);
+    let (lines_tx, mut lines_rx) = mpsc::channel::<Vec<muster_exec::Line>>(16);
     let cancel = stop.cancel.clone();
     let exec = muster_exec::run(script, lines_tx, cancel.cancelled_owned());
     let forward = async {
-        while let Some(line) = lines_rx.recv().await {
-            sink(Line {
-                error: line.stream == muster_exec::Stream::Stderr,
-                text: line.text,
-                agent_seq: None,
-            });
+        while let Some(batch) = lines_rx.recv().await {
+            for line in batch {
+                sink(Line {
+                    error: line.stream == muster_exec::Stream::Stderr,
+                    text: line.text,
+                    agent_seq: None,
+                });
+            }
             // The script waits (its pipe fills) while the log writer catches up.
             app.logs.wait_for_room().await;
         }

@@ -368,7 +368,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "DELETE FROM task_log WHERE task_num IN (SELECT num FROM tasks WHERE space_id = ?1)",
+            "DELETE FROM task_log_chunk WHERE task_num IN (SELECT num FROM tasks WHERE space_id = ?1)",
         )
         .bind(space_id)
         .execute(&mut *tx)

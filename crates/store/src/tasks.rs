@@ -251,100 +251,138 @@ impl Store {
 
     /// Appends log lines of any tasks in one transaction: the log writer batches lines this way so
     /// that a chatty script costs one commit per batch, not per line. Each line is (task id, line,
-    /// the agent's sequence number of it when it came from an agent).
+    /// the agent's sequence number of it when it came from an agent). Each task's lines of the batch
+    /// become one chunk row; a task's lines must come in sequence order.
     pub async fn append_logs(&self, lines: &[(String, LogLine, Option<u64>)]) -> Result<()> {
-        if lines.is_empty() {
+        let mut chunks: Vec<(i64, Vec<StoredLineOut<'_>>)> = Vec::new();
+        let mut chunk_of_task: std::collections::HashMap<i64, usize> = Default::default();
+        for (task_id, line, source_seq) in lines {
+            let Some(num) = task_num(task_id) else {
+                continue;
+            };
+            let index = *chunk_of_task.entry(num).or_insert_with(|| {
+                chunks.push((num, Vec::new()));
+                chunks.len() - 1
+            });
+            chunks[index].1.push(StoredLineOut(
+                line.seq,
+                format_date(&line.occurred_at),
+                line.category.as_str(),
+                line.step,
+                source_seq.map(|n| n.min(i64::MAX as u64) as i64),
+                &line.message_text,
+            ));
+        }
+        if chunks.is_empty() {
             return Ok(());
         }
-        // Many rows per statement: a statement costs far more than a row, so a chatty script's
-        // lines are stored at the disk's pace, not the statement parser's.
-        const ROWS: usize = 400;
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, &LogLine, Option<u64>)> = lines
-            .iter()
-            .filter_map(|(task_id, line, source_seq)| {
-                task_num(task_id).map(|num| (num, line, *source_seq))
-            })
-            .collect();
-        for chunk in rows.chunks(ROWS) {
-            let mut sql = String::from(
-                "INSERT OR IGNORE INTO task_log (task_num, seq, occurred_at, category, message, source_seq, step) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str("(?, ?, ?, ?, ?, ?, ?)");
-            }
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (num, line, source_seq) in chunk {
-                query = query
-                    .bind(*num)
-                    .bind(line.seq)
-                    .bind(format_date(&line.occurred_at))
-                    .bind(line.category.as_str())
-                    .bind(&line.message_text)
-                    .bind(source_seq.map(|n| n.min(i64::MAX as u64) as i64))
-                    .bind(line.step);
-            }
-            query.execute(&mut *tx).await?;
+        for (num, group) in &chunks {
+            let (first, last) = (group[0].0, group[group.len() - 1].0);
+            let max_source = group.iter().filter_map(|l| l.4).max();
+            let body =
+                serde_json::to_string(group).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT OR IGNORE INTO task_log_chunk (task_num, first_seq, last_seq, max_source_seq, line_count, lines) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(num)
+            .bind(first)
+            .bind(last)
+            .bind(max_source)
+            .bind(group.len() as i64)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// The log lines of a task after sequence number `after`, in order, at most `limit`.
-    pub async fn logs(&self, task_id: &str, after: i64, limit: i64) -> Result<Vec<LogLine>> {
+    /// Calls `each` with the task's stored lines after sequence number `after`, in order (and
+    /// whether the line ends its chunk), until it returns false or the lines run out. Chunks are
+    /// read one at a time, so memory stays bounded however long the log.
+    async fn each_log_line(
+        &self,
+        task_id: &str,
+        after: i64,
+        mut each: impl FnMut(&StoredLine<'_>, bool) -> Result<bool>,
+    ) -> Result<()> {
         let Some(num) = task_num(task_id) else {
-            return Ok(Vec::new());
+            return Ok(());
         };
-        let rows = sqlx::query(
-            "SELECT seq, occurred_at, category, message, step FROM task_log WHERE task_num = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )
-        .bind(num)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let category: String = row.try_get("category")?;
-                Ok(LogLine {
-                    seq: row.try_get("seq")?,
-                    occurred_at: date_column(row, "occurred_at")?.unwrap_or_default(),
-                    category: LogCategory::parse(&category).unwrap_or(LogCategory::Info),
-                    message_text: row.try_get("message")?,
-                    step: row.try_get("step")?,
-                })
-            })
-            .collect()
+        let mut cursor = after;
+        loop {
+            let rows: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT last_seq, lines FROM task_log_chunk WHERE task_num = ?1 AND last_seq > ?2 \
+                 ORDER BY last_seq LIMIT 1",
+            )
+            .bind(num)
+            .bind(cursor)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            for (last, text) in &rows {
+                let lines: Vec<StoredLine<'_>> = serde_json::from_str(text)
+                    .map_err(|e| StoreError::Corrupt(format!("a log chunk does not read: {e}")))?;
+                let count = lines.len();
+                for (index, line) in lines.iter().enumerate().filter(|(_, l)| l.0 > cursor) {
+                    if !each(line, index + 1 == count)? {
+                        return Ok(());
+                    }
+                }
+                cursor = *last;
+            }
+        }
     }
 
-    /// A page of a task's log as `raw` text (`HH:MM:SS  Category | message` lines), built by
-    /// SQLite itself: one row per page instead of one per line, which is what reading millions of
-    /// lines costs. Returns (last sequence number, lines, text), or None after the last line.
+    /// The log lines of a task after sequence number `after`, in order, at most `limit`.
+    pub async fn logs(&self, task_id: &str, after: i64, limit: i64) -> Result<Vec<LogLine>> {
+        let mut out = Vec::new();
+        if limit <= 0 {
+            return Ok(out);
+        }
+        self.each_log_line(task_id, after, |line, _| {
+            out.push(LogLine {
+                seq: line.0,
+                occurred_at: parse_date(line.1)
+                    .ok_or_else(|| StoreError::Corrupt(format!("bad date {}", line.1)))?,
+                category: LogCategory::parse(line.2).unwrap_or(LogCategory::Info),
+                message_text: line.5.to_string(),
+                step: line.3,
+            });
+            Ok((out.len() as i64) < limit)
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// A page of a task's log as `raw` text (`HH:MM:SS  Category | message` lines) after `after`:
+    /// whole chunks, until at least `limit` lines. Returns (last sequence number, lines, text), or
+    /// None after the last line.
     pub async fn raw_log_page(
         &self,
         task_id: &str,
         after: i64,
         limit: i64,
     ) -> Result<Option<(i64, i64, String)>> {
-        let Some(num) = task_num(task_id) else {
+        use std::fmt::Write as _;
+        let (mut last, mut count, mut text) = (after, 0i64, String::new());
+        if limit <= 0 {
             return Ok(None);
-        };
-        let row: (Option<i64>, i64, Option<String>) = sqlx::query_as(
-            "SELECT max(seq), count(*), group_concat(substr(occurred_at, 12, 8) || '  ' || printf('%-8s', category) || ' | ' || message || char(10), '' ORDER BY seq) \
-             FROM (SELECT seq, occurred_at, category, message FROM task_log WHERE task_num = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)",
-        )
-        .bind(num)
-        .bind(after)
-        .bind(limit)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(match row {
-            (Some(last), count, Some(text)) if count > 0 => Some((last, count, text)),
-            _ => None,
+        }
+        self.each_log_line(task_id, after, |line, chunk_end| {
+            // The time of day of an RFC 3339 date: "2026-12-02T04:41:21.13Z" gives "04:41:21".
+            let time = line.1.get(11..19).unwrap_or(line.1);
+            let _ = writeln!(text, "{time}  {:<8} | {}", line.2, line.5);
+            last = line.0;
+            count += 1;
+            Ok(count < limit || !chunk_end)
         })
+        .await?;
+        Ok((count > 0).then_some((last, count, text)))
     }
 
     /// The highest sequence number logged for a task (0 when none).
@@ -353,7 +391,7 @@ impl Store {
             return Ok(0);
         };
         let (seq,): (Option<i64>,) =
-            sqlx::query_as("SELECT MAX(seq) FROM task_log WHERE task_num = ?1")
+            sqlx::query_as("SELECT MAX(last_seq) FROM task_log_chunk WHERE task_num = ?1")
                 .bind(num)
                 .fetch_one(&self.pool)
                 .await?;
@@ -367,13 +405,28 @@ impl Store {
             return Ok(0);
         };
         let (seq,): (Option<i64>,) =
-            sqlx::query_as("SELECT MAX(source_seq) FROM task_log WHERE task_num = ?1")
+            sqlx::query_as("SELECT MAX(max_source_seq) FROM task_log_chunk WHERE task_num = ?1")
                 .bind(num)
                 .fetch_one(&self.pool)
                 .await?;
         Ok(seq.unwrap_or(0).max(0) as u64)
     }
 }
+
+/// A log line as a chunk stores it: [seq, occurred_at, category, step, source_seq, message].
+#[derive(serde::Serialize)]
+struct StoredLineOut<'a>(i64, String, &'a str, Option<i64>, Option<i64>, &'a str);
+
+/// A stored log line as read back; the message is borrowed from the chunk unless it had escapes.
+#[derive(serde::Deserialize)]
+struct StoredLine<'a>(
+    i64,
+    &'a str,
+    &'a str,
+    Option<i64>,
+    #[allow(dead_code)] Option<i64>,
+    #[serde(borrow)] std::borrow::Cow<'a, str>,
+);
 
 fn bind_task<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,

@@ -125,11 +125,10 @@ fn a_killed_agent_fails_its_task_and_turns_unavailable() {
         "the message names the worker: {message}"
     );
     let worker = server.wait_health("doomed", "Unavailable");
+    let summary = worker["StatusSummary"].as_str().unwrap();
     assert!(
-        worker["StatusSummary"]
-            .as_str()
-            .unwrap()
-            .contains("connection closed")
+        summary.contains("connection closed"),
+        "the worker says why it is Unavailable: {summary}"
     );
     // With its only worker gone, the pool's next task waits and says why.
     let next = server.run_script("Spaces-1", json!({"ScriptBody": "true"}));

@@ -561,7 +561,7 @@ async fn raw(app: &App, task: Task) -> ApiResult {
             match app.store.raw_log_page(&id, after, PAGE).await {
                 Ok(None) => None,
                 Ok(Some((last, count, text))) => {
-                    let next = (count == PAGE).then_some(last);
+                    let next = (count >= PAGE).then_some(last);
                     Some((Ok::<_, std::io::Error>(bytes::Bytes::from(text)), next))
                 }
                 Err(error) => Some((Err(std::io::Error::other(error.to_string())), None)),

@@ -76,7 +76,21 @@ pub fn filter_workers(workers: Vec<Worker>, params: &Params) -> Result<Vec<Worke
 /// worker, which spaces it is shared into.
 pub async fn annotate(app: &App, mut workers: Vec<Worker>) -> Result<Vec<Worker>, ApiError> {
     let mut spaces_of: HashMap<String, Vec<(String, bool)>> = HashMap::new();
-    for w in app.store.list_all::<Worker>().await? {
+    // A few workers (one resource, a small page): each agent's records by the thumbprint index;
+    // many: one read of every worker. Either way it costs no more than the listing itself.
+    let records: Vec<Worker> = if workers.len() <= 16 {
+        let mut records = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for thumbprint in workers.iter().filter_map(|w| w.thumbprint.as_deref()) {
+            if seen.insert(thumbprint) {
+                records.extend(app.store.find_by_ext::<Worker>(thumbprint).await?);
+            }
+        }
+        records
+    } else {
+        app.store.list_all::<Worker>().await?
+    };
+    for w in records {
         if let Some(t) = w.thumbprint.clone() {
             spaces_of
                 .entry(t)

@@ -118,12 +118,19 @@ fn main() -> anyhow::Result<()> {
         };
         rows.push((name, samples));
     }
+    // The machine's own floor, measured the same way in the same minute: bash spawned directly by
+    // this process, without Muster. What Muster adds is the rest.
+    let floor = match args.scenario {
+        Scenario::Dispatch => bash_floor(temp.path(), args.runs, true)?,
+        _ => bash_floor(temp.path(), args.runs, false)?,
+    };
+    rows.push(("floor: bash alone", floor));
     let scenario = match args.scenario {
         Scenario::Dispatch => "dispatch",
         _ => "roundtrip",
     };
     println!(
-        "{:<10} {:<16} {:>5} {:>9} {:>9} {:>9} {:>9}",
+        "{:<10} {:<18} {:>5} {:>9} {:>9} {:>9} {:>9}",
         "SCENARIO", "WORKER", "RUNS", "P50 ms", "P99 ms", "MIN ms", "MAX ms"
     );
     let mut results = Vec::new();
@@ -133,7 +140,7 @@ fn main() -> anyhow::Result<()> {
         let (p50, p99) = (pick(0.5), pick(0.99));
         let (min, max) = (samples[0], samples[samples.len() - 1]);
         println!(
-            "{scenario:<10} {name:<16} {:>5} {p50:>9.3} {p99:>9.3} {min:>9.3} {max:>9.3}",
+            "{scenario:<10} {name:<18} {:>5} {p50:>9.3} {p99:>9.3} {min:>9.3} {max:>9.3}",
             samples.len()
         );
         results.push(json!({"worker": name, "runs": samples.len(), "p50_ms": p50, "p99_ms": p99, "min_ms": min, "max_ms": max}));
@@ -209,6 +216,41 @@ fn dispatch(server: &Server, dir: &Path, target: &Value, runs: usize) -> anyhow:
             .replace(',', ".")
             .parse()?;
         samples.push((stamp - answered) * 1000.0);
+    }
+    Ok(samples)
+}
+
+/// Bash spawned directly, as the built-in worker spawns it: to its first line writing
+/// `$EPOCHREALTIME` (`first_line`), or to its exit after `true`.
+fn bash_floor(dir: &Path, runs: usize, first_line: bool) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(runs);
+    let stamp = dir.join("floor-stamp");
+    let script = dir.join("floor.sh");
+    let body = if first_line {
+        format!("echo $EPOCHREALTIME > '{}'", stamp.display())
+    } else {
+        "true".to_string()
+    };
+    std::fs::write(&script, body)?;
+    for _ in 0..runs {
+        let started = seconds_now();
+        let clock = Instant::now();
+        let status = Command::new("bash")
+            .args(["--noprofile", "--norc"])
+            .arg(&script)
+            .status()?;
+        if !status.success() {
+            bail!("bash failed: {status}");
+        }
+        samples.push(if first_line {
+            let at: f64 = std::fs::read_to_string(&stamp)?
+                .trim()
+                .replace(',', ".")
+                .parse()?;
+            (at - started) * 1000.0
+        } else {
+            clock.elapsed().as_secs_f64() * 1000.0
+        });
     }
     Ok(samples)
 }

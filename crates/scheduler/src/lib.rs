@@ -251,15 +251,14 @@ impl Ledger {
             }
             if first.exclusive || on_it.any(|l| l.exclusive) {
                 exclusive_holders.push(task.clone());
-            } else {
+            } else if request.exclusive {
                 holders.push(task.clone());
             }
         }
-        // Named oldest first; only the few holders of this machine are sorted.
+        // Named oldest first; only the holders of a machine that is not free are sorted.
         let by_age = |a: &String, b: &String| task_order(a).cmp(&task_order(b)).then(a.cmp(b));
-        exclusive_holders.sort_by(by_age);
-        holders.sort_by(by_age);
         if !exclusive_holders.is_empty() {
+            exclusive_holders.sort_by(by_age);
             let why = format!(
                 "{} is exclusively leased by {}",
                 slot.name,
@@ -271,6 +270,7 @@ impl Ledger {
             };
         }
         if request.exclusive && !holders.is_empty() {
+            holders.sort_by(by_age);
             let why = format!(
                 "{} is running {}, and this task needs it exclusively (OctopusBypassDeploymentMutex is False)",
                 slot.name,

@@ -38,6 +38,9 @@ pub struct Dispatcher {
     ended: Notify,
     /// The space that started a task most recently: it goes last in the next pass.
     last_space: Mutex<Option<String>>,
+    /// What passes read of each space, with the store's workers generation it was read at: a
+    /// pass reads a space again only after a space, pool or worker was written.
+    views: Mutex<HashMap<String, (u64, std::sync::Arc<SpaceView>)>>,
 }
 
 impl Dispatcher {
@@ -420,9 +423,9 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
         ))
         .collect();
     let mut next_timer: Option<Timestamp> = None;
-    let mut spaces: HashMap<String, SpaceView> = HashMap::new();
+    let mut spaces: HashMap<String, std::sync::Arc<SpaceView>> = HashMap::new();
     // First what each task needs, so a deadlock can be traced through the other queued tasks.
-    let mut plans: Vec<(Task, Planned)> = Vec::new();
+    let mut plans: Vec<(Task, Planned, bool)> = Vec::new();
     for (index, mut task) in ordered.into_iter().enumerate() {
         let at = now();
         if task.queue_time_expiry.is_some_and(|expiry| expiry <= at) {
@@ -442,17 +445,8 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             continue;
         }
         if !spaces.contains_key(&task.space_id) {
-            let space = app.store.get::<Space>(&task.space_id).await?;
-            let pools = app.store.list::<WorkerPool>(&task.space_id).await?;
-            let workers = app.store.list::<Worker>(&task.space_id).await?;
-            spaces.insert(
-                task.space_id.clone(),
-                SpaceView {
-                    space,
-                    pools,
-                    workers,
-                },
-            );
+            let view = space_view(app, &task.space_id).await?;
+            spaces.insert(task.space_id.clone(), view);
         }
         let view = &spaces[&task.space_id];
         if let Some(space) = view.space.as_ref().filter(|s| s.task_queue_stopped) {
@@ -474,16 +468,17 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             continue;
         }
         let planned = plan(app, &task, view).await;
-        plans.push((task, planned));
+        plans.push((task, planned, index < children_count));
     }
     let mut pending: HashMap<String, Request> = plans
         .iter()
-        .filter_map(|(task, planned)| match planned {
+        .filter_map(|(task, planned, _)| match planned {
             Planned::Request(request) => Some((task.id.clone(), request.clone())),
             _ => None,
         })
         .collect();
-    for (mut task, planned) in plans {
+    let mut claims: Vec<Claim> = Vec::new();
+    for (mut task, planned, child) in plans {
         let request = match planned {
             Planned::Fail(message) => {
                 fail_queued(app, &mut task, &message).await?;
@@ -495,6 +490,15 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             }
             Planned::Request(request) => request,
         };
+        // Once the cap fills during the pass, a task already told so keeps that answer: deciding
+        // it again reaches the same one, at the cost of weighing every worker, for each of
+        // thousands of queued tasks, on every pass.
+        if !child
+            && task.queue_reason.as_deref() == Some(cap_reason.as_str())
+            && app.dispatcher.ledger().capped_count() >= app.config.task_cap
+        {
+            continue;
+        }
         let decision = app
             .dispatcher
             .ledger()
@@ -506,7 +510,7 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
                     .get(&task.space_id)
                     .map(|v| v.workers.as_slice())
                     .unwrap_or_default();
-                start(app, task, &request, leases, capped, workers).await?;
+                claims.push(prepare_start(app, task, &request, leases, capped, workers));
             }
             Decision::CapReached { .. } => {
                 set_reason(app, &mut task, cap_reason.clone()).await?;
@@ -519,7 +523,34 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             }
         }
     }
+    claim_and_launch(app, claims).await?;
     Ok(next_timer)
+}
+
+/// A space, its pools and its workers: from the last pass when none of them changed since, or
+/// read now.
+async fn space_view(app: &App, space_id: &str) -> anyhow::Result<std::sync::Arc<SpaceView>> {
+    let generation = app.store.workers_generation();
+    if let Some((seen, view)) = app
+        .dispatcher
+        .views
+        .lock()
+        .expect("dispatcher lock")
+        .get(space_id)
+        && *seen == generation
+    {
+        return Ok(view.clone());
+    }
+    let view = std::sync::Arc::new(SpaceView {
+        space: app.store.get::<Space>(space_id).await?,
+        pools: app.store.list::<WorkerPool>(space_id).await?,
+        workers: app.store.list::<Worker>(space_id).await?,
+    });
+    let mut views = app.dispatcher.views.lock().expect("dispatcher lock");
+    // A view of every space is kept only while it is current; stale ones go.
+    views.retain(|_, (seen, _)| *seen == generation);
+    views.insert(space_id.to_string(), (generation, view.clone()));
+    Ok(view)
 }
 
 fn cap_reason(app: &App) -> String {
@@ -821,16 +852,25 @@ pub async fn run_of(app: &App, task: &Task) -> anyhow::Result<Option<RunbookRun>
         .next())
 }
 
-/// Claims a task for the leases the ledger gave it, and starts it. `workers`: the space's, as the
-/// pass read them.
-async fn start(
+/// A task the ledger let start: counted in the ledger, not yet claimed in the store.
+struct Claim {
+    task: Task,
+    stop: Stop,
+    leases: Vec<Lease>,
+    agent_worker: Option<Worker>,
+}
+
+/// Readies a task for the leases the ledger gave it: counted as running before its claim is
+/// written, so no later decision of the pass overshoots the cap or a lease. `workers`: the
+/// space's, as the pass read them.
+fn prepare_start(
     app: &App,
     mut task: Task,
     request: &Request,
     leases: Vec<Lease>,
     capped: bool,
     workers: &[Worker],
-) -> anyhow::Result<()> {
+) -> Claim {
     let at = now();
     task.state = TaskState::Executing;
     task.start_time = Some(at);
@@ -853,7 +893,6 @@ async fn start(
     };
     task.worker_id = agent_worker.as_ref().map(|w| w.id.clone());
     let stop = Stop::default();
-    // Counted before the claim, so a second pass cannot overshoot the cap or a lease.
     app.dispatcher
         .ledger()
         .begin(request, leases.clone(), capped);
@@ -862,29 +901,67 @@ async fn start(
         .lock()
         .expect("dispatcher lock")
         .insert(task.id.clone(), stop.clone());
-    match app.store.transition_task(&task, TaskState::Queued).await {
-        Ok(true) => {
-            *app.dispatcher.last_space.lock().expect("dispatcher lock") =
-                Some(task.space_id.clone());
-            let last_seq = app.store.last_log_seq(&task.id).await.unwrap_or(0);
-            app.logs.open(&task.id, last_seq);
-            app.logs.changed(&task.id);
-            if task.name == RUNBOOK_RUN {
-                tokio::spawn(crate::runbook::drive(app.clone(), task, stop, leases));
-            } else {
-                let place = match agent_worker {
-                    Some(worker) => Place::Agent(Box::new(worker)),
-                    None => Place::Builtin,
-                };
-                tokio::spawn(run_script_task(app.clone(), task, place, stop, None));
-            }
-            Ok(())
+    Claim {
+        task,
+        stop,
+        leases,
+        agent_worker,
+    }
+}
+
+/// Claims every task a pass starts in one commit (a task canceled meanwhile is not claimed, and
+/// gives its leases back), then starts each.
+async fn claim_and_launch(app: &App, claims: Vec<Claim>) -> anyhow::Result<()> {
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let claimed = match claims.as_slice() {
+        // One claim is one statement: no transaction around it.
+        [one] => app
+            .store
+            .transition_task(&one.task, TaskState::Queued)
+            .await
+            .map(|moved| vec![moved]),
+        _ => {
+            let tasks: Vec<Task> = claims.iter().map(|c| c.task.clone()).collect();
+            app.store.transition_tasks(&tasks, TaskState::Queued).await
         }
-        other => {
+    };
+    let claimed = match claimed {
+        Ok(claimed) => claimed,
+        Err(error) => {
+            for claim in &claims {
+                forget(app, &claim.task.id);
+            }
+            return Err(error.into());
+        }
+    };
+    for (claim, claimed) in claims.into_iter().zip(claimed) {
+        let Claim {
+            task,
+            stop,
+            leases,
+            agent_worker,
+        } = claim;
+        if !claimed {
             forget(app, &task.id);
-            other.map(|_| ()).map_err(Into::into)
+            continue;
+        }
+        *app.dispatcher.last_space.lock().expect("dispatcher lock") = Some(task.space_id.clone());
+        // A queued task has no log lines (only a failure logs before a start, and ends it).
+        app.logs.open(&task.id, 0);
+        app.logs.changed(&task.id);
+        if task.name == RUNBOOK_RUN {
+            tokio::spawn(crate::runbook::drive(app.clone(), task, stop, leases));
+        } else {
+            let place = match agent_worker {
+                Some(worker) => Place::Agent(Box::new(worker)),
+                None => Place::Builtin,
+            };
+            tokio::spawn(run_script_task(app.clone(), task, place, stop, None));
         }
     }
+    Ok(())
 }
 
 /// A health check runs on the server, outside the task cap and the leases.
@@ -998,21 +1075,11 @@ pub async fn conclude(app: &App, mut task: Task, final_state: TaskState, message
         app.logs.append(&id, LogCategory::Error, message.clone());
         task.has_warnings_or_errors = true;
     }
-    app.logs.flush().await;
     task.state = final_state;
     finish(&mut task, &message);
-    // The task may be Cancelling in the store by now; either way this is its end.
-    let mut stored = false;
-    for from in [TaskState::Executing, TaskState::Cancelling] {
-        match app.store.transition_task(&task, from).await {
-            Ok(true) => {
-                stored = true;
-                break;
-            }
-            Ok(false) => {}
-            Err(error) => tracing::error!(%error, task = %id, "cannot store a task's final state"),
-        }
-    }
+    // With its last lines, in one commit. The task may be Cancelling in the store by now; either
+    // way this is its end.
+    let stored = app.logs.end_task(task).await;
     if !stored {
         tracing::error!(task = %id, "a finished task was no longer Executing in the store");
     }

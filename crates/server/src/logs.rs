@@ -3,7 +3,7 @@
 //! followers. A line is published only once committed, so a line any follower saw survives a crash.
 
 use muster_core::LogCategory;
-use muster_core::resources::LogLine;
+use muster_core::resources::{LogLine, Task};
 use muster_store::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,8 @@ enum WriterMessage {
     /// A line of a task, with the agent's sequence number of it when it came from an agent.
     Line(String, LogLine, Option<u64>),
     Flush(oneshot::Sender<()>),
+    /// A task's final state, committed with its last lines; answers whether it was written.
+    End(Box<Task>, oneshot::Sender<bool>),
 }
 
 type LiveMap = Arc<Mutex<HashMap<String, Live>>>;
@@ -38,6 +40,9 @@ pub struct LogHub {
     /// The id of every task whose state changed, for followers waiting on a task to start or end.
     changes: broadcast::Sender<String>,
 }
+
+/// How many lines a task's live followers may fall behind before they catch up from the store.
+const LIVE_LINES: usize = 128;
 
 /// How many waiting lines one commit takes at most.
 const BATCH: usize = 8192;
@@ -76,7 +81,8 @@ impl LogHub {
 
     /// Starts taking lines for a task whose last stored line is `last_seq`.
     pub fn open(&self, task_id: &str, last_seq: i64) {
-        let (events, _) = broadcast::channel(1024);
+        // Allocated whole for every task; a follower that falls further behind reads the store.
+        let (events, _) = broadcast::channel(LIVE_LINES);
         self.live.lock().expect("log hub lock").insert(
             task_id.to_string(),
             Live {
@@ -173,6 +179,21 @@ impl LogHub {
         }
     }
 
+    /// Stores a task's final state (if it is still Executing or Cancelling) in the same commit as
+    /// every line appended before; tasks that end together share one commit. Returns whether the
+    /// state was written.
+    pub async fn end_task(&self, task: Task) -> bool {
+        let (done, wait) = oneshot::channel();
+        if self
+            .writer
+            .send(WriterMessage::End(Box::new(task), done))
+            .is_err()
+        {
+            return false;
+        }
+        wait.await.unwrap_or(false)
+    }
+
     /// Ends a task's log: followers are told, after the final state is stored.
     pub fn close(&self, task_id: &str) {
         if let Some(live) = self.live.lock().expect("log hub lock").remove(task_id) {
@@ -190,27 +211,38 @@ async fn write_lines(
 ) {
     let mut lines = Vec::new();
     let mut flushes = Vec::new();
+    let mut ended: Vec<Task> = Vec::new();
+    let mut answers: Vec<oneshot::Sender<bool>> = Vec::new();
     while let Some(first) = receiver.recv().await {
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
                 WriterMessage::Line(task, line, agent_seq) => lines.push((task, line, agent_seq)),
                 WriterMessage::Flush(done) => flushes.push(done),
+                WriterMessage::End(task, done) => {
+                    ended.push(*task);
+                    answers.push(done);
+                }
             }
             if lines.len() < BATCH {
                 next = receiver.try_recv().ok();
             }
         }
         let mut attempt = 0;
-        while let Err(error) = store.append_logs(&lines).await {
-            attempt += 1;
-            tracing::error!(%error, attempt, "cannot store task log lines; retrying");
-            tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-            if attempt >= 50 {
-                tracing::error!(lost = lines.len(), "giving up on storing task log lines");
-                break;
+        let written = loop {
+            match store.append_logs_and_end(&lines, &ended).await {
+                Ok(written) => break written,
+                Err(error) => {
+                    attempt += 1;
+                    tracing::error!(%error, attempt, "cannot store task log lines; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                    if attempt >= 50 {
+                        tracing::error!(lost = lines.len(), "giving up on storing task log lines");
+                        break Vec::new();
+                    }
+                }
             }
-        }
+        };
         // Published once committed, in order, before any flush is answered: a follower told the
         // task ended has had every line.
         backlog
@@ -227,6 +259,10 @@ async fn write_lines(
         }
         for done in flushes.drain(..) {
             let _ = done.send(());
+        }
+        ended.clear();
+        for (index, done) in answers.drain(..).enumerate() {
+            let _ = done.send(written.get(index).copied().unwrap_or(false));
         }
     }
 }

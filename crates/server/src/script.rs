@@ -258,7 +258,10 @@ async fn drive_agent(
                 ));
             }
             ScriptState::Complete => {
-                let _ = link.call::<_, Ticket>(rpc::PATH_COMPLETE, &ticket).await;
+                // Freeing the ticket is not on the task's path to its end: every line is in.
+                tokio::spawn(async move {
+                    let _ = link.call::<_, Ticket>(rpc::PATH_COMPLETE, &ticket).await;
+                });
                 return Some(match (reply.outcome, reply.exit_code) {
                     (Some(Outcome::Exited), Some(0)) => (TaskState::Success, String::new()),
                     (Some(Outcome::Exited), Some(code)) => (TaskState::Failed, format!("The script exited with code {code}.")),

@@ -238,7 +238,7 @@ impl Document for ScopedUserRole {
 
 /// One document ready to write, of any kind.
 pub struct Row {
-    kind: DocKind,
+    pub(crate) kind: DocKind,
     id: String,
     space_id: String,
     name: String,
@@ -343,6 +343,9 @@ impl Store {
             row.write(&mut tx).await?;
         }
         tx.commit().await?;
+        for row in &rows {
+            self.bump_workers_generation(row.kind);
+        }
         Ok(())
     }
 
@@ -353,6 +356,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.bump_workers_generation(D::KIND);
         Ok(done.rows_affected() > 0)
     }
 
@@ -378,6 +382,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.bump_workers_generation(DocKind::Space);
         Ok(())
     }
 }

@@ -42,6 +42,9 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Bumped after every committed write of a space, pool or worker: a reader that cached them
+    /// knows whether its copy is still current.
+    workers_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -60,7 +63,10 @@ impl Store {
             .min_connections(1)
             .connect_with(options)
             .await?;
-        let store = Store { pool };
+        let store = Store {
+            pool,
+            workers_generation: Default::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -79,6 +85,19 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Changes whenever a space, worker pool or worker has been written or deleted since.
+    pub fn workers_generation(&self) -> u64 {
+        self.workers_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn bump_workers_generation(&self, kind: DocKind) {
+        if matches!(kind, DocKind::Space | DocKind::WorkerPool | DocKind::Worker) {
+            self.workers_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     pub async fn close(&self) {
@@ -119,5 +138,73 @@ fn conflict_or(error: sqlx::Error, what: impl FnOnce() -> String) -> StoreError 
     match &error {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what()),
         _ => StoreError::Database(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data directory of schema v3 keeps its task logs through the move to chunks (v4): every
+    /// line, in order, with its step and its agent sequence number.
+    #[tokio::test]
+    async fn lines_stored_before_chunks_read_back_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("muster.db");
+        {
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .unwrap();
+            for script in &MIGRATIONS[..3] {
+                sqlx::raw_sql(*script).execute(&pool).await.unwrap();
+            }
+            sqlx::raw_sql(
+                "PRAGMA user_version = 3; \
+                 INSERT INTO task_log (task_num, seq, occurred_at, category, message, source_seq, step) VALUES \
+                 (7, 1, '2026-12-01T10:11:12.000001Z', 'Info', 'first \"quoted\" line', NULL, NULL), \
+                 (7, 2, '2026-12-01T10:11:13.5Z', 'Error', 'from the agent', 41, 2);",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = Store::open_sqlite(&path).await.unwrap();
+        let lines = store.logs("ServerTasks-7", 0, 100).await.unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].message_text, "first \"quoted\" line");
+        assert_eq!(lines[1].step, Some(2));
+        assert_eq!(store.last_log_seq("ServerTasks-7").await.unwrap(), 2);
+        assert_eq!(store.last_source_seq("ServerTasks-7").await.unwrap(), 41);
+        let (last, count, text) = store
+            .raw_log_page("ServerTasks-7", 0, 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((last, count), (2, 2));
+        assert_eq!(
+            text,
+            "10:11:12  Info     | first \"quoted\" line\n10:11:13  Error    | from the agent\n"
+        );
+        // New lines go on after the old ones.
+        let line = muster_core::resources::LogLine {
+            seq: 3,
+            occurred_at: muster_core::time::now(),
+            category: muster_core::LogCategory::Info,
+            message_text: "after the upgrade".into(),
+            step: None,
+        };
+        store
+            .append_logs(&[("ServerTasks-7".into(), line, None)])
+            .await
+            .unwrap();
+        let lines = store.logs("ServerTasks-7", 1, 100).await.unwrap();
+        let texts: Vec<&str> = lines.iter().map(|l| l.message_text.as_str()).collect();
+        assert_eq!(texts, ["from the agent", "after the upgrade"]);
     }
 }

@@ -21,6 +21,18 @@ pub struct TaskQuery {
     pub take: u64,
 }
 
+/// Writes every field of a task that is still in the state ?18.
+const UPDATE_TASK_FROM: &str = "UPDATE tasks SET space_id = ?2, name = ?3, description = ?4, arguments = ?5, state = ?6, \
+    error_message = ?7, queue_time = ?8, queue_time_expiry = ?9, start_time = ?10, completed_time = ?11, \
+    last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16, \
+    worker_id = ?17 WHERE num = ?1 AND state = ?18";
+
+/// Writes every field of a task that is still running (Executing or Cancelling).
+const UPDATE_TASK_FROM_RUNNING: &str = "UPDATE tasks SET space_id = ?2, name = ?3, description = ?4, arguments = ?5, state = ?6, \
+    error_message = ?7, queue_time = ?8, queue_time_expiry = ?9, start_time = ?10, completed_time = ?11, \
+    last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16, \
+    worker_id = ?17 WHERE num = ?1 AND state IN ('Executing', 'Cancelling')";
+
 const TASK_COLUMNS: &str = "num, space_id, name, description, arguments, state, error_message, queue_time, \
     queue_time_expiry, start_time, completed_time, last_updated_time, server_node, has_warnings, queue_reason, worker_name, worker_id";
 
@@ -66,16 +78,25 @@ fn read_task(row: &SqliteRow) -> Result<Task> {
 }
 
 impl Store {
-    /// Commits a new task; it exists for clients once this returns.
-    pub async fn insert_task(&self, task: &Task) -> Result<()> {
-        let num = task_num(&task.id)
-            .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
+    /// Gives a new task its id and commits it, in one transaction (one disk sync on the way to
+    /// the client's 201); it exists for clients once this returns.
+    pub async fn insert_new_task(&self, task: &mut Task) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let (num,): (i64,) = sqlx::query_as(
+            "INSERT INTO id_counters (kind, next) VALUES (?1, 1) \
+             ON CONFLICT (kind) DO UPDATE SET next = next + 1 RETURNING next",
+        )
+        .bind(IdKind::ServerTask.prefix())
+        .fetch_one(&mut *tx)
+        .await?;
+        task.id = IdKind::ServerTask.format(num);
         let sql = format!(
             "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         );
         bind_task(sqlx::query(sqlx::AssertSqlSafe(sql)), num, task)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -88,6 +109,7 @@ impl Store {
         for row in &rows {
             row.write(&mut tx).await?;
         }
+        let kinds: Vec<crate::DocKind> = rows.iter().map(|r| r.kind).collect();
         let sql = format!(
             "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         );
@@ -95,6 +117,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        for kind in kinds {
+            self.bump_workers_generation(kind);
+        }
         Ok(())
     }
 
@@ -112,16 +137,30 @@ impl Store {
         Ok(())
     }
 
+    /// `transition_task` for many tasks in one transaction (one disk sync): a dispatch pass claims
+    /// every task it starts at once. Returns, for each, whether it moved.
+    pub async fn transition_tasks(&self, tasks: &[Task], from: TaskState) -> Result<Vec<bool>> {
+        let mut tx = self.pool.begin().await?;
+        let mut moved = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let num = task_num(&task.id)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
+            let done = bind_task(sqlx::query(UPDATE_TASK_FROM), num, task)
+                .bind(from.as_str())
+                .execute(&mut *tx)
+                .await?;
+            moved.push(done.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
     /// Moves a task from `from` to the task's state, and writes it, only if it is still in `from`.
     /// This is how a task is claimed: two claimers cannot both win.
     pub async fn transition_task(&self, task: &Task, from: TaskState) -> Result<bool> {
         let num = task_num(&task.id)
             .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
-        let sql = "UPDATE tasks SET space_id = ?2, name = ?3, description = ?4, arguments = ?5, state = ?6, \
-            error_message = ?7, queue_time = ?8, queue_time_expiry = ?9, start_time = ?10, completed_time = ?11, \
-            last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16, \
-            worker_id = ?17 WHERE num = ?1 AND state = ?18";
-        let done = bind_task(sqlx::query(sql), num, task)
+        let done = bind_task(sqlx::query(UPDATE_TASK_FROM), num, task)
             .bind(from.as_str())
             .execute(&self.pool)
             .await?;
@@ -254,6 +293,18 @@ impl Store {
     /// the agent's sequence number of it when it came from an agent). Each task's lines of the batch
     /// become one chunk row; a task's lines must come in sequence order.
     pub async fn append_logs(&self, lines: &[(String, LogLine, Option<u64>)]) -> Result<()> {
+        self.append_logs_and_end(lines, &[]).await.map(|_| ())
+    }
+
+    /// Appends log lines as `append_logs` does and, in the same transaction, writes the final
+    /// state of each of `ended` if it is still Executing or Cancelling: a task's last lines and its
+    /// end are one commit, and tasks that end together share it (group commit). Returns, for each
+    /// of `ended`, whether it was written.
+    pub async fn append_logs_and_end(
+        &self,
+        lines: &[(String, LogLine, Option<u64>)],
+        ended: &[Task],
+    ) -> Result<Vec<bool>> {
         let mut chunks: Vec<(i64, Vec<StoredLineOut<'_>>)> = Vec::new();
         let mut chunk_of_task: std::collections::HashMap<i64, usize> = Default::default();
         for (task_id, line, source_seq) in lines {
@@ -273,30 +324,31 @@ impl Store {
                 &line.message_text,
             ));
         }
-        if chunks.is_empty() {
-            return Ok(());
+        if chunks.is_empty() && ended.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement needs no transaction around it: a task that ends with its lines already
+        // stored, or one task's lines, cost one round trip to SQLite.
+        if chunks.len() + ended.len() == 1 {
+            if let Some((num, group)) = chunks.first() {
+                chunk_insert(*num, group)?.execute(&self.pool).await?;
+                return Ok(Vec::new());
+            }
+            let task = &ended[0];
+            let done = end_update(task)?.execute(&self.pool).await?;
+            return Ok(vec![done.rows_affected() == 1]);
         }
         let mut tx = self.pool.begin().await?;
         for (num, group) in &chunks {
-            let (first, last) = (group[0].0, group[group.len() - 1].0);
-            let max_source = group.iter().filter_map(|l| l.4).max();
-            let body =
-                serde_json::to_string(group).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query(
-                "INSERT OR IGNORE INTO task_log_chunk (task_num, first_seq, last_seq, max_source_seq, line_count, lines) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .bind(num)
-            .bind(first)
-            .bind(last)
-            .bind(max_source)
-            .bind(group.len() as i64)
-            .bind(body)
-            .execute(&mut *tx)
-            .await?;
+            chunk_insert(*num, group)?.execute(&mut *tx).await?;
+        }
+        let mut written = Vec::with_capacity(ended.len());
+        for task in ended {
+            let done = end_update(task)?.execute(&mut *tx).await?;
+            written.push(done.rows_affected() == 1);
         }
         tx.commit().await?;
-        Ok(())
+        Ok(written)
     }
 
     /// Calls `each` with the task's stored lines after sequence number `after`, in order (and
@@ -411,6 +463,32 @@ impl Store {
                 .await?;
         Ok(seq.unwrap_or(0).max(0) as u64)
     }
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// The insert of one chunk: a run of one task's lines.
+fn chunk_insert<'q>(num: i64, group: &[StoredLineOut<'_>]) -> Result<Query<'q>> {
+    let (first, last) = (group[0].0, group[group.len() - 1].0);
+    let max_source = group.iter().filter_map(|l| l.4).max();
+    let body = serde_json::to_string(group).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(sqlx::query(
+        "INSERT OR IGNORE INTO task_log_chunk (task_num, first_seq, last_seq, max_source_seq, line_count, lines) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(num)
+    .bind(first)
+    .bind(last)
+    .bind(max_source)
+    .bind(group.len() as i64)
+    .bind(body))
+}
+
+/// The write of a task's final state, if it is still running.
+fn end_update<'q>(task: &Task) -> Result<Query<'q>> {
+    let num = task_num(&task.id)
+        .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
+    Ok(bind_task(sqlx::query(UPDATE_TASK_FROM_RUNNING), num, task))
 }
 
 /// A log line as a chunk stores it: [seq, occurred_at, category, step, source_seq, message].

@@ -66,6 +66,11 @@ fn crate_dependencies_follow_the_architecture() {
         "proto knows only core"
     );
     assert!(ours("muster-cli").is_empty(), "the CLI speaks REST only");
+    assert_eq!(
+        ours("muster-bench"),
+        vec!["muster-proto"],
+        "the benchmarks drive the binaries; they link only the agent link, for the swarm"
+    );
     assert!(
         all["muster-scheduler"].is_empty(),
         "the scheduler's rules are pure: no IO, no async, no other crate ({:?})",

@@ -245,8 +245,8 @@ async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
         return Err(ApiError::validation(errors));
     }
     let at = now();
-    let task = Task {
-        id: app.store.next_id(IdKind::ServerTask).await?,
+    let mut task = Task {
+        id: String::new(),
         space_id: space.id.clone(),
         name: name.to_string(),
         description,
@@ -264,7 +264,7 @@ async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
         worker_name: None,
         worker_id: None,
     };
-    app.store.insert_task(&task).await?;
+    app.store.insert_new_task(&mut task).await?;
     app.dispatcher.wake();
     created(&links::task(&task))
 }

@@ -163,7 +163,22 @@ fn binaries() -> anyhow::Result<PathBuf> {
         } else {
             vec![]
         };
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        // Without what `cargo run` sets for this package: build scripts that watch these (ring's
+        // watches CARGO_MANIFEST_DIR) would otherwise run again, and rebuild everything each time.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            if name == "CARGO_MANIFEST_DIR"
+                || name == "CARGO_MANIFEST_PATH"
+                || name == "CARGO_CRATE_NAME"
+                || name == "CARGO_BIN_NAME"
+                || name == "CARGO_PRIMARY_PACKAGE"
+                || name.starts_with("CARGO_PKG_")
+            {
+                build.env_remove(name);
+            }
+        }
+        let status = build
             .args(["build", "--quiet", "-p", "muster", "-p", "muster-agent"])
             .args(profile)
             .status()?;

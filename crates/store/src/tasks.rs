@@ -307,17 +307,35 @@ impl Store {
     ) -> Result<Vec<bool>> {
         let mut chunks: Vec<(i64, Vec<StoredLineOut<'_>>)> = Vec::new();
         let mut chunk_of_task: std::collections::HashMap<i64, usize> = Default::default();
+        // A task's lines come in runs, and many share a millisecond: each id is parsed and each
+        // date written once per run, not once per line.
+        let mut last_task: Option<(&str, Option<i64>)> = None;
+        let mut last_date: Option<(i64, String)> = None;
         for (task_id, line, source_seq) in lines {
-            let Some(num) = task_num(task_id) else {
+            let num = match last_task {
+                Some((id, num)) if id == task_id.as_str() => num,
+                _ => task_num(task_id),
+            };
+            last_task = Some((task_id.as_str(), num));
+            let Some(num) = num else {
                 continue;
             };
             let index = *chunk_of_task.entry(num).or_insert_with(|| {
                 chunks.push((num, Vec::new()));
                 chunks.len() - 1
             });
+            let millis = line.occurred_at.timestamp_millis();
+            let date = match &last_date {
+                Some((at, text)) if *at == millis => text.clone(),
+                _ => {
+                    let text = format_date(&line.occurred_at);
+                    last_date = Some((millis, text.clone()));
+                    text
+                }
+            };
             chunks[index].1.push(StoredLineOut(
                 line.seq,
-                format_date(&line.occurred_at),
+                date,
                 line.category.as_str(),
                 line.step,
                 source_seq.map(|n| n.min(i64::MAX as u64) as i64),
@@ -420,7 +438,6 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Option<(i64, i64, String)>> {
-        use std::fmt::Write as _;
         let (mut last, mut count, mut text) = (after, 0i64, String::new());
         if limit <= 0 {
             return Ok(None);
@@ -428,7 +445,17 @@ impl Store {
         self.each_log_line(task_id, after, |line, chunk_end| {
             // The time of day of an RFC 3339 date: "2026-12-02T04:41:21.13Z" gives "04:41:21".
             let time = line.1.get(11..19).unwrap_or(line.1);
-            let _ = writeln!(text, "{time}  {:<8} | {}", line.2, line.5);
+            // `HH:MM:SS  Category | message`, the category padded to 8, written without the
+            // formatting machinery: this runs for every line of a log read whole.
+            text.push_str(time);
+            text.push_str("  ");
+            text.push_str(line.2);
+            for _ in line.2.len()..8 {
+                text.push(' ');
+            }
+            text.push_str(" | ");
+            text.push_str(&line.5);
+            text.push('\n');
             last = line.0;
             count += 1;
             Ok(count < limit || !chunk_end)

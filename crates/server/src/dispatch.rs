@@ -477,7 +477,12 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             _ => None,
         })
         .collect();
-    let mut claims: Vec<Claim> = Vec::new();
+    // Counted in the ledger from here on: if the pass fails before their claim, they are
+    // forgotten (the guard), never left holding a slot and leases.
+    let mut claims = Claims {
+        app,
+        claims: Vec::new(),
+    };
     for (mut task, planned, child) in plans {
         let request = match planned {
             Planned::Fail(message) => {
@@ -510,7 +515,8 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
                     .get(&task.space_id)
                     .map(|v| v.workers.as_slice())
                     .unwrap_or_default();
-                claims.push(prepare_start(app, task, &request, leases, capped, workers));
+                let claim = prepare_start(app, task, &request, leases, capped, workers);
+                claims.claims.push(claim);
             }
             Decision::CapReached { .. } => {
                 set_reason(app, &mut task, cap_reason.clone()).await?;
@@ -523,6 +529,7 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             }
         }
     }
+    let claims = std::mem::take(&mut claims.claims);
     claim_and_launch(app, claims).await?;
     Ok(next_timer)
 }
@@ -860,6 +867,20 @@ struct Claim {
     agent_worker: Option<Worker>,
 }
 
+/// The claims of a pass not yet written: dropped unwritten (the pass failed), they are forgotten.
+struct Claims<'a> {
+    app: &'a App,
+    claims: Vec<Claim>,
+}
+
+impl Drop for Claims<'_> {
+    fn drop(&mut self) {
+        for claim in self.claims.drain(..) {
+            forget(self.app, &claim.task.id);
+        }
+    }
+}
+
 /// Readies a task for the leases the ledger gave it: counted as running before its claim is
 /// written, so no later decision of the pass overshoots the cap or a lease. `workers`: the
 /// space's, as the pass read them.
@@ -944,7 +965,9 @@ async fn claim_and_launch(app: &App, claims: Vec<Claim>) -> anyhow::Result<()> {
             agent_worker,
         } = claim;
         if !claimed {
+            // Its slot and leases were counted against the tasks decided after it: look again.
             forget(app, &task.id);
+            app.dispatcher.wake();
             continue;
         }
         *app.dispatcher.last_space.lock().expect("dispatcher lock") = Some(task.space_id.clone());

@@ -203,6 +203,24 @@ impl LogHub {
     }
 }
 
+/// Final states written without the lines they came with, once those could not be stored.
+async fn end_alone(store: &Store, ended: &[Task]) -> Vec<bool> {
+    if ended.is_empty() {
+        return Vec::new();
+    }
+    let mut attempt = 0;
+    loop {
+        match store.append_logs_and_end(&[], ended).await {
+            Ok(written) => return written,
+            Err(error) => {
+                attempt += 1;
+                tracing::error!(%error, attempt, "cannot store tasks' final states; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt.min(50))).await;
+            }
+        }
+    }
+}
+
 async fn write_lines(
     store: Store,
     mut receiver: mpsc::UnboundedReceiver<WriterMessage>,
@@ -238,7 +256,8 @@ async fn write_lines(
                     tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
                     if attempt >= 50 {
                         tracing::error!(lost = lines.len(), "giving up on storing task log lines");
-                        break Vec::new();
+                        // The tasks' ends must not go down with lines that cannot be stored.
+                        break end_alone(&store, &ended).await;
                     }
                 }
             }

@@ -207,4 +207,37 @@ mod tests {
         let texts: Vec<&str> = lines.iter().map(|l| l.message_text.as_str()).collect();
         assert_eq!(texts, ["from the agent", "after the upgrade"]);
     }
+
+    /// Long lines of one batch are split over chunks of about 1 MiB, and read back whole and in
+    /// order from any point.
+    #[tokio::test]
+    async fn a_batch_of_long_lines_is_stored_in_bounded_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("muster.db"))
+            .await
+            .unwrap();
+        let lines: Vec<_> = (1..=5)
+            .map(|seq| {
+                let line = muster_core::resources::LogLine {
+                    seq,
+                    occurred_at: muster_core::time::now(),
+                    category: muster_core::LogCategory::Info,
+                    message_text: format!("{seq}{}", "x".repeat(600 * 1024)),
+                    step: None,
+                };
+                ("ServerTasks-3".to_string(), line, Some(seq as u64 + 100))
+            })
+            .collect();
+        store.append_logs(&lines).await.unwrap();
+        let (chunks,): (i64,) = sqlx::query_as("SELECT count(*) FROM task_log_chunk")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(chunks, 5, "600 KiB lines take a chunk each");
+        let read = store.logs("ServerTasks-3", 2, 100).await.unwrap();
+        let seqs: Vec<i64> = read.iter().map(|l| l.seq).collect();
+        assert_eq!(seqs, [3, 4, 5]);
+        assert!(read[0].message_text.starts_with("3xxx"));
+        assert_eq!(store.last_source_seq("ServerTasks-3").await.unwrap(), 105);
+    }
 }

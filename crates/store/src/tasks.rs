@@ -306,7 +306,7 @@ impl Store {
         ended: &[Task],
     ) -> Result<Vec<bool>> {
         let mut chunks: Vec<(i64, Vec<StoredLineOut<'_>>)> = Vec::new();
-        let mut chunk_of_task: std::collections::HashMap<i64, usize> = Default::default();
+        let mut chunk_of_task: std::collections::HashMap<i64, (usize, usize)> = Default::default();
         // A task's lines come in runs, and many share a millisecond: each id is parsed and each
         // date written once per run, not once per line.
         let mut last_task: Option<(&str, Option<i64>)> = None;
@@ -320,10 +320,20 @@ impl Store {
             let Some(num) = num else {
                 continue;
             };
-            let index = *chunk_of_task.entry(num).or_insert_with(|| {
+            // A chunk holds at most about 1 MiB of messages: a reader parses a whole chunk for
+            // even one of its lines, and a row must stay far below SQLite's limit.
+            let bytes = line.message_text.len() + 64;
+            let (index, size) = chunk_of_task.entry(num).or_insert_with(|| {
                 chunks.push((num, Vec::new()));
-                chunks.len() - 1
+                (chunks.len() - 1, 0)
             });
+            if *size > 0 && *size + bytes > CHUNK_BYTES {
+                chunks.push((num, Vec::new()));
+                *index = chunks.len() - 1;
+                *size = 0;
+            }
+            *size += bytes;
+            let index = *index;
             let millis = line.occurred_at.timestamp_millis();
             let date = match &last_date {
                 Some((at, text)) if *at == millis => text.clone(),
@@ -491,6 +501,9 @@ impl Store {
         Ok(seq.unwrap_or(0).max(0) as u64)
     }
 }
+
+/// About how many bytes of messages one chunk holds at most.
+const CHUNK_BYTES: usize = 1024 * 1024;
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
 

@@ -258,8 +258,13 @@ fn a_space_flooding_the_queue_does_not_starve_another() {
     let b = id(server
         .post("/api/spaces", &json!({"Name": "B"}))
         .assert_status(201));
+    // The first of A's tasks lasts long enough for all the others and B's to be queued behind
+    // it, however slow the machine is at creating them.
     let flood: Vec<String> = (0..15)
-        .map(|_| id(&server.run_script("Spaces-1", json!({"ScriptBody": "sleep 0.05"}))))
+        .map(|n| {
+            let body = if n == 0 { "sleep 1" } else { "sleep 0.05" };
+            id(&server.run_script("Spaces-1", json!({"ScriptBody": body})))
+        })
         .collect();
     let late = id(&server.run_script(&b, json!({"ScriptBody": "true"})));
     let (late_task, _) = server.wait_task(&late);

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 
 /// The most lines one status answer carries.
@@ -360,7 +360,7 @@ async fn poll(
     let mut failures: u32 = 0;
     loop {
         let started = tokio::time::Instant::now();
-        match connect(&connector, &host, port, &subscription).await {
+        match rpc::dial_polling(&connector, &host, port, &subscription).await {
             Ok(stream) => {
                 println!("muster-agent is connected to {host}:{port} as {subscription}");
                 serve(stream, scripts.clone()).await;
@@ -374,29 +374,6 @@ async fn poll(
         failures = failures.saturating_add(1);
         tokio::time::sleep(rpc::reconnect_delay(failures)).await;
     }
-}
-
-async fn connect(
-    connector: &tokio_rustls::TlsConnector,
-    host: &str,
-    port: u16,
-    subscription: &str,
-) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
-        .await
-        .context("timed out")??;
-    tcp.set_nodelay(true)?;
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(10),
-        connector.connect(muster_proto::tls::server_name(), tcp),
-    )
-    .await
-    .context("the TLS handshake timed out")??;
-    stream
-        .write_all(format!("{} {subscription}\n", rpc::SUBSCRIBER_PREFACE).as_bytes())
-        .await?;
-    stream.flush().await?;
-    Ok(stream)
 }
 
 pub async fn run(home: &Home, listen_address: &str) -> anyhow::Result<()> {

@@ -800,14 +800,22 @@ impl Server {
     }
 
     fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::POST, path, body)
+    }
+
+    fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(reqwest::Method::PUT, path, body)
+    }
+
+    fn send(&self, method: reqwest::Method, path: &str, body: &Value) -> anyhow::Result<Value> {
         let reply = self
             .http
-            .post(format!("{}{path}", self.url))
+            .request(method.clone(), format!("{}{path}", self.url))
             .header("X-Octopus-ApiKey", KEY)
             .json(body)
             .send()?;
         if !reply.status().is_success() {
-            bail!("POST {path}: {}", reply.text()?);
+            bail!("{method} {path}: {}", reply.text()?);
         }
         Ok(reply.json()?)
     }
@@ -830,19 +838,6 @@ impl Server {
         page["TotalResults"]
             .as_u64()
             .ok_or_else(|| anyhow!("no worker count: {page}"))
-    }
-
-    fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let reply = self
-            .http
-            .put(format!("{}{path}", self.url))
-            .header("X-Octopus-ApiKey", KEY)
-            .json(body)
-            .send()?;
-        if !reply.status().is_success() {
-            bail!("PUT {path}: {}", reply.text()?);
-        }
-        Ok(reply.json()?)
     }
 
     /// Follows the task's live stream until it ends; returns its final state.

@@ -12,7 +12,6 @@ use muster_proto::rpc::{self, HealthReply};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// One simulated agent: its certificate and its polling subscription.
@@ -79,7 +78,7 @@ async fn poll(
     let mut failures: u32 = 0;
     loop {
         let started = tokio::time::Instant::now();
-        if let Ok(stream) = connect(&connector, port, &subscription).await {
+        if let Ok(stream) = rpc::dial_polling(&connector, "127.0.0.1", port, &subscription).await {
             counts.open.fetch_add(1, Ordering::SeqCst);
             serve(stream, counts.clone()).await;
             counts.open.fetch_sub(1, Ordering::SeqCst);
@@ -90,29 +89,6 @@ async fn poll(
         failures = failures.saturating_add(1);
         tokio::time::sleep(rpc::reconnect_delay(failures)).await;
     }
-}
-
-async fn connect(
-    connector: &tokio_rustls::TlsConnector,
-    port: u16,
-    subscription: &str,
-) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(10),
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await??;
-    tcp.set_nodelay(true)?;
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(10),
-        connector.connect(muster_proto::tls::server_name(), tcp),
-    )
-    .await??;
-    stream
-        .write_all(format!("{} {subscription}\n", rpc::SUBSCRIBER_PREFACE).as_bytes())
-        .await?;
-    stream.flush().await?;
-    Ok(stream)
 }
 
 /// Serves the agent's side of the RPC on one connection: health answers; anything else is refused,

@@ -23,6 +23,32 @@ pub fn reconnect_delay(failures: u32) -> Duration {
     base / 2 + Duration::from_millis(jitter)
 }
 
+/// A polling agent's dial: TCP to the server's comms port, the TLS handshake (`connector` pins the
+/// server), then the subscriber preface. Each step has 10 seconds.
+pub async fn dial_polling(
+    connector: &tokio_rustls::TlsConnector,
+    host: &str,
+    port: u16,
+    subscription: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt;
+    let timed_out =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string());
+    let step = Duration::from_secs(10);
+    let tcp = tokio::time::timeout(step, tokio::net::TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| timed_out("timed out"))??;
+    tcp.set_nodelay(true)?;
+    let mut stream = tokio::time::timeout(step, connector.connect(crate::tls::server_name(), tcp))
+        .await
+        .map_err(|_| timed_out("the TLS handshake timed out"))??;
+    stream
+        .write_all(format!("{SUBSCRIBER_PREFACE} {subscription}\n").as_bytes())
+        .await?;
+    stream.flush().await?;
+    Ok(stream)
+}
+
 pub const PATH_START: &str = "/v1/scripts/start";
 pub const PATH_STATUS: &str = "/v1/scripts/status";
 pub const PATH_CANCEL: &str = "/v1/scripts/cancel";

@@ -78,6 +78,7 @@ impl Scripts {
             syntax,
             body: request.body,
             env: request.env,
+            clean_env: false,
             timeout: request.timeout_seconds.map(Duration::from_secs),
             work_root: self.work_dir.clone(),
         };

@@ -40,6 +40,9 @@ pub struct Script {
     pub body: String,
     /// Extra environment variables. Variables named `MUSTER_*` of the parent never reach a script.
     pub env: Vec<(String, String)>,
+    /// Start from [`CLEAN_ENV`] alone instead of the parent's environment: the built-in worker's
+    /// scripts must not see the server's own settings and secrets.
+    pub clean_env: bool,
     pub timeout: Option<Duration>,
     /// Where the per-script working directory is created.
     pub work_root: PathBuf,
@@ -76,6 +79,14 @@ pub enum ExecError {
     #[error("cannot prepare or start the script: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// The parent's variables a script on a clean environment keeps; `PATH` gets a default when unset.
+pub const CLEAN_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ",
+    "TMPDIR",
+];
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Finds a program on PATH, as the shell would.
 pub fn find_program(name: &str) -> Option<PathBuf> {
@@ -122,9 +133,21 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MUSTER_") {
-            command.env_remove(&key);
+    if script.clean_env {
+        command.env_clear();
+        for name in CLEAN_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        if std::env::var_os("PATH").is_none() {
+            command.env("PATH", DEFAULT_PATH);
+        }
+    } else {
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("MUSTER_") {
+                command.env_remove(&key);
+            }
         }
     }
     command.envs(script.env.iter().map(|(k, v)| (k, v)));
@@ -232,12 +255,21 @@ mod tests {
     use super::*;
 
     async fn run_bash(body: &str, timeout: Option<Duration>) -> (Outcome, Vec<Line>) {
+        run_bash_in(body, timeout, false).await
+    }
+
+    async fn run_bash_in(
+        body: &str,
+        timeout: Option<Duration>,
+        clean_env: bool,
+    ) -> (Outcome, Vec<Line>) {
         let root = std::env::temp_dir().join("muster-exec-tests");
         let (tx, mut rx) = mpsc::channel(16);
         let script = Script {
             syntax: Syntax::Bash,
             body: body.into(),
-            env: vec![],
+            env: vec![("GIVEN".into(), "given".into())],
+            clean_env,
             timeout,
             work_root: root,
         };
@@ -299,5 +331,24 @@ mod tests {
         }
         let (_, lines) = run_bash("echo \"[${MUSTER_TEST_SECRET:-}]\"", None).await;
         assert_eq!(lines[0].text, "[]");
+    }
+
+    #[tokio::test]
+    async fn a_clean_environment_keeps_only_the_allow_list_and_what_was_given() {
+        // SAFETY of the test: no other test in this binary reads this variable.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("SERVER_ONLY_SETTING", "hidden");
+        }
+        let body = "echo \"[${SERVER_ONLY_SETTING:-}]\"; echo \"$GIVEN\"; command -v true";
+        let (_, lines) = run_bash_in(body, None, true).await;
+        assert_eq!(lines[0].text, "[]", "the server's environment leaked");
+        assert_eq!(lines[1].text, "given");
+        assert!(lines[2].text.ends_with("true"), "PATH still finds programs");
+        let (_, lines) = run_bash_in(body, None, false).await;
+        assert_eq!(
+            lines[0].text, "[hidden]",
+            "an agent's scripts inherit its environment"
+        );
     }
 }

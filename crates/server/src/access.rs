@@ -1,6 +1,8 @@
 //! Who may do what: a request's user, their teams, and the roles scoped to those teams, read once per
-//! request. Every route is checked here, by its normalized path, before its handler runs; handlers of
-//! routes whose space is known only from the resource (unprefixed tasks) check with [`Access::require`].
+//! request. Every route is declared with a [`Rule`]; [`check`] applies the rule of the route the
+//! router matched before its handler runs, and hands a `{space}` route's resolved space to the
+//! handler. Handlers of routes whose space is known only from the resource (unprefixed tasks) check
+//! with [`Access::require`].
 //!
 //! Architecture invariant: a space the user has no permission in does not exist for them (404, so
 //! another space's resources are not leaked); a missing permission in a space they see answers 403,
@@ -144,58 +146,115 @@ impl Access {
     }
 }
 
-/// The permission a space-scoped route needs, from its path after `/api/s/{space}` and its method.
-/// None: seeing the space is enough.
-fn space_permission(method: &Method, rest: &[&str]) -> Option<&'static str> {
-    let read = *method == Method::GET || *method == Method::HEAD;
-    Some(match rest {
-        [] => return None,
-        // Discovering dials a machine for its certificate: a step of registering a worker.
-        ["workers", "discover"] => "WorkerEdit",
-        ["workerpools", ..] | ["workers", ..] if read => "WorkerView",
-        ["workerpools", ..] | ["workers", ..] => "WorkerEdit",
-        ["machinepolicies", ..] if read => "MachinePolicyView",
-        ["machinepolicies", ..] => "MachinePolicyEdit",
-        ["runbooks" | "runbookprocesses" | "variables", ..] if read => "RunbookView",
-        ["runbooks" | "runbookprocesses" | "variables", ..] => "RunbookEdit",
-        ["runbookruns", ..] if read => "RunbookView",
-        ["runbookruns", ..] => "RunbookRunCreate",
-        ["tasks", _, "cancel"] => "TaskCancel",
-        ["tasks", ..] if read => "TaskView",
-        ["tasks", ..] => "TaskCreate",
-        ["teams", ..] | ["scopeduserroles", ..] => "AdministerSystem",
-        _ => return None,
-    })
+/// Who may call a route: the one permission table. Every route of the router is declared with its
+/// rule (`api::routes`), and the access check reads the rule of the route the router matched, so the
+/// check and the handler always see the same route and the same parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// No key needed: the root document and the OpenAPI document.
+    Anonymous,
+    /// Any valid key; the handler narrows what it answers to what the user may see (their own user,
+    /// the spaces they see, a task's space).
+    User,
+    /// AdministerSystem.
+    Admin,
+    /// A `{space}` route: the space must be one the user sees (else 404), and, when named, this
+    /// permission must be granted in it (else 403).
+    Space(Option<&'static str>),
+    /// A `{space}` route that needs AdministerSystem (the roles teams have in a space): 404 when
+    /// the space is unseen, else 403 without AdministerSystem.
+    SpaceAdmin,
 }
 
-/// Checks a request's route against the user's access before its handler runs.
-pub async fn check_route(
+/// The space a `{space}` route names, resolved once by the access check and handed to the handler.
+#[derive(Clone, Debug)]
+pub struct SpaceScope(pub Space);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for SpaceScope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // Fail closed: a handler whose space the check did not resolve answers nothing.
+        parts
+            .extensions
+            .get::<SpaceScope>()
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("space"))
+    }
+}
+
+/// The rules of the router's routes, by (method, route template).
+pub type Rules = std::collections::HashMap<(Method, &'static str), Rule>;
+
+/// Checks a matched route's rule before its handler runs; a `{space}` route's space is resolved
+/// here, once, and handed to the handler as [`SpaceScope`]. A route without a rule, or a space that
+/// cannot be resolved, is refused: the check fails closed.
+pub async fn check(
+    axum::extract::State((app, rules)): axum::extract::State<(App, std::sync::Arc<Rules>)>,
+    params: axum::extract::RawPathParams,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match authorize(&app, &rules, &params, &mut request).await {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn authorize(
     app: &App,
-    access: &Access,
-    method: &Method,
-    path: &str,
+    rules: &Rules,
+    params: &axum::extract::RawPathParams,
+    request: &mut axum::extract::Request,
 ) -> Result<(), ApiError> {
-    if access.admin {
+    let template = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default();
+    let method = if request.method() == Method::HEAD {
+        Method::GET
+    } else {
+        request.method().clone()
+    };
+    let Some(rule) = rules.get(&(method, template.as_str())).copied() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "This address does not accept that method.",
+        ));
+    };
+    if rule == Rule::Anonymous {
         return Ok(());
     }
-    let read = *method == Method::GET || *method == Method::HEAD;
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["api", "s", space, rest @ ..] => {
-            // An unknown space is the handler's 404 to give.
-            let Ok(space) = crate::api::resolve_space(app, space).await else {
-                return Ok(());
-            };
-            match space_permission(method, rest) {
-                Some("AdministerSystem") if access.sees_space(&space.id) => access.require_admin(),
-                Some(permission) => access.require(&space, permission),
-                None if access.sees_space(&space.id) => Ok(()),
-                None => Err(ApiError::not_found(&space.id)),
+    let access = request
+        .extensions()
+        .get::<Access>()
+        .cloned()
+        .ok_or_else(|| ApiError::unauthorized("You must be authenticated."))?;
+    match rule {
+        Rule::Anonymous | Rule::User => Ok(()),
+        Rule::Admin => access.require_admin(),
+        Rule::Space(_) | Rule::SpaceAdmin => {
+            let key = params
+                .iter()
+                .find(|(name, _)| *name == "space")
+                .map(|(_, value)| value.to_string())
+                .ok_or_else(|| ApiError::not_found("space"))?;
+            let space = crate::api::resolve_space(app, &key).await?;
+            if !access.sees_space(&space.id) {
+                return Err(ApiError::not_found(&key));
             }
+            match rule {
+                Rule::Space(Some(permission)) => access.require(&space, permission)?,
+                Rule::SpaceAdmin => access.require_admin()?,
+                _ => {}
+            }
+            request.extensions_mut().insert(SpaceScope(space));
+            Ok(())
         }
-        ["api", "spaces", ..] if !read => access.require_admin(),
-        ["api", "teams" | "userroles" | "scopeduserroles", ..] => access.require_admin(),
-        ["api", "users"] if !read => access.require_admin(),
-        _ => Ok(()),
     }
 }

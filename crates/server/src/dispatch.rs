@@ -660,7 +660,9 @@ fn builtin_need(app: &App, key: &str) -> Need {
 }
 
 /// The need of a step or task on a pool (None: the space's default pool): one worker, or with
-/// `each` every worker; an empty static pool's steps run on the built-in worker (the docs' rule).
+/// `each` every worker. Only the default pool falls back to the built-in worker when it is empty
+/// (the Workers document's rule); any other empty pool waits, and says so, because a team that made
+/// a pool of hardened workers for a job does not expect that job to run on the server.
 fn pool_need(
     app: &App,
     view: &SpaceView,
@@ -690,7 +692,14 @@ fn pool_need(
         .map(|w| slot_of(app, w))
         .collect();
     if slots.is_empty() {
-        return Ok(builtin_need(app, &key));
+        if pool.is_default {
+            return Ok(builtin_need(app, &key));
+        }
+        return Err(Planned::Wait(format!(
+            "Pool '{}' has no workers. Only the space's default pool falls back to the built-in \
+             worker; add a worker to '{}'.",
+            pool.name, pool.name
+        )));
     }
     Ok(Need {
         key,
@@ -748,30 +757,23 @@ fn plan_script(app: &App, task: &Task, view: &SpaceView) -> Result<(bool, Vec<Ne
             if wanted.len() == 1 {
                 pool_need(app, view, Some(&wanted[0].id), false, "pool".into())?
             } else {
-                // Several pools: any worker of any of them.
+                // Several pools: any worker of any of them (the built-in worker standing in
+                // for an empty default pool).
                 let mut slots = Vec::new();
                 let mut names = Vec::new();
-                let mut dynamic = Vec::new();
-                let mut empty = false;
+                let mut waits = Vec::new();
                 for pool in &wanted {
                     match pool_need(app, view, Some(&pool.id), false, "pool".into()) {
-                        Ok(need)
-                            if need.slots.first().is_some_and(|s| s.agent == BUILTIN_AGENT) =>
-                        {
-                            empty = true
-                        }
                         Ok(need) => {
                             names.push(format!("'{}'", pool.name));
                             slots.extend(need.slots);
                         }
-                        Err(Planned::Wait(reason)) => dynamic.push(reason),
+                        Err(Planned::Wait(reason)) => waits.push(reason),
                         Err(other) => return Err(other),
                     }
                 }
-                if empty {
-                    builtin_need(app, BUILTIN_KEY)
-                } else if slots.is_empty() {
-                    return Err(Planned::Wait(dynamic.join(" ")));
+                if slots.is_empty() {
+                    return Err(Planned::Wait(waits.join(" ")));
                 } else {
                     Need {
                         key: "pool".into(),
@@ -1095,7 +1097,8 @@ async fn run_script_task(app: App, mut task: Task, place: Place, stop: Stop, res
 pub async fn conclude(app: &App, mut task: Task, final_state: TaskState, message: String) {
     let id = task.id.clone();
     if final_state != TaskState::Success {
-        app.logs.append(&id, LogCategory::Error, message.clone());
+        app.logs
+            .append_final(&id, LogCategory::Error, message.clone());
         task.has_warnings_or_errors = true;
     }
     task.state = final_state;

@@ -63,20 +63,53 @@ fn join(prefix: &str, space: &str, tail: &[&str]) -> String {
     out
 }
 
-/// Applies [`normalize_path`] to a request before routing.
-pub fn normalize_request(mut request: Request) -> Request {
+/// Decodes a request path's percent-encoding, once. The access check and the router then read the
+/// same canonical path: a second decoding could turn `%2541` into `%41` here and `A` in a route's
+/// parameters, so a path still holding `%` after one decoding is refused, as are control characters
+/// and bytes that are not UTF-8.
+pub fn decode_path(raw: &str) -> Result<String, ApiError> {
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("The request path is not valid UTF-8 once decoded."))?;
+    if decoded.contains('%') {
+        return Err(ApiError::bad_request(
+            "The request path holds a '%' after decoding: encode each character once.",
+        ));
+    }
+    if decoded.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "The request path holds a control character.",
+        ));
+    }
+    Ok(decoded.into_owned())
+}
+
+/// The first step of every request, before routing: the path decoded once ([`decode_path`]) and
+/// normalized ([`normalize_path`]). The router, the access check and the handlers see only this form.
+pub async fn canonicalize(mut request: Request, next: axum::middleware::Next) -> Response {
     let uri = request.uri();
-    let normalized = normalize_path(uri.path());
-    if normalized != uri.path() {
+    let canonical = match decode_path(uri.path()) {
+        Ok(decoded) => normalize_path(&decoded),
+        Err(error) => return error.into_response(),
+    };
+    if canonical != uri.path() {
         let with_query = match uri.query() {
-            Some(query) => format!("{normalized}?{query}"),
-            None => normalized,
+            Some(query) => format!("{canonical}?{query}"),
+            None => canonical,
         };
-        if let Ok(new_uri) = with_query.parse() {
-            *request.uri_mut() = new_uri;
+        match with_query.parse() {
+            Ok(new_uri) => *request.uri_mut() = new_uri,
+            // A decoded character a URI may not hold raw (a space, a quote): no route has one.
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "There is no resource at this address.",
+                )
+                .into_response();
+            }
         }
     }
-    request
+    next.run(request).await
 }
 
 /// An error answered with the contract's body.

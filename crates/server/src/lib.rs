@@ -18,6 +18,7 @@ mod runbook;
 mod script;
 mod state;
 
+pub use access::Rule;
 pub use http::normalize_path;
 
 use anyhow::Context;
@@ -45,6 +46,9 @@ pub struct ServerArgs {
     /// Address of the comms port, which polling agents dial.
     #[arg(long, env = "MUSTER_COMMS_LISTEN", default_value = "0.0.0.0:10943")]
     pub comms_listen: SocketAddr,
+    /// The most a task's stored log keeps, in MiB of output; later lines are dropped with a warning.
+    #[arg(long, env = "MUSTER_TASK_LOG_LIMIT_MB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub task_log_limit_mb: u64,
     /// This node's name in `ServerNode` (default: the host name).
     #[arg(long, env = "MUSTER_NODE_NAME")]
     pub node_name: Option<String>,
@@ -92,6 +96,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         builtin_worker: !args.no_builtin_worker,
         node_name,
         work_dir: args.data_dir.join("work"),
+        task_log_limit: args.task_log_limit_mb * 1024 * 1024,
     };
     let app = state::AppInner::new(store.clone(), config, setup.installation_id, certificate);
     dispatch::recover(&app).await?;
@@ -110,7 +115,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let health = tokio::spawn(health::health_loop(app.clone()));
     let router = api::router(app.clone());
     let service = tower::ServiceBuilder::new()
-        .map_request(http::normalize_request)
+        .layer(axum::middleware::from_fn(http::canonicalize))
         .service(router);
     // On the signal, running scripts are stopped and live streams end first, so no open stream
     // holds the shutdown.
@@ -172,4 +177,13 @@ fn hostname() -> String {
 /// The (method, path) pairs the OpenAPI document describes, for the test that walks them.
 pub fn openapi_operations() -> Vec<(&'static str, &'static str)> {
     openapi::operations()
+}
+
+/// (method, route, rule) of every route the router serves, in its normalized form (`/api/s/{space}/…`),
+/// for the test that walks the permission matrix.
+pub fn route_table() -> Vec<(String, &'static str, Rule)> {
+    api::route_table()
+        .into_iter()
+        .map(|(method, path, rule)| (method.to_string(), path, rule))
+        .collect()
 }

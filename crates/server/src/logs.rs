@@ -19,6 +19,10 @@ pub enum LogEvent {
 struct Live {
     next_seq: i64,
     events: broadcast::Sender<LogEvent>,
+    /// Bytes of messages taken for the task since it was opened, against the log limit.
+    bytes: u64,
+    /// The limit was reached: later lines are dropped, but for the task's final message.
+    capped: bool,
 }
 
 enum WriterMessage {
@@ -33,6 +37,8 @@ type LiveMap = Arc<Mutex<HashMap<String, Live>>>;
 
 pub struct LogHub {
     live: LiveMap,
+    /// The most bytes of messages one task's log keeps (`--task-log-limit-mb`).
+    limit: u64,
     /// Lines appended and not yet committed, and a signal each time a batch commits: a chatty
     /// script waits for room (`wait_for_room`) instead of filling memory faster than the disk takes it.
     backlog: Arc<Backlog>,
@@ -56,7 +62,7 @@ struct Backlog {
 }
 
 impl LogHub {
-    pub fn start(store: Store) -> LogHub {
+    pub fn start(store: Store, limit: u64) -> LogHub {
         let (writer, receiver) = mpsc::unbounded_channel();
         let live: LiveMap = Arc::default();
         let backlog: Arc<Backlog> = Arc::default();
@@ -64,6 +70,7 @@ impl LogHub {
         let (changes, _) = broadcast::channel(1024);
         LogHub {
             live,
+            limit,
             backlog,
             writer,
             changes,
@@ -88,12 +95,19 @@ impl LogHub {
             Live {
                 next_seq: last_seq + 1,
                 events,
+                bytes: 0,
+                capped: false,
             },
         );
     }
 
     pub fn append(&self, task_id: &str, category: LogCategory, text: impl Into<String>) {
         self.append_line(task_id, None, category, text.into(), None);
+    }
+
+    /// Appends a task's final message, which the log limit never drops.
+    pub fn append_final(&self, task_id: &str, category: LogCategory, text: impl Into<String>) {
+        self.append_unlimited(task_id, None, category, text.into(), None, true);
     }
 
     /// Appends a line of one step of a runbook run (its activity node, from 1).
@@ -126,6 +140,18 @@ impl LogHub {
         text: String,
         agent_seq: Option<u64>,
     ) {
+        self.append_unlimited(task_id, step, category, text, agent_seq, false);
+    }
+
+    fn append_unlimited(
+        &self,
+        task_id: &str,
+        step: Option<i64>,
+        category: LogCategory,
+        text: String,
+        agent_seq: Option<u64>,
+        always: bool,
+    ) {
         let mut live = self.live.lock().expect("log hub lock");
         let Some(entry) = live.get_mut(task_id) else {
             tracing::warn!(
@@ -134,6 +160,30 @@ impl LogHub {
             );
             return;
         };
+        if !always {
+            if entry.capped {
+                return;
+            }
+            entry.bytes += text.len() as u64;
+            if entry.bytes > self.limit {
+                // One line says so, in place of the line that went over.
+                entry.capped = true;
+                let notice = format!(
+                    "This task's log reached its limit of {} MiB (--task-log-limit-mb): later output \
+                     is not stored. The script runs on to its end.",
+                    self.limit / (1024 * 1024)
+                );
+                drop(live);
+                return self.append_unlimited(
+                    task_id,
+                    step,
+                    LogCategory::Warning,
+                    notice,
+                    None,
+                    true,
+                );
+            }
+        }
         let line = LogLine {
             seq: entry.next_seq,
             occurred_at: muster_core::time::now(),

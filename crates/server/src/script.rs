@@ -77,6 +77,7 @@ async fn run_builtin(
         },
         body: invocation.body,
         env: invocation.env,
+        clean_env: true,
         timeout: invocation.timeout,
         work_root: app.config.work_dir.clone(),
     };

@@ -13,6 +13,8 @@ pub struct Config {
     pub node_name: String,
     /// Parent of the per-task working directories of the built-in worker.
     pub work_dir: PathBuf,
+    /// The most bytes of messages one task's log keeps.
+    pub task_log_limit: u64,
 }
 
 pub struct AppInner {
@@ -38,7 +40,7 @@ impl AppInner {
         installation_id: String,
         certificate: muster_proto::Identity,
     ) -> App {
-        let logs = LogHub::start(store.clone());
+        let logs = LogHub::start(store.clone(), config.task_log_limit);
         Arc::new(AppInner {
             store,
             config,

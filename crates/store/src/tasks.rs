@@ -418,30 +418,68 @@ impl Store {
         }
     }
 
-    /// The log lines of a task after sequence number `after`, in order, at most `limit`.
+    /// The log lines of a task after sequence number `after`, in order: at most `limit` lines
+    /// and about [`PAGE_BYTES`] of messages (always at least one line), so that no read of a long
+    /// log holds much of it in memory. Page on with the last line's `seq` until it answers none.
     pub async fn logs(&self, task_id: &str, after: i64, limit: i64) -> Result<Vec<LogLine>> {
         let mut out = Vec::new();
         if limit <= 0 {
             return Ok(out);
         }
+        let mut bytes = 0;
         self.each_log_line(task_id, after, |line, _| {
-            out.push(LogLine {
-                seq: line.0,
-                occurred_at: parse_date(line.1)
-                    .ok_or_else(|| StoreError::Corrupt(format!("bad date {}", line.1)))?,
-                category: LogCategory::parse(line.2).unwrap_or(LogCategory::Info),
-                message_text: line.5.to_string(),
-                step: line.3,
-            });
-            Ok((out.len() as i64) < limit)
+            bytes += line.5.len();
+            out.push(log_line(line)?);
+            Ok((out.len() as i64) < limit && bytes < PAGE_BYTES)
         })
         .await?;
         Ok(out)
     }
 
+    /// The last lines of a task's log, in order: at most `limit` lines and about `max_bytes` of
+    /// messages (at least one line). Chunks are read from the end, so the cost is that of the
+    /// lines answered, not of the whole log. Also answers how many lines come before them.
+    pub async fn logs_tail(
+        &self,
+        task_id: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<LogLine>, i64)> {
+        let Some(num) = task_num(task_id) else {
+            return Ok((Vec::new(), 0));
+        };
+        let mut newest_first: Vec<LogLine> = Vec::new();
+        let mut bytes = 0;
+        let mut before = i64::MAX;
+        'chunks: while newest_first.len() < limit {
+            let row: Option<(i64, String)> = sqlx::query_as(
+                "SELECT first_seq, lines FROM task_log_chunk WHERE task_num = ?1 AND first_seq < ?2 \
+                 ORDER BY first_seq DESC LIMIT 1",
+            )
+            .bind(num)
+            .bind(before)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some((first, text)) = row else { break };
+            before = first;
+            let lines: Vec<StoredLine<'_>> = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("a log chunk does not read: {e}")))?;
+            for line in lines.iter().rev() {
+                if newest_first.len() >= limit || (bytes >= max_bytes && !newest_first.is_empty()) {
+                    break 'chunks;
+                }
+                bytes += line.5.len();
+                newest_first.push(log_line(line)?);
+            }
+        }
+        newest_first.reverse();
+        let earlier = newest_first.first().map_or(0, |l| (l.seq - 1).max(0));
+        Ok((newest_first, earlier))
+    }
+
     /// A page of a task's log as `raw` text (`HH:MM:SS  Category | message` lines) after `after`:
-    /// whole chunks, until at least `limit` lines. Returns (last sequence number, lines, text), or
-    /// None after the last line.
+    /// whole chunks, until at least `limit` lines or about [`PAGE_BYTES`] of text. Returns (last
+    /// sequence number, lines, text), or None after the last line.
     pub async fn raw_log_page(
         &self,
         task_id: &str,
@@ -468,10 +506,23 @@ impl Store {
             text.push('\n');
             last = line.0;
             count += 1;
-            Ok(count < limit || !chunk_end)
+            Ok((count < limit && text.len() < PAGE_BYTES) || !chunk_end)
         })
         .await?;
         Ok((count > 0).then_some((last, count, text)))
+    }
+
+    /// About how many bytes a task's stored log takes (its chunks' text).
+    pub async fn log_bytes(&self, task_id: &str) -> Result<i64> {
+        let Some(num) = task_num(task_id) else {
+            return Ok(0);
+        };
+        let (bytes,): (Option<i64>,) =
+            sqlx::query_as("SELECT SUM(LENGTH(lines)) FROM task_log_chunk WHERE task_num = ?1")
+                .bind(num)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(bytes.unwrap_or(0))
     }
 
     /// The highest sequence number logged for a task (0 when none).
@@ -500,6 +551,20 @@ impl Store {
                 .await?;
         Ok(seq.unwrap_or(0).max(0) as u64)
     }
+}
+
+/// About how many bytes of messages one read of a log answers at most.
+pub const PAGE_BYTES: usize = 1024 * 1024;
+
+fn log_line(line: &StoredLine<'_>) -> Result<LogLine> {
+    Ok(LogLine {
+        seq: line.0,
+        occurred_at: parse_date(line.1)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad date {}", line.1)))?,
+        category: LogCategory::parse(line.2).unwrap_or(LogCategory::Info),
+        message_text: line.5.to_string(),
+        step: line.3,
+    })
 }
 
 /// About how many bytes of messages one chunk holds at most.

@@ -223,6 +223,21 @@ impl Server {
         let _ = child.wait();
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
+    /// The server's resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     pub fn request(&self, method: &str, path: &str) -> reqwest::blocking::RequestBuilder {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         self.http
@@ -500,8 +515,18 @@ pub fn free_port() -> u16 {
 
 /// Asks `check` until it gives a value, for state the API has no stream for (a worker's health).
 #[track_caller]
-pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+pub fn eventually<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    eventually_within(what, Duration::from_secs(30), check)
+}
+
+/// [`eventually`] with its own bound.
+#[track_caller]
+pub fn eventually_within<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
     loop {
         if let Some(value) = check() {
             return value;

@@ -569,3 +569,54 @@ fn a_stopped_task_queue_holds_its_tasks_until_it_restarts() {
     assert_eq!(done["State"], "Success");
     assert!(texts(&lines).contains(&"resumed".to_string()));
 }
+
+#[test]
+fn an_empty_pool_other_than_the_default_queues_its_tasks_until_a_worker_joins_it() {
+    let server = Server::start();
+    let pool = server
+        .post("/api/Spaces-1/workerpools", &json!({"Name": "Hardened"}))
+        .assert_status(201)
+        .clone();
+    let task = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": "pwd", "TargetType": "WorkerPools", "WorkerPoolIds": [pool["Id"]]}),
+    );
+    let reason = wait_reason(&server, &id(&task), "Pool 'Hardened' has no workers");
+    assert!(reason.contains("default pool"), "{reason}");
+    // Several pools, one of them the empty default: the built-in worker stands in for it alone.
+    let default_pool = server.default_pool();
+    let both = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": "pwd", "TargetType": "WorkerPools", "WorkerPoolIds": [pool["Id"], default_pool]}),
+    );
+    assert_eq!(server.wait_task(&id(&both)).0["State"], "Success");
+
+    // A worker joins the pool: the task runs there, not on the server.
+    let _agent = server.polling_agent_in("hardened", "Hardened");
+    let (done, lines) = server.wait_task(&id(&task));
+    assert_eq!(done["State"], "Success", "{lines:?}");
+    let printed = texts(&lines).join("\n");
+    assert!(printed.contains("agent-hardened"), "{printed}");
+}
+
+#[test]
+fn the_builtin_worker_gives_scripts_a_clean_environment() {
+    // Cargo hands the tests (and so the server they start) variables such as this one.
+    assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok());
+    let server = Server::start();
+    let task = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": "echo \"[${CARGO_MANIFEST_DIR:-}]\"; echo \"home=${HOME:-}\"; command -v bash"}),
+    );
+    let (done, lines) = server.wait_task(&id(&task));
+    assert_eq!(done["State"], "Success");
+    let printed = texts(&lines);
+    assert!(printed.contains(&"[]".to_string()), "{printed:?}");
+    if std::env::var("HOME").is_ok() {
+        assert!(
+            printed.iter().any(|l| l.starts_with("home=/")),
+            "{printed:?}"
+        );
+    }
+    assert!(printed.iter().any(|l| l.ends_with("/bash")), "{printed:?}");
+}

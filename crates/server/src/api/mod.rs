@@ -12,252 +12,188 @@ mod usage;
 mod users;
 mod workers;
 
+use crate::access::{Rule, Rules};
 use crate::http::{ApiError, ApiResult, Params, json_response};
 use crate::state::App;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, on};
 use muster_core::IdKind;
 use muster_core::resources::Space;
 use serde_json::Value;
 
-pub fn router(app: App) -> Router {
-    let api = Router::new()
-        .route("/api", get(root::root))
-        .route("/api/openapi.json", get(root::openapi))
-        .route("/api/s/{space}", get(root::space_root))
-        .route("/api/configuration/certificates", get(root::certificates))
-        .route(
-            "/api/configuration/certificates/{id}",
-            get(root::certificate),
-        )
-        .route(
-            "/api/configuration/certificates/{id}/public-cer",
-            get(root::certificate_public),
-        )
-        .route("/api/certificates/{id}", get(root::certificate))
-        // Spaces
-        .route("/api/spaces", get(spaces::list).post(spaces::create))
-        .route("/api/spaces/all", get(spaces::all))
-        .route(
-            "/api/spaces/{id}",
-            get(spaces::get_one)
-                .put(spaces::update)
-                .delete(spaces::delete),
-        )
-        // Users and API keys
-        .route("/api/users", get(users::list).post(users::create))
-        .route("/api/users/me", get(users::me))
-        .route(
-            "/api/users/{id}",
-            get(users::get_one).put(users::update).delete(users::delete),
-        )
-        .route("/api/users/{id}/permissions", get(users::permissions))
-        .route("/api/users/{id}/spaces", get(users::spaces))
-        .route(
-            "/api/users/{id}/apikeys",
-            get(users::list_keys).post(users::create_key),
-        )
-        .route(
-            "/api/users/{id}/apikeys/{key}",
-            get(users::get_key).delete(users::revoke_key),
-        )
-        // Teams, user roles and the roles given to teams
-        .route(
-            "/api/teams",
-            get(teams::list_teams).post(teams::create_team),
-        )
-        .route("/api/teams/all", get(teams::all_teams))
-        .route(
-            "/api/teams/{id}",
-            get(teams::get_team)
-                .put(teams::update_team)
-                .delete(teams::delete_team),
-        )
-        .route(
-            "/api/teams/{id}/scopeduserroles",
-            get(teams::team_scoped_roles),
-        )
-        .route(
-            "/api/userroles",
-            get(teams::list_roles).post(teams::create_role),
-        )
-        .route("/api/userroles/all", get(teams::all_roles))
-        .route(
-            "/api/userroles/{id}",
-            get(teams::get_role)
-                .put(teams::update_role)
-                .delete(teams::delete_role),
-        )
-        .route(
-            "/api/scopeduserroles",
-            get(teams::list_scoped).post(teams::create_scoped),
-        )
-        .route(
-            "/api/scopeduserroles/{id}",
-            get(teams::get_scoped)
-                .put(teams::update_scoped)
-                .delete(teams::delete_scoped),
-        )
-        .route(
-            "/api/s/{space}/scopeduserroles",
-            get(teams::list_scoped_in_space).post(teams::create_scoped_in_space),
-        )
-        .route("/api/permissions/all", get(teams::all_permissions))
-        // Worker pools
-        .route(
-            "/api/s/{space}/workerpools",
-            get(pools::list).post(pools::create),
-        )
-        .route("/api/s/{space}/workerpools/all", get(pools::all))
-        .route(
-            "/api/s/{space}/workerpools/sortorder",
-            get(pools::get_sort_order).put(pools::sort_order),
-        )
-        .route("/api/s/{space}/workerpools/summary", get(pools::summary))
-        .route(
-            "/api/s/{space}/workerpools/supportedtypes",
-            get(pools::supported_types),
-        )
-        .route(
-            "/api/s/{space}/workerpools/dynamicworkertypes",
-            get(pools::dynamic_worker_types),
-        )
-        .route(
-            "/api/s/{space}/workerpools/{id}",
-            get(pools::get_one).put(pools::update).delete(pools::delete),
-        )
-        .route(
-            "/api/s/{space}/workerpools/{id}/workers",
-            get(pools::workers),
-        )
-        // Workers
-        .route(
-            "/api/s/{space}/workers",
-            get(workers::list).post(workers::create),
-        )
-        .route("/api/s/{space}/workers/all", get(workers::all))
-        .route("/api/s/{space}/workers/discover", get(workers::discover))
-        .route("/api/s/{space}/workers/usage", get(usage::one_space))
-        .route("/api/usage/workers", get(usage::all_spaces))
-        .route(
-            "/api/s/{space}/workers/{id}",
-            get(workers::get_one)
-                .put(workers::update)
-                .delete(workers::delete),
-        )
-        .route(
-            "/api/s/{space}/workers/{id}/connection",
-            get(workers::connection),
-        )
-        .route(
-            "/api/s/{space}/workers/{id}/shares",
-            get(workers::list_shares).post(workers::share),
-        )
-        .route(
-            "/api/s/{space}/workers/{id}/shares/{target}",
-            axum::routing::delete(workers::unshare),
-        )
-        // Machine policies
-        .route(
-            "/api/s/{space}/machinepolicies",
-            get(policies::list).post(policies::create),
-        )
-        .route("/api/s/{space}/machinepolicies/all", get(policies::all))
-        .route(
-            "/api/s/{space}/machinepolicies/template",
-            get(policies::template),
-        )
-        .route(
-            "/api/s/{space}/machinepolicies/{id}",
-            get(policies::get_one)
-                .put(policies::update)
-                .delete(policies::delete),
-        )
-        .route(
-            "/api/s/{space}/machinepolicies/{id}/workers",
-            get(policies::workers),
-        )
-        .route(
-            "/api/s/{space}/machinepolicies/{id}/machines",
-            get(policies::workers),
-        )
-        // Runbooks, their processes and variables, and runs
-        .route(
-            "/api/s/{space}/runbooks",
-            get(runbooks::list).post(runbooks::create),
-        )
-        .route("/api/s/{space}/runbooks/all", get(runbooks::all))
-        .route(
-            "/api/s/{space}/runbooks/{id}",
-            get(runbooks::get_one)
-                .put(runbooks::update)
-                .delete(runbooks::delete),
-        )
-        .route(
-            "/api/s/{space}/runbookprocesses/{id}",
-            get(runbooks::get_process).put(runbooks::update_process),
-        )
-        .route(
-            "/api/s/{space}/variables/{id}",
-            get(runbooks::get_variables).put(runbooks::update_variables),
-        )
-        .route(
-            "/api/s/{space}/runbookruns",
-            get(runbooks::list_runs).post(runbooks::create_run),
-        )
-        .route("/api/s/{space}/runbookruns/{id}", get(runbooks::get_run))
-        // Tasks: space-scoped, and unprefixed across spaces
-        .route(
-            "/api/s/{space}/tasks",
-            get(tasks::list_in_space).post(tasks::create_in_space),
-        )
-        .route("/api/s/{space}/tasks/{id}", get(tasks::get_in_space))
-        .route(
-            "/api/s/{space}/tasks/{id}/details",
-            get(tasks::details_in_space),
-        )
-        .route("/api/s/{space}/tasks/{id}/raw", get(tasks::raw_in_space))
-        .route(
-            "/api/s/{space}/tasks/{id}/cancel",
-            post(tasks::cancel_in_space),
-        )
-        .route(
-            "/api/s/{space}/tasks/{id}/stream",
-            get(tasks::stream_in_space),
-        )
-        .route(
-            "/api/s/{space}/tasks/{id}/queued-behind",
-            get(tasks::queued_behind_in_space),
-        )
-        .route(
-            "/api/tasks",
-            get(tasks::list_all).post(tasks::create_default),
-        )
-        .route("/api/tasks/tasktypes", get(tasks::task_types))
-        .route("/api/tasks/rerun/{id}", post(tasks::rerun))
-        .route("/api/tasks/{id}", get(tasks::get_any))
-        .route("/api/tasks/{id}/details", get(tasks::details_any))
-        .route("/api/tasks/{id}/raw", get(tasks::raw_any))
-        .route("/api/tasks/{id}/cancel", post(tasks::cancel_any))
-        .route("/api/tasks/{id}/stream", get(tasks::stream_any))
-        .route(
-            "/api/tasks/{id}/queued-behind",
-            get(tasks::queued_behind_any),
-        )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+/// Every route, its method, its rule (who may call it: see [`Rule`]) and its handler: the one
+/// list from which the router is built and the access check reads, and which the permission test
+/// walks. Routes are written in their normalized form (see `http::normalize_path`).
+#[rustfmt::skip]
+fn routes() -> Routes {
+    use Rule::*;
+    const GET: Method = Method::GET;
+    const POST: Method = Method::POST;
+    const PUT: Method = Method::PUT;
+    const DELETE: Method = Method::DELETE;
+    Routes::default()
+        .add(GET, "/api", Anonymous, root::root)
+        .add(GET, "/api/openapi.json", Anonymous, root::openapi)
+        .add(GET, "/api/s/{space}", Space(None), root::space_root)
+        .add(GET, "/api/configuration/certificates", User, root::certificates)
+        .add(GET, "/api/configuration/certificates/{id}", User, root::certificate)
+        .add(GET, "/api/configuration/certificates/{id}/public-cer", User, root::certificate_public)
+        .add(GET, "/api/certificates/{id}", User, root::certificate)
+        .add(GET, "/api/spaces", User, spaces::list)
+        .add(POST, "/api/spaces", Admin, spaces::create)
+        .add(GET, "/api/spaces/all", User, spaces::all)
+        .add(GET, "/api/spaces/{id}", User, spaces::get_one)
+        .add(PUT, "/api/spaces/{id}", Admin, spaces::update)
+        .add(DELETE, "/api/spaces/{id}", Admin, spaces::delete)
+        .add(GET, "/api/users", User, users::list)
+        .add(POST, "/api/users", Admin, users::create)
+        .add(GET, "/api/users/me", User, users::me)
+        .add(GET, "/api/users/{id}", User, users::get_one)
+        .add(PUT, "/api/users/{id}", User, users::update)
+        .add(DELETE, "/api/users/{id}", Admin, users::delete)
+        .add(GET, "/api/users/{id}/permissions", User, users::permissions)
+        .add(GET, "/api/users/{id}/spaces", User, users::spaces)
+        .add(GET, "/api/users/{id}/apikeys", User, users::list_keys)
+        .add(POST, "/api/users/{id}/apikeys", User, users::create_key)
+        .add(GET, "/api/users/{id}/apikeys/{key}", User, users::get_key)
+        .add(DELETE, "/api/users/{id}/apikeys/{key}", User, users::revoke_key)
+        .add(GET, "/api/teams", Admin, teams::list_teams)
+        .add(POST, "/api/teams", Admin, teams::create_team)
+        .add(GET, "/api/teams/all", Admin, teams::all_teams)
+        .add(GET, "/api/teams/{id}", Admin, teams::get_team)
+        .add(PUT, "/api/teams/{id}", Admin, teams::update_team)
+        .add(DELETE, "/api/teams/{id}", Admin, teams::delete_team)
+        .add(GET, "/api/teams/{id}/scopeduserroles", Admin, teams::team_scoped_roles)
+        .add(GET, "/api/userroles", Admin, teams::list_roles)
+        .add(POST, "/api/userroles", Admin, teams::create_role)
+        .add(GET, "/api/userroles/all", Admin, teams::all_roles)
+        .add(GET, "/api/userroles/{id}", Admin, teams::get_role)
+        .add(PUT, "/api/userroles/{id}", Admin, teams::update_role)
+        .add(DELETE, "/api/userroles/{id}", Admin, teams::delete_role)
+        .add(GET, "/api/scopeduserroles", Admin, teams::list_scoped)
+        .add(POST, "/api/scopeduserroles", Admin, teams::create_scoped)
+        .add(GET, "/api/scopeduserroles/{id}", Admin, teams::get_scoped)
+        .add(PUT, "/api/scopeduserroles/{id}", Admin, teams::update_scoped)
+        .add(DELETE, "/api/scopeduserroles/{id}", Admin, teams::delete_scoped)
+        .add(GET, "/api/s/{space}/scopeduserroles", SpaceAdmin, teams::list_scoped_in_space)
+        .add(POST, "/api/s/{space}/scopeduserroles", SpaceAdmin, teams::create_scoped_in_space)
+        .add(GET, "/api/permissions/all", User, teams::all_permissions)
+        .add(GET, "/api/s/{space}/workerpools", Space(Some("WorkerView")), pools::list)
+        .add(POST, "/api/s/{space}/workerpools", Space(Some("WorkerEdit")), pools::create)
+        .add(GET, "/api/s/{space}/workerpools/all", Space(Some("WorkerView")), pools::all)
+        .add(GET, "/api/s/{space}/workerpools/sortorder", Space(Some("WorkerView")), pools::get_sort_order)
+        .add(PUT, "/api/s/{space}/workerpools/sortorder", Space(Some("WorkerEdit")), pools::sort_order)
+        .add(GET, "/api/s/{space}/workerpools/summary", Space(Some("WorkerView")), pools::summary)
+        .add(GET, "/api/s/{space}/workerpools/supportedtypes", Space(Some("WorkerView")), pools::supported_types)
+        .add(GET, "/api/s/{space}/workerpools/dynamicworkertypes", Space(Some("WorkerView")), pools::dynamic_worker_types)
+        .add(GET, "/api/s/{space}/workerpools/{id}", Space(Some("WorkerView")), pools::get_one)
+        .add(PUT, "/api/s/{space}/workerpools/{id}", Space(Some("WorkerEdit")), pools::update)
+        .add(DELETE, "/api/s/{space}/workerpools/{id}", Space(Some("WorkerEdit")), pools::delete)
+        .add(GET, "/api/s/{space}/workerpools/{id}/workers", Space(Some("WorkerView")), pools::workers)
+        .add(GET, "/api/s/{space}/workers", Space(Some("WorkerView")), workers::list)
+        .add(POST, "/api/s/{space}/workers", Space(Some("WorkerEdit")), workers::create)
+        .add(GET, "/api/s/{space}/workers/all", Space(Some("WorkerView")), workers::all)
+        .add(GET, "/api/s/{space}/workers/discover", Space(Some("WorkerEdit")), workers::discover)
+        .add(GET, "/api/s/{space}/workers/usage", Space(Some("WorkerView")), usage::one_space)
+        .add(GET, "/api/usage/workers", User, usage::all_spaces)
+        .add(GET, "/api/s/{space}/workers/{id}", Space(Some("WorkerView")), workers::get_one)
+        .add(PUT, "/api/s/{space}/workers/{id}", Space(Some("WorkerEdit")), workers::update)
+        .add(DELETE, "/api/s/{space}/workers/{id}", Space(Some("WorkerEdit")), workers::delete)
+        .add(GET, "/api/s/{space}/workers/{id}/connection", Space(Some("WorkerView")), workers::connection)
+        .add(GET, "/api/s/{space}/workers/{id}/shares", Space(Some("WorkerView")), workers::list_shares)
+        .add(POST, "/api/s/{space}/workers/{id}/shares", Space(Some("WorkerEdit")), workers::share)
+        .add(DELETE, "/api/s/{space}/workers/{id}/shares/{target}", Space(Some("WorkerEdit")), workers::unshare)
+        .add(GET, "/api/s/{space}/machinepolicies", Space(Some("MachinePolicyView")), policies::list)
+        .add(POST, "/api/s/{space}/machinepolicies", Space(Some("MachinePolicyEdit")), policies::create)
+        .add(GET, "/api/s/{space}/machinepolicies/all", Space(Some("MachinePolicyView")), policies::all)
+        .add(GET, "/api/s/{space}/machinepolicies/template", Space(Some("MachinePolicyView")), policies::template)
+        .add(GET, "/api/s/{space}/machinepolicies/{id}", Space(Some("MachinePolicyView")), policies::get_one)
+        .add(PUT, "/api/s/{space}/machinepolicies/{id}", Space(Some("MachinePolicyEdit")), policies::update)
+        .add(DELETE, "/api/s/{space}/machinepolicies/{id}", Space(Some("MachinePolicyEdit")), policies::delete)
+        .add(GET, "/api/s/{space}/machinepolicies/{id}/workers", Space(Some("MachinePolicyView")), policies::workers)
+        .add(GET, "/api/s/{space}/machinepolicies/{id}/machines", Space(Some("MachinePolicyView")), policies::workers)
+        .add(GET, "/api/s/{space}/runbooks", Space(Some("RunbookView")), runbooks::list)
+        .add(POST, "/api/s/{space}/runbooks", Space(Some("RunbookEdit")), runbooks::create)
+        .add(GET, "/api/s/{space}/runbooks/all", Space(Some("RunbookView")), runbooks::all)
+        .add(GET, "/api/s/{space}/runbooks/{id}", Space(Some("RunbookView")), runbooks::get_one)
+        .add(PUT, "/api/s/{space}/runbooks/{id}", Space(Some("RunbookEdit")), runbooks::update)
+        .add(DELETE, "/api/s/{space}/runbooks/{id}", Space(Some("RunbookEdit")), runbooks::delete)
+        .add(GET, "/api/s/{space}/runbookprocesses/{id}", Space(Some("RunbookView")), runbooks::get_process)
+        .add(PUT, "/api/s/{space}/runbookprocesses/{id}", Space(Some("RunbookEdit")), runbooks::update_process)
+        .add(GET, "/api/s/{space}/variables/{id}", Space(Some("RunbookView")), runbooks::get_variables)
+        .add(PUT, "/api/s/{space}/variables/{id}", Space(Some("RunbookEdit")), runbooks::update_variables)
+        .add(GET, "/api/s/{space}/runbookruns", Space(Some("RunbookView")), runbooks::list_runs)
+        .add(POST, "/api/s/{space}/runbookruns", Space(Some("RunbookRunCreate")), runbooks::create_run)
+        .add(GET, "/api/s/{space}/runbookruns/{id}", Space(Some("RunbookView")), runbooks::get_run)
+        .add(GET, "/api/s/{space}/tasks", Space(Some("TaskView")), tasks::list_in_space)
+        .add(POST, "/api/s/{space}/tasks", Space(Some("TaskCreate")), tasks::create_in_space)
+        .add(GET, "/api/s/{space}/tasks/{id}", Space(Some("TaskView")), tasks::get_in_space)
+        .add(GET, "/api/s/{space}/tasks/{id}/details", Space(Some("TaskView")), tasks::details_in_space)
+        .add(GET, "/api/s/{space}/tasks/{id}/raw", Space(Some("TaskView")), tasks::raw_in_space)
+        .add(POST, "/api/s/{space}/tasks/{id}/cancel", Space(Some("TaskCancel")), tasks::cancel_in_space)
+        .add(GET, "/api/s/{space}/tasks/{id}/stream", Space(Some("TaskView")), tasks::stream_in_space)
+        .add(GET, "/api/s/{space}/tasks/{id}/queued-behind", Space(Some("TaskView")), tasks::queued_behind_in_space)
+        .add(GET, "/api/tasks", User, tasks::list_all)
+        .add(POST, "/api/tasks", User, tasks::create_default)
+        .add(GET, "/api/tasks/tasktypes", User, tasks::task_types)
+        .add(POST, "/api/tasks/rerun/{id}", User, tasks::rerun)
+        .add(GET, "/api/tasks/{id}", User, tasks::get_any)
+        .add(GET, "/api/tasks/{id}/details", User, tasks::details_any)
+        .add(GET, "/api/tasks/{id}/raw", User, tasks::raw_any)
+        .add(POST, "/api/tasks/{id}/cancel", User, tasks::cancel_any)
+        .add(GET, "/api/tasks/{id}/stream", User, tasks::stream_any)
+        .add(GET, "/api/tasks/{id}/queued-behind", User, tasks::queued_behind_any)
+}
 
-    api.layer(axum::middleware::from_fn_with_state(
-        app.clone(),
-        crate::auth::authenticate,
-    ))
-    .layer(DefaultBodyLimit::max(crate::http::MAX_BODY_BYTES))
-    .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-        panic_response,
-    ))
-    .with_state(app)
+/// A router being built, with the rule of each (method, route).
+#[derive(Default)]
+struct Routes {
+    router: Router<App>,
+    rules: Rules,
+    list: Vec<(Method, &'static str, Rule)>,
+}
+
+impl Routes {
+    fn add<H, T>(mut self, method: Method, path: &'static str, rule: Rule, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, App>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a route's method is standard");
+        self.router = self.router.route(path, on(filter, handler));
+        let repeated = self.rules.insert((method.clone(), path), rule);
+        assert!(repeated.is_none(), "{method} {path} is declared twice");
+        self.list.push((method, path, rule));
+        self
+    }
+}
+
+/// (method, route, rule) of every route the router serves.
+pub fn route_table() -> Vec<(Method, &'static str, Rule)> {
+    routes().list
+}
+
+pub fn router(app: App) -> Router {
+    let Routes { router, rules, .. } = routes();
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(
+            (app.clone(), std::sync::Arc::new(rules)),
+            crate::access::check,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::auth::authenticate,
+        ))
+        .layer(DefaultBodyLimit::max(crate::http::MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(app)
 }
 
 async fn not_found() -> ApiError {

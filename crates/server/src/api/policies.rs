@@ -1,6 +1,7 @@
 //! Machine policies (contract 2.5). The default policy of a space cannot be deleted.
 
-use super::{actor, check_space_id, empty_ok, filter_named, page, path_id, resolve_space};
+use super::{actor, check_space_id, empty_ok, filter_named, page, path_id};
+use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
 use crate::links;
@@ -26,8 +27,11 @@ async fn find(app: &App, space: &Space, id: &str) -> Result<MachinePolicy, ApiEr
         .ok_or_else(|| ApiError::not_found(&id))
 }
 
-pub async fn list(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn list(
+    State(app): State<App>,
+    SpaceScope(space): SpaceScope,
+    params: Params,
+) -> ApiResult {
     let policies = filter_named(
         sorted_policies(&app, &space).await?,
         &params,
@@ -45,8 +49,11 @@ pub async fn list(State(app): State<App>, Path(space): Path<String>, params: Par
     )
 }
 
-pub async fn all(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn all(
+    State(app): State<App>,
+    SpaceScope(space): SpaceScope,
+    params: Params,
+) -> ApiResult {
     let policies = filter_named(
         sorted_policies(&app, &space).await?,
         &params,
@@ -57,8 +64,7 @@ pub async fn all(State(app): State<App>, Path(space): Path<String>, params: Para
 }
 
 /// An unsaved policy with every default, for clients to fill in.
-pub async fn template(State(app): State<App>, Path(space): Path<String>) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn template(SpaceScope(space): SpaceScope) -> ApiResult {
     let template = MachinePolicy {
         space_id: space.id,
         ..Default::default()
@@ -70,9 +76,9 @@ pub async fn template(State(app): State<App>, Path(space): Path<String>) -> ApiR
 
 pub async fn get_one(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     ok(&links::policy(&find(&app, &space, &id).await?))
 }
 
@@ -109,10 +115,9 @@ async fn write(app: &App, policy: &MachinePolicy) -> Result<(), ApiError> {
 pub async fn create(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;
     let mut policy = apply(&MachinePolicy::default(), body).map_err(ApiError::bad_request)?;
@@ -128,10 +133,10 @@ pub async fn create(
 pub async fn update(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let existing = find(&app, &space, &id).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;
@@ -150,9 +155,9 @@ pub async fn update(
 
 pub async fn delete(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let policy = find(&app, &space, &id).await?;
     if policy.is_default {
         return Err(ApiError::bad_request(
@@ -180,10 +185,10 @@ pub async fn delete(
 
 pub async fn workers(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     params: Params,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let policy = find(&app, &space, &id).await?;
     let workers: Vec<Worker> = app
         .store

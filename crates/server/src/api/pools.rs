@@ -1,6 +1,7 @@
 //! Worker pools (contract 2.3). A space has exactly one default pool, which cannot be deleted.
 
-use super::{actor, check_space_id, empty_ok, filter_named, page, path_id, resolve_space};
+use super::{actor, check_space_id, empty_ok, filter_named, page, path_id};
+use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
 use crate::links;
@@ -37,8 +38,11 @@ pub async fn find(app: &App, space: &Space, id: &str) -> Result<WorkerPool, ApiE
         .ok_or_else(|| ApiError::not_found(&id))
 }
 
-pub async fn list(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn list(
+    State(app): State<App>,
+    SpaceScope(space): SpaceScope,
+    params: Params,
+) -> ApiResult {
     let pools = filter_named(
         sorted_pools(&app, &space).await?,
         &params,
@@ -56,8 +60,11 @@ pub async fn list(State(app): State<App>, Path(space): Path<String>, params: Par
     )
 }
 
-pub async fn all(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn all(
+    State(app): State<App>,
+    SpaceScope(space): SpaceScope,
+    params: Params,
+) -> ApiResult {
     let pools = filter_named(
         sorted_pools(&app, &space).await?,
         &params,
@@ -69,9 +76,9 @@ pub async fn all(State(app): State<App>, Path(space): Path<String>, params: Para
 
 pub async fn get_one(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     ok(&links::pool(&find(&app, &space, &id).await?))
 }
 
@@ -136,10 +143,9 @@ async fn write(app: &App, pool: &WorkerPool) -> Result<(), ApiError> {
 pub async fn create(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;
     let mut pool = apply(&WorkerPool::default(), body).map_err(ApiError::bad_request)?;
@@ -164,10 +170,10 @@ pub async fn create(
 pub async fn update(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let existing = find(&app, &space, &id).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;
@@ -191,9 +197,9 @@ pub async fn update(
 
 pub async fn delete(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let pool = find(&app, &space, &id).await?;
     if pool.is_default {
         return Err(ApiError::bad_request(
@@ -219,8 +225,7 @@ pub async fn delete(
     empty_ok()
 }
 
-pub async fn get_sort_order(State(app): State<App>, Path(space): Path<String>) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn get_sort_order(State(app): State<App>, SpaceScope(space): SpaceScope) -> ApiResult {
     ok(&sorted_pools(&app, &space)
         .await?
         .iter()
@@ -231,10 +236,9 @@ pub async fn get_sort_order(State(app): State<App>, Path(space): Path<String>) -
 /// Takes every pool id of the space, in the new order.
 pub async fn sort_order(
     State(app): State<App>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let ids: Vec<String> = serde_json::from_value(body.0).map_err(|_| {
         ApiError::bad_request("The body must be a JSON array of every worker pool id, in order.")
     })?;
@@ -267,10 +271,9 @@ pub async fn sort_order(
 
 pub async fn summary(
     State(app): State<App>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     params: Params,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let pools = filter_named(
         sorted_pools(&app, &space).await?,
         &params,
@@ -343,15 +346,13 @@ pub async fn summary(
     }))
 }
 
-pub async fn supported_types(State(app): State<App>, Path(space): Path<String>) -> ApiResult {
-    resolve_space(&app, &space).await?;
+pub async fn supported_types(SpaceScope(_): SpaceScope) -> ApiResult {
     ok(
         &json!({"SupportedPoolTypes": [WorkerPoolType::StaticWorkerPool, WorkerPoolType::DynamicWorkerPool]}),
     )
 }
 
-pub async fn dynamic_worker_types(State(app): State<App>, Path(space): Path<String>) -> ApiResult {
-    resolve_space(&app, &space).await?;
+pub async fn dynamic_worker_types(SpaceScope(_): SpaceScope) -> ApiResult {
     let types: Vec<Value> = DYNAMIC_WORKER_TYPES
         .iter()
         .map(|(id, description)| {
@@ -363,10 +364,10 @@ pub async fn dynamic_worker_types(State(app): State<App>, Path(space): Path<Stri
 
 pub async fn workers(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     params: Params,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let pool = find(&app, &space, &id).await?;
     let members: Vec<Worker> = app
         .store

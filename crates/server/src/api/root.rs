@@ -1,6 +1,6 @@
 //! The root document, space roots and the server certificate.
 
-use super::resolve_space;
+use crate::access::SpaceScope;
 use crate::http::{ApiError, ApiResult, ok};
 use crate::state::App;
 use axum::extract::{Path, State};
@@ -114,8 +114,7 @@ pub async fn openapi() -> ApiResult {
     ok(&crate::openapi::document())
 }
 
-pub async fn space_root(State(app): State<App>, Path(space): Path<String>) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn space_root(SpaceScope(space): SpaceScope) -> ApiResult {
     let mut links = scoped_links(&space.id);
     links.insert("Self".into(), json!(format!("/api/{}", space.id)));
     ok(&json!({"Id": space.id, "Links": links}))

@@ -3,7 +3,8 @@
 //! process and the variable set are views of it. A run freezes the runbook as it was and queues a
 //! `RunbookRun` task.
 
-use super::{actor, check_space_id, empty_ok, filter_named, page, path_id, resolve_space};
+use super::{actor, check_space_id, empty_ok, filter_named, page, path_id};
+use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
 use crate::links;
@@ -50,8 +51,11 @@ async fn find_by_view(
     find(app, space, rest).await
 }
 
-pub async fn list(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn list(
+    State(app): State<App>,
+    SpaceScope(space): SpaceScope,
+    params: Params,
+) -> ApiResult {
     let runbooks = filter_named(sorted(&app, &space).await?, &params, |r| &r.id, |r| &r.name);
     let path = format!("/api/{}/runbooks", space.id);
     page(
@@ -64,17 +68,20 @@ pub async fn list(State(app): State<App>, Path(space): Path<String>, params: Par
     )
 }
 
-pub async fn all(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn all(
+    State(app): State<App>,
+    SpaceScope(space): SpaceScope,
+    params: Params,
+) -> ApiResult {
     let runbooks = filter_named(sorted(&app, &space).await?, &params, |r| &r.id, |r| &r.name);
     ok(&runbooks.iter().map(links::runbook).collect::<Vec<_>>())
 }
 
 pub async fn get_one(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     ok(&links::runbook(&find(&app, &space, &id).await?))
 }
 
@@ -388,10 +395,9 @@ async fn save(app: &App, user: &CurrentUser, runbook: &mut Runbook) -> Result<()
 pub async fn create(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;
     let mut runbook = read_runbook(&app, &space, &Runbook::default(), body).await?;
@@ -404,10 +410,10 @@ pub async fn create(
 pub async fn update(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let existing = find(&app, &space, &id).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;
@@ -419,9 +425,9 @@ pub async fn update(
 
 pub async fn delete(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let runbook = find(&app, &space, &id).await?;
     let users: Vec<String> = sorted(&app, &space)
         .await?
@@ -442,9 +448,9 @@ pub async fn delete(
 
 pub async fn get_process(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let runbook = find_by_view(&app, &space, &id, PROCESS_PREFIX).await?;
     ok(&links::runbook_process(&runbook))
 }
@@ -452,10 +458,10 @@ pub async fn get_process(
 pub async fn update_process(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let existing = find_by_view(&app, &space, &id, PROCESS_PREFIX).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;
@@ -471,9 +477,9 @@ pub async fn update_process(
 
 pub async fn get_variables(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let runbook = find_by_view(&app, &space, &id, VARIABLE_SET_PREFIX).await?;
     ok(&links::variable_set(&runbook))
 }
@@ -481,10 +487,10 @@ pub async fn get_variables(
 pub async fn update_variables(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let existing = find_by_view(&app, &space, &id, VARIABLE_SET_PREFIX).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;
@@ -510,10 +516,9 @@ async fn find_run(app: &App, space: &Space, id: &str) -> Result<RunbookRun, ApiE
 
 pub async fn list_runs(
     State(app): State<App>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     params: Params,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let mut runs: Vec<RunbookRun> = app.store.list(&space.id).await?;
     if let Some(wanted) = params.get("runbook") {
         let wanted = wanted.trim().to_ascii_lowercase();
@@ -540,9 +545,9 @@ pub async fn list_runs(
 
 pub async fn get_run(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     ok(&links::runbook_run(&find_run(&app, &space, &id).await?))
 }
 
@@ -556,10 +561,9 @@ fn is_setting(name: &str) -> bool {
 /// run, whose `TaskId` is the task to follow.
 pub async fn create_run(
     State(app): State<App>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;
     let mut errors = Vec::new();

@@ -3,6 +3,7 @@
 
 use super::{check_space_id, path_id, resolve_space};
 use crate::access::Access;
+use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
 use crate::dispatch::{self, ScriptArguments};
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -109,10 +110,9 @@ async fn list(app: &App, params: &Params, space_ids: Option<Vec<String>>, path: 
 
 pub async fn list_in_space(
     State(app): State<App>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     params: Params,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     list(
         &app,
         &params,
@@ -378,10 +378,9 @@ async fn check_health_arguments(
 pub async fn create_in_space(
     State(app): State<App>,
     Extension(_user): Extension<CurrentUser>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     create(&app, &space, body.object()?).await
 }
 
@@ -415,9 +414,9 @@ pub async fn create_default(
 
 pub async fn get_in_space(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     ok(&links::task(&find_in_space(&app, &space, &id).await?))
 }
 
@@ -431,20 +430,48 @@ pub async fn get_any(
     ))
 }
 
-async fn all_lines(app: &App, task: &Task) -> Result<Vec<LogLine>, ApiError> {
-    Ok(app.store.logs(&task.id, 0, i64::MAX).await?)
-}
+/// The most lines `details` answers, whatever `tail` asks: the whole log is `raw`'s to give.
+const DETAILS_MAX_LINES: usize = 10_000;
+/// The most message bytes `details` answers (about; at least one line).
+const DETAILS_MAX_BYTES: usize = 2 * 1024 * 1024;
 
+/// The activity log of a task: its last lines (`tail`, at most [`DETAILS_MAX_LINES`] and
+/// [`DETAILS_MAX_BYTES`]), read from the end of the log, so that a task of millions of lines costs
+/// what it answers. When lines are left out of a read without `tail`, the first line says so and
+/// where the whole log is.
 async fn details(app: &App, task: Task, params: &Params) -> ApiResult {
-    let mut lines = all_lines(app, &task).await?;
-    let size: usize = lines.iter().map(|l| l.message_text.len() + 1).sum();
-    if let Some(tail) = params.get("tail") {
-        let tail: usize = tail
+    let asked = params.get("tail").is_some();
+    let tail = match params.get("tail") {
+        None => DETAILS_MAX_LINES,
+        Some(text) => text
             .trim()
-            .parse()
-            .map_err(|_| ApiError::bad_request("tail must be a whole number."))?;
-        let skip = lines.len().saturating_sub(tail);
-        lines.drain(..skip);
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request("tail must be a whole number."))?
+            .min(DETAILS_MAX_LINES),
+    };
+    let (mut lines, earlier) = if tail == 0 {
+        (Vec::new(), app.store.last_log_seq(&task.id).await?)
+    } else {
+        app.store
+            .logs_tail(&task.id, tail, DETAILS_MAX_BYTES)
+            .await?
+    };
+    let size = app.store.log_bytes(&task.id).await?;
+    // A client that asked for a tail gets exactly that; one that asked for the whole log is told
+    // where the rest is.
+    if earlier > 0 && !asked {
+        let first = &lines[0];
+        let note = LogLine {
+            seq: 0,
+            occurred_at: first.occurred_at,
+            category: muster_core::LogCategory::Info,
+            message_text: format!(
+                "… {earlier} earlier lines are not shown here; the whole log is at /api/tasks/{}/raw",
+                task.id
+            ),
+            step: first.step,
+        };
+        lines.insert(0, note);
     }
     let status = task.state.activity_status();
     let date = |t: &Option<muster_core::time::Timestamp>| t.as_ref().map(format_date);
@@ -529,10 +556,10 @@ async fn details(app: &App, task: Task, params: &Params) -> ApiResult {
 
 pub async fn details_in_space(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     params: Params,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let task = find_in_space(&app, &space, &id).await?;
     details(&app, task, &params).await
 }
@@ -560,10 +587,11 @@ async fn raw(app: &App, task: Task) -> ApiResult {
             let after = after?;
             match app.store.raw_log_page(&id, after, PAGE).await {
                 Ok(None) => None,
-                Ok(Some((last, count, text))) => {
-                    let next = (count >= PAGE).then_some(last);
-                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(text)), next))
-                }
+                // A page may end early on its byte bound: read on until a page is empty.
+                Ok(Some((last, _, text))) => Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(text)),
+                    Some(last),
+                )),
                 Err(error) => Some((Err(std::io::Error::other(error.to_string())), None)),
             }
         }
@@ -578,9 +606,9 @@ async fn raw(app: &App, task: Task) -> ApiResult {
 
 pub async fn raw_in_space(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let task = find_in_space(&app, &space, &id).await?;
     raw(&app, task).await
 }
@@ -604,9 +632,9 @@ async fn cancel(app: &App, task: Task) -> ApiResult {
 
 pub async fn cancel_in_space(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let task = find_in_space(&app, &space, &id).await?;
     cancel(&app, task).await
 }
@@ -722,10 +750,10 @@ async fn queued_behind(app: &App, access: &Access, task: Task, params: &Params) 
 pub async fn queued_behind_in_space(
     State(app): State<App>,
     Extension(access): Extension<Access>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     params: Params,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let task = find_in_space(&app, &space, &id).await?;
     queued_behind(&app, &access, task, &params).await
 }
@@ -879,10 +907,10 @@ async fn follow(app: &App, id: &str, after: i64, tx: &Sender) -> anyhow::Result<
 
 pub async fn stream_in_space(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     params: Params,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let task = find_in_space(&app, &space, &id).await?;
     stream(app, task, &params)
 }

@@ -2,8 +2,9 @@
 //! permissions of the roles scoped to the team, each in one space, or system-wide for system roles.
 //! Only administrators reach these routes (see `access::check_route`).
 
-use super::{empty_ok, filter_named, page, path_id, resolve_space};
+use super::{empty_ok, filter_named, page, path_id};
 use crate::access::Access;
+use crate::access::SpaceScope;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
 use crate::links::with_links;
 use crate::state::App;
@@ -510,10 +511,9 @@ pub async fn list_scoped(State(app): State<App>, params: Params) -> ApiResult {
 
 pub async fn list_scoped_in_space(
     State(app): State<App>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     params: Params,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let mut scoped: Vec<ScopedUserRole> = app.store.list(&space.id).await?;
     scoped.sort_by(|a, b| a.id.cmp(&b.id));
     scoped_page(
@@ -549,10 +549,9 @@ pub async fn create_scoped(
 pub async fn create_scoped_in_space(
     State(app): State<App>,
     Extension(access): Extension<Access>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let body = body.object()?;
     super::check_space_id(body, &space)?;
     let mut body = body.clone();

@@ -3,12 +3,12 @@
 //! setup, whose workers "sat idle 99% of the day"). Nothing is recorded for it: task start and end
 //! times are the record.
 
-use super::resolve_space;
 use crate::access::Access;
+use crate::access::SpaceScope;
 use crate::http::{ApiError, ApiResult, Params, ok};
 use crate::state::App;
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use muster_core::resources::{Space, Worker};
 use muster_core::time::{Timestamp, format_date, now, parse_date};
 use serde_json::json;
@@ -229,10 +229,9 @@ pub async fn all_spaces(
 /// `GET /api/{spaceId}/workers/usage[?from&to|hours]`: one space.
 pub async fn one_space(
     State(app): State<App>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     params: Params,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let (from, to) = window(&params)?;
     usage(&app, vec![space], from, to).await
 }

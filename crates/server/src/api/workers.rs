@@ -3,6 +3,7 @@
 
 use super::{actor, check_space_id, empty_ok, filter_named, page, path_id, resolve_space};
 use crate::access::Access;
+use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
 use crate::links;
@@ -133,8 +134,11 @@ pub async fn find(app: &App, space: &Space, id: &str) -> Result<Worker, ApiError
         .ok_or_else(|| ApiError::not_found(&id))
 }
 
-pub async fn list(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn list(
+    State(app): State<App>,
+    SpaceScope(space): SpaceScope,
+    params: Params,
+) -> ApiResult {
     let workers = sorted(filter_workers(app.store.list(&space.id).await?, &params)?);
     let workers = annotate(&app, workers).await?;
     let path = format!("/api/{}/workers", space.id);
@@ -148,8 +152,11 @@ pub async fn list(State(app): State<App>, Path(space): Path<String>, params: Par
     )
 }
 
-pub async fn all(State(app): State<App>, Path(space): Path<String>, params: Params) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn all(
+    State(app): State<App>,
+    SpaceScope(space): SpaceScope,
+    params: Params,
+) -> ApiResult {
     let workers = sorted(filter_workers(app.store.list(&space.id).await?, &params)?);
     let workers = annotate(&app, workers).await?;
     ok(&workers.iter().map(links::worker).collect::<Vec<_>>())
@@ -157,9 +164,9 @@ pub async fn all(State(app): State<App>, Path(space): Path<String>, params: Para
 
 pub async fn get_one(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     ok(&resource(&app, find(&app, &space, &id).await?).await?)
 }
 
@@ -350,10 +357,9 @@ pub async fn create(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
     Extension(access): Extension<Access>,
-    Path(space): Path<String>,
+    SpaceScope(space): SpaceScope,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;
     let mut worker = apply(&Worker::default(), body).map_err(ApiError::bad_request)?;
@@ -382,10 +388,10 @@ pub async fn update(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
     Extension(access): Extension<Access>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let existing = find(&app, &space, &id).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;
@@ -420,9 +426,9 @@ pub async fn update(
 
 pub async fn delete(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let worker = find(&app, &space, &id).await?;
     // The home worker goes with its shares; a share goes alone (the space stops using the agent).
     if worker.home_worker_id.is_none() {
@@ -465,9 +471,9 @@ async fn home_of(app: &App, worker: Worker) -> Result<Worker, ApiError> {
 pub async fn list_shares(
     State(app): State<App>,
     Extension(access): Extension<Access>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let home = home_of(&app, find(&app, &space, &id).await?).await?;
     let mut shares = shares_of(&app, &home).await?;
     shares.retain(|w| access.sees_space(&w.space_id));
@@ -482,10 +488,10 @@ pub async fn share(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
     Extension(access): Extension<Access>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
     body: JsonBody,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let home = home_of(&app, find(&app, &space, &id).await?).await?;
     let home_space = app
         .store
@@ -610,9 +616,9 @@ pub async fn share(
 /// running tasks finish; no new ones are routed to it.
 pub async fn unshare(
     State(app): State<App>,
-    Path((space, id, target)): Path<(String, String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id, target)): Path<(String, String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let home = home_of(&app, find(&app, &space, &id).await?).await?;
     let target = path_id(IdKind::Space, &target)?;
     let share = shares_of(&app, &home)
@@ -626,12 +632,7 @@ pub async fn unshare(
 }
 
 /// Reads a listening agent's thumbprint, and answers an unsaved worker to register with it.
-pub async fn discover(
-    State(app): State<App>,
-    Path(space): Path<String>,
-    params: Params,
-) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
+pub async fn discover(SpaceScope(space): SpaceScope, params: Params) -> ApiResult {
     let host = params.get("host").map(str::trim).unwrap_or("");
     if host.is_empty() || host.contains(['/', ' ', '@', '?', '#']) {
         return Err(ApiError::bad_request(
@@ -678,9 +679,9 @@ pub async fn discover(
 
 pub async fn connection(
     State(app): State<App>,
-    Path((space, id)): Path<(String, String)>,
+    SpaceScope(space): SpaceScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let space = resolve_space(&app, &space).await?;
     let worker = find(&app, &space, &id).await?;
     ok(&json!({
         "Id": format!("{}-connection", worker.id),

@@ -65,8 +65,8 @@ fn join(prefix: &str, space: &str, tail: &[&str]) -> String {
 
 /// Decodes a request path's percent-encoding, once. The access check and the router then read the
 /// same canonical path: a second decoding could turn `%2541` into `%41` here and `A` in a route's
-/// parameters, so a path still holding `%` after one decoding is refused, as are control characters
-/// and bytes that are not UTF-8.
+/// parameters, so a path still holding `%` after one decoding is refused, as are control characters,
+/// an encoded `?` or `#`, and bytes that are not UTF-8.
 pub fn decode_path(raw: &str) -> Result<String, ApiError> {
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
@@ -79,6 +79,12 @@ pub fn decode_path(raw: &str) -> Result<String, ApiError> {
     if decoded.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "The request path holds a control character.",
+        ));
+    }
+    // Decoded, these would start a query or a fragment: a path means what it says or nothing.
+    if decoded.contains(['?', '#']) {
+        return Err(ApiError::bad_request(
+            "The request path holds an encoded '?' or '#'.",
         ));
     }
     Ok(decoded.into_owned())

@@ -492,6 +492,8 @@ fn a_path_is_decoded_once_and_double_encoding_is_refused() {
         "/api/Spaces%252D1/workers",
         "/api/%00/workers",
         "/api/Spaces-1/%ff",
+        "/api/Spaces-1/workers%3Fskip=0",
+        "/api/Spaces-1/workers%23top",
     ] {
         let reply = server.get(path);
         assert_eq!(reply.status, 400, "{path}: {}", reply.text);

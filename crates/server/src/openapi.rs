@@ -1083,6 +1083,32 @@ pub fn operations() -> Vec<(&'static str, &'static str)> {
     OPS.iter().map(|o| (o.method, o.path)).collect()
 }
 
+/// What an operation needs, in words, from the rule the router declares for it.
+fn permission_of(method: &str, documented: &str) -> Option<&'static str> {
+    use crate::access::Rule;
+    let shape = |path: &str| -> String {
+        path.replace("/api/s/{space}", "/api/{spaceId}")
+            .split('/')
+            .map(|s| if s.starts_with('{') { "{}" } else { s })
+            .collect::<Vec<_>>()
+            .join("/")
+            .to_ascii_lowercase()
+    };
+    static TABLE: std::sync::LazyLock<Vec<(axum::http::Method, &'static str, Rule)>> =
+        std::sync::LazyLock::new(crate::api::route_table);
+    let wanted = shape(documented);
+    let (_, _, rule) = *TABLE
+        .iter()
+        .find(|(m, p, _)| m.as_str().eq_ignore_ascii_case(method) && shape(p) == wanted)?;
+    Some(match rule {
+        Rule::Anonymous => "none",
+        Rule::User => "any API key; the answer holds only what the key may see",
+        Rule::Admin | Rule::SpaceAdmin => "AdministerSystem",
+        Rule::Space(None) => "any permission in the space",
+        Rule::Space(Some(permission)) => permission,
+    })
+}
+
 fn schema_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
@@ -1124,6 +1150,9 @@ fn operation(o: &Op) -> Value {
         responses.insert(code.into(), error.clone());
     }
     let mut value = json!({"tags": [o.tag], "summary": o.summary, "parameters": parameters, "responses": responses});
+    if let Some(needs) = permission_of(o.method, o.path) {
+        value["x-muster-permission"] = json!(needs);
+    }
     if o.path == "/api" || o.path == "/api/openapi.json" {
         value["security"] = json!([]);
     }

@@ -214,6 +214,24 @@ fn every_route_every_role_every_spelling_answers_as_the_permission_table_says() 
         "the router and the OpenAPI document differ"
     );
     assert_eq!(routed.len(), table.len());
+    // The document says what each operation needs, as the table does.
+    let document = server.ok("/api/openapi.json");
+    assert_eq!(
+        document["paths"]["/api/{spaceId}/tasks/{taskId}/cancel"]["post"]["x-muster-permission"],
+        "TaskCancel"
+    );
+    assert_eq!(
+        document["paths"]["/api/teams"]["get"]["x-muster-permission"],
+        "AdministerSystem"
+    );
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            assert!(
+                operation["x-muster-permission"].is_string(),
+                "{method} {path} does not say what it needs"
+            );
+        }
+    }
     let known: BTreeSet<&str> = muster_core::permissions::SPACE_PERMISSIONS
         .iter()
         .map(|(p, _)| *p)

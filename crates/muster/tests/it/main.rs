@@ -10,6 +10,7 @@ mod openapi;
 mod permissions;
 mod resources;
 mod runbooks;
+mod secrets;
 mod sharing;
 mod snapshots;
 mod support;

@@ -88,6 +88,9 @@ impl Masker {
         if bytes.len() >= 6 {
             forms.push(BASE64.encode(&bytes[..bytes.len() - bytes.len() % 3]));
         }
+        // The forms a script prints it in by accident: quoted by `set -x` or `printf %q`, in JSON,
+        // by Python's `repr`, escaped with backslashes, or URL-encoded.
+        forms.extend(escaped_forms(value));
         if value.contains('\n') {
             // Each line of a value of several lines, but not a line so short that masking it
             // would hide ordinary words.
@@ -119,6 +122,166 @@ impl Masker {
     pub fn is_empty(&self) -> bool {
         self.secrets.is_empty()
     }
+}
+
+/// The escaped forms of a value that differ from it: what a script prints when it quotes or
+/// encodes a secret (each without its outer quotes, so a secret inside a longer quoted word is
+/// masked too).
+pub fn escaped_forms(value: &str) -> Vec<String> {
+    let mut forms = vec![
+        // `set -x`: 'it'\''s'
+        value.replace('\'', r"'\''"),
+        shell_backslash_quoted(value),
+        ansi_c_quoted(value, false),
+        ansi_c_quoted(value, true),
+        json_escaped(value, false, false),
+        json_escaped(value, true, false),
+        json_escaped(value, false, true),
+        // Python's repr, quoted either way, and a C or shell double-quoted string.
+        python_repr(value, '\''),
+        python_repr(value, '"'),
+        escape_with_backslash(value, &['\\', '"']),
+        escape_with_backslash(value, &['\\', '"', '$', '`']),
+        escape_with_backslash(value, &['\\', '\'']),
+    ];
+    // `urllib.parse.quote` (keeps '/'), `quote_plus` and `encodeURIComponent`, in either hex case.
+    for safe in ["/", "", "!'()*"] {
+        for plus in [false, true] {
+            for lower in [false, true] {
+                forms.push(url_encoded(value, safe, plus, lower));
+            }
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for form in forms {
+        if form != value && !out.contains(&form) {
+            out.push(form);
+        }
+    }
+    out
+}
+
+/// Bash's `printf %q` of a printable value: a backslash before each character the shell would
+/// read specially.
+fn shell_backslash_quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 2);
+    let mut previous: Option<char> = None;
+    for c in value.chars() {
+        let special = " \t\n!\"$&'()*,;<>?[\\]^`{|}".contains(c)
+            || (c == '#' && previous.is_none())
+            || (c == '~' && matches!(previous, None | Some(':') | Some('=')));
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+        previous = Some(c);
+    }
+    out
+}
+
+/// Bash's `$'…'` quoting (`printf %q` and `set -x` of a value with control characters); with
+/// `bytes`, non-ASCII characters as octal bytes, as in the C locale.
+fn ansi_c_quoted(value: &str, bytes: bool) -> String {
+    let mut out = String::with_capacity(value.len() * 2);
+    for c in value.chars() {
+        match c {
+            '\x1b' => out.push_str(r"\E"),
+            '\x07' => out.push_str(r"\a"),
+            '\x0b' => out.push_str(r"\v"),
+            '\x08' => out.push_str(r"\b"),
+            '\x0c' => out.push_str(r"\f"),
+            '\n' => out.push_str(r"\n"),
+            '\r' => out.push_str(r"\r"),
+            '\t' => out.push_str(r"\t"),
+            '\\' | '\'' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_ascii_control() || (bytes && !c.is_ascii()) => {
+                let mut buf = [0; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\{b:03o}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A JSON string's content: as serde_json writes it, with every non-ASCII character as `\uXXXX`
+/// (Python's `json.dumps`), or with `/` as `\/` (PHP's `json_encode`).
+fn json_escaped(value: &str, ascii: bool, slash: bool) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\x08' => out.push_str("\\b"),
+            '\x0c' => out.push_str("\\f"),
+            '/' if slash => out.push_str("\\/"),
+            c if c < ' ' || (ascii && !(' '..='~').contains(&c)) => {
+                let mut buf = [0; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Python's `repr` of a string, inside its `quote`s.
+fn python_repr(value: &str, quote: char) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c < ' ' || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn escape_with_backslash(value: &str, special: &[char]) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if special.contains(&c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Percent-encoding of the UTF-8 bytes, keeping RFC 3986's unreserved characters and `safe`.
+fn url_encoded(value: &str, safe: &str, plus: bool, lower: bool) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        let c = b as char;
+        if c.is_ascii_alphanumeric() || "-._~".contains(c) || (c.is_ascii() && safe.contains(c)) {
+            out.push(c);
+        } else if c == ' ' && plus {
+            out.push('+');
+        } else if lower {
+            out.push_str(&format!("%{b:02x}"));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// An output variable a script set.
@@ -214,6 +377,62 @@ mod tests {
         let mut short = Masker::default();
         short.add("long enough line\nab");
         assert_eq!(short.mask("about"), "about");
+    }
+
+    #[test]
+    fn escaped_forms_are_masked_as_bash_python_and_json_print_them() {
+        // Each expected text is what bash 5.2 or Python 3.11 printed for the value.
+        let secret = r#"it's a "$ecret" \ path"#;
+        let mut masker = Masker::default();
+        masker.add(secret);
+        for printed in [
+            r#"+ echo 'it'\''s a "$ecret" \ path'"#,
+            r#"it\'s\ a\ \"\$ecret\"\ \\\ path"#,
+            r#"{"pw": "it's a \"$ecret\" \\ path"}"#,
+            r#"['it\'s a "$ecret" \\ path']"#,
+            "it%27s%20a%20%22%24ecret%22%20%5C%20path",
+            "it%27s+a+%22%24ecret%22+%5C+path",
+            "it%27s%20a%20%22%24ecret%22%20%5c%20path",
+            "it's%20a%20%22%24ecret%22%20%5C%20path",
+            r#"echo "it's a \"\$ecret\" \\ path""#,
+        ] {
+            let masked = masker.mask(printed);
+            assert!(
+                !masked.contains("ecret") && masked.contains(MASK),
+                "{printed} -> {masked}"
+            );
+        }
+        let mut other = Masker::default();
+        let control = "tab\there\nnl \u{fc} \u{e9}";
+        other.add(control);
+        for printed in [
+            r"$'tab\there\nnl ü é'",
+            r"$'tab\there\nnl \303\274 \303\251'",
+            r#""tab\there\nnl \u00fc \u00e9""#,
+            r#""tab\there\nnl ü é""#,
+            r"'tab\there\nnl ü é'",
+            "tab%09here%0Anl%20%C3%BC%20%C3%A9",
+            "tab%09here%0Anl+%C3%BC+%C3%A9",
+        ] {
+            assert_eq!(
+                other.mask(printed).trim_matches(['$', '\'', '"']),
+                MASK,
+                "{printed}"
+            );
+        }
+        // Python's repr picks double quotes when the value has a single quote and no double one.
+        let mut quote = Masker::default();
+        quote.add("don't\\tell");
+        assert_eq!(quote.mask(r#""don't\\tell""#), format!("\"{MASK}\""));
+        assert_eq!(quote.mask(r"'don\'t\\tell'"), format!("'{MASK}'"));
+        assert_eq!(
+            shell_backslash_quoted("#~a,b!c{d}=e:~f"),
+            r"\#~a\,b\!c\{d\}=e:\~f"
+        );
+        assert_eq!(python_repr("a\x7fb\x01", '\''), r"a\x7fb\x01");
+        assert_eq!(json_escaped("a\x7fb\x01", true, false), r"a\u007fb\u0001");
+        // A plain value has no other forms, so masking costs nothing more.
+        assert!(escaped_forms("s3cret-Value_1.0~").is_empty());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod openapi;
 mod permissions;
 mod resources;
 mod runbooks;
+mod secrets;
 mod sharing;
 mod snapshots;
 mod support;

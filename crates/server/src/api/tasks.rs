@@ -473,10 +473,9 @@ async fn details(app: &App, task: Task, params: &Params) -> ApiResult {
         };
         lines.insert(0, note);
     }
-    let status = task.state.activity_status();
+    let status = json!(task.state.activity_status());
     let date = |t: &Option<muster_core::time::Timestamp>| t.as_ref().map(format_date);
     let progress = if task.state.is_completed() { 100 } else { 0 };
-    let element = |l: &LogLine| json!({"Category": l.category, "Detail": null, "MessageText": l.message_text, "OccurredAt": format_date(&l.occurred_at)});
     let run = if task.name == dispatch::RUNBOOK_RUN {
         dispatch::run_of(app, &task)
             .await
@@ -484,7 +483,7 @@ async fn details(app: &App, task: Task, params: &Params) -> ApiResult {
     } else {
         None
     };
-    let (children, own): (Vec<Value>, Vec<Value>) = match run {
+    let (children, own) = match run {
         // A runbook run: one activity node per step, with that step's lines.
         Some(run) => {
             let children = run
@@ -493,18 +492,23 @@ async fn details(app: &App, task: Task, params: &Params) -> ApiResult {
                 .enumerate()
                 .map(|(index, result)| {
                     let n = index as i64 + 1;
-                    json!({
-                        "Id": format!("{}_{n}", task.id),
-                        "Name": format!("Step {n}: {}", result.name),
-                        "Started": date(&result.started),
-                        "Ended": date(&result.ended),
-                        "Status": result.status,
-                        "ShowAtSummaryLevel": true,
-                        "ProgressPercentage": if matches!(result.status.as_str(), "Pending" | "Running") { 0 } else { 100 },
-                        "ProgressMessage": result.detail,
-                        "Children": [],
-                        "LogElements": lines.iter().filter(|l| l.step == Some(n)).map(element).collect::<Vec<_>>(),
-                    })
+                    let pending = matches!(result.status.as_str(), "Pending" | "Running");
+                    Activity {
+                        id: format!("{}_{n}", task.id),
+                        name: format!("Step {n}: {}", result.name),
+                        started: date(&result.started),
+                        ended: date(&result.ended),
+                        status: json!(result.status),
+                        show_at_summary_level: true,
+                        progress_percentage: if pending { 0 } else { 100 },
+                        progress_message: json!(result.detail),
+                        children: Vec::new(),
+                        log_elements: lines
+                            .iter()
+                            .filter(|l| l.step == Some(n))
+                            .map(element)
+                            .collect(),
+                    }
                 })
                 .collect();
             let own = lines
@@ -519,39 +523,85 @@ async fn details(app: &App, task: Task, params: &Params) -> ApiResult {
                 Some(worker) => format!("Run script on {worker}"),
                 None => "Run script".to_string(),
             };
-            let step = json!({
-                "Id": format!("{}_1", task.id),
-                "Name": step_name,
-                "Started": date(&task.start_time),
-                "Ended": date(&task.completed_time),
-                "Status": status,
-                "ShowAtSummaryLevel": true,
-                "ProgressPercentage": progress,
-                "ProgressMessage": null,
-                "Children": [],
-                "LogElements": lines.iter().map(element).collect::<Vec<_>>(),
-            });
+            let step = Activity {
+                id: format!("{}_1", task.id),
+                name: step_name,
+                started: date(&task.start_time),
+                ended: date(&task.completed_time),
+                status: status.clone(),
+                show_at_summary_level: true,
+                progress_percentage: progress,
+                progress_message: Value::Null,
+                children: Vec::new(),
+                log_elements: lines.iter().map(element).collect(),
+            };
             (vec![step], Vec::new())
         }
     };
-    let root = json!({
-        "Id": task.id,
-        "Name": task.description,
-        "Started": date(&task.start_time),
-        "Ended": date(&task.completed_time),
-        "Status": status,
-        "ShowAtSummaryLevel": true,
-        "ProgressPercentage": progress,
-        "ProgressMessage": null,
-        "Children": children,
-        "LogElements": own,
-    });
-    ok(&json!({
-        "Task": links::task(&task),
-        "Progress": {"ProgressPercentage": progress, "EstimatedTimeRemaining": null},
-        "PhysicalLogSize": size,
-        "ActivityLogs": [root],
-    }))
+    let root = Activity {
+        id: task.id.clone(),
+        name: task.description.clone(),
+        started: date(&task.start_time),
+        ended: date(&task.completed_time),
+        status,
+        show_at_summary_level: true,
+        progress_percentage: progress,
+        progress_message: Value::Null,
+        children,
+        log_elements: own,
+    };
+    // Serialized straight from these borrowed views: no tree of JSON values is built for the lines.
+    ok(&Details {
+        task: links::task(&task),
+        progress: json!({"ProgressPercentage": progress, "EstimatedTimeRemaining": null}),
+        physical_log_size: size,
+        activity_logs: [root],
+    })
+}
+
+/// `details`' answer, in the contract's shape.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Details<'a> {
+    task: Value,
+    progress: Value,
+    physical_log_size: i64,
+    activity_logs: [Activity<'a>; 1],
+}
+
+/// An activity node of `details`: the task, or one of its steps.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Activity<'a> {
+    id: String,
+    name: String,
+    started: Option<String>,
+    ended: Option<String>,
+    status: Value,
+    show_at_summary_level: bool,
+    progress_percentage: i64,
+    progress_message: Value,
+    children: Vec<Activity<'a>>,
+    log_elements: Vec<Element<'a>>,
+}
+
+fn element(l: &LogLine) -> Element<'_> {
+    Element {
+        category: l.category,
+        detail: None,
+        message_text: &l.message_text,
+        occurred_at: format_date(&l.occurred_at),
+    }
+}
+
+/// A log line of an activity node.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Element<'a> {
+    category: muster_core::LogCategory,
+    detail: Option<()>,
+    message_text: &'a str,
+    occurred_at: String,
 }
 
 pub async fn details_in_space(

@@ -108,3 +108,106 @@ print("u3", urllib.parse.quote(o, safe="").lower())
         );
     }
 }
+
+/// A run's `FormValues` set only prompted variables (a required one must be given), and a script
+/// reads them with `get_octopusvariable` as data: a value full of shell and Python syntax runs
+/// nothing.
+#[test]
+fn form_values_set_only_prompted_variables_and_scripts_read_them_as_data() {
+    let server = Server::start();
+    let bash = r#"v=$(get_octopusvariable WHO)
+echo "bash got [$v]"
+echo "fixed [$(get_octopusvariable Fixed)] none [$(get_octopusvariable Nope)]"
+echo "output [$(get_octopusvariable 'Octopus.Action[Set].Output.Color')]"
+"#;
+    let python = r#"print("python got [" + get_octopusvariable("who") + "]")
+try:
+    get_octopusvariable("Nope")
+except KeyError:
+    print("python: no Nope")
+"#;
+    create(
+        &server,
+        &json!({
+            "name": "Data",
+            "variables": {
+                "Fixed": "keep",
+                "Who": {"prompt": {"label": "Who is it?", "required": true}},
+                "Optional": {"value": "o", "prompt": true},
+            },
+            "steps": [
+                {"name": "Set", "script": "set_octopusvariable Color 'blue sky'", "on": "builtin"},
+                {"name": "Bash", "script": bash, "on": "builtin"},
+                {"name": "Python", "script": python, "syntax": "Python", "on": "builtin"},
+            ],
+        }),
+    );
+    let runs = "/api/Spaces-1/runbookRuns";
+    let refused = |form: Value| {
+        server
+            .post(runs, &json!({"RunbookId": "Data", "FormValues": form}))
+            .assert_error(400)
+            .text
+            .clone()
+    };
+    let text = refused(json!({"Fixed": "changed", "Who": "x"}));
+    assert!(
+        text.contains("not prompted: Fixed") && text.contains("prompted: Who, Optional"),
+        "{text}"
+    );
+    assert!(refused(json!({"Optional": "x"})).contains("required prompted variable(s): Who"));
+    assert!(refused(json!({"Who": ""})).contains("required prompted variable(s): Who"));
+    assert!(refused(json!({"Who": "x", "Nope": 1})).contains("no variable of that name"));
+
+    let pwned = server.dir.join("pwned");
+    let who = format!(
+        "x\"; touch '{0}'; echo \"$(touch '{0}')` + \"\"\"\nimport os; os.system('touch {0}')",
+        pwned.display()
+    );
+    let run = server
+        .post(
+            runs,
+            &json!({"RunbookId": "Data", "FormValues": {"who": who}}),
+        )
+        .assert_status(201)
+        .clone();
+    let (task, lines) = server.wait_task(run["TaskId"].as_str().unwrap());
+    let texts: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["MessageText"].as_str())
+        .collect();
+    assert_eq!(task["State"], "Success", "{texts:#?}");
+    let first_line = who.lines().next().unwrap();
+    assert!(
+        texts.contains(&format!("bash got [{first_line}").as_str()),
+        "{texts:#?}"
+    );
+    assert!(texts.contains(&"fixed [keep] none []"), "{texts:#?}");
+    assert!(texts.contains(&"output [blue sky]"), "{texts:#?}");
+    assert!(
+        texts.contains(&format!("python got [{first_line}").as_str()),
+        "{texts:#?}"
+    );
+    assert!(texts.contains(&"python: no Nope"), "{texts:#?}");
+    assert!(!pwned.exists(), "a value ran as code");
+
+    // Once the runbook no longer prompts for Who, a rerun of that run is refused too.
+    let runbook = server.ok("/api/Spaces-1/runbooks/all")[0].clone();
+    let set_path = runbook["Links"]["Variables"].as_str().unwrap().to_string();
+    let mut set = server.ok(&set_path);
+    for variable in set["Variables"].as_array_mut().unwrap() {
+        variable["Prompt"] = Value::Null;
+    }
+    server
+        .put(&set_path, &json!({"Variables": set["Variables"]}))
+        .assert_status(200);
+    let rerun = server
+        .post(
+            &format!("/api/tasks/rerun/{}", task["Id"].as_str().unwrap()),
+            &json!({}),
+        )
+        .assert_error(400)
+        .text
+        .clone();
+    assert!(rerun.contains("not prompted: Who"), "{rerun}");
+}

@@ -211,3 +211,66 @@ except KeyError:
         .clone();
     assert!(rerun.contains("not prompted: Who"), "{rerun}");
 }
+
+/// At rest: the data directory is 0700, the database files and the key file 0600, and neither a
+/// sensitive variable nor a value a run gave a sensitive prompted variable is in the database's
+/// bytes; a run still reads both.
+#[test]
+fn sensitive_values_are_sealed_at_rest_and_runs_still_read_them() {
+    let server = Server::start();
+    let secret = "at-rest-s3cret-zz";
+    let given = "form-value-s3cret-yy";
+    let python = r#"for name in ("Secret", "Token"):
+    print("reversed", name, get_octopusvariable(name)[::-1])
+"#;
+    create(
+        &server,
+        &json!({
+            "name": "Sealed",
+            "variables": {
+                "Secret": {"value": secret, "sensitive": true},
+                "Token": {"sensitive": true, "value": "default-s3cret", "prompt": true},
+            },
+            "steps": [{"name": "Read", "script": python, "syntax": "Python", "on": "builtin"}],
+        }),
+    );
+    let (code, raw) = run(&server, "Sealed", &["--var", &format!("Token={given}")]);
+    assert_eq!(code, Some(0), "{raw}");
+    let reversed = |s: &str| s.chars().rev().collect::<String>();
+    assert!(
+        raw.contains(&format!("reversed Secret {}", reversed(secret))),
+        "{raw}"
+    );
+    assert!(
+        raw.contains(&format!("reversed Token {}", reversed(given))),
+        "{raw}"
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |name: &str| {
+        std::fs::metadata(server.dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700);
+    for file in ["muster.db", "muster.db-wal", "muster.db-shm", "secrets.key"] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
+    for file in ["muster.db", "muster.db-wal"] {
+        let bytes = std::fs::read(server.dir.join(file)).unwrap();
+        for plain in [secret, given, "default-s3cret"] {
+            assert!(
+                !bytes.windows(plain.len()).any(|w| w == plain.as_bytes()),
+                "{file} holds {plain} in the clear"
+            );
+        }
+    }
+    // What is not secret is still stored as it is (the test reads the right files).
+    let db: Vec<u8> = ["muster.db", "muster.db-wal"]
+        .iter()
+        .flat_map(|f| std::fs::read(server.dir.join(f)).unwrap())
+        .collect();
+    assert!(db.windows(6).any(|w| w == b"Sealed"));
+}

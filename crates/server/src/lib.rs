@@ -11,6 +11,7 @@ mod comms;
 mod dispatch;
 mod health;
 mod http;
+mod key_failures;
 mod links;
 mod logs;
 mod openapi;

@@ -274,3 +274,58 @@ fn sensitive_values_are_sealed_at_rest_and_runs_still_read_them() {
         .collect();
     assert!(db.windows(6).any(|w| w == b"Sealed"));
 }
+
+/// Failed API keys are logged with the address they came from; after 10 within a minute that
+/// address gets 429 with `Retry-After` (even with a right key), while other clients are unaffected.
+#[test]
+fn failed_api_keys_are_logged_with_their_address_and_then_slowed() {
+    let server = Server::start();
+    let wrong = "API-WRONGWRONGWRONGWRONGWRONG1";
+    for _ in 0..10 {
+        server
+            .as_user(wrong, "GET", "/api/spaces", None)
+            .assert_error(401);
+    }
+    let response = crate::support::client()
+        .get(format!("{}/api/spaces", server.url))
+        .header("X-Octopus-ApiKey", wrong)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let body: Value = response.json().unwrap();
+    assert!(
+        body["ErrorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("wrong API key"),
+        "{body}"
+    );
+    assert!(body["Errors"].is_array());
+    // A right key from the same address waits too; the anonymous root document does not.
+    server.get("/api/spaces").assert_error(429);
+    server.get("/api").assert_status(200);
+    // Another address (127.0.0.2 is loopback too) is heard.
+    let other = reqwest::blocking::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let response = other
+        .get(format!("{}/api/spaces", server.url))
+        .header("X-Octopus-ApiKey", KEY)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let log = server.stderr.lock().unwrap().clone();
+    assert!(
+        log.matches("refused an API key from 127.0.0.1:").count() >= 10,
+        "{log}"
+    );
+    assert!(!log.contains(wrong), "the key itself is never logged");
+}

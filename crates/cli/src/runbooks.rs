@@ -8,6 +8,8 @@
 //! variables:
 //!   Greeting: hello
 //!   DbPassword: { value: s3cret, sensitive: true }
+//!   Region: { value: eu, prompt: true }       # a run may set it: --var Region=us
+//!   Ticket: { prompt: { label: Change ticket, required: true } }
 //! steps:
 //!   - name: Make
 //!     script: set_octopusvariable Color blue
@@ -340,7 +342,7 @@ pub fn read_file(text: &str) -> anyhow::Result<Value> {
             bail!("variables must be a mapping of names to values");
         };
         for (name, value) in vars {
-            let (value, sensitive) = match value {
+            let (value, sensitive, prompt) = match value {
                 Value::Object(spec) => {
                     let sensitive = spec.get("sensitive") == Some(&json!(true));
                     // A secret without a value keeps the one the server has (--update).
@@ -349,11 +351,13 @@ pub fn read_file(text: &str) -> anyhow::Result<Value> {
                         Some(v) => json!(scalar(v)),
                         None => json!(""),
                     };
-                    (value, sensitive)
+                    (value, sensitive, read_prompt(name, spec.get("prompt"))?)
                 }
-                other => (json!(scalar(other)), false),
+                other => (json!(scalar(other)), false, Value::Null),
             };
-            variables.push(json!({"Name": name, "Value": value, "IsSensitive": sensitive}));
+            variables.push(
+                json!({"Name": name, "Value": value, "IsSensitive": sensitive, "Prompt": prompt}),
+            );
         }
     }
     match file.get("exclusive") {
@@ -387,6 +391,30 @@ pub fn read_file(text: &str) -> anyhow::Result<Value> {
         "Steps": steps,
         "Variables": variables,
     }))
+}
+
+/// `prompt: true`, or `prompt: {label, description, required}`: a run may give the variable a value.
+fn read_prompt(name: &str, prompt: Option<&Value>) -> anyhow::Result<Value> {
+    match prompt {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(Value::Null),
+        Some(Value::Bool(true)) => Ok(json!({"Label": name, "Required": false})),
+        Some(Value::Object(spec)) => {
+            if let Some(unknown) = spec
+                .keys()
+                .find(|k| !["label", "description", "required"].contains(&k.as_str()))
+            {
+                bail!(
+                    "variable {name}: unknown prompt key '{unknown}' (known: label, description, required)"
+                );
+            }
+            Ok(json!({
+                "Label": spec.get("label").map(scalar).unwrap_or_else(|| name.to_string()),
+                "Description": spec.get("description").map(scalar),
+                "Required": spec.get("required") == Some(&json!(true)),
+            }))
+        }
+        Some(other) => bail!("variable {name}: prompt must be true or a mapping, got {other}"),
+    }
 }
 
 fn scalar(value: &Value) -> String {
@@ -495,7 +523,7 @@ mod tests {
     #[test]
     fn a_short_file_becomes_octopus_steps() {
         let body = read_file(
-            "name: R\nexclusive: true\nvariables:\n  A: 1\n  P: {value: x, sensitive: true}\nsteps:\n  - name: S\n    script: echo hi\n    on: each-worker\n    pool: Linux\n  - name: C\n    runbook: Other\n    wait: false\n",
+            "name: R\nexclusive: true\nvariables:\n  A: 1\n  P: {value: x, sensitive: true, prompt: {label: Pass, required: true}}\nsteps:\n  - name: S\n    script: echo hi\n    on: each-worker\n    pool: Linux\n  - name: C\n    runbook: Other\n    wait: false\n",
         )
         .unwrap();
         assert_eq!(body["Steps"][0]["Actions"][0]["WorkerPoolId"], "Linux");
@@ -509,6 +537,11 @@ mod tests {
         );
         assert_eq!(body["Variables"][0]["Value"], "1");
         assert_eq!(body["Variables"][1]["IsSensitive"], true);
+        assert_eq!(
+            body["Variables"][1]["Prompt"],
+            json!({"Label": "Pass", "Description": null, "Required": true})
+        );
+        assert_eq!(body["Variables"][0]["Prompt"], Value::Null);
         assert_eq!(body["Variables"][2]["Name"], "OctopusBypassDeploymentMutex");
         assert!(read_file("name: R\nsteps:\n  - name: S\n    scrpt: x\n").is_err());
         let comment = read_file("name: R\nsteps:\n  - name: S\n    script: echo #{A}\n");

@@ -168,6 +168,10 @@ pub const KNOWN_NAMES: &[&str] = &[
     "RunbookSnapshotId",
     "EnvironmentId",
     "FormValues",
+    "Prompt",
+    "Label",
+    "Required",
+    "DisplaySettings",
     "Comments",
     "TaskId",
 ];

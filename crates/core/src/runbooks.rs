@@ -89,6 +89,20 @@ pub struct Variable {
     pub kind: String,
     pub is_sensitive: bool,
     pub scope: Map<String, Value>,
+    /// Set when a run may give the variable a value (Octopus's prompted variable); a run's
+    /// `FormValues` may set no other.
+    pub prompt: Option<VariablePrompt>,
+}
+
+/// Octopus's `Prompt` of a variable: how a person running the runbook is asked for its value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct VariablePrompt {
+    pub label: Option<String>,
+    pub description: Option<String>,
+    /// A run must give it a value, unless the variable has one of its own.
+    pub required: bool,
+    pub display_settings: Map<String, Value>,
 }
 
 /// A run of a runbook: what was run (the steps and variables as they were when it was queued), its

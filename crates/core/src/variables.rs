@@ -55,7 +55,26 @@ impl VariableSet {
     pub fn substitute(&self, text: &str) -> String {
         substitute(text, |name| self.get(name).map(str::to_string))
     }
+
+    /// The set as `VARIABLES_ENV` carries it to a script: a line per variable, its lower-case
+    /// name and its value, each base64, separated by a space.
+    pub fn to_env(&self) -> String {
+        let mut names: Vec<&String> = self.values.keys().collect();
+        names.sort();
+        let mut out = String::new();
+        for name in names {
+            out.push_str(&BASE64.encode(name));
+            out.push(' ');
+            out.push_str(&BASE64.encode(&self.values[name]));
+            out.push('\n');
+        }
+        out
+    }
 }
+
+/// The environment variable through which a script's helpers read its variables, so a value
+/// is read as data instead of being pasted into the script's text.
+pub const VARIABLES_ENV: &str = "MUSTER_VARIABLES";
 
 /// Hides sensitive values in log lines: the value itself, its base64 form, and each line of a
 /// value of several lines.
@@ -322,21 +341,28 @@ pub fn parse_set_variable(line: &str) -> Option<OutputVariable> {
     })
 }
 
-/// The helpers a script gets before its own first line: `set_octopusvariable NAME VALUE
-/// [-sensitive]` in Bash, `set_octopusvariable(name, value, sensitive=False)` in Python and
-/// `Set-OctopusVariable -name N -value V [-sensitive]` in PowerShell. Each is one line, so the
-/// script's own line numbers shift by one only.
+/// The helpers a script gets before its own first line. To set an output variable:
+/// `set_octopusvariable NAME VALUE [-sensitive]` in Bash, `set_octopusvariable(name, value,
+/// sensitive=False)` in Python and `Set-OctopusVariable -name N -value V [-sensitive]` in
+/// PowerShell. To read a variable from `VARIABLES_ENV`: `get_octopusvariable NAME` in Bash (empty
+/// when unknown, as in Octopus), `get_octopusvariable(name)` in Python (KeyError when unknown) and
+/// the hashtable `$OctopusParameters['Name']` in PowerShell. Names compare without case. The
+/// helpers take one line in Bash and PowerShell and two in Python, so the script's own line
+/// numbers shift by that much only.
 pub fn prelude(syntax: crate::ScriptSyntax) -> &'static str {
     match syntax {
-        crate::ScriptSyntax::Bash => {
-            "set_octopusvariable() { local s=''; [ \"${3:-}\" = '-sensitive' ] && s=\" sensitive='VHJ1ZQ=='\"; printf \"##octopus[setVariable name='%s' value='%s'%s]\\n\" \"$(printf %s \"$1\" | base64 -w0)\" \"$(printf %s \"${2:-}\" | base64 -w0)\" \"$s\"; }\n"
-        }
-        crate::ScriptSyntax::Python => {
-            "def set_octopusvariable(name, value, sensitive=False):\n    import base64 as _b; _e = lambda t: _b.b64encode(str(t).encode()).decode(); print(\"##octopus[setVariable name='%s' value='%s'%s]\" % (_e(name), _e(value), \" sensitive='VHJ1ZQ=='\" if sensitive else \"\"), flush=True)\n"
-        }
-        crate::ScriptSyntax::PowerShell => {
-            "function Set-OctopusVariable([string]$name, [string]$value, [switch]$sensitive) { $e = { param($t) [Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($t)) }; $s = ''; if ($sensitive) { $s = \" sensitive='VHJ1ZQ=='\" }; Write-Host (\"##octopus[setVariable name='\" + (& $e $name) + \"' value='\" + (& $e $value) + \"'\" + $s + \"]\") }\n"
-        }
+        crate::ScriptSyntax::Bash => concat!(
+            "set_octopusvariable() { local s=''; [ \"${3:-}\" = '-sensitive' ] && s=\" sensitive='VHJ1ZQ=='\"; printf \"##octopus[setVariable name='%s' value='%s'%s]\\n\" \"$(printf %s \"$1\" | base64 -w0)\" \"$(printf %s \"${2:-}\" | base64 -w0)\" \"$s\"; }; ",
+            "get_octopusvariable() { local n k v; n=$(printf %s \"${1,,}\" | base64 -w0); while read -r k v; do if [ \"$k\" = \"$n\" ]; then printf %s \"$v\" | base64 -d; return 0; fi; done <<< \"${MUSTER_VARIABLES:-}\"; }\n",
+        ),
+        crate::ScriptSyntax::Python => concat!(
+            "def set_octopusvariable(name, value, sensitive=False): import base64 as _b; _e = lambda t: _b.b64encode(str(t).encode()).decode(); print(\"##octopus[setVariable name='%s' value='%s'%s]\" % (_e(name), _e(value), \" sensitive='VHJ1ZQ=='\" if sensitive else \"\"), flush=True)\n",
+            "def get_octopusvariable(name): import base64 as _b, os as _o; _d = lambda t: _b.b64decode(t).decode(); return dict((_d(k), _d(v)) for k, v in (l.split(\" \", 1) for l in _o.environ.get(\"MUSTER_VARIABLES\", \"\").splitlines() if l))[name.lower()]\n",
+        ),
+        crate::ScriptSyntax::PowerShell => concat!(
+            "function Set-OctopusVariable([string]$name, [string]$value, [switch]$sensitive) { $e = { param($t) [Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($t)) }; $s = ''; if ($sensitive) { $s = \" sensitive='VHJ1ZQ=='\" }; Write-Host (\"##octopus[setVariable name='\" + (& $e $name) + \"' value='\" + (& $e $value) + \"'\" + $s + \"]\") }; ",
+            "$OctopusParameters = @{}; foreach ($l in (\"$env:MUSTER_VARIABLES\" -split \"`n\")) { if ($l) { $p = $l -split ' ', 2; $OctopusParameters[[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($p[0]))] = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($p[1])) } }\n",
+        ),
     }
 }
 

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use muster_core::resources::{ApiKeyRecord, User};
 use rand::Rng;
 use sha2::Digest;
+use std::time::Instant;
 
 /// The user a request acts as.
 #[derive(Clone)]
@@ -81,9 +82,23 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
     if is_anonymous(request.method(), request.uri().path()) {
         return next.run(request).await;
     }
-    let user = match user_for(&app, presented_key(&request)).await {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0);
+    if let Some(wait) = peer.and_then(|p| app.key_failures.retry_after(p.ip(), Instant::now())) {
+        return too_many_failures(wait);
+    }
+    let key = presented_key(&request);
+    let tried = key.is_some();
+    let user = match user_for(&app, key).await {
         Ok(user) => user,
-        Err(error) => return error.into_response(),
+        Err(error) => {
+            if tried && error.status == axum::http::StatusCode::UNAUTHORIZED {
+                key_failed(&app, peer, &error.message);
+            }
+            return error.into_response();
+        }
     };
     let access = match crate::access::Access::load(&app, &user).await {
         Ok(access) => access,
@@ -93,6 +108,40 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
     request.extensions_mut().insert(CurrentUser(user));
     request.extensions_mut().insert(access);
     next.run(request).await
+}
+
+/// A presented key was refused: logged with where it came from (never the key), and counted
+/// against that address.
+fn key_failed(app: &App, peer: Option<std::net::SocketAddr>, why: &str) {
+    let from = peer.map_or_else(|| "an unknown address".to_string(), |p| p.to_string());
+    tracing::warn!(from = %from, "refused an API key from {from}: {why}");
+    if let Some(peer) = peer
+        && app.key_failures.failed(peer.ip(), Instant::now())
+    {
+        tracing::warn!(
+            "{} failed API keys from {} within {} s: its requests are refused for a while",
+            crate::key_failures::LIMIT,
+            peer.ip(),
+            crate::key_failures::WINDOW.as_secs()
+        );
+    }
+}
+
+/// 429 with the contract's error body, and when to try again.
+fn too_many_failures(wait: std::time::Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "Too many requests with a wrong API key came from this address; try again in {seconds} s."
+        ),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(seconds),
+    );
+    response
 }
 
 async fn user_for(app: &App, key: Option<String>) -> Result<User, ApiError> {

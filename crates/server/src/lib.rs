@@ -11,6 +11,7 @@ mod comms;
 mod dispatch;
 mod health;
 mod http;
+mod key_failures;
 mod links;
 mod logs;
 mod openapi;
@@ -79,6 +80,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         )
     })?;
+    // The database, its key file and the scripts' working directories are the server user's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| {
+                format!(
+                    "cannot make the data directory {} private (mode 0700)",
+                    args.data_dir.display()
+                )
+            })?;
+    }
     let _lock = state::lock_data_dir(&args.data_dir)?;
     let store = muster_store::Store::open_sqlite(&args.data_dir.join("muster.db"))
         .await

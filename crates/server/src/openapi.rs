@@ -1338,7 +1338,9 @@ fn schemas() -> Value {
         })),
         "Variable": object(&["Name"], json!({
             "Id": s, "Name": s, "Value": {"type": "string", "nullable": true, "description": "Null when read for a sensitive variable."},
-            "Description": sn, "Type": {"type": "string", "enum": ["String", "Sensitive"]}, "IsSensitive": b, "Scope": {"type": "object"}
+            "Description": sn, "Type": {"type": "string", "enum": ["String", "Sensitive"]}, "IsSensitive": b, "Scope": {"type": "object"},
+            "Prompt": {"type": "object", "nullable": true, "description": "Set: a run's FormValues may give this variable a value (only prompted variables may be given one); Required: the run must, unless the variable has a value of its own.",
+                "properties": {"Label": sn, "Description": sn, "Required": b, "DisplaySettings": {"type": "object"}}}
         })),
         "Runbook": object(&["Name"], json!({
             "Id": s, "SpaceId": s, "Name": s, "Slug": s, "Description": sn, "RunbookProcessId": s, "VariableSetId": s,
@@ -1354,7 +1356,7 @@ fn schemas() -> Value {
         })),
         "RunbookRunCreate": object(&["RunbookId"], json!({
             "RunbookId": {"type": "string", "description": "The runbook, by id or name."},
-            "FormValues": {"type": "object", "description": "Variable values for this run, by name; they override the runbook's.", "additionalProperties": s},
+            "FormValues": {"type": "object", "description": "Values for the runbook's prompted variables (and the settings OctopusBypassDeploymentMutex and Octopus.Action.MaxParallelism), by name; any other name is refused.", "additionalProperties": s},
             "Comments": sn
         })),
         "RunbookRun": object(&["Id", "TaskId"], json!({

@@ -19,6 +19,9 @@ use serde_json::{Map, Value, json};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// The most `VARIABLES_ENV` may hold: Linux refuses an environment string over 128 KiB.
+const MAX_VARIABLES_ENV: usize = 120 * 1024;
+
 /// How deep runs may nest through "Run a runbook" steps: deeper is a loop, not a design.
 pub const MAX_DEPTH: u32 = 10;
 
@@ -487,23 +490,39 @@ async fn invoke(
         Place::Builtin => BUILTIN_AGENT.to_string(),
         Place::Agent(worker) => worker.id.clone(),
     };
-    let script = {
+    let (script, values_env) = {
         let shared = driver.shared.lock().expect("run lock");
         let mut values = shared.values.clone();
         values.set("Octopus.Action.Name", step_name);
         values.set("Octopus.Step.Name", step_name);
         values.set("Octopus.Worker.Name", worker_name.clone());
         values.set("Octopus.Worker.Id", worker_id.clone());
-        format!("{}{}", variables::prelude(syntax), values.substitute(body))
+        let script = format!("{}{}", variables::prelude(syntax), values.substitute(body));
+        (script, values.to_env())
     };
+    let mut env = vec![
+        ("MUSTER_TASK_ID".into(), driver.task.id.clone()),
+        ("MUSTER_SPACE_ID".into(), driver.task.space_id.clone()),
+    ];
+    // The helpers read the values from the environment, where one string may hold 128 KiB.
+    if values_env.len() <= MAX_VARIABLES_ENV {
+        env.push((variables::VARIABLES_ENV.into(), values_env));
+    } else {
+        driver.log(
+            n,
+            LogCategory::Warning,
+            &format!(
+                "The run's variables take {} KiB, more than the {} KiB get_octopusvariable can carry: it reads nothing in this step.",
+                values_env.len() / 1024,
+                MAX_VARIABLES_ENV / 1024
+            ),
+        );
+    }
     let invocation = Invocation {
         ticket: format!("{}/{n}/{worker_id}", driver.task.id),
         syntax,
         body: script,
-        env: vec![
-            ("MUSTER_TASK_ID".into(), driver.task.id.clone()),
-            ("MUSTER_SPACE_ID".into(), driver.task.space_id.clone()),
-        ],
+        env,
         timeout: None,
     };
     let prefix = if fan {

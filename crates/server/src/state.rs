@@ -29,6 +29,8 @@ pub struct AppInner {
     pub health_wake: tokio::sync::Notify,
     /// Turns true when the server begins to shut down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Failed API keys by address, to slow down guessing.
+    pub key_failures: crate::key_failures::KeyFailures,
 }
 
 pub type App = Arc<AppInner>;
@@ -51,6 +53,7 @@ impl AppInner {
             comms: Default::default(),
             health_wake: Default::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
+            key_failures: Default::default(),
         })
     }
 }

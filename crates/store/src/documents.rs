@@ -1,10 +1,11 @@
 //! Configuration resources as JSON documents.
 
+use crate::sealing::Sealer;
 use crate::{Result, Store, StoreError, conflict_or};
 use muster_core::resources::{
     ApiKeyRecord, MachinePolicy, ScopedUserRole, Space, Team, User, UserRole, Worker, WorkerPool,
 };
-use muster_core::runbooks::{Runbook, RunbookRun};
+use muster_core::runbooks::{Runbook, RunbookRun, Variable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -58,8 +59,12 @@ impl DocKind {
 }
 
 /// A resource kept as a document: its kind, and the columns that lookups need.
-pub trait Document: Serialize + DeserializeOwned {
+pub trait Document: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     const KIND: DocKind;
+    /// Its sensitive values: sealed before the document is written, opened when it is read.
+    fn sensitive_values(&mut self) -> Vec<&mut String> {
+        Vec::new()
+    }
     fn id(&self) -> &str;
     /// '' for system-level documents.
     fn space_id(&self) -> &str;
@@ -71,8 +76,19 @@ pub trait Document: Serialize + DeserializeOwned {
     }
 }
 
+/// The values of its sensitive variables.
+fn sensitive_variables(variables: &mut [Variable]) -> impl Iterator<Item = &mut String> {
+    variables
+        .iter_mut()
+        .filter(|v| v.is_sensitive)
+        .filter_map(|v| v.value.as_mut())
+}
+
 impl Document for Runbook {
     const KIND: DocKind = DocKind::Runbook;
+    fn sensitive_values(&mut self) -> Vec<&mut String> {
+        sensitive_variables(&mut self.variables).collect()
+    }
     fn id(&self) -> &str {
         &self.id
     }
@@ -90,6 +106,26 @@ impl Document for Runbook {
 /// A run is found by its task: the extra column holds the task's id.
 impl Document for RunbookRun {
     const KIND: DocKind = DocKind::RunbookRun;
+    /// Its sensitive variables' values, and the values the run gave them.
+    fn sensitive_values(&mut self) -> Vec<&mut String> {
+        let names: Vec<String> = self
+            .variables
+            .iter()
+            .filter(|v| v.is_sensitive)
+            .map(|v| v.name.to_lowercase())
+            .collect();
+        let mut values: Vec<&mut String> = sensitive_variables(&mut self.variables).collect();
+        values.extend(
+            self.form_values
+                .iter_mut()
+                .filter(|(name, _)| names.contains(&name.to_lowercase()))
+                .filter_map(|(_, value)| match value {
+                    serde_json::Value::String(text) => Some(text),
+                    _ => None,
+                }),
+        );
+        values
+    }
     fn id(&self) -> &str {
         &self.id
     }
@@ -236,6 +272,9 @@ impl Document for ScopedUserRole {
     }
 }
 
+/// How a document's body is written: with its sensitive values sealed.
+type Body = Box<dyn Fn(&Sealer) -> String + Send + Sync>;
+
 /// One document ready to write, of any kind.
 pub struct Row {
     pub(crate) kind: DocKind,
@@ -243,25 +282,42 @@ pub struct Row {
     space_id: String,
     name: String,
     ext: Option<String>,
-    body: String,
+    body: Body,
 }
 
 impl Row {
     pub fn of<D: Document>(doc: &D) -> Row {
+        let mut copy = doc.clone();
+        let body: Body = if copy.sensitive_values().is_empty() {
+            let body = serde_json::to_string(doc).expect("resources always serialize");
+            Box::new(move |_| body.clone())
+        } else {
+            Box::new(move |sealer| {
+                let mut sealed = copy.clone();
+                for value in sealed.sensitive_values() {
+                    *value = sealer.seal(value);
+                }
+                serde_json::to_string(&sealed).expect("resources always serialize")
+            })
+        };
         Row {
             kind: D::KIND,
             id: doc.id().to_string(),
             space_id: doc.space_id().to_string(),
             name: doc.unique_name().trim().to_string(),
             ext: doc.ext().map(str::to_string),
-            body: serde_json::to_string(doc).expect("resources always serialize"),
+            body,
         }
     }
 }
 
 impl Row {
     /// Inserts or replaces the document within a transaction.
-    pub(crate) async fn write(&self, tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<()> {
+    pub(crate) async fn write(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        sealer: &Sealer,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO documents (kind, id, space_id, name, ext, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
              ON CONFLICT (kind, id) DO UPDATE SET space_id = ?3, name = ?4, ext = ?5, body = ?6",
@@ -271,7 +327,7 @@ impl Row {
         .bind(&self.space_id)
         .bind(&self.name)
         .bind(&self.ext)
-        .bind(&self.body)
+        .bind((self.body)(sealer))
         .execute(&mut **tx)
         .await
         .map_err(|e| {
@@ -283,8 +339,13 @@ impl Row {
     }
 }
 
-fn decode<D: Document>(body: &str) -> Result<D> {
-    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))
+/// Reads a stored document and opens its sealed values.
+fn decode<D: Document>(body: &str, sealer: &Sealer) -> Result<D> {
+    let mut doc: D = serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    for value in doc.sensitive_values() {
+        *value = sealer.open(value)?;
+    }
+    Ok(doc)
 }
 
 impl Store {
@@ -295,7 +356,7 @@ impl Store {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        row.map(|(body,)| decode(&body)).transpose()
+        row.map(|(body,)| decode(&body, &self.sealer)).transpose()
     }
 
     /// Every document of a kind in one space ('' for system-level kinds), in id order.
@@ -307,7 +368,9 @@ impl Store {
         .bind(space_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|(body,)| decode(body)).collect()
+        rows.iter()
+            .map(|(body,)| decode(body, &self.sealer))
+            .collect()
     }
 
     /// Every document of a kind in all spaces.
@@ -317,7 +380,9 @@ impl Store {
                 .bind(D::KIND.as_str())
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter().map(|(body,)| decode(body)).collect()
+        rows.iter()
+            .map(|(body,)| decode(body, &self.sealer))
+            .collect()
     }
 
     /// The documents of a kind whose extra column equals `ext` (slug, thumbprint, key hash).
@@ -329,7 +394,9 @@ impl Store {
         .bind(ext)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|(body,)| decode(body)).collect()
+        rows.iter()
+            .map(|(body,)| decode(body, &self.sealer))
+            .collect()
     }
 
     pub async fn put<D: Document>(&self, doc: &D) -> Result<()> {
@@ -340,13 +407,43 @@ impl Store {
     pub async fn put_rows(&self, rows: Vec<Row>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for row in &rows {
-            row.write(&mut tx).await?;
+            row.write(&mut tx, &self.sealer).await?;
         }
         tx.commit().await?;
         for row in &rows {
             self.bump_workers_generation(row.kind);
         }
         Ok(())
+    }
+
+    /// Seals the sensitive values stored before values were sealed (once per database), then
+    /// rewrites the database and empties its WAL, so no old page keeps them in the clear.
+    pub(crate) async fn seal_plaintext(&self) -> Result<()> {
+        if self.meta("sealed_at_rest").await?.is_some() {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        for kind in [DocKind::Runbook, DocKind::RunbookRun] {
+            let bodies: Vec<(String,)> =
+                sqlx::query_as("SELECT body FROM documents WHERE kind = ?1")
+                    .bind(kind.as_str())
+                    .fetch_all(&self.pool)
+                    .await?;
+            for (body,) in bodies {
+                match kind {
+                    DocKind::Runbook => rows.extend(unsealed::<Runbook>(&body, &self.sealer)?),
+                    _ => rows.extend(unsealed::<RunbookRun>(&body, &self.sealer)?),
+                }
+            }
+        }
+        if !rows.is_empty() {
+            self.put_rows(rows).await?;
+            sqlx::raw_sql("VACUUM").execute(&self.pool).await?;
+            sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await?;
+        }
+        self.set_meta("sealed_at_rest", "1").await
     }
 
     /// Deletes one document; true if it existed.
@@ -385,4 +482,17 @@ impl Store {
         self.bump_workers_generation(DocKind::Space);
         Ok(())
     }
+}
+
+/// The document to write again when a stored body holds a sensitive value in the clear.
+fn unsealed<D: Document>(body: &str, sealer: &Sealer) -> Result<Option<Row>> {
+    let mut raw: D = serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if raw
+        .sensitive_values()
+        .iter()
+        .all(|v| crate::sealing::is_sealed(v))
+    {
+        return Ok(None);
+    }
+    Ok(Some(Row::of(&decode::<D>(body, sealer)?)))
 }

@@ -6,9 +6,11 @@
 //! its default pool and policy; a moved default flag).
 
 mod documents;
+mod sealing;
 mod tasks;
 
 pub use documents::{DocKind, Document, Row};
+pub use sealing::KEY_FILE;
 pub use tasks::TaskQuery;
 
 use muster_core::IdKind;
@@ -27,6 +29,11 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("a stored document does not read: {0}")]
     Corrupt(String),
+    /// The key that seals sensitive values cannot be had.
+    #[error("the key of sensitive values: {0}")]
+    Key(String),
+    #[error("the database's files: {0}")]
+    Files(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -45,12 +52,17 @@ pub struct Store {
     /// Bumped after every committed write of a space, pool or worker: a reader that cached them
     /// knows whether its copy is still current.
     workers_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Seals sensitive values before they are written and opens them when read.
+    sealer: std::sync::Arc<sealing::Sealer>,
 }
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` in WAL mode with full synchronous
-    /// commits, so a task acknowledged to a client survives a crash.
+    /// commits, so a task acknowledged to a client survives a crash. The database files are 0600,
+    /// and sensitive values are sealed with the key file `KEY_FILE` beside it (made at the first
+    /// start); values stored before sealing existed are sealed now.
     pub async fn open_sqlite(path: &Path) -> Result<Store> {
+        private_files(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -63,11 +75,41 @@ impl Store {
             .min_connections(1)
             .connect_with(options)
             .await?;
+        // A new database has no meta table yet.
+        let (tables,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let check: Option<(String,)> = if tables == 0 {
+            None
+        } else {
+            sqlx::query_as("SELECT value FROM meta WHERE key = 'sealing_check'")
+                .fetch_optional(&pool)
+                .await?
+        };
+        let key = path.with_file_name(KEY_FILE);
+        let sealer = sealing::Sealer::load_or_create(&key, check.is_none())?;
+        if let Some((check,)) = &check
+            && sealer.open(check).ok().as_deref() != Some(SEALING_CHECK)
+        {
+            return Err(StoreError::Key(format!(
+                "{} is not the key this database's values were sealed with",
+                key.display()
+            )));
+        }
         let store = Store {
             pool,
             workers_generation: Default::default(),
+            sealer: std::sync::Arc::new(sealer),
         };
         store.migrate().await?;
+        if check.is_none() {
+            store
+                .set_meta("sealing_check", &store.sealer.seal(SEALING_CHECK))
+                .await?;
+        }
+        store.seal_plaintext().await?;
         Ok(store)
     }
 
@@ -132,6 +174,32 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// What the meta row `sealing_check` holds, sealed: the key that opens it is this database's.
+const SEALING_CHECK: &str = "muster";
+
+/// The database file and its WAL and shared-memory files are the server user's alone. SQLite
+/// makes the other two with the database file's mode, so a new database file is made 0600 first.
+fn private_files(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Files(format!("{}: {e}", path.display()));
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+    }
+    Ok(())
 }
 
 fn conflict_or(error: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
@@ -206,6 +274,83 @@ mod tests {
         let lines = store.logs("ServerTasks-7", 1, 100).await.unwrap();
         let texts: Vec<&str> = lines.iter().map(|l| l.message_text.as_str()).collect();
         assert_eq!(texts, ["from the agent", "after the upgrade"]);
+    }
+
+    /// A sensitive value stored in the clear before values were sealed is sealed at the next open:
+    /// neither the database nor its WAL holds it afterwards, and it reads back as it was. The key
+    /// file is made 0600, the database files are 0600, and another key is refused.
+    #[tokio::test]
+    async fn sensitive_values_stored_in_the_clear_are_sealed_on_upgrade() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("muster.db");
+        let secret = "plain-old-s3cret-value";
+        {
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .unwrap();
+            for script in MIGRATIONS {
+                sqlx::raw_sql(*script).execute(&pool).await.unwrap();
+            }
+            let runbook = serde_json::json!({"Id": "Runbooks-1", "SpaceId": "Spaces-1", "Name": "R",
+                "Variables": [{"Name": "Pw", "Value": secret, "IsSensitive": true},
+                              {"Name": "Plain", "Value": "visible-value"}]});
+            sqlx::query("INSERT INTO documents (kind, id, space_id, name, ext, body) VALUES ('runbook', 'Runbooks-1', 'Spaces-1', 'R', 'r', ?1)")
+                .bind(runbook.to_string())
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "PRAGMA user_version = {}",
+                MIGRATIONS.len()
+            )))
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::open_sqlite(&path).await.unwrap();
+        let on_disk = |name: &str| std::fs::read(dir.path().join(name)).unwrap_or_default();
+        for file in ["muster.db", "muster.db-wal"] {
+            let bytes = on_disk(file);
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{file} holds the secret in the clear"
+            );
+        }
+        let visible = on_disk("muster.db");
+        assert!(visible.windows(13).any(|w| w == b"visible-value"));
+        let runbook: muster_core::runbooks::Runbook =
+            store.get("Runbooks-1").await.unwrap().unwrap();
+        assert_eq!(runbook.variables[0].value.as_deref(), Some(secret));
+        for file in ["muster.db", "muster.db-wal", "muster.db-shm", KEY_FILE] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+        store.close().await;
+        // The same key opens it again; another key, or none, is refused.
+        let store = Store::open_sqlite(&path).await.unwrap();
+        store.close().await;
+        let key = dir.path().join(KEY_FILE);
+        let kept = std::fs::read(&key).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        let missing = Store::open_sqlite(&path).await.err().unwrap();
+        assert!(missing.to_string().contains("missing"), "{missing}");
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        let wrong = Store::open_sqlite(&path).await.err().unwrap();
+        assert!(wrong.to_string().contains("not the key"), "{wrong}");
+        std::fs::write(&key, kept).unwrap();
+        Store::open_sqlite(&path).await.unwrap().close().await;
     }
 
     /// Long lines of one batch are split over chunks of about 1 MiB, and read back whole and in

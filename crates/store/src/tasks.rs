@@ -107,7 +107,7 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
         let mut tx = self.pool.begin().await?;
         for row in &rows {
-            row.write(&mut tx).await?;
+            row.write(&mut tx, &self.sealer).await?;
         }
         let kinds: Vec<crate::DocKind> = rows.iter().map(|r| r.kind).collect();
         let sql = format!(

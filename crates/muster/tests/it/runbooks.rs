@@ -226,7 +226,7 @@ steps:
     create(
         &server,
         "fails.yaml",
-        "name: Fails\nvariables:\n  Code: 0\nsteps:\n  - name: Exit\n    script: 'exit #{Code}'\n  - name: Cleanup\n    condition: failure\n    script: echo cleaning up\n",
+        "name: Fails\nvariables:\n  Code: {value: 0, prompt: true}\nsteps:\n  - name: Exit\n    script: 'exit #{Code}'\n  - name: Cleanup\n    condition: failure\n    script: echo cleaning up\n",
     );
     let failed = cli(&server, &["runbook", "run", "Fails", "--var", "Code=3"]);
     assert_eq!(failed.status.code(), Some(1));

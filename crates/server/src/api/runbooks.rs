@@ -557,6 +557,119 @@ fn is_setting(name: &str) -> bool {
         || name.eq_ignore_ascii_case(muster_core::runbooks::PROP_MAX_PARALLELISM)
 }
 
+/// A run's `FormValues`: values for the runbook's prompted variables only (as in Octopus), so that
+/// whoever may run a runbook but not edit it can give it data, never change what it does; and a
+/// value for each required prompted variable that has none of its own. The scheduling settings
+/// may be given too, checked as what they are.
+pub(crate) fn read_form_values(
+    given: Option<&Value>,
+    runbook: Option<&Runbook>,
+    errors: &mut Vec<String>,
+) -> Map<String, Value> {
+    let mut form = Map::new();
+    let empty = Map::new();
+    let values = match given {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(values)) => values,
+        Some(_) => {
+            errors.push("FormValues must be an object of variable names and values.".into());
+            return form;
+        }
+    };
+    let mut not_prompted: Vec<String> = Vec::new();
+    for (name, value) in values {
+        let text = match value {
+            Value::Null => continue,
+            Value::String(text) => text.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+            _ => {
+                errors.push(format!(
+                    "FormValues.{name} must be a string, a number or a boolean."
+                ));
+                continue;
+            }
+        };
+        let variable = runbook.and_then(|r| {
+            r.variables
+                .iter()
+                .find(|v| v.name.eq_ignore_ascii_case(name))
+        });
+        if name.trim().is_empty() {
+            errors.push("FormValues names a variable with an empty name.".into());
+        } else if is_setting(name) {
+            if name.eq_ignore_ascii_case(muster_core::runbooks::BYPASS_MUTEX)
+                && muster_core::runbooks::parse_bool(&text).is_none()
+            {
+                errors.push(format!(
+                    "FormValues.{name} must be True or False, got '{text}'."
+                ));
+            }
+            if name.eq_ignore_ascii_case(muster_core::runbooks::PROP_MAX_PARALLELISM)
+                && muster_core::runbooks::parse_parallelism(&text).is_none()
+            {
+                errors.push(format!(
+                    "FormValues.{name} must be a whole number of 1 or more, got '{text}'."
+                ));
+            }
+        } else if let Some(runbook) = runbook {
+            match variable {
+                None => errors.push(format!(
+                    "FormValues.{name}: the runbook has no variable of that name (its prompted variables: {}).",
+                    prompted_names(runbook)
+                )),
+                Some(v) if v.prompt.is_none() => not_prompted.push(v.name.clone()),
+                Some(_) => {}
+            }
+        }
+        form.insert(name.clone(), json!(text));
+    }
+    let Some(runbook) = runbook else {
+        return form;
+    };
+    if !not_prompted.is_empty() {
+        errors.push(format!(
+            "FormValues may set only the runbook's prompted variables; not prompted: {} (prompted: {}). Whoever may edit the runbook can give a variable a Prompt.",
+            not_prompted.join(", "),
+            prompted_names(runbook)
+        ));
+    }
+    let missing: Vec<String> = runbook
+        .variables
+        .iter()
+        .filter(|v| v.prompt.as_ref().is_some_and(|p| p.required))
+        .filter(|v| {
+            let given = form
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(&v.name))
+                .and_then(|(_, value)| value.as_str());
+            given.or(v.value.as_deref()).is_none_or(|t| t.is_empty())
+        })
+        .map(|v| v.name.clone())
+        .collect();
+    if !missing.is_empty() {
+        errors.push(format!(
+            "FormValues must give a value for the required prompted variable(s): {}.",
+            missing.join(", ")
+        ));
+    }
+    form
+}
+
+fn prompted_names(runbook: &Runbook) -> String {
+    let names: Vec<&str> = runbook
+        .variables
+        .iter()
+        .filter(|v| v.prompt.is_some())
+        .map(|v| v.name.as_str())
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
 /// `POST /api/{s}/runbookRuns` `{RunbookId, FormValues?, Comments?}`: queues a run; 201 with the
 /// run, whose `TaskId` is the task to follow.
 pub async fn create_run(
@@ -595,65 +708,7 @@ pub async fn create_run(
             None
         }
     };
-    let form_values: Map<String, Value> =
-        match body.get("FormValues") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(values)) => {
-                let mut form = Map::new();
-                for (name, value) in values {
-                    let text = match value {
-                        Value::Null => continue,
-                        Value::String(text) => text.clone(),
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
-                        _ => {
-                            errors.push(format!(
-                                "FormValues.{name} must be a string, a number or a boolean."
-                            ));
-                            continue;
-                        }
-                    };
-                    let known = runbook.as_ref().is_none_or(|r| {
-                        r.variables
-                            .iter()
-                            .any(|v| v.name.eq_ignore_ascii_case(name))
-                    });
-                    if name.trim().is_empty() {
-                        errors.push("FormValues names a variable with an empty name.".into());
-                    } else if is_setting(name) {
-                        if name.eq_ignore_ascii_case(muster_core::runbooks::BYPASS_MUTEX)
-                            && muster_core::runbooks::parse_bool(&text).is_none()
-                        {
-                            errors.push(format!(
-                                "FormValues.{name} must be True or False, got '{text}'."
-                            ));
-                        }
-                        if name.eq_ignore_ascii_case(muster_core::runbooks::PROP_MAX_PARALLELISM)
-                            && muster_core::runbooks::parse_parallelism(&text).is_none()
-                        {
-                            errors.push(format!(
-                            "FormValues.{name} must be a whole number of 1 or more, got '{text}'."
-                        ));
-                        }
-                    } else if !known {
-                        let names: Vec<String> = runbook
-                            .as_ref()
-                            .map(|r| r.variables.iter().map(|v| v.name.clone()).collect())
-                            .unwrap_or_default();
-                        errors.push(format!(
-                        "FormValues.{name}: the runbook has no variable of that name (it has: {}).",
-                        if names.is_empty() { "none".to_string() } else { names.join(", ") }
-                    ));
-                    }
-                    form.insert(name.clone(), json!(text));
-                }
-                form
-            }
-            Some(_) => {
-                errors.push("FormValues must be an object of variable names and values.".into());
-                Map::new()
-            }
-        };
+    let form_values = read_form_values(body.get("FormValues"), runbook.as_ref(), &mut errors);
     let comments = match body.get("Comments") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(text.clone()),

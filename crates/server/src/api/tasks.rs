@@ -725,15 +725,20 @@ pub async fn rerun(
                 "The runbook of this run no longer exists.",
             ));
         };
-        let (_, task) = crate::runbook::queue_run(
-            &app,
-            &runbook,
-            run.form_values.clone(),
-            run.comments.clone(),
-            None,
-        )
-        .await
-        .map_err(ApiError::internal)?;
+        // The runbook may have changed since: its values are checked as a new run's are.
+        let mut errors = Vec::new();
+        let form_values = super::runbooks::read_form_values(
+            Some(&serde_json::Value::Object(run.form_values.clone())),
+            Some(&runbook),
+            &mut errors,
+        );
+        if !errors.is_empty() {
+            return Err(ApiError::validation(errors));
+        }
+        let (_, task) =
+            crate::runbook::queue_run(&app, &runbook, form_values, run.comments.clone(), None)
+                .await
+                .map_err(ApiError::internal)?;
         return created(&links::task(&task));
     }
     let space = resolve_space(&app, &task.space_id.to_ascii_lowercase()).await?;

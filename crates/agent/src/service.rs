@@ -81,6 +81,7 @@ impl Scripts {
             clean_env: false,
             timeout: request.timeout_seconds.map(Duration::from_secs),
             work_root: self.work_dir.clone(),
+            run_as: None,
         };
         tokio::spawn(async move {
             let (tx, mut rx) = mpsc::channel::<Vec<muster_exec::Line>>(16);

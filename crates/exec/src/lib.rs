@@ -46,6 +46,40 @@ pub struct Script {
     pub timeout: Option<Duration>,
     /// Where the per-script working directory is created.
     pub work_root: PathBuf,
+    /// Another OS user to run the script as (the process must be allowed to switch to it).
+    pub run_as: Option<RunAs>,
+}
+
+/// An OS user a script runs as, instead of the runner's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+impl RunAs {
+    /// Looks a user up by name or number in `/etc/passwd` (users known only to NSS services such
+    /// as LDAP are not found).
+    pub fn lookup(user: &str) -> Option<RunAs> {
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            let [name, _, uid, gid, _, home, ..] = fields.as_slice() else {
+                return None;
+            };
+            if *name != user && *uid != user {
+                return None;
+            }
+            Some(RunAs {
+                name: name.to_string(),
+                uid: uid.parse().ok()?,
+                gid: gid.parse().ok()?,
+                home: home.to_string(),
+            })
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +155,21 @@ pub async fn run(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
     }
-    std::fs::write(dir.path().join(file_name), script.body.as_bytes())?;
+    {
+        // The script file may hold substituted secrets: its owner alone reads it.
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.path().join(file_name))?;
+        file.write_all(script.body.as_bytes())?;
+    }
+    if let Some(user) = &script.run_as {
+        std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid))?;
+        std::os::unix::fs::chown(dir.path().join(file_name), Some(user.uid), Some(user.gid))?;
+    }
 
     let mut command = Command::new(program_path);
     command
@@ -149,6 +197,13 @@ pub async fn run(
                 command.env_remove(&key);
             }
         }
+    }
+    if let Some(user) = &script.run_as {
+        // std also drops the supplementary groups when it switches the user.
+        command.uid(user.uid).gid(user.gid);
+        command.env("HOME", &user.home);
+        command.env("USER", &user.name);
+        command.env("LOGNAME", &user.name);
     }
     command.envs(script.env.iter().map(|(k, v)| (k, v)));
     let mut child = command.spawn()?;
@@ -272,6 +327,7 @@ mod tests {
             clean_env,
             timeout,
             work_root: root,
+            run_as: None,
         };
         let collector = tokio::spawn(async move {
             let mut all = Vec::new();
@@ -350,5 +406,13 @@ mod tests {
             lines[0].text, "[hidden]",
             "an agent's scripts inherit its environment"
         );
+    }
+
+    #[test]
+    fn a_user_is_found_by_name_or_number() {
+        let root = RunAs::lookup("root").expect("root is in /etc/passwd");
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(RunAs::lookup("0"), Some(root));
+        assert_eq!(RunAs::lookup("no-such-user-here"), None);
     }
 }

@@ -44,6 +44,11 @@ pub struct ServerArgs {
     /// Never run scripts on the server itself; tasks that would need it stay Queued.
     #[arg(long, env = "MUSTER_NO_BUILTIN_WORKER")]
     pub no_builtin_worker: bool,
+    /// Run the built-in worker's scripts as this OS user (name or uid; the server must run as root).
+    /// Without it they run as the server's own user, who can read the data directory: every
+    /// space's secrets and the server's key.
+    #[arg(long, env = "MUSTER_BUILTIN_WORKER_USER")]
+    pub builtin_worker_user: Option<String>,
     /// Address of the comms port, which polling agents dial.
     #[arg(long, env = "MUSTER_COMMS_LISTEN", default_value = "0.0.0.0:10943")]
     pub comms_listen: SocketAddr,
@@ -102,12 +107,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .context("cannot load the server certificate")?;
     let setup = bootstrap::ensure(&store, bootstrap_key.as_deref()).await?;
 
+    let builtin_run_as = builtin_user(&args)?;
+    let work_dir = match &builtin_run_as {
+        None => args.data_dir.join("work"),
+        // Outside the data directory, which the scripts' user must not enter.
+        Some(_) => builtin_work_dir(&setup.installation_id)?,
+    };
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
     let config = Config {
         task_cap: args.task_cap as usize,
         builtin_worker: !args.no_builtin_worker,
         node_name,
-        work_dir: args.data_dir.join("work"),
+        work_dir,
+        builtin_run_as,
         task_log_limit: args.task_log_limit_mb * 1024 * 1024,
     };
     let app = state::AppInner::new(store.clone(), config, setup.installation_id, certificate);
@@ -176,6 +188,55 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
+}
+
+/// The OS user the built-in worker's scripts run as, checked at start.
+fn builtin_user(args: &ServerArgs) -> anyhow::Result<Option<muster_exec::RunAs>> {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    let Some(name) = args
+        .builtin_worker_user
+        .as_deref()
+        .filter(|n| !n.trim().is_empty())
+    else {
+        if root && !args.no_builtin_worker {
+            eprintln!(
+                "Warning: the built-in worker runs scripts as root, and so as the owner of the data \
+                 directory: any user who may run a task can read every space's secrets. Name another \
+                 user with --builtin-worker-user, or start with --no-builtin-worker."
+            );
+        }
+        return Ok(None);
+    };
+    let user = muster_exec::RunAs::lookup(name.trim()).with_context(|| {
+        format!("--builtin-worker-user: there is no user '{name}' in /etc/passwd")
+    })?;
+    if !root {
+        anyhow::bail!(
+            "--builtin-worker-user {name}: only a server running as root can run scripts as another user"
+        );
+    }
+    if user.uid == 0 {
+        anyhow::bail!("--builtin-worker-user {name}: name a user other than root");
+    }
+    Ok(Some(user))
+}
+
+/// Where the built-in worker's scripts work when they run as another user: a directory that user
+/// may pass through (0711) but not list, with one private directory per script.
+fn builtin_work_dir(installation_id: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let short: String = installation_id
+        .chars()
+        .filter(|c| *c != '-')
+        .take(12)
+        .collect();
+    let dir = std::env::temp_dir().join(format!("muster-builtin-{short}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+    Ok(dir)
 }
 
 fn hostname() -> String {

@@ -80,6 +80,7 @@ async fn run_builtin(
         clean_env: true,
         timeout: invocation.timeout,
         work_root: app.config.work_dir.clone(),
+        run_as: app.config.builtin_run_as.clone(),
     };
     let (lines_tx, mut lines_rx) = mpsc::channel::<Vec<muster_exec::Line>>(16);
     let cancel = stop.cancel.clone();

@@ -13,6 +13,8 @@ pub struct Config {
     pub node_name: String,
     /// Parent of the per-task working directories of the built-in worker.
     pub work_dir: PathBuf,
+    /// The OS user the built-in worker's scripts run as (None: the server's own).
+    pub builtin_run_as: Option<muster_exec::RunAs>,
     /// The most bytes of messages one task's log keeps.
     pub task_log_limit: u64,
 }

@@ -54,7 +54,9 @@ fn reading_a_two_million_line_log_keeps_the_server_small() {
         assert!(details.body["PhysicalLogSize"].as_i64().unwrap() > 10_000_000);
     }
     let after = server.rss_kib();
-    eprintln!("details: RSS {start} KiB, after one read {before} KiB, after three more {after} KiB");
+    eprintln!(
+        "details: RSS {start} KiB, after one read {before} KiB, after three more {after} KiB"
+    );
     assert!(
         after < before + 8 * 1024,
         "three more details reads raised the server from {before} KiB to {after} KiB"

@@ -527,3 +527,53 @@ fn a_path_is_decoded_once_and_double_encoding_is_refused() {
         server.get(path).assert_status(200);
     }
 }
+
+#[test]
+fn the_builtin_worker_run_as_another_user_cannot_read_the_data_directory() {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+        != 0
+    {
+        eprintln!("skipped: switching the built-in worker's user needs a server running as root");
+        return;
+    }
+    let server = Server::start_with(&["--builtin-worker-user", "nobody"]);
+    let data = server.dir.display().to_string();
+    let script = format!(
+        "id -un\n\
+         cat '{data}/muster.db' >/dev/null 2>&1 && echo READ-DB || echo DENIED-DB\n\
+         cat '{data}/secrets.key' >/dev/null 2>&1 && echo READ-KEY || echo DENIED-KEY\n\
+         ls '{data}' >/dev/null 2>&1 && echo LISTED || echo DENIED-LIST\n\
+         cat /proc/$PPID/environ >/dev/null 2>&1 && echo READ-ENV || echo DENIED-ENV\n\
+         echo hi > own-file && cat own-file && stat -c %a script.sh"
+    );
+    let task = server.run_script("Spaces-1", json!({"ScriptBody": script}));
+    let (done, lines) = server.wait_task(task["Id"].as_str().unwrap());
+    let printed: Vec<String> = lines
+        .iter()
+        .map(|l| l["MessageText"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(done["State"], "Success", "{printed:?}");
+    for expected in [
+        "nobody",
+        "DENIED-DB",
+        "DENIED-KEY",
+        "DENIED-LIST",
+        "DENIED-ENV",
+        "hi",
+        "600",
+    ] {
+        assert!(
+            printed.iter().any(|l| l == expected),
+            "{expected} not in {printed:?}"
+        );
+    }
+    // A user that does not exist, or root, is refused at start.
+    let dir = tempfile::tempdir().unwrap();
+    let refused = Server::start_in(dir.path(), &["--builtin-worker-user", "no-such-user-here"]);
+    assert!(refused.is_err_and(|e| e.contains("no user 'no-such-user-here'")));
+    let refused = Server::start_in(dir.path(), &["--builtin-worker-user", "root"]);
+    assert!(refused.is_err_and(|e| e.contains("other than root")));
+}

@@ -390,23 +390,29 @@ pub async fn create_default(
     body: JsonBody,
 ) -> ApiResult {
     let body = body.object()?;
-    let space = match body
+    let given = body
         .get("SpaceId")
         .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    {
+        .filter(|s| !s.is_empty());
+    // A space the user cannot see answers exactly as one that does not exist, echoing what was
+    // given, so a slug cannot be probed for its id.
+    let unknown = || {
+        ApiError::bad_request(format!(
+            "SpaceId '{}' is not a space of this server.",
+            given.unwrap_or("")
+        ))
+    };
+    let space = match given {
         Some(id) => resolve_space(&app, &id.to_ascii_lowercase())
             .await
-            .map_err(|_| {
-                ApiError::bad_request(format!("SpaceId '{id}' is not a space of this server."))
-            })?,
+            .map_err(|_| unknown())?,
         None => resolve_space(&app, crate::http::DEFAULT_SPACE).await?,
     };
     if !access.sees_space(&space.id) {
-        return Err(ApiError::bad_request(format!(
-            "SpaceId '{}' is not a space of this server.",
-            space.id
-        )));
+        return Err(match given {
+            Some(_) => unknown(),
+            None => ApiError::not_found(&space.id),
+        });
     }
     access.require(&space, "TaskCreate")?;
     create(&app, &space, body).await

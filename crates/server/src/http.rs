@@ -18,7 +18,7 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_SPACE: &str = "~default";
 
 /// Space-scoped collections that, unprefixed, mean the default space (contract 1.2).
-const SCOPED_COLLECTIONS: &[&str] = &[
+pub const SCOPED_COLLECTIONS: &[&str] = &[
     "workerpools",
     "workers",
     "machinepolicies",

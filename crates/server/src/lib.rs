@@ -20,7 +20,8 @@ mod script;
 mod state;
 
 pub use access::Rule;
-pub use http::normalize_path;
+pub use http::{SCOPED_COLLECTIONS, normalize_path};
+pub use openapi::route_shape;
 
 use anyhow::Context;
 use axum::ServiceExt as _;

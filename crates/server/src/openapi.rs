@@ -1083,23 +1083,26 @@ pub fn operations() -> Vec<(&'static str, &'static str)> {
     OPS.iter().map(|o| (o.method, o.path)).collect()
 }
 
+/// The form a route and a documented path share: `{spaceId}` for the router's `s/{space}`, every
+/// parameter as `{}`, lower case.
+pub fn route_shape(path: &str) -> String {
+    path.replace("/api/s/{space}", "/api/{spaceId}")
+        .split('/')
+        .map(|s| if s.starts_with('{') { "{}" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+        .to_ascii_lowercase()
+}
+
 /// What an operation needs, in words, from the rule the router declares for it.
 fn permission_of(method: &str, documented: &str) -> Option<&'static str> {
     use crate::access::Rule;
-    let shape = |path: &str| -> String {
-        path.replace("/api/s/{space}", "/api/{spaceId}")
-            .split('/')
-            .map(|s| if s.starts_with('{') { "{}" } else { s })
-            .collect::<Vec<_>>()
-            .join("/")
-            .to_ascii_lowercase()
-    };
     static TABLE: std::sync::LazyLock<Vec<(axum::http::Method, &'static str, Rule)>> =
         std::sync::LazyLock::new(crate::api::route_table);
-    let wanted = shape(documented);
+    let wanted = route_shape(documented);
     let (_, _, rule) = *TABLE
         .iter()
-        .find(|(m, p, _)| m.as_str().eq_ignore_ascii_case(method) && shape(p) == wanted)?;
+        .find(|(m, p, _)| m.as_str().eq_ignore_ascii_case(method) && route_shape(p) == wanted)?;
     Some(match rule {
         Rule::Anonymous => "none",
         Rule::User => "any API key; the answer holds only what the key may see",

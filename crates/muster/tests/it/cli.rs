@@ -1,17 +1,8 @@
 //! The `muster` client commands against a real server.
 
-use crate::support::{KEY, Server, listening_endpoint, muster};
+use crate::support::{KEY, Server, cli, listening_endpoint, muster};
 use serde_json::{Value, json};
 use std::process::Output;
-
-fn cli(server: &Server, args: &[&str]) -> Output {
-    muster()
-        .args(args)
-        .env("MUSTER_SERVER", &server.url)
-        .env("MUSTER_API_KEY", KEY)
-        .output()
-        .expect("muster runs")
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -1,19 +1,9 @@
 //! Runbooks end to end: the CLI's file, runs on the built-in worker and on real polling agents,
 //! output variables, masking, leases, lending to child runs, deadlock detection, and bad input.
 
-use crate::support::{KEY, Server, eventually, muster};
+use crate::support::{Server, cli, eventually};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Output;
-
-fn cli(server: &Server, args: &[&str]) -> Output {
-    muster()
-        .args(args)
-        .env("MUSTER_SERVER", &server.url)
-        .env("MUSTER_API_KEY", KEY)
-        .output()
-        .expect("muster runs")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

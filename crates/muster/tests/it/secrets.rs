@@ -1,17 +1,7 @@
 //! Secrets: sensitive values masked in every form a script prints them in by accident.
 
-use crate::support::{KEY, Server, muster};
+use crate::support::{KEY, Server, cli};
 use serde_json::{Value, json};
-use std::process::Output;
-
-fn cli(server: &Server, args: &[&str]) -> Output {
-    muster()
-        .args(args)
-        .env("MUSTER_SERVER", &server.url)
-        .env("MUSTER_API_KEY", KEY)
-        .output()
-        .expect("muster runs")
-}
 
 /// Creates a runbook from the CLI's short form (JSON is YAML too).
 fn create(server: &Server, runbook: &Value) {

@@ -9,6 +9,16 @@ use std::time::Duration;
 
 pub const KEY: &str = "API-MUSTERTESTADMINKEY0123456789";
 
+/// Runs a `muster` client command against a server, as its administrator.
+pub fn cli(server: &Server, args: &[&str]) -> std::process::Output {
+    muster()
+        .args(args)
+        .env("MUSTER_SERVER", &server.url)
+        .env("MUSTER_API_KEY", KEY)
+        .output()
+        .expect("muster runs")
+}
+
 /// The HTTP client of the tests; rustls is built with ring, the one crypto provider.
 pub fn client() -> reqwest::blocking::Client {
     static PROVIDER: std::sync::Once = std::sync::Once::new();

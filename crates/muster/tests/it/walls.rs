@@ -11,17 +11,6 @@ use std::collections::{BTreeSet, HashMap};
 /// Every resource of the walled space carries this in its name, script output or secret.
 const MARK: &str = "WALLB";
 
-/// Space-scoped collections an unprefixed path means in the default space.
-const SCOPED: &[&str] = &[
-    "workerpools",
-    "workers",
-    "machinepolicies",
-    "runbooks",
-    "runbookprocesses",
-    "runbookruns",
-    "variables",
-];
-
 fn last_segment(link: &Value) -> String {
     link.as_str()
         .unwrap()
@@ -117,7 +106,7 @@ impl Ids {
         }
         if default_space {
             let collection = rest.trim_start_matches('/').split('/').next().unwrap_or("");
-            if SCOPED.contains(&collection) {
+            if muster_server::SCOPED_COLLECTIONS.contains(&collection) {
                 forms.push(format!("/api{rest}"));
                 forms.push(format!("/api{}", encode_at(&rest, 1)));
             }
@@ -193,14 +182,7 @@ fn every_route_every_role_every_spelling_answers_as_the_permission_table_says() 
     let table = muster_server::route_table();
 
     // The router's list is the OpenAPI document's, so no route escapes either.
-    let shape = |path: &str| -> String {
-        path.replace("/api/s/{space}", "/api/{spaceId}")
-            .split('/')
-            .map(|s| if s.starts_with('{') { "{}" } else { s })
-            .collect::<Vec<_>>()
-            .join("/")
-            .to_ascii_lowercase()
-    };
+    let shape = muster_server::route_shape;
     let routed: BTreeSet<(String, String)> = table
         .iter()
         .map(|(m, p, _)| (m.to_ascii_lowercase(), shape(p)))

@@ -379,10 +379,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(chunks, 5, "600 KiB lines take a chunk each");
+        let seqs = |lines: &[muster_core::resources::LogLine]| -> Vec<i64> {
+            lines.iter().map(|l| l.seq).collect()
+        };
+        // A read answers about 1 MiB of messages at most, and pages on from its last line.
         let read = store.logs("ServerTasks-3", 2, 100).await.unwrap();
-        let seqs: Vec<i64> = read.iter().map(|l| l.seq).collect();
-        assert_eq!(seqs, [3, 4, 5]);
+        assert_eq!(seqs(&read), [3, 4]);
         assert!(read[0].message_text.starts_with("3xxx"));
+        let rest = store.logs("ServerTasks-3", 4, 100).await.unwrap();
+        assert_eq!(seqs(&rest), [5]);
+        assert!(
+            store
+                .logs("ServerTasks-3", 5, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The tail is read from the end, by lines and by bytes, and counts what comes before it.
+        let (tail, earlier) = store.logs_tail("ServerTasks-3", 2, 4 << 20).await.unwrap();
+        assert_eq!((seqs(&tail), earlier), (vec![4, 5], 3));
+        let (tail, earlier) = store.logs_tail("ServerTasks-3", 100, 1).await.unwrap();
+        assert_eq!((seqs(&tail), earlier), (vec![5], 4));
+        let (tail, earlier) = store.logs_tail("ServerTasks-9", 100, 1).await.unwrap();
+        assert_eq!((seqs(&tail), earlier), (vec![], 0));
         assert_eq!(store.last_source_seq("ServerTasks-3").await.unwrap(), 105);
     }
 }

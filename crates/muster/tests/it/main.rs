@@ -8,6 +8,7 @@ mod cli;
 mod conventions;
 mod openapi;
 mod permissions;
+mod resilience;
 mod resources;
 mod runbooks;
 mod sharing;

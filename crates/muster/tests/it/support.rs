@@ -216,6 +216,11 @@ impl Server {
         child.wait().expect("wait")
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGKILL: the server dies as in a crash.
     pub fn kill(mut self) {
         let mut child = self.child.take().expect("running");
@@ -474,6 +479,11 @@ impl Agent {
                 Err(_) => panic!("the agent never printed '{needle}'"),
             }
         }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: the agent dies as in a crash.

@@ -317,18 +317,42 @@ fn a_polling_agent_notices_a_silent_server_and_is_back_within_5_seconds_of_it() 
     within(&server, Duration::from_secs(10), "patient", "Healthy");
 }
 
+/// Runs a command that must end by itself; one still running after `limit` is killed and fails.
+#[track_caller]
+fn exits_within(command: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn a_second_agent_on_one_home_is_refused_and_the_first_goes_on() {
     let server = Server::start();
     let first = server.listening_agent("single");
     server.wait_health("single", "Healthy");
     let home = home_of(&server, "single");
-    let second = agent()
-        .arg("--home")
-        .arg(&home)
-        .args(["run", "--listen-address", "127.0.0.1"])
-        .output()
-        .unwrap();
+    let second = exits_within(
+        agent()
+            .arg("--home")
+            .arg(&home)
+            .args(["run", "--listen-address", "127.0.0.1"]),
+        Duration::from_secs(30),
+    );
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "the second agent ran: {stderr}");
     assert!(
@@ -371,4 +395,156 @@ fn a_second_agent_on_one_home_is_refused_and_the_first_goes_on() {
     drop(first);
     let again = Agent::start(&home);
     again.wait_for("is listening on");
+}
+
+/// A network namespace of this test's own, deleted when dropped.
+struct Namespace(String);
+
+impl Namespace {
+    /// None when this machine cannot make one (no root, no iproute2, or a sandbox that forbids it).
+    fn create(name: &str) -> Option<Namespace> {
+        let added = std::process::Command::new("ip")
+            .args(["netns", "add", name])
+            .output();
+        match added {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => {
+                eprintln!(
+                    "skipped: cannot create a network namespace ({}); the network cut test needs root and iproute2",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                return None;
+            }
+            Err(error) => {
+                eprintln!(
+                    "skipped: cannot run `ip` ({error}); the network cut test needs iproute2"
+                );
+                return None;
+            }
+        }
+        let namespace = Namespace(name.to_string());
+        namespace.run(&["ip", "link", "set", "lo", "up"]);
+        Some(namespace)
+    }
+
+    /// A command run inside the namespace.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &self.0]).arg(program);
+        command
+    }
+
+    #[track_caller]
+    fn run(&self, args: &[&str]) -> String {
+        let output = self.command(args[0]).args(&args[1..]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A GET on the server's API inside the namespace.
+    fn get(&self, path: &str) -> Value {
+        let url = format!("http://127.0.0.1:8080{path}");
+        let text = self.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            &format!("X-Octopus-ApiKey: {}", crate::support::KEY),
+            &url,
+        ]);
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    fn health(&self, name: &str) -> Value {
+        let workers = self.get("/api/Spaces-1/workers/all");
+        workers
+            .as_array()
+            .and_then(|all| all.iter().find(|w| w["Name"] == name))
+            .map_or(Value::Null, |w| w["HealthStatus"].clone())
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// The server and a polling agent in a namespace of their own, on its loopback, which the test
+/// takes down for 12 seconds: both sides notice, and the agent is back within 5 seconds of the
+/// network. Skipped, saying so, where a namespace cannot be made.
+#[test]
+fn a_network_cut_is_noticed_and_healed() {
+    let Some(namespace) = Namespace::create(&format!("muster-cut-{}", std::process::id())) else {
+        return;
+    };
+    let temp = tempfile::tempdir().unwrap();
+    // Its own loopback: fixed ports cannot clash with anything outside.
+    let mut command = namespace.command(env!("CARGO_BIN_EXE_muster"));
+    command
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:8080",
+            "--comms-listen",
+            "127.0.0.1:10943",
+            "--data-dir",
+        ])
+        .arg(temp.path().join("data"))
+        .env("MUSTER_BOOTSTRAP_API_KEY", crate::support::KEY);
+    let server = Agent::spawn(command);
+    server.wait_for("listening on http://");
+
+    let agent_path = agent().get_program().to_owned();
+    let home = temp.path().join("agent");
+    let home_arg = home.to_str().unwrap();
+    namespace.run(&[
+        agent_path.to_str().unwrap(),
+        "--home",
+        home_arg,
+        "register-worker",
+        "--server",
+        "http://127.0.0.1:8080",
+        "--api-key",
+        crate::support::KEY,
+        "--name",
+        "remote",
+        "--worker-pool",
+        "Default Worker Pool",
+        "--comms-style",
+        "TentacleActive",
+        "--server-comms-port",
+        "10943",
+    ]);
+    let mut command = namespace.command(&agent_path);
+    command.args(["--home", home_arg, "run"]);
+    let remote = Agent::spawn(command);
+    remote.wait_for("is connected to");
+    eventually("the agent to be Healthy", || {
+        (namespace.health("remote") == "Healthy").then_some(())
+    });
+
+    // The cut: packets go nowhere, and no side is told.
+    namespace.run(&["ip", "link", "set", "lo", "down"]);
+    let cut = Instant::now();
+    printed_within(
+        &remote,
+        Duration::from_secs(10),
+        "the connection to the server ended",
+    );
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(cut.elapsed()));
+    namespace.run(&["ip", "link", "set", "lo", "up"]);
+    printed_within(&remote, Duration::from_secs(5), "is connected to");
+    eventually("the agent to be Healthy again", || {
+        (namespace.health("remote") == "Healthy").then_some(())
+    });
+    drop(server);
+    drop(remote);
 }

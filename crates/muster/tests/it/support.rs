@@ -444,10 +444,17 @@ pub struct Agent {
 impl Agent {
     /// Starts `muster-agent run` on a home that was set up before.
     pub fn start(home: &Path) -> Agent {
-        let mut child = agent()
+        let mut command = agent();
+        command
             .arg("--home")
             .arg(home)
-            .args(["run", "--listen-address", "127.0.0.1"])
+            .args(["run", "--listen-address", "127.0.0.1"]);
+        Agent::spawn(command)
+    }
+
+    /// Starts an agent from a command made ready (such as one run in another network namespace).
+    pub fn spawn(mut command: Command) -> Agent {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

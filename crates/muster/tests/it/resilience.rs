@@ -240,6 +240,9 @@ fn a_restarted_listening_agent_is_healthy_again_within_10_seconds() {
     let server = Server::start();
     let mut phoenix = server.listening_agent("phoenix");
     server.wait_health("phoenix", "Healthy");
+    // Long enough for the health loop to look again, see the link open, and plan its next check by
+    // the policy's hour.
+    std::thread::sleep(Duration::from_secs(7));
     phoenix.kill();
     within(&server, Duration::from_secs(10), "phoenix", "Unavailable");
     // The machine policy checks every hour; the restart must not wait for that.

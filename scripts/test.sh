@@ -14,6 +14,8 @@ command -v date >/dev/null 2>&1 || missing+=(coreutils)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # curl makes the seed blog's raw REST calls.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# prlimit lowers a running agent's or server's descriptor limit (the flood tests).
+command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "The tests need: ${missing[*]}. Install them, or run this script as root." >&2

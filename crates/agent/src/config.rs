@@ -88,17 +88,96 @@ impl Home {
         }
     }
 
-    /// Writes the configuration atomically (a crash never leaves half a file).
+    /// Writes the configuration atomically (a crash never leaves half a file). An agent running on
+    /// this home read its configuration when it started: the change is written, and the user told
+    /// to restart it.
     pub fn save(&self, config: &AgentConfig) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
         restrict(&self.dir);
+        let text = serde_json::to_string_pretty(config)?;
+        if std::fs::read_to_string(self.config_path()).ok().as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
         let temp = self.dir.join("agent.json.tmp");
-        std::fs::write(&temp, serde_json::to_string_pretty(config)?)
-            .with_context(|| format!("cannot write {}", temp.display()))?;
+        std::fs::write(&temp, text).with_context(|| format!("cannot write {}", temp.display()))?;
         std::fs::rename(&temp, self.config_path())
             .with_context(|| format!("cannot write {}", self.config_path().display()))?;
+        if let Some(pid) = self.running_agent() {
+            eprintln!(
+                "warning: muster-agent (process {pid}) is running on {} and read its configuration when it started: restart it for this change to take effect",
+                self.dir.display()
+            );
+        }
         Ok(())
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join("agent.lock")
+    }
+
+    fn open_lock(&self) -> anyhow::Result<std::fs::File> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        restrict(&self.dir);
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.lock_path())
+            .with_context(|| format!("cannot open {}", self.lock_path().display()))
+    }
+
+    /// Locks the home for `run`'s whole life (the lock goes with the returned file, and with the
+    /// process): two agents on one home would take each other's link and tickets. The lock file
+    /// holds the process id, for the message a second agent gives.
+    pub fn lock(&self) -> anyhow::Result<std::fs::File> {
+        use std::io::{Read, Seek, Write};
+        let mut file = self.open_lock()?;
+        // A command that only looks (`running_agent`) holds the lock for an instant: try a few
+        // times before calling the home taken.
+        let mut tries = 0;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let mut pid = String::new();
+                    let _ = file.read_to_string(&mut pid);
+                    anyhow::bail!(
+                        "the agent home {} is in use by another muster-agent (process {}); stop it, or give this one another --home",
+                        self.dir.display(),
+                        pid.trim()
+                    )
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot lock {}", self.lock_path().display()));
+                }
+            }
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        Ok(file)
+    }
+
+    /// The process id of an agent running on this home, if one is.
+    pub fn running_agent(&self) -> Option<String> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(self.lock_path()).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) | Err(std::fs::TryLockError::Error(_)) => None,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Some(pid.trim().to_string())
+            }
+        }
     }
 }
 

@@ -169,6 +169,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::NewCertificate { if_blank } => {
             if home.has_certificate() && !if_blank {
+                // The running agent would go on presenting the old certificate.
+                if let Some(pid) = home.running_agent() {
+                    anyhow::bail!(
+                        "muster-agent (process {pid}) is running on {}: stop it before replacing its certificate",
+                        home.dir.display()
+                    );
+                }
                 std::fs::remove_file(home.dir.join("cert.pem"))?;
                 std::fs::remove_file(home.dir.join("key.pem"))?;
             }

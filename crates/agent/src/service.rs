@@ -277,8 +277,8 @@ async fn serve(
     let service = hyper::service::service_fn(move |request| handle(scripts.clone(), request));
     let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(15)))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_interval(Some(rpc::KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(rpc::KEEP_ALIVE_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .await;
     if let Err(error) = result {
@@ -286,26 +286,43 @@ async fn serve(
     }
 }
 
+/// How many connections may be in their TLS handshake at once; only a server should connect here.
+const MAX_HANDSHAKES: usize = 64;
+
 async fn listen(
     address: String,
     identity: Arc<muster_proto::Identity>,
     config: AgentConfig,
     scripts: Arc<Scripts>,
 ) -> anyhow::Result<()> {
+    use muster_proto::net::{HANDSHAKE_TIMEOUT, Listener, Trouble};
     let pin = muster_proto::tls::pin_thumbprints(config.trusted_thumbprints.clone());
     let tls = muster_proto::tls::server_config(&identity, pin, true)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let listener = TcpListener::bind(&address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
+    let mut listener = Listener::new(listener, MAX_HANDSHAKES);
     println!("muster-agent is listening on {}", listener.local_addr()?);
     loop {
-        let (tcp, peer) = listener.accept().await?;
+        let (tcp, peer, permit) = listener
+            .accept(|trouble| match trouble {
+                Trouble::AcceptFailed { error, pause } => eprintln!(
+                    "muster-agent: cannot accept a connection ({error}); trying again in {} ms",
+                    pause.as_millis()
+                ),
+                Trouble::Full { limit } => eprintln!(
+                    "muster-agent: {limit} connections are in their TLS handshake; closing new ones until one ends"
+                ),
+            })
+            .await;
         let acceptor = acceptor.clone();
         let scripts = scripts.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(permit);
+            match handshake {
                 Ok(Ok(stream)) => serve(stream, scripts).await,
                 Ok(Err(error)) => {
                     eprintln!("muster-agent: refused a connection from {peer}: {error}")
@@ -379,6 +396,7 @@ async fn poll(
 }
 
 pub async fn run(home: &Home, listen_address: &str) -> anyhow::Result<()> {
+    let _home_lock = home.lock()?;
     let identity = Arc::new(home.identity()?);
     let config = home.load()?;
     let work_dir = config

@@ -129,8 +129,8 @@ async fn serve(stream: tokio_rustls::client::TlsStream<TcpStream>, counts: Arc<C
     // The agent's own HTTP/2 settings, keep-alive included.
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(15)))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_interval(Some(rpc::KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(rpc::KEEP_ALIVE_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .await;
     if checked.load(Ordering::SeqCst) {

@@ -2,6 +2,7 @@
 //! side pins the other. Thumbprints are upper-case hex of a hash of the DER certificate: SHA-256 (64
 //! characters) for Muster's own parties, SHA-1 (40) where an Octopus client gave one.
 
+pub mod net;
 pub mod rpc;
 pub mod tls;
 

@@ -13,12 +13,23 @@ use std::time::Duration;
 /// What a polling agent writes first on its TLS connection: `MUSTER-SUBSCRIBER 1 poll://…/`.
 pub const SUBSCRIBER_PREFACE: &str = "MUSTER-SUBSCRIBER 1";
 
+/// HTTP/2 keep-alive on every link, both sides: a ping after this long without news from the peer...
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(4);
+/// ...and the link is closed when it is not answered in this long. So a dropped link is noticed
+/// within 9 seconds, and a busy link (data flowing) sends no pings.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a polling agent waits between dials, so that it is back within 5 seconds of its
+/// server (or the network to it).
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(4);
+
 /// How long a polling agent waits before dialling again after `failures` failed or short-lived
-/// connections in a row: capped exponential backoff with jitter, so that thousands of agents that
-/// lost a restarting server do not all dial it in the same instant.
+/// connections in a row: capped exponential backoff with jitter (between half the step and the
+/// whole), so that thousands of agents that lost a restarting server do not all dial it in the same
+/// instant.
 pub fn reconnect_delay(failures: u32) -> Duration {
     let base = Duration::from_millis(100u64.saturating_mul(1 << failures.clamp(1, 9)))
-        .min(Duration::from_secs(30));
+        .min(MAX_RECONNECT_DELAY);
     let jitter = rand::random_range(0..=base.as_millis() as u64 / 2);
     base / 2 + Duration::from_millis(jitter)
 }
@@ -129,4 +140,19 @@ pub struct HealthReply {
     pub architecture: String,
     pub shell_name: String,
     pub running_scripts: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reconnect_delay_grows_and_stays_within_its_cap() {
+        for failures in [0, 1, 2, 5, 9, 30, u32::MAX] {
+            let delay = reconnect_delay(failures);
+            assert!(delay <= MAX_RECONNECT_DELAY, "{failures}: {delay:?}");
+        }
+        assert!(reconnect_delay(1) <= Duration::from_millis(200));
+        assert!(reconnect_delay(20) >= MAX_RECONNECT_DELAY / 2);
+    }
 }

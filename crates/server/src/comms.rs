@@ -153,8 +153,8 @@ async fn attach(
 ) -> anyhow::Result<Link> {
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_interval(rpc::KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(rpc::KEEP_ALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .handshake(TokioIo::new(stream))
         .await
@@ -168,6 +168,9 @@ async fn attach(
         app2.comms.remove(&thumbprint, id);
         crate::health::set_unreachable(&app2, &thumbprint, crate::health::CONNECTION_CLOSED).await;
         app2.dispatcher.wake();
+        // The health loop slept until the policy's next check; a listening agent without a link
+        // is tried again every few seconds, so that one that restarted is found at once.
+        app2.health_wake.notify_one();
     });
     let (app3, checked) = (app.clone(), link.clone());
     tokio::spawn(
@@ -177,8 +180,14 @@ async fn attach(
     Ok(link)
 }
 
+/// How many connections may be unauthenticated at once on the comms port (in their TLS handshake,
+/// or yet to send a polling agent's preface or a probe's request). Agents that find it full are
+/// closed at once and dial again after their backoff.
+const MAX_HANDSHAKES: usize = 256;
+
 /// The comms port: polling agents, and plain HTTPS probes (answered 200 as Octopus's port does).
 pub async fn listen(app: App, listener: TcpListener) {
+    use muster_proto::net::{Listener, Trouble};
     let tls = match muster_proto::tls::server_config(
         &app.certificate,
         std::sync::Arc::new(|_: &[u8]| true),
@@ -191,31 +200,52 @@ pub async fn listen(app: App, listener: TcpListener) {
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut listener = Listener::new(listener, MAX_HANDSHAKES);
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, peer, permit) = listener
+            .accept(|trouble| match trouble {
+                Trouble::AcceptFailed { error, pause } => tracing::error!(
+                    %error,
+                    "the comms port cannot accept a connection; trying again in {} ms",
+                    pause.as_millis()
+                ),
+                Trouble::Full { limit } => tracing::warn!(
+                    "{limit} connections to the comms port are unauthenticated; closing new ones until one ends"
+                ),
+            })
+            .await;
         let (app, acceptor) = (app.clone(), acceptor.clone());
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            if let Err(error) = accept(&app, acceptor, tcp).await {
+            let authenticated = tokio::time::timeout(
+                muster_proto::net::HANDSHAKE_TIMEOUT,
+                authenticate(&app, acceptor, tcp),
+            )
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("no TLS handshake and subscription in time")));
+            drop(permit);
+            let result = match authenticated {
+                Ok(Some((stream, thumbprint))) => attach(&app, stream, thumbprint).await.map(drop),
+                Ok(None) => Ok(()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = result {
                 tracing::warn!(%peer, "refused a connection on the comms port: {error:#}");
             }
         });
     }
 }
 
-async fn accept(
+/// The unauthenticated part of a comms port connection: the TLS handshake and the first line. A
+/// polling agent registered for the subscription it names is returned with its thumbprint; a probe
+/// is answered 200 and gives None.
+async fn authenticate(
     app: &App,
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
-) -> anyhow::Result<()> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-        .await
-        .context("no TLS handshake in time")??;
-    let line = tokio::time::timeout(Duration::from_secs(10), read_line(&mut stream))
-        .await
-        .context("nothing sent in time")??;
+) -> anyhow::Result<Option<(tokio_rustls::server::TlsStream<TcpStream>, String)>> {
+    let mut stream = acceptor.accept(tcp).await?;
+    let line = read_line(&mut stream).await?;
     let Some(subscription) = line
         .strip_prefix(rpc::SUBSCRIBER_PREFACE)
         .map(|s| s.trim().to_ascii_lowercase())
@@ -227,7 +257,7 @@ async fn accept(
         );
         stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;
-        return Ok(());
+        return Ok(None);
     };
     let certificate = stream
         .get_ref()
@@ -255,9 +285,10 @@ async fn accept(
             "certificate {presented} is not registered for subscription {subscription}"
         ));
     };
-    let thumbprint = worker.thumbprint.clone().unwrap_or_default();
-    attach(app, stream, thumbprint).await?;
-    Ok(())
+    Ok(Some((
+        stream,
+        worker.thumbprint.clone().unwrap_or_default(),
+    )))
 }
 
 async fn read_line(stream: &mut (impl AsyncRead + Unpin)) -> anyhow::Result<String> {

@@ -9,6 +9,7 @@ mod conventions;
 mod logs;
 mod openapi;
 mod permissions;
+mod resilience;
 mod resources;
 mod runbooks;
 mod secrets;

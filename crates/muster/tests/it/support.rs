@@ -226,6 +226,11 @@ impl Server {
         child.wait().expect("wait")
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// SIGKILL: the server dies as in a crash.
     pub fn kill(mut self) {
         let mut child = self.child.take().expect("running");
@@ -464,10 +469,17 @@ pub struct Agent {
 impl Agent {
     /// Starts `muster-agent run` on a home that was set up before.
     pub fn start(home: &Path) -> Agent {
-        let mut child = agent()
+        let mut command = agent();
+        command
             .arg("--home")
             .arg(home)
-            .args(["run", "--listen-address", "127.0.0.1"])
+            .args(["run", "--listen-address", "127.0.0.1"]);
+        Agent::spawn(command)
+    }
+
+    /// Starts an agent from a command made ready (such as one run in another network namespace).
+    pub fn spawn(mut command: Command) -> Agent {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -499,6 +511,11 @@ impl Agent {
                 Err(_) => panic!("the agent never printed '{needle}'"),
             }
         }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: the agent dies as in a crash.

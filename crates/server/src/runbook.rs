@@ -505,6 +505,7 @@ async fn invoke(
             ("MUSTER_SPACE_ID".into(), driver.task.space_id.clone()),
         ],
         timeout: None,
+        resumable: false,
     };
     let prefix = if fan {
         format!("{worker_name}: ")

@@ -249,7 +249,7 @@ fn an_orphaned_ticket_is_canceled_when_its_agent_reconnects() {
     drop(server);
 }
 
-/// The lines `line 1` to `line n` once each and in order, for some n (all of them when `whole`).
+/// A task's `line N` lines, in the order logged.
 fn numbered_lines(lines: &[Value]) -> Vec<String> {
     lines
         .iter()
@@ -340,4 +340,102 @@ fn a_server_killed_ten_times_loses_repeats_and_strands_nothing() {
     assert!(left.is_empty(), "orphan processes: {}", describe(&left));
     let queued = server.ok("/api/tasks?states=Queued,Executing,Cancelling");
     assert_eq!(queued["TotalResults"], 0, "nothing stuck: {queued}");
+}
+
+#[test]
+fn a_task_claimed_but_never_received_is_started_once_after_a_restart() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = Server::start_in(temp.path(), &[]).unwrap();
+    let comms = format!("127.0.0.1:{}", server.comms_port);
+    let mut agent = server.polling_agent("late");
+    server.wait_health("late", "Healthy");
+    let home = server.dir.join("agent-late");
+    let worker = worker_id(&server, "late");
+    agent.kill();
+    server.wait_health("late", "Unavailable");
+    let runs = temp.path().join("runs");
+    let script = format!(
+        "echo \"$MUSTER_TASK_ID\" >> '{}'\nfor i in 1 2 3; do echo \"line $i\"; done",
+        runs.display()
+    );
+    let task = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": script, "TargetType": "Workers", "MachineIds": [worker]}),
+    );
+    eventually("the task to wait for its worker", || {
+        let task = server.ok(&format!("/api/tasks/{}", id(&task)));
+        task["QueueReason"].as_str().map(|_| ())
+    });
+    // As a server that died between its claim and the agent's `start` leaves it.
+    assert!(server.stop().success());
+    let num = id(&task).trim_start_matches("ServerTasks-").to_string();
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE tasks SET state='Executing', worker_id=?, worker_name='late', start_time=queue_time, queue_reason=NULL WHERE num=?\", (sys.argv[3], int(sys.argv[2]))); c.commit()",
+        ])
+        .arg(temp.path().join("muster.db"))
+        .arg(&num)
+        .arg(worker.as_str().unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let server = Server::start_in(temp.path(), &["--comms-listen", &comms]).unwrap();
+    let agent = Agent::start(&home);
+    agent.wait_for("is connected to");
+    let (done, lines) = server.wait_task(&id(&task));
+    assert_eq!(done["State"], "Success", "{done}");
+    assert_eq!(numbered_lines(&lines), ["line 1", "line 2", "line 3"]);
+    let texts: Vec<&str> = lines
+        .iter()
+        .map(|l| l["MessageText"].as_str().unwrap())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("never received this script")),
+        "{texts:?}"
+    );
+    let ran = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(ran.lines().count(), 1, "started once: {ran}");
+}
+
+#[test]
+fn an_agent_stops_a_script_the_server_stopped_asking_about() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = Server::start_in(temp.path(), &[]).unwrap();
+    server
+        .put(
+            "/api/Spaces-1/machinepolicies/MachinePolicies-1",
+            &json!({"ConnectionConnectTimeout": "00:00:01"}),
+        )
+        .assert_status(200);
+    let comms = format!("127.0.0.1:{}", server.comms_port);
+    let mark = format!("abandoned-{}", std::process::id());
+    // A listening agent: the restarted server dials it at once, well within its 1-second wait.
+    let _agent = server.listening_agent("patient");
+    server.wait_health("patient", "Healthy");
+    let home = server.dir.join("agent-patient");
+    let task = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": quiet_script(&mark), "TargetType": "Workers", "MachineIds": [worker_id(&server, "patient")]}),
+    );
+    wait_started(&server, &id(&task));
+    // A clean stop leaves the script running; no server comes back to ask about it.
+    assert!(server.stop().success());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!script_processes(&mark, &home).is_empty(), "still running");
+    // The server waits 1 second for a lost agent; the agent, that plus 30.
+    let left = gone_within(Duration::from_secs(45), &mark, &home);
+    assert!(left.is_empty(), "the script ran on: {}", describe(&left));
+
+    let server = Server::start_in(temp.path(), &["--comms-listen", &comms]).unwrap();
+    let (done, _) = server.wait_task(&id(&task));
+    assert_eq!(done["State"], "Failed");
+    let message = done["ErrorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("Worker patient stopped the script: it heard nothing about it"),
+        "{message}"
+    );
 }

@@ -5,6 +5,7 @@
 mod config;
 mod register;
 mod service;
+mod tickets;
 
 use clap::{Parser, Subcommand};
 use config::{DEFAULT_SERVER_COMMS_PORT, Home};

@@ -8,8 +8,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use muster_proto::rpc::{
-    self, HealthReply, Outcome, ScriptLine, ScriptState, StartScript, StatusReply, StatusRequest,
-    Ticket,
+    self, HealthReply, HeldTicket, Outcome, ScriptLine, ScriptState, StartScript, StatusReply,
+    StatusRequest, Ticket, TicketList,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,6 +26,8 @@ struct Script {
     inner: Mutex<ScriptInner>,
     changed: Notify,
     cancel: Notify,
+    /// When the server last asked about this ticket (start, status, cancel).
+    contact: Mutex<tokio::time::Instant>,
 }
 
 #[derive(Default)]
@@ -34,15 +36,37 @@ struct ScriptInner {
     done: Option<(Outcome, Option<i32>)>,
 }
 
-/// The scripts this agent runs or ran, by ticket, until the server completes them.
+impl Script {
+    fn touch(&self) {
+        *self.contact.lock().expect("script lock") = tokio::time::Instant::now();
+    }
+
+    /// Resolves once the server has said nothing about this script for `limit`.
+    async fn silent_for(&self, limit: Duration) {
+        loop {
+            let deadline = *self.contact.lock().expect("script lock") + limit;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A ticket as the agent keys it: the server that sent it (its certificate's thumbprint) and the
+/// ticket, so two servers that trust this agent never see or stop each other's scripts.
+type Key = (String, String);
+
+/// The scripts this agent runs or ran, by server and ticket, until the server completes them.
 pub struct Scripts {
-    map: Mutex<HashMap<String, Arc<Script>>>,
+    map: Mutex<HashMap<Key, Arc<Script>>>,
     work_dir: PathBuf,
+    tickets: crate::tickets::Tickets,
 }
 
 impl Scripts {
-    fn get(&self, ticket: &str) -> Option<Arc<Script>> {
-        self.map.lock().expect("scripts lock").get(ticket).cloned()
+    fn get(&self, key: &Key) -> Option<Arc<Script>> {
+        self.map.lock().expect("scripts lock").get(key).cloned()
     }
 
     fn running(&self) -> usize {
@@ -54,19 +78,28 @@ impl Scripts {
             .count()
     }
 
-    /// Starts a script, or does nothing when the ticket is known (a repeated start).
-    fn start(self: &Arc<Self>, request: StartScript) {
+    /// Starts a script, or does nothing when the ticket is known (a repeated start) or was lost
+    /// (received before this agent restarted: it never runs twice). The ticket is recorded in the
+    /// home before the script starts.
+    fn start(self: &Arc<Self>, server: &str, request: StartScript) -> anyhow::Result<()> {
+        let key = (server.to_string(), request.ticket.clone());
+        if self.tickets.is_lost(server, &request.ticket) {
+            return Ok(());
+        }
         let script = {
             let mut map = self.map.lock().expect("scripts lock");
-            if map.contains_key(&request.ticket) {
-                return;
+            if let Some(script) = map.get(&key) {
+                script.touch();
+                return Ok(());
             }
+            self.tickets.receive(server, &request.ticket)?;
             let script = Arc::new(Script {
                 inner: Mutex::new(ScriptInner::default()),
                 changed: Notify::new(),
                 cancel: Notify::new(),
+                contact: Mutex::new(tokio::time::Instant::now()),
             });
-            map.insert(request.ticket.clone(), script.clone());
+            map.insert(key, script.clone());
             script
         };
         let syntax = match request.syntax.to_ascii_lowercase().as_str() {
@@ -83,6 +116,11 @@ impl Scripts {
             work_root: self.work_dir.clone(),
             run_as: None,
         };
+        // The server fails the task after its wait; past that (and the margin) nobody follows the
+        // script any more, so it stops.
+        let abandon_after = request
+            .server_wait_seconds
+            .map(|wait| Duration::from_secs(wait) + rpc::ABANDON_MARGIN);
         tokio::spawn(async move {
             let (tx, mut rx) = mpsc::channel::<Vec<muster_exec::Line>>(16);
             let collector = {
@@ -93,18 +131,38 @@ impl Scripts {
                     }
                 })
             };
-            let cancel = script.clone();
-            let result =
-                muster_exec::run(
-                    exec_script,
-                    tx,
-                    async move { cancel.cancel.notified().await },
-                )
-                .await;
+            let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop = {
+                let (script, abandoned) = (script.clone(), abandoned.clone());
+                async move {
+                    let silence = async {
+                        match abandon_after {
+                            Some(limit) => script.silent_for(limit).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = script.cancel.notified() => {}
+                        _ = silence => {
+                            abandoned.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                }
+            };
+            let result = muster_exec::run(exec_script, tx, stop).await;
             let _ = collector.await;
             let done = match result {
                 Ok(muster_exec::Outcome::Exited(code)) => (Outcome::Exited, Some(code)),
                 Ok(muster_exec::Outcome::Signaled(signal)) => (Outcome::Signaled, Some(signal)),
+                Ok(muster_exec::Outcome::Canceled)
+                    if abandoned.load(std::sync::atomic::Ordering::SeqCst) =>
+                {
+                    let wait = abandon_after.unwrap_or_default().as_secs();
+                    eprintln!(
+                        "muster-agent: no word from the server about a script for {wait} seconds; it was stopped"
+                    );
+                    (Outcome::Abandoned, None)
+                }
                 Ok(muster_exec::Outcome::Canceled) => (Outcome::Canceled, None),
                 Ok(muster_exec::Outcome::TimedOut) => (Outcome::TimedOut, None),
                 Err(error) => {
@@ -115,17 +173,31 @@ impl Scripts {
             script.inner.lock().expect("script lock").done = Some(done);
             script.changed.notify_waiters();
         });
+        Ok(())
     }
 
-    async fn status(&self, request: StatusRequest) -> StatusReply {
-        let Some(script) = self.get(&request.ticket) else {
+    async fn status(&self, server: &str, request: StatusRequest) -> StatusReply {
+        let key = (server.to_string(), request.ticket.clone());
+        let Some(script) = self.get(&key) else {
+            let state = if self.tickets.is_lost(server, &request.ticket) {
+                ScriptState::Lost
+            } else {
+                ScriptState::Unknown
+            };
             return StatusReply {
-                state: ScriptState::Unknown,
+                state,
                 outcome: None,
                 exit_code: None,
                 lines: Vec::new(),
             };
         };
+        script.touch();
+        let reply = self.wait_for_news(&script, &request).await;
+        script.touch();
+        reply
+    }
+
+    async fn wait_for_news(&self, script: &Script, request: &StatusRequest) -> StatusReply {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(request.wait_ms.min(60_000));
         loop {
@@ -165,6 +237,55 @@ impl Scripts {
                 };
             }
         }
+    }
+
+    fn cancel(&self, server: &str, ticket: &str) {
+        if let Some(script) = self.get(&(server.to_string(), ticket.to_string())) {
+            script.touch();
+            script.cancel.notify_one();
+        }
+    }
+
+    /// Frees a ticket; a script that still runs is stopped, since nobody will read it any more.
+    fn complete(&self, server: &str, ticket: &str) {
+        let removed = self
+            .map
+            .lock()
+            .expect("scripts lock")
+            .remove(&(server.to_string(), ticket.to_string()));
+        if let Some(script) = removed {
+            script.cancel.notify_one();
+        }
+        self.tickets.complete(server, ticket);
+    }
+
+    /// The tickets held for a server: those it may still read, and those lost in a restart.
+    fn list(&self, server: &str) -> TicketList {
+        let mut tickets: Vec<HeldTicket> = self
+            .map
+            .lock()
+            .expect("scripts lock")
+            .iter()
+            .filter(|((s, _), _)| s == server)
+            .map(|((_, ticket), script)| HeldTicket {
+                ticket: ticket.clone(),
+                state: if script.inner.lock().expect("script lock").done.is_some() {
+                    ScriptState::Complete
+                } else {
+                    ScriptState::Running
+                },
+            })
+            .collect();
+        tickets.extend(
+            self.tickets
+                .lost_of(server)
+                .into_iter()
+                .map(|ticket| HeldTicket {
+                    ticket,
+                    state: ScriptState::Lost,
+                }),
+        );
+        TicketList { tickets }
     }
 }
 
@@ -214,6 +335,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 
 async fn handle(
     scripts: Arc<Scripts>,
+    server: Arc<str>,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let path = request.uri().path().to_string();
@@ -222,35 +344,35 @@ async fn handle(
         rpc::PATH_START => match read_json::<StartScript>(request).await {
             Ok(start) => {
                 let ticket = start.ticket.clone();
-                scripts.start(start);
-                json_reply(StatusCode::OK, &Ticket { ticket })
+                match scripts.start(&server, start) {
+                    Ok(()) => json_reply(StatusCode::OK, &Ticket { ticket }),
+                    Err(error) => json_reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &serde_json::json!({"Error": format!("the agent cannot record the ticket in its home, so it does not start the script: {error:#}")}),
+                    ),
+                }
             }
             Err(e) => bad(e),
         },
         rpc::PATH_STATUS => match read_json::<StatusRequest>(request).await {
-            Ok(status) => json_reply(StatusCode::OK, &scripts.status(status).await),
+            Ok(status) => json_reply(StatusCode::OK, &scripts.status(&server, status).await),
             Err(e) => bad(e),
         },
         rpc::PATH_CANCEL => match read_json::<Ticket>(request).await {
             Ok(ticket) => {
-                if let Some(script) = scripts.get(&ticket.ticket) {
-                    script.cancel.notify_one();
-                }
+                scripts.cancel(&server, &ticket.ticket);
                 json_reply(StatusCode::OK, &ticket)
             }
             Err(e) => bad(e),
         },
         rpc::PATH_COMPLETE => match read_json::<Ticket>(request).await {
             Ok(ticket) => {
-                scripts
-                    .map
-                    .lock()
-                    .expect("scripts lock")
-                    .remove(&ticket.ticket);
+                scripts.complete(&server, &ticket.ticket);
                 json_reply(StatusCode::OK, &ticket)
             }
             Err(e) => bad(e),
         },
+        rpc::PATH_LIST => json_reply(StatusCode::OK, &scripts.list(&server)),
         rpc::PATH_HEALTH => json_reply(
             StatusCode::OK,
             &HealthReply {
@@ -269,12 +391,39 @@ async fn handle(
     Ok(response)
 }
 
+/// The server at the other end of a connection: its certificate's thumbprint (the handshake
+/// checked that it is a trusted one).
+trait PeerServer {
+    fn peer_thumbprint(&self) -> String;
+}
+
+fn thumbprint_of(certificates: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> String {
+    certificates
+        .and_then(|c| c.first())
+        .map(|c| muster_proto::thumbprint_sha256(c))
+        .unwrap_or_default()
+}
+
+impl PeerServer for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn peer_thumbprint(&self) -> String {
+        thumbprint_of(self.get_ref().1.peer_certificates())
+    }
+}
+
+impl PeerServer for tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    fn peer_thumbprint(&self) -> String {
+        thumbprint_of(self.get_ref().1.peer_certificates())
+    }
+}
+
 /// Serves the RPC on one established connection until it closes.
 async fn serve(
-    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    stream: impl AsyncRead + AsyncWrite + PeerServer + Unpin + Send + 'static,
     scripts: Arc<Scripts>,
 ) {
-    let service = hyper::service::service_fn(move |request| handle(scripts.clone(), request));
+    let server: Arc<str> = stream.peer_thumbprint().into();
+    let service =
+        hyper::service::service_fn(move |request| handle(scripts.clone(), server.clone(), request));
     let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(rpc::KEEP_ALIVE_INTERVAL))
@@ -403,9 +552,21 @@ pub async fn run(home: &Home, listen_address: &str) -> anyhow::Result<()> {
         .work_dir
         .clone()
         .unwrap_or_else(|| home.dir.join("work"));
+    // Scripts of an earlier run died with it (their watchdogs kill them); what a crash left is
+    // killed and removed now, and the tickets it held are remembered as lost.
+    match muster_exec::clean_work_root(&work_dir) {
+        Ok(cleaned) if cleaned != Default::default() => println!(
+            "muster-agent cleaned its work directory: {} leftover script process(es) killed, {} stale entr(ies) removed",
+            cleaned.processes_killed, cleaned.entries_removed
+        ),
+        Ok(_) => {}
+        Err(error) => eprintln!("muster-agent: cannot clean {}: {error}", work_dir.display()),
+    }
     let scripts = Arc::new(Scripts {
         map: Mutex::new(HashMap::new()),
         work_dir,
+        tickets: crate::tickets::Tickets::load(&home.dir)
+            .context("cannot read the tickets in the agent's home")?,
     });
     if config.trusted_thumbprints.is_empty() {
         bail!(

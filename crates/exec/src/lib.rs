@@ -1,7 +1,16 @@
-//! Runs one script on this machine, the same way for the built-in worker and (later) for agents:
-//! a private working directory (0700, removed afterwards), the interpreter in its own process group,
-//! each output line delivered as it is printed, and the whole process tree killed on cancel, on
-//! timeout, and when the script's own process exits.
+//! Runs one script on this machine, the same way for the built-in worker and for agents: a private
+//! working directory (0700, its script file 0600, removed afterwards), the interpreter in its own
+//! process group, each output line delivered as it is printed, and the whole process group killed on
+//! cancel, on timeout, when the script's own process exits, and when the runner itself dies.
+//!
+//! A script dies with its runner: the group's leader is a watchdog (`/bin/sh`) whose stdin is a pipe
+//! that only the runner holds (close-on-exec). When the runner's process ends in any way, even by
+//! SIGKILL, the pipe closes and the watchdog kills the whole group. No root and no cgroup is needed;
+//! a process that leaves the group on purpose (`setsid`) escapes it, as it would escape a kill of the
+//! group. Each running script also leaves a record beside its directory (`<dir>.group`, 0600: the
+//! group's id), and its processes carry `MUSTER_SCRIPT_MARK=<dir>` in their environment, so that
+//! [`clean_work_root`] can kill what a crash left and remove the directories (they hold script files
+//! with secrets substituted in) at the next start.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -13,6 +22,16 @@ use tokio::sync::mpsc;
 
 /// Lines longer than this are delivered in pieces, so one endless line cannot exhaust memory.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// The environment variable that marks every process of a script with its working directory.
+pub const MARK_VARIABLE: &str = "MUSTER_SCRIPT_MARK";
+
+/// The name prefix of the per-script working directories under a work root.
+const DIR_PREFIX: &str = "muster-task-";
+
+/// The watchdog: it ignores the signals a script's `kill 0` sends, waits for its stdin to close (its
+/// runner ended) and then kills its process group, the script's.
+const WATCHDOG: &str = "trap '' HUP INT TERM QUIT PIPE; read -r _; kill -9 0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Syntax {
@@ -148,28 +167,36 @@ pub async fn run(
     let program_path = find_program(program).ok_or(ExecError::InterpreterMissing(program))?;
 
     std::fs::create_dir_all(&script.work_root)?;
+    let work_root = std::fs::canonicalize(&script.work_root)?;
     let dir = tempfile::Builder::new()
-        .prefix("muster-task-")
-        .tempdir_in(&script.work_root)?;
+        .prefix(DIR_PREFIX)
+        .tempdir_in(&work_root)?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
     }
-    {
-        // The script file may hold substituted secrets: its owner alone reads it.
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.path().join(file_name))?;
-        file.write_all(script.body.as_bytes())?;
-    }
+    write_private(&dir.path().join(file_name), script.body.as_bytes())?;
     if let Some(user) = &script.run_as {
         std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid))?;
         std::os::unix::fs::chown(dir.path().join(file_name), Some(user.uid), Some(user.gid))?;
     }
+    let mark = dir.path().to_string_lossy().into_owned();
+
+    // The watchdog leads the script's process group; its stdin is the runner's lifeline.
+    let mut watchdog = Command::new("/bin/sh")
+        .args(["-c", WATCHDOG])
+        .current_dir(dir.path())
+        .env_clear()
+        .env(MARK_VARIABLE, &mark)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        // Not killed on drop: a dropped run closes the lifeline, and the watchdog must live to act.
+        .spawn()?;
+    let lifeline = watchdog.stdin.take();
+    let group = watchdog.id().map(|pid| pid as i32).unwrap_or(0);
+    let record = Record::write(&work_root, dir.path(), group)?;
 
     let mut command = Command::new(program_path);
     command
@@ -179,7 +206,7 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
+        .process_group(group)
         .kill_on_drop(true);
     if script.clean_env {
         command.env_clear();
@@ -206,8 +233,15 @@ pub async fn run(
         command.env("LOGNAME", &user.name);
     }
     command.envs(script.env.iter().map(|(k, v)| (k, v)));
-    let mut child = command.spawn()?;
-    let group = child.id().map(|pid| pid as i32);
+    command.env(MARK_VARIABLE, &mark);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            kill_group(group);
+            let _ = watchdog.wait().await;
+            return Err(error.into());
+        }
+    };
 
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -233,11 +267,11 @@ pub async fn run(
         _ = cancel => Outcome::Canceled,
         _ = timeout => Outcome::TimedOut,
     };
-    // Whatever ended the script, nothing it started may outlive it.
-    if let Some(group) = group {
-        kill_group(group);
-    }
+    // Whatever ended the script, nothing it started may outlive it (the watchdog goes with it).
+    kill_group(group);
     let _ = child.wait().await;
+    let _ = watchdog.wait().await;
+    drop(lifeline);
     // Readers end when every holder of the pipes is gone; a process that left the group could keep
     // them open, so their wait is bounded.
     for reader in [out_reader, err_reader] {
@@ -249,12 +283,167 @@ pub async fn run(
             abort.abort();
         }
     }
+    drop(record);
     drop(dir);
     Ok(outcome)
 }
 
+/// Writes a file only its owner may read (it may hold secrets).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// A running script's record beside its directory: `<dir>.group` holds its process group's id.
+/// Removed when the script ends; one left behind was left by a crash.
+struct Record(PathBuf);
+
+impl Record {
+    fn write(work_root: &Path, dir: &Path, group: i32) -> std::io::Result<Record> {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        let path = work_root.join(format!("{name}.group"));
+        write_private(&path, format!("{group}\n").as_bytes())?;
+        Ok(Record(path))
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What [`clean_work_root`] found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Cleaned {
+    /// Processes of earlier scripts that were still running, now killed.
+    pub processes_killed: usize,
+    /// Working directories (and records) removed.
+    pub entries_removed: usize,
+}
+
+/// Cleans a work root at start-up, before any script runs there: kills the processes of scripts a
+/// crashed runner left behind and removes their working directories. A process counts as a script's
+/// only if its environment carries the mark of a directory under this root or its working directory
+/// is one, so a process id reused by another program is never touched; a recorded group is killed
+/// whole only when such a process is still in it. One work root must serve one runner.
+pub fn clean_work_root(work_root: &Path) -> std::io::Result<Cleaned> {
+    let mut cleaned = Cleaned::default();
+    let work_root = match std::fs::canonicalize(work_root) {
+        Ok(root) => root,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(cleaned),
+        Err(error) => return Err(error),
+    };
+    let prefix = work_root.join(DIR_PREFIX).to_string_lossy().into_owned();
+    let mut recorded: Vec<i32> = Vec::new();
+    let mut stale: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(&work_root)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(DIR_PREFIX) {
+            continue;
+        }
+        if let Some(group) = name
+            .strip_suffix(".group")
+            .and_then(|_| std::fs::read_to_string(entry.path()).ok())
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        {
+            recorded.push(group);
+        }
+        stale.push(entry.path());
+    }
+    let own_group = own_process_group();
+    let ours: Vec<(i32, i32)> = processes()
+        .into_iter()
+        .filter(|&(pid, _)| is_marked(pid, &prefix))
+        .collect();
+    let mut groups: Vec<i32> = Vec::new();
+    for &(pid, group) in &ours {
+        // A script's process may have left its group; its new group is its own.
+        if group > 1 && group != own_group && (recorded.contains(&group) || group == pid) {
+            groups.push(group);
+        }
+        kill_process(pid);
+        cleaned.processes_killed += 1;
+    }
+    groups.sort_unstable();
+    groups.dedup();
+    for group in groups {
+        kill_group(group);
+    }
+    for path in stale {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if removed.is_ok() {
+            cleaned.entries_removed += 1;
+        }
+    }
+    Ok(cleaned)
+}
+
+/// Every process on this machine as (pid, process group), from /proc.
+fn processes() -> Vec<(i32, i32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name may hold spaces and parentheses: the fields follow the last ')'.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+            Some((pid, fields.get(2)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Whether a process is a script's under the work root whose directory prefix is `prefix`.
+fn is_marked(pid: i32, prefix: &str) -> bool {
+    if pid == std::process::id() as i32 {
+        return false;
+    }
+    let marked = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+        environ.split(|b| *b == 0).any(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            entry
+                .strip_prefix(MARK_VARIABLE)
+                .and_then(|rest| rest.strip_prefix('='))
+                .is_some_and(|value| value.starts_with(prefix))
+        })
+    });
+    marked
+        || std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .is_ok_and(|cwd| cwd.to_string_lossy().starts_with(prefix))
+}
+
+#[allow(unsafe_code)]
+fn own_process_group() -> i32 {
+    // SAFETY: getpgrp has no arguments and cannot fail.
+    unsafe { libc::getpgrp() }
+}
+
+#[allow(unsafe_code)]
+fn kill_process(pid: i32) {
+    // SAFETY: kill only sends a signal; a process that no longer exists answers ESRCH, which is fine.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
 #[allow(unsafe_code)]
 fn kill_group(group: i32) {
+    if group <= 1 {
+        return;
+    }
     // SAFETY: killpg only sends a signal; a group that no longer exists answers ESRCH, which is fine.
     unsafe {
         libc::killpg(group, libc::SIGKILL);
@@ -359,6 +548,14 @@ mod tests {
         }));
     }
 
+    use std::os::unix::process::ExitStatusExt;
+
+    fn is_zombie(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s[s.rfind(')').unwrap() + 1..].trim_start().starts_with('Z'))
+            .unwrap_or(true)
+    }
+
     #[tokio::test]
     async fn a_timeout_kills_the_whole_process_tree() {
         let marker =
@@ -372,10 +569,103 @@ mod tests {
 
     #[tokio::test]
     async fn the_working_directory_is_private_and_removed() {
-        let (outcome, lines) = run_bash("pwd; stat -c %a .", None).await;
+        let (outcome, lines) = run_bash("pwd; stat -c %a . script.sh", None).await;
         assert_eq!(outcome, Outcome::Exited(0));
         assert_eq!(lines[1].text, "700");
+        assert_eq!(lines[2].text, "600", "the script file may hold secrets");
         assert!(!Path::new(&lines[0].text).exists());
+        assert!(!Path::new(&format!("{}.group", lines[0].text)).exists());
+    }
+
+    #[tokio::test]
+    async fn a_runner_that_goes_away_takes_the_whole_group_with_it() {
+        // Dropping the run is what the runner's death looks like to the watchdog: its pipe closes.
+        let marker =
+            std::env::temp_dir().join(format!("muster-exec-dropped-{}", std::process::id()));
+        let body = format!(
+            "(sleep 1; touch {}) &\necho started\nsleep 30",
+            marker.display()
+        );
+        let root = std::env::temp_dir().join("muster-exec-tests");
+        let (tx, mut rx) = mpsc::channel(16);
+        let script = Script {
+            syntax: Syntax::Bash,
+            body,
+            env: vec![],
+            clean_env: false,
+            timeout: None,
+            work_root: root,
+            run_as: None,
+        };
+        let mut run = Box::pin(run(script, tx, std::future::pending()));
+        tokio::select! {
+            _ = &mut run => panic!("the script ended early"),
+            batch = rx.recv() => assert_eq!(batch.unwrap()[0].text, "started"),
+        }
+        drop(run);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !marker.exists(),
+            "a child of the script outlived its runner"
+        );
+    }
+
+    #[test]
+    fn cleaning_a_work_root_kills_marked_processes_only_and_removes_stale_directories() {
+        use std::os::unix::process::CommandExt;
+        let root = tempfile::tempdir().unwrap();
+        let stale = root.path().join("muster-task-stale");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("script.sh"), "secret").unwrap();
+        let canonical = std::fs::canonicalize(&stale).unwrap();
+        // A leftover script: its group leader carries the mark, its child does not.
+        let mut ours = std::process::Command::new("/bin/sh")
+            .args(["-c", "env -i sleep 30 & wait"])
+            .env(MARK_VARIABLE, &canonical)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        // A stranger whose group id a stale record names, as after a reused pid.
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            root.path().join("muster-task-stale.group"),
+            format!("{}\n", ours.id()),
+        )
+        .unwrap();
+        std::fs::write(
+            root.path().join("muster-task-other.group"),
+            format!("{}\n", stranger.id()),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let cleaned = clean_work_root(root.path()).unwrap();
+        assert_eq!(cleaned.processes_killed, 1);
+        assert_eq!(cleaned.entries_removed, 3);
+        assert!(ours.wait().unwrap().signal().is_some());
+        let group = ours.id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while processes()
+            .iter()
+            .any(|&(pid, g)| g == group && !is_zombie(pid))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the leftover group is gone"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            stranger.try_wait().unwrap().is_none(),
+            "a stranger is spared"
+        );
+        stranger.kill().unwrap();
+        let _ = stranger.wait();
+        assert!(!stale.exists());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
     }
 
     #[tokio::test]

@@ -4,8 +4,15 @@
 //!
 //! Scripts are restart-safe (Tentacle's design): `start` is idempotent for a ticket, `status` returns
 //! the lines after a sequence number and waits (long-polls) until there are some or the script ends,
-//! `cancel` stops the script, `complete` frees the ticket. The agent keeps every line until
+//! `cancel` stops the script, `complete` frees the ticket (stopping its script if it still runs),
+//! `list` names the tickets the agent holds for the calling server. The agent keeps every line until
 //! `complete`, so a dropped connection or a restarted server loses and duplicates nothing.
+//!
+//! No script outlives its task: the agent remembers every ticket it received (in its home) until it
+//! is completed, so after the agent's own restart a ticket it received is `Lost`, not `Unknown`, and
+//! the server never starts it twice; a server that reconnects cancels and completes the tickets it no
+//! longer drives; and an agent that hears nothing about a running ticket for the server's wait
+//! (`ServerWaitSeconds`) plus [`ABANDON_MARGIN`] stops the script itself (outcome `Abandoned`).
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -64,7 +71,12 @@ pub const PATH_START: &str = "/v1/scripts/start";
 pub const PATH_STATUS: &str = "/v1/scripts/status";
 pub const PATH_CANCEL: &str = "/v1/scripts/cancel";
 pub const PATH_COMPLETE: &str = "/v1/scripts/complete";
+pub const PATH_LIST: &str = "/v1/scripts/list";
 pub const PATH_HEALTH: &str = "/v1/health";
+
+/// How much longer than the server's wait an agent lets a script run without word about its ticket:
+/// the time a dead link takes to be noticed and a status call's long poll.
+pub const ABANDON_MARGIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -78,6 +90,10 @@ pub struct StartScript {
     pub env: Vec<(String, String)>,
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    /// How long the server waits for a lost agent before it fails the task. The agent stops the
+    /// script when it hears nothing about the ticket for this plus [`ABANDON_MARGIN`]; None: never.
+    #[serde(default)]
+    pub server_wait_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,8 +116,11 @@ pub struct StatusRequest {
 pub enum ScriptState {
     Running,
     Complete,
-    /// The agent has no script with that ticket (it restarted, or the ticket was completed).
+    /// The agent never received that ticket, or it was completed.
     Unknown,
+    /// The agent received the ticket but restarted since: the script was stopped with the agent,
+    /// and its outcome and unread lines are lost. It is never started again.
+    Lost,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +131,23 @@ pub enum Outcome {
     TimedOut,
     /// The script could not start (the message is the last line).
     Failed,
+    /// The agent stopped the script because it heard nothing about it from the server for longer
+    /// than the server waits (see [`StartScript::server_wait_seconds`]).
+    Abandoned,
+}
+
+/// The tickets an agent holds for the server that asks (`list`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TicketList {
+    pub tickets: Vec<HeldTicket>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HeldTicket {
+    pub ticket: String,
+    pub state: ScriptState,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -57,14 +57,26 @@ impl Link {
             .context("the agent's answer broke off")?
             .to_bytes();
         if !status.is_success() {
-            return Err(anyhow!(
+            return Err(anyhow::Error::new(Refused(format!(
                 "the agent refused {path}: {}",
                 String::from_utf8_lossy(&bytes)
-            ));
+            ))));
         }
         serde_json::from_slice(&bytes).context("the agent's answer is not what Muster expects")
     }
 }
+
+/// An agent answered a call with an error: it is there, and said no.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 #[derive(Default)]
 pub struct Comms {
@@ -77,9 +89,64 @@ pub struct Comms {
     health_writes: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// Agents whose link this server saw close, and that have not connected since.
     closed: Mutex<std::collections::HashSet<String>>,
+    /// The agents' tickets this server follows now (with how many followers): any other ticket an
+    /// agent holds is an orphan.
+    live: Mutex<HashMap<String, usize>>,
+    /// Set once start-up has re-attached to every script it resumes: only then does `live` name
+    /// them all (a re-attached script may dial its agent while others are still being recovered).
+    recovered: std::sync::atomic::AtomicBool,
+    recovered_now: Notify,
+}
+
+/// A ticket this server follows, while the value lives.
+pub struct Hold {
+    app: App,
+    ticket: String,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut live = self.app.comms.live.lock().expect("comms lock");
+        if let Some(count) = live.get_mut(&self.ticket) {
+            *count -= 1;
+            if *count == 0 {
+                live.remove(&self.ticket);
+            }
+        }
+    }
+}
+
+/// Marks a ticket as followed until the returned value is dropped.
+pub fn hold(app: &App, ticket: &str) -> Hold {
+    *app.comms
+        .live
+        .lock()
+        .expect("comms lock")
+        .entry(ticket.to_string())
+        .or_default() += 1;
+    Hold {
+        app: app.clone(),
+        ticket: ticket.to_string(),
+    }
 }
 
 impl Comms {
+    /// Start-up has taken a hold on every ticket it resumes.
+    pub fn set_recovered(&self) {
+        self.recovered.store(true, Ordering::SeqCst);
+        self.recovered_now.notify_waiters();
+    }
+
+    async fn wait_recovered(&self) {
+        loop {
+            let notified = self.recovered_now.notified();
+            if self.recovered.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     pub fn link(&self, thumbprint: &str) -> Option<Link> {
         self.links
             .lock()
@@ -176,6 +243,7 @@ async fn attach(
     tokio::spawn(
         async move { crate::health::check_link(&app3, &checked_thumbprint, &checked).await },
     );
+    tokio::spawn(cancel_orphans(app.clone(), link.clone()));
     app.dispatcher.wake();
     Ok(link)
 }
@@ -184,6 +252,50 @@ async fn attach(
 /// or yet to send a polling agent's preface or a probe's request). Agents that find it full are
 /// closed at once and dial again after their backoff.
 const MAX_HANDSHAKES: usize = 256;
+
+/// Cancels and completes every ticket a (re)connected agent holds for this server that no task
+/// follows any more: its task ended while the agent was out of reach (or the server restarted and
+/// could not resume it), so its script must not run on, nor its lines stay on the agent.
+async fn cancel_orphans(app: App, link: Link) {
+    app.comms.wait_recovered().await;
+    // An agent without `list` (an older one) holds no orphans this server can name.
+    let Ok(list) = link
+        .call::<_, rpc::TicketList>(rpc::PATH_LIST, &serde_json::json!({}))
+        .await
+    else {
+        return;
+    };
+    for held in list.tickets {
+        if app
+            .comms
+            .live
+            .lock()
+            .expect("comms lock")
+            .contains_key(&held.ticket)
+        {
+            continue;
+        }
+        let ticket = rpc::Ticket {
+            ticket: held.ticket.clone(),
+        };
+        if held.state == rpc::ScriptState::Running {
+            let _ = link.call::<_, rpc::Ticket>(rpc::PATH_CANCEL, &ticket).await;
+        }
+        match link
+            .call::<_, rpc::Ticket>(rpc::PATH_COMPLETE, &ticket)
+            .await
+        {
+            Ok(_) => tracing::warn!(
+                ticket = %held.ticket,
+                state = ?held.state,
+                "an agent held a ticket that no task follows any more; it was canceled and completed"
+            ),
+            Err(error) => {
+                tracing::warn!(ticket = %held.ticket, "cannot complete an orphaned ticket: {error:#}")
+            }
+        }
+    }
+}
 
 /// The comms port: polling agents, and plain HTTPS probes (answered 200 as Octopus's port does).
 pub async fn listen(app: App, listener: TcpListener) {

@@ -256,10 +256,11 @@ pub fn exclusive_argument(arguments: &serde_json::Map<String, Value>) -> Result<
 }
 
 /// Tasks left Executing by a server that stopped: a script on an agent kept running, so the server
-/// re-attaches to it and reads on from the last line it stored. A script on the built-in worker died
-/// with the server, so its task ends Failed, with a line saying why; so does a runbook run, whose
-/// steps the server itself drove. No task stays Executing forever: a re-attached agent that does
-/// not come back fails its task after the policy's grace.
+/// re-attaches to it and reads on from the last line it stored (or starts it, if the agent never
+/// received it). A script on the built-in worker died with the server (its watchdog killed it, and
+/// the start-up cleaned what was left), so its task ends Failed, with a line saying why; so does a
+/// runbook run, whose steps the server itself drove. No task stays Executing forever: a re-attached
+/// agent that does not come back fails its task after the policy's grace.
 pub async fn recover(app: &App) -> anyhow::Result<()> {
     for mut task in app
         .store
@@ -280,20 +281,26 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
             .unwrap_or_else(|| BUILTIN_WORKER_NAME.to_string());
         let message = if from == TaskState::Cancelling {
             task.state = TaskState::Canceled;
-            "The task was being canceled when the Muster server stopped.".to_string()
+            if task.worker_id.is_some() {
+                format!(
+                    "The task was being canceled when the Muster server stopped, and worker {worker} has since been deleted; whether its script stopped is unknown."
+                )
+            } else {
+                "The task was being canceled when the Muster server stopped; its script, if it had started, was stopped with the server.".to_string()
+            }
         } else {
             task.state = TaskState::Failed;
             if task.name == crate::health::TASK_NAME {
                 "The Muster server stopped during this health check; run it again.".to_string()
             } else if task.name == RUNBOOK_RUN {
-                "The Muster server stopped while this runbook run was executing; its steps do not outlive the server, so run it again.".to_string()
+                "The Muster server stopped while this runbook run was executing; a run's steps do not outlive the server (a step on the built-in worker was stopped with it, a step on an agent is stopped when the agent reconnects), so its outcome is unknown: run it again.".to_string()
             } else if task.worker_id.is_some() {
                 format!(
                     "The Muster server stopped while this task was executing on {worker}, and that worker has since been deleted; the script's outcome is unknown."
                 )
             } else {
                 format!(
-                    "The Muster server stopped while this task was executing on {worker}; the script stopped with it."
+                    "The Muster server stopped while this task was executing on the {worker}; its script, if it had started, was stopped with the server, so the outcome is unknown: run it again."
                 )
             }
         };
@@ -306,6 +313,7 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
         app.store.transition_task(&task, from).await?;
         app.logs.close(&task.id);
     }
+    app.comms.set_recovered();
     Ok(())
 }
 
@@ -351,13 +359,14 @@ async fn reattach(app: &App, task: Task, worker: Worker) -> anyhow::Result<()> {
     if task.state == TaskState::Cancelling {
         stop.cancel.cancel();
     }
-    tokio::spawn(run_script_task(
-        app.clone(),
-        task,
-        Place::Agent(Box::new(worker)),
-        stop,
-        Some(after),
-    ));
+    // Held before any agent's tickets are weighed (`Comms::set_recovered`), so a resumed one is
+    // never taken for an orphan.
+    let hold = crate::comms::hold(app, &task.id);
+    let app = app.clone();
+    tokio::spawn(async move {
+        run_script_task(app, task, Place::Agent(Box::new(worker)), stop, Some(after)).await;
+        drop(hold);
+    });
     Ok(())
 }
 
@@ -1036,6 +1045,11 @@ fn forget(app: &App, task_id: &str) {
 /// runs from that line on.
 async fn run_script_task(app: App, mut task: Task, place: Place, stop: Stop, resume: Option<u64>) {
     let id = task.id.clone();
+    // The agent's ticket is followed until it is completed, after the task's end is stored.
+    let _hold = match &place {
+        Place::Agent(_) => Some(crate::comms::hold(&app, &id)),
+        Place::Builtin => None,
+    };
     if resume.is_none() {
         let line = match &place {
             Place::Builtin => format!(
@@ -1062,6 +1076,7 @@ async fn run_script_task(app: App, mut task: Task, place: Place, stop: Stop, res
                     ("MUSTER_SPACE_ID".into(), task.space_id.clone()),
                 ],
                 timeout: arguments.timeout,
+                resumable: true,
             };
             let mut stderr_seen = false;
             let logs = &app.logs;
@@ -1091,6 +1106,9 @@ async fn run_script_task(app: App, mut task: Task, place: Place, stop: Stop, res
         }
     };
     conclude(&app, task, final_state, message).await;
+    if let Place::Agent(worker) = &place {
+        script::complete_ticket(&app, worker, &id);
+    }
 }
 
 /// Ends a task: its last line, its log committed, then its final state, then the followers told.

@@ -123,6 +123,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         builtin_run_as,
         task_log_limit: args.task_log_limit_mb * 1024 * 1024,
     };
+    // The built-in worker's scripts died with the last process (their watchdogs kill them); what a
+    // crash left is killed, and their directories (script files with secrets) removed, before
+    // anything runs.
+    match muster_exec::clean_work_root(&config.work_dir) {
+        Ok(cleaned) if cleaned != Default::default() => tracing::warn!(
+            "cleaned the built-in worker's work directory: {} leftover script process(es) killed, {} stale entr(ies) removed",
+            cleaned.processes_killed,
+            cleaned.entries_removed
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::error!(
+            "cannot clean the built-in worker's work directory {}: {error}",
+            config.work_dir.display()
+        ),
+    }
     let app = state::AppInner::new(store.clone(), config, setup.installation_id, certificate);
     dispatch::recover(&app).await?;
 

@@ -524,6 +524,7 @@ async fn invoke(
         body: script,
         env,
         timeout: None,
+        resumable: false,
     };
     let prefix = if fan {
         format!("{worker_name}: ")

@@ -25,6 +25,9 @@ pub struct Invocation {
     pub body: String,
     pub env: Vec<(String, String)>,
     pub timeout: Option<Duration>,
+    /// A task's script, which a restarted server resumes: the caller completes the ticket once the
+    /// task's end is stored. False (a runbook step): completed here, and canceled on shutdown.
+    pub resumable: bool,
 }
 
 /// A line a script printed; `agent_seq` is the agent's number of it.
@@ -146,9 +149,37 @@ async fn reconnect_grace(app: &App, worker: &Worker) -> Duration {
         .min(Duration::from_secs(60))
 }
 
+/// Frees a ticket on its agent, in the background (a ticket left behind is completed when the agent
+/// next connects).
+pub fn complete_ticket(app: &App, worker: &Worker, ticket: &str) {
+    let (app, worker) = (app.clone(), worker.clone());
+    let ticket = muster_proto::rpc::Ticket {
+        ticket: ticket.to_string(),
+    };
+    tokio::spawn(async move {
+        if let Ok(link) = crate::comms::link_for(&app, &worker).await {
+            let _ = link
+                .call::<_, muster_proto::rpc::Ticket>(muster_proto::rpc::PATH_COMPLETE, &ticket)
+                .await;
+        }
+    });
+}
+
+/// Why a task ended Failed when its agent was out of reach: what this server knows, and what
+/// happens to the script.
+fn unreachable_message(worker: &Worker, grace: Duration, error: &anyhow::Error) -> String {
+    format!(
+        "Outcome unknown: worker {} was unreachable for {} seconds ({error:#}). The script may still be running there; the agent stops it when it reconnects, or by itself after {} seconds without word from this server.",
+        worker.name,
+        grace.as_secs(),
+        (grace + muster_proto::rpc::ABANDON_MARGIN).as_secs()
+    )
+}
+
 /// Starts the script on the agent (or, `resume` Some, reads on after that line of a script it already
-/// runs) and follows it to its end, over a dropped connection if the agent comes back within the grace
-/// period. None: the server is shutting down and leaves the script running.
+/// runs; one it never received is started then) and follows it to its end, over a dropped connection
+/// if the agent comes back within the grace period. None: the server is shutting down and leaves the
+/// (resumable) script running.
 async fn drive_agent(
     app: &App,
     worker: &Worker,
@@ -158,39 +189,67 @@ async fn drive_agent(
     resume: Option<u64>,
 ) -> Option<(TaskState, String)> {
     use muster_proto::rpc::{self, Outcome, ScriptState, StatusReply, StatusRequest, Ticket};
+    let grace = reconnect_grace(app, worker).await;
+    let resumable = invocation.resumable;
     let start = rpc::StartScript {
         ticket: invocation.ticket.clone(),
         syntax: invocation.syntax.as_str().to_string(),
         body: invocation.body,
         env: invocation.env,
         timeout_seconds: invocation.timeout.map(|t| t.as_secs().max(1)),
+        server_wait_seconds: Some(grace.as_secs()),
     };
     let ticket = Ticket {
         ticket: start.ticket.clone(),
     };
     let id = start.ticket.clone();
+    // While this runs, a reconnecting agent's ticket is not an orphan.
+    let _hold = crate::comms::hold(app, &id);
     let mut after = resume.unwrap_or(0);
+    // Whether the agent has the script: a resumed one is assumed to, until it says otherwise.
     let mut started = resume.is_some();
+    let mut start_sent = false;
     let mut cancel_sent = false;
     let mut lost_since: Option<tokio::time::Instant> = None;
-    let grace = reconnect_grace(app, worker).await;
+    let gone = |since: tokio::time::Instant, error: &anyhow::Error| {
+        (since.elapsed() >= grace)
+            .then(|| (TaskState::Failed, unreachable_message(worker, grace, error)))
+    };
     loop {
         if stop.is_shutdown() {
-            return None;
+            if resumable {
+                return None;
+            }
+            // A step is not resumed by a restarted server: it stops with this one.
+            let stopped = match crate::comms::link_for(app, worker).await {
+                Ok(link) => link
+                    .call::<_, Ticket>(rpc::PATH_COMPLETE, &ticket)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            return Some((
+                TaskState::Failed,
+                if stopped {
+                    format!(
+                        "The Muster server shut down while this step was executing; its script on worker {} was stopped.",
+                        worker.name
+                    )
+                } else {
+                    format!(
+                        "The Muster server shut down while this step was executing, and worker {} could not be told to stop its script; the agent stops it when it reconnects, or by itself after {} seconds without word from the server.",
+                        worker.name,
+                        (grace + rpc::ABANDON_MARGIN).as_secs()
+                    )
+                },
+            ));
         }
         let link = match crate::comms::link_for(app, worker).await {
             Ok(link) => link,
             Err(error) => {
                 let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= grace {
-                    return Some((
-                        TaskState::Failed,
-                        format!(
-                            "Lost the connection to worker {} and it did not come back within {} seconds: {error:#}",
-                            worker.name,
-                            grace.as_secs()
-                        ),
-                    ));
+                if let Some(end) = gone(since, &error) {
+                    return Some(end);
                 }
                 let changed = app.comms.changed.notified();
                 let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
@@ -198,9 +257,22 @@ async fn drive_agent(
             }
         };
         if !started {
+            start_sent = true;
             if let Err(error) = link.call::<_, Ticket>(rpc::PATH_START, &start).await {
-                lost_since.get_or_insert_with(tokio::time::Instant::now);
+                if let Some(refused) = error.downcast_ref::<crate::comms::Refused>() {
+                    return Some((
+                        TaskState::Failed,
+                        format!("Worker {} did not start the script: {refused}", worker.name),
+                    ));
+                }
+                let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
                 tracing::warn!(ticket = %id, "cannot start the script on {}: {error:#}", worker.name);
+                if let Some(end) = gone(since, &error) {
+                    return Some(end);
+                }
+                // Whether the start arrived is unknown: a repeated start of a ticket is harmless.
+                let changed = app.comms.changed.notified();
+                let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
                 continue;
             }
             started = true;
@@ -216,7 +288,7 @@ async fn drive_agent(
             _ = cancel.cancelled(), if !cancel_sent => None,
         };
         let reply = match reply {
-            None if stop.is_shutdown() => return None,
+            None if stop.is_shutdown() => continue,
             None => {
                 cancel_sent = true;
                 if let Err(error) = link.call::<_, Ticket>(rpc::PATH_CANCEL, &ticket).await {
@@ -226,11 +298,8 @@ async fn drive_agent(
             }
             Some(Err(error)) => {
                 let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= grace {
-                    return Some((
-                        TaskState::Failed,
-                        format!("Lost the connection to worker {}: {error:#}", worker.name),
-                    ));
+                if let Some(end) = gone(since, &error) {
+                    return Some(end);
                 }
                 let changed = app.comms.changed.notified();
                 let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
@@ -250,20 +319,53 @@ async fn drive_agent(
         app.logs.wait_for_room().await;
         match reply.state {
             ScriptState::Running => {}
+            ScriptState::Unknown if !start_sent && !cancel_sent => {
+                // Claimed, and the server stopped before the agent received it: it never ran.
+                app.logs.append(
+                    &id,
+                    muster_core::LogCategory::Verbose,
+                    format!(
+                        "Worker {} never received this script (the Muster server stopped before starting it); starting it now",
+                        worker.name
+                    ),
+                );
+                started = false;
+            }
+            ScriptState::Unknown if !start_sent => {
+                return Some((
+                    TaskState::Canceled,
+                    format!(
+                        "The task was canceled before worker {} received its script; it never ran.",
+                        worker.name
+                    ),
+                ));
+            }
             ScriptState::Unknown => {
                 return Some((
                     TaskState::Failed,
                     format!(
-                        "Worker {} no longer knows this script (the agent restarted).",
+                        "Worker {} does not hold this script although it accepted it (was its home reset?); the script's outcome is unknown.",
+                        worker.name
+                    ),
+                ));
+            }
+            ScriptState::Lost => {
+                complete_ticket(app, worker, &id);
+                return Some((
+                    TaskState::Failed,
+                    format!(
+                        "The agent of worker {} restarted while it held this script: the script was stopped with it if it was still running, and its outcome and any lines after {after} are lost.",
                         worker.name
                     ),
                 ));
             }
             ScriptState::Complete => {
-                // Freeing the ticket is not on the task's path to its end: every line is in.
-                tokio::spawn(async move {
-                    let _ = link.call::<_, Ticket>(rpc::PATH_COMPLETE, &ticket).await;
-                });
+                // Freeing the ticket is not on the task's path to its end: every line is in. A
+                // resumable task's ticket is freed only once its end is stored, so that a server
+                // that crashes before then finds the script's end again, and never starts it twice.
+                if !resumable {
+                    complete_ticket(app, worker, &id);
+                }
                 return Some(match (reply.outcome, reply.exit_code) {
                     (Some(Outcome::Exited), Some(0)) => (TaskState::Success, String::new()),
                     (Some(Outcome::Exited), Some(code)) => (TaskState::Failed, format!("The script exited with code {code}.")),
@@ -273,7 +375,19 @@ async fn drive_agent(
                     (Some(Outcome::Canceled), _) if stop.is_shutdown() => {
                         (TaskState::Failed, "The Muster server shut down while this task was executing; the script was stopped.".into())
                     }
-                    (Some(Outcome::Canceled), _) => (TaskState::Canceled, "The task was canceled.".into()),
+                    (Some(Outcome::Canceled), _) if cancel_sent => (TaskState::Canceled, "The task was canceled.".into()),
+                    (Some(Outcome::Canceled), _) => (
+                        TaskState::Failed,
+                        format!("The script was stopped on worker {} by a cancel this run of the server did not send (one sent before it restarted, or for a ticket it had given up).", worker.name),
+                    ),
+                    (Some(Outcome::Abandoned), _) => (
+                        TaskState::Failed,
+                        format!(
+                            "Worker {} stopped the script: it heard nothing about it from the Muster server for {} seconds, longer than the server waits for a lost worker.",
+                            worker.name,
+                            (grace + rpc::ABANDON_MARGIN).as_secs()
+                        ),
+                    ),
                     (Some(Outcome::TimedOut), _) => (TaskState::TimedOut, "The task timed out.".into()),
                     _ => (TaskState::Failed, format!("The script could not run on worker {}.", worker.name)),
                 });

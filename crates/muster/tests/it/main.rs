@@ -6,6 +6,7 @@ mod architecture;
 mod blog;
 mod cli;
 mod conventions;
+mod crash;
 mod logs;
 mod openapi;
 mod permissions;

@@ -238,11 +238,6 @@ impl Server {
         let _ = child.wait();
     }
 
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("the server runs").id()
-    }
-
     /// The server's resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();

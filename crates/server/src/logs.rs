@@ -102,12 +102,12 @@ impl LogHub {
     }
 
     pub fn append(&self, task_id: &str, category: LogCategory, text: impl Into<String>) {
-        self.append_line(task_id, None, category, text.into(), None);
+        self.append_line(task_id, None, category, text.into(), None, false);
     }
 
     /// Appends a task's final message, which the log limit never drops.
     pub fn append_final(&self, task_id: &str, category: LogCategory, text: impl Into<String>) {
-        self.append_unlimited(task_id, None, category, text.into(), None, true);
+        self.append_line(task_id, None, category, text.into(), None, true);
     }
 
     /// Appends a line of one step of a runbook run (its activity node, from 1).
@@ -118,7 +118,7 @@ impl LogHub {
         category: LogCategory,
         text: impl Into<String>,
     ) {
-        self.append_line(task_id, Some(step), category, text.into(), None);
+        self.append_line(task_id, Some(step), category, text.into(), None, false);
     }
 
     /// Appends a line an agent sent, stored with the agent's sequence number of it.
@@ -129,21 +129,11 @@ impl LogHub {
         text: String,
         agent_seq: u64,
     ) {
-        self.append_line(task_id, None, category, text, Some(agent_seq));
+        self.append_line(task_id, None, category, text, Some(agent_seq), false);
     }
 
+    /// Appends a line; `always` lines (a task's final message) pass the log limit.
     fn append_line(
-        &self,
-        task_id: &str,
-        step: Option<i64>,
-        category: LogCategory,
-        text: String,
-        agent_seq: Option<u64>,
-    ) {
-        self.append_unlimited(task_id, step, category, text, agent_seq, false);
-    }
-
-    fn append_unlimited(
         &self,
         task_id: &str,
         step: Option<i64>,
@@ -174,14 +164,7 @@ impl LogHub {
                     self.limit / (1024 * 1024)
                 );
                 drop(live);
-                return self.append_unlimited(
-                    task_id,
-                    step,
-                    LogCategory::Warning,
-                    notice,
-                    None,
-                    true,
-                );
+                return self.append_line(task_id, step, LogCategory::Warning, notice, None, true);
             }
         }
         let line = LogLine {

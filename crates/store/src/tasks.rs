@@ -518,7 +518,8 @@ impl Store {
             return Ok(0);
         };
         let (bytes,): (Option<i64>,) =
-            sqlx::query_as("SELECT SUM(LENGTH(lines)) FROM task_log_chunk WHERE task_num = ?1")
+            // octet_length reads a value's size from its record, not its (overflow) pages.
+            sqlx::query_as("SELECT SUM(octet_length(lines)) FROM task_log_chunk WHERE task_num = ?1")
                 .bind(num)
                 .fetch_one(&self.pool)
                 .await?;

@@ -371,6 +371,18 @@ pub struct Worker {
     pub last_modified_by: Option<String>,
 }
 
+impl Worker {
+    /// The identity of the physical machine behind this worker, which the ledger leases and health
+    /// records name: an agent's certificate thumbprint, an SSH worker's pinned host-key fingerprint
+    /// (`SHA256:…`, case-sensitive). Workers of several spaces that share one machine share its key.
+    pub fn machine_key(&self) -> Option<&str> {
+        match &self.endpoint {
+            Some(Endpoint::Ssh(e)) => e.fingerprint.as_deref(),
+            _ => self.thumbprint.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct MachinePolicy {

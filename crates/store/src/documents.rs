@@ -181,7 +181,7 @@ impl Document for Worker {
         &self.name
     }
     fn ext(&self) -> Option<&str> {
-        self.thumbprint.as_deref()
+        self.machine_key()
     }
 }
 

@@ -120,13 +120,9 @@ pub fn read_private_key(file: &[u8], passphrase: Option<&str>) -> Result<Private
     let passphrase = passphrase.filter(|p| !p.is_empty());
     match russh::keys::decode_secret_key(text, passphrase) {
         Ok(key) => Ok(key),
+        Err(_) if looks_encrypted(text) && passphrase.is_none() => Err(KeyError::NeedsPassphrase),
+        Err(_) if looks_encrypted(text) => Err(KeyError::WrongPassphrase),
         Err(russh::keys::Error::KeyIsEncrypted) => Err(KeyError::NeedsPassphrase),
-        Err(_) if passphrase.is_some() && looks_encrypted(text) => Err(KeyError::WrongPassphrase),
-        Err(russh::keys::Error::KeyIsEncrypted | russh::keys::Error::CouldNotReadKey)
-            if passphrase.is_none() && looks_encrypted(text) =>
-        {
-            Err(KeyError::NeedsPassphrase)
-        }
         Err(_) => Err(KeyError::NotAKey),
     }
 }

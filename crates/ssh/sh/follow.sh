@@ -8,8 +8,9 @@ from=$(($2 + 1))
 if [ -f exit ]; then
   tail -c +"$from" output
 elif [ -f wpid ] && tail --version 2>/dev/null | grep -q GNU; then
-  # GNU tail follows with inotify and stops once the keeper is gone, after a last read.
-  tail -c +"$from" -s 0.2 --pid="$(cat wpid)" -f output
+  # GNU tail follows with inotify and stops once the keeper is gone, after a last read; it checks
+  # the keeper every 50 ms (one kill(2), no process started).
+  tail -c +"$from" -s 0.05 --pid="$(cat wpid)" -f output
 else
   o=$2
   while :; do

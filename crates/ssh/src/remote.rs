@@ -307,10 +307,13 @@ impl Session {
         }
     }
 
-    /// Deletes a script's working directory (its output, its files). Call it after the end.
+    /// Deletes a script's working directory (its output, its files); a script still running
+    /// there is killed first, without grace.
     pub async fn remove(&self, ticket: &str) -> Result<(), Error> {
         check_ticket(ticket)?;
-        let program = r#"rm -rf "$HOME/.muster/work/$1""#;
+        let program = r#"d="$HOME/.muster/work/$1"
+if [ -f "$d/pgid" ] && [ ! -f "$d/exit" ]; then : > "$d/cancel"; kill -KILL -"$(cat "$d/pgid")" 2>/dev/null; fi
+rm -rf "$d""#;
         let output = self.run(&sh_command(program, &[ticket]), &[]).await?;
         if output.success() {
             Ok(())

@@ -4,7 +4,7 @@
 use crate::keys::{Fingerprint, PublicKey};
 use crate::{Auth, Error, HostKey, Target};
 use russh::client::{self, Handle};
-use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,12 +65,42 @@ impl client::Handler for Client {
     }
 }
 
-fn config(timeout: Duration) -> Arc<client::Config> {
+/// The host-key families a host may have one key of each (as `/etc/ssh/ssh_host_*_key`).
+const FAMILIES: [&[Algorithm]; 3] = [
+    &[Algorithm::Ed25519],
+    &[
+        Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP256,
+        },
+        Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP384,
+        },
+        Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP521,
+        },
+    ],
+    &[
+        Algorithm::Rsa {
+            hash: Some(HashAlg::Sha512),
+        },
+        Algorithm::Rsa {
+            hash: Some(HashAlg::Sha256),
+        },
+    ],
+];
+
+/// `family`: the host-key algorithms to offer (`None`: russh's default order, ed25519 first).
+fn config(timeout: Duration, family: Option<&'static [Algorithm]>) -> Arc<client::Config> {
+    let mut preferred = russh::Preferred::default();
+    if let Some(family) = family {
+        preferred.key = family.into();
+    }
     Arc::new(client::Config {
         // A silent worker (a frozen host, a cut network) is noticed within about 3 × timeout.
         keepalive_interval: Some(timeout.max(Duration::from_secs(1))),
         keepalive_max: KEEPALIVE_MAX,
         nodelay: true,
+        preferred,
         ..Default::default()
     })
 }
@@ -85,7 +115,7 @@ pub async fn scan(host: &str, port: u16, timeout: Duration) -> Result<HostKey, E
     };
     let attempt = tokio::time::timeout(
         timeout,
-        client::connect(config(timeout), (host, port), handler),
+        client::connect(config(timeout, None), (host, port), handler),
     )
     .await;
     let key = presented.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -123,12 +153,13 @@ fn connect_error(host: &str, port: u16, error: russh::Error) -> Error {
     }
 }
 
-/// Opens one authenticated connection, checking the host key against the pin first.
-async fn dial(
+/// One key exchange: the handle when the presented key matches the pin, else the key presented (if
+/// any) and the error.
+async fn handshake(
     target: &Target,
-    auth: &Auth,
     timeout: Duration,
-) -> Result<(Handle<Client>, HostKey), Error> {
+    family: Option<&'static [Algorithm]>,
+) -> Result<(Handle<Client>, PublicKey), (Option<PublicKey>, Error)> {
     let (host, port) = (target.host.as_str(), target.port);
     let presented = Arc::new(Mutex::new(None));
     let handler = Client {
@@ -137,35 +168,71 @@ async fn dial(
     };
     let connected = tokio::time::timeout(
         timeout,
-        client::connect(config(timeout), (host, port), handler),
+        client::connect(config(timeout, family), (host, port), handler),
     )
     .await;
     let key = presented.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let mut handle = match connected {
-        Ok(Ok(handle)) => handle,
-        Ok(Err(error)) => {
-            return Err(match key {
-                Some(key) if !target.pin.matches(&key) => Error::HostKeyChanged {
-                    host: host.to_string(),
-                    port,
-                    pinned: target.pin.clone(),
-                    presented: Box::new(HostKey::of(&key)),
-                },
-                _ => connect_error(host, port, error),
-            });
-        }
-        Err(_) => return Err(timed_out(host, port, timeout, "connecting")),
-    };
-    let host_key = match key {
-        Some(key) => HostKey::of(&key),
-        None => {
-            return Err(Error::Connect {
+    match (connected, key) {
+        (Ok(Ok(handle)), Some(key)) => Ok((handle, key)),
+        (Ok(Ok(_)), None) => Err((
+            None,
+            Error::Connect {
                 host: host.to_string(),
                 port,
                 reason: "the host presented no key".into(),
-            });
+            },
+        )),
+        (Ok(Err(error)), key) => Err((key, connect_error(host, port, error))),
+        (Err(_), key) => Err((key, timed_out(host, port, timeout, "connecting"))),
+    }
+}
+
+/// Opens one authenticated connection, checking the host key against the pin first. A host has a
+/// key of each family (ed25519, ECDSA, RSA) and the pin may name any of them, as OpenSSH's
+/// `known_hosts` may: when the key the default order gets does not match, the other families are
+/// asked for in turn (key exchanges only; nothing is sent before a key matches). `family` is the
+/// one that matched before, for the session's later connections.
+async fn dial(
+    target: &Target,
+    auth: &Auth,
+    timeout: Duration,
+    family: Option<&'static [Algorithm]>,
+) -> Result<(Handle<Client>, HostKey, Option<&'static [Algorithm]>), Error> {
+    let (host, port) = (target.host.as_str(), target.port);
+    let mut first_mismatch: Option<PublicKey> = None;
+    let mut matched = None;
+    let tries = std::iter::once(family).chain(FAMILIES.iter().map(|f| Some(*f)));
+    for family in tries {
+        if let (Some(family), Some(seen)) = (family, &first_mismatch)
+            && family
+                .iter()
+                .any(|a| std::mem::discriminant(a) == std::mem::discriminant(&seen.algorithm()))
+        {
+            continue;
         }
+        match handshake(target, timeout, family).await {
+            Ok((handle, key)) => {
+                matched = Some((handle, key, family));
+                break;
+            }
+            Err((Some(key), _)) if !target.pin.matches(&key) => {
+                first_mismatch.get_or_insert(key);
+            }
+            // The host has no key of this family.
+            Err(_) if first_mismatch.is_some() => {}
+            Err((_, error)) => return Err(error),
+        }
+    }
+    let Some((mut handle, key, family)) = matched else {
+        let key = first_mismatch.expect("a try that did not match recorded the key");
+        return Err(Error::HostKeyChanged {
+            host: host.to_string(),
+            port,
+            pinned: target.pin.clone(),
+            presented: Box::new(HostKey::of(&key)),
+        });
     };
+    let host_key = HostKey::of(&key);
     let authenticated = tokio::time::timeout(timeout, async {
         match auth {
             Auth::Key { username, key } => {
@@ -193,7 +260,7 @@ async fn dial(
             },
         });
     }
-    Ok((handle, host_key))
+    Ok((handle, host_key, family))
 }
 
 struct Connection {
@@ -205,6 +272,8 @@ struct Inner {
     target: Target,
     auth: Auth,
     timeout: Duration,
+    /// The host-key algorithms whose key matched the pin.
+    family: Option<&'static [Algorithm]>,
     connections: Mutex<Vec<Arc<Connection>>>,
     /// One new connection at a time (sshd's `MaxStartups` limits unauthenticated ones).
     dialing: tokio::sync::Mutex<()>,
@@ -235,12 +304,13 @@ impl Session {
         auth: &Auth,
         timeout: Duration,
     ) -> Result<(Session, HostKey), Error> {
-        let (handle, host_key) = dial(target, auth, timeout).await?;
+        let (handle, host_key, family) = dial(target, auth, timeout, None).await?;
         let session = Session {
             inner: Arc::new(Inner {
                 target: target.clone(),
                 auth: auth.clone(),
                 timeout,
+                family,
                 connections: Mutex::new(vec![Arc::new(Connection {
                     handle,
                     slots: Arc::new(Semaphore::new(CHANNELS_PER_CONNECTION)),
@@ -298,8 +368,9 @@ impl Session {
                 continue;
             }
             if connections.len() < MAX_CONNECTIONS {
-                let (handle, _) =
-                    dial(&self.inner.target, &self.inner.auth, self.inner.timeout).await?;
+                let inner = &self.inner;
+                let (handle, _, _) =
+                    dial(&inner.target, &inner.auth, inner.timeout, inner.family).await?;
                 self.inner
                     .connections
                     .lock()

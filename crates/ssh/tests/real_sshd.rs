@@ -263,6 +263,41 @@ async fn a_wrong_pin_is_refused_before_any_command() {
 }
 
 #[tokio::test]
+async fn a_pin_may_name_any_of_the_hosts_keys() {
+    let keys = tempfile::tempdir().unwrap();
+    let client = sshd::keygen(keys.path(), "client", "");
+    let sshd = Sshd::start_with_host_keys(&[&client], &["ed25519", "ecdsa", "rsa"]);
+    let auth = Auth::Key {
+        username: "root".into(),
+        key: Arc::new(read_private_key(&std::fs::read(&client).unwrap(), None).unwrap()),
+    };
+    // A scan gets the key the default order prefers.
+    let scanned = scan("127.0.0.1", sshd.port, TIMEOUT).await.unwrap();
+    assert_eq!(scanned.algorithm, "ssh-ed25519");
+    for (kind, algorithm) in [
+        ("ed25519", "ssh-ed25519"),
+        ("ecdsa", "ecdsa-sha2-nistp256"),
+        ("rsa", "ssh-rsa"),
+    ] {
+        for hash in ["sha256", "md5"] {
+            let printed = fingerprint_of(&sshd.host_key_pub_of(kind), hash);
+            let target = Target {
+                host: "127.0.0.1".into(),
+                port: sshd.port,
+                pin: Fingerprint::parse(&printed).unwrap(),
+            };
+            let (session, host_key) = Session::connect(&target, &auth, TIMEOUT).await.unwrap();
+            assert_eq!(host_key.algorithm, algorithm);
+            assert_eq!(
+                host_key.sha256.to_string(),
+                fingerprint_of(&sshd.host_key_pub_of(kind), "sha256")
+            );
+            assert!(session.exec("true").await.unwrap().success());
+        }
+    }
+}
+
+#[tokio::test]
 async fn lines_stream_in_order_with_their_streams_and_the_exit_code() {
     let f = Fixture::start().await;
     let session = f.session().await;

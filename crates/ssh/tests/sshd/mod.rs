@@ -34,13 +34,18 @@ pub fn run(program: &str, args: &[&str]) -> String {
 /// Makes a key pair with ssh-keygen (`passphrase` empty: unencrypted); returns the private key
 /// file's path (the public key is beside it, `.pub`).
 pub fn keygen(dir: &Path, name: &str, passphrase: &str) -> PathBuf {
+    keygen_of("ed25519", dir, name, passphrase)
+}
+
+/// [`keygen`] of a key type (`ed25519`, `ecdsa`, `rsa`).
+pub fn keygen_of(kind: &str, dir: &Path, name: &str, passphrase: &str) -> PathBuf {
     let path = dir.join(name);
     run(
         "ssh-keygen",
         &[
             "-q",
             "-t",
-            "ed25519",
+            kind,
             "-N",
             passphrase,
             "-C",
@@ -64,6 +69,11 @@ impl Sshd {
     /// Starts sshd with a fresh ed25519 host key; `authorized` public keys may log in as any user
     /// (root included: the tests run as root).
     pub fn start(authorized: &[&Path]) -> Sshd {
+        Sshd::start_with_host_keys(authorized, &["ed25519"])
+    }
+
+    /// [`Sshd::start`] with a host key of each of these types (`host_<type>`).
+    pub fn start_with_host_keys(authorized: &[&Path], kinds: &[&str]) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: install openssh-server (scripts/test.sh does)"
@@ -71,7 +81,13 @@ impl Sshd {
         // sshd's privilege separation needs this directory.
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let host_key = keygen(dir.path(), "host_ed25519", "");
+        let host_keys: String = kinds
+            .iter()
+            .map(|kind| {
+                let key = keygen_of(kind, dir.path(), &format!("host_{kind}"), "");
+                format!("HostKey {}\n", key.display())
+            })
+            .collect();
         let keys: String = authorized
             .iter()
             .map(|p| std::fs::read_to_string(p.with_extension("pub")).unwrap())
@@ -85,11 +101,10 @@ impl Sshd {
             std::fs::write(
                 &config,
                 format!(
-                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nPidFile {pid}\n\
+                    "Port {port}\nListenAddress 127.0.0.1\n{host_keys}PidFile {pid}\n\
                      AuthorizedKeysFile {keys}\nStrictModes no\nUsePAM no\nPermitRootLogin yes\n\
                      PasswordAuthentication yes\nKbdInteractiveAuthentication no\n\
                      PubkeyAuthentication yes\nLogLevel VERBOSE\n",
-                    host = host_key.display(),
                     pid = dir.path().join("sshd.pid").display(),
                     keys = dir.path().join("authorized_keys").display(),
                 ),
@@ -121,7 +136,11 @@ impl Sshd {
     }
 
     pub fn host_key_pub(&self) -> PathBuf {
-        self.dir.path().join("host_ed25519.pub")
+        self.host_key_pub_of("ed25519")
+    }
+
+    pub fn host_key_pub_of(&self, kind: &str) -> PathBuf {
+        self.dir.path().join(format!("host_{kind}.pub"))
     }
 
     pub fn log(&self) -> String {

@@ -62,12 +62,13 @@ pub struct Line {
     pub offset: u64,
 }
 
-/// A file from a script's working directory, streamed: its size, then its bytes.
+/// A file from a script's working directory, streamed over a connection of its own: its size,
+/// then its bytes.
 pub struct RemoteFile {
     pub size: u64,
     read: u64,
     reader: BufReader<russh::ChannelStream<russh::client::Msg>>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _connection: russh::client::Handle<crate::session::Client>,
 }
 
 impl AsyncRead for RemoteFile {
@@ -330,7 +331,7 @@ rm -rf "$d""#;
     pub async fn read_file(&self, ticket: &str, path: &str) -> Result<Option<RemoteFile>, Error> {
         check_ticket(ticket)?;
         check_path(path)?;
-        let Chan { channel, permit } = self.channel().await?;
+        let (connection, channel) = self.bulk_channel().await?;
         channel
             .exec(true, sh_command(READ_SH, &[ticket, path]))
             .await?;
@@ -359,7 +360,7 @@ rm -rf "$d""#;
             size,
             read: 0,
             reader,
-            _permit: permit,
+            _connection: connection,
         }))
     }
 }

@@ -43,7 +43,7 @@ impl Output {
 
 /// Records the key the host presents and accepts it only when it matches the pin (`None`: never,
 /// for a scan).
-struct Client {
+pub(crate) struct Client {
     pin: Option<Fingerprint>,
     presented: Arc<Mutex<Option<PublicKey>>>,
 }
@@ -415,6 +415,27 @@ impl Session {
             Err(_) if connection.handle.is_closed() => Err(self.disconnected()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// A channel on a connection of its own, for a bulk transfer: russh hands a connection's data
+    /// to its channels in order, so a slow reader of a large file would hold up every other
+    /// channel (the scripts' lines) on a shared one. Dropping the handle closes the connection.
+    pub(crate) async fn bulk_channel(
+        &self,
+    ) -> Result<(Handle<Client>, Channel<client::Msg>), Error> {
+        let inner = &self.inner;
+        let (handle, _, _) = dial(&inner.target, &inner.auth, inner.timeout, inner.family).await?;
+        let channel = tokio::time::timeout(inner.timeout, handle.channel_open_session())
+            .await
+            .map_err(|_| {
+                timed_out(
+                    &inner.target.host,
+                    inner.target.port,
+                    inner.timeout,
+                    "opening a channel",
+                )
+            })??;
+        Ok((handle, channel))
     }
 
     /// Runs a command through the login user's shell (health checks: `uname -sm`, …), with

@@ -662,6 +662,20 @@ async fn read_file_streams_a_large_file() {
         .unwrap()
         .unwrap();
     assert_eq!(file.size, SIZE);
+    // A transfer nobody reads for now holds up no other script's lines.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other = ticket("meanwhile");
+    session
+        .start(&bash(&other, "echo meanwhile\n"))
+        .await
+        .unwrap();
+    let (lines, end) =
+        tokio::time::timeout(Duration::from_secs(20), follow_all(&session, &other, 0))
+            .await
+            .expect("a stalled transfer held up another script");
+    assert_eq!(texts(&lines), ["meanwhile"]);
+    assert_eq!(end.unwrap(), Outcome::Exited(0));
+    session.remove(&other).await.unwrap();
     let mut buffer = vec![0u8; 64 * 1024];
     let (mut total, mut peak) = (0u64, 0u64);
     let pattern = b"0123456789abcdef\n";

@@ -236,7 +236,7 @@ impl Session {
             .await?;
         let mut splitter = Splitter::new(after);
         let mut stderr = Vec::new();
-        let mut status = None;
+        let (mut status, mut refused) = (None, false);
         while let Some(message) = channel.wait().await {
             match message {
                 ChannelMsg::Data { data } => {
@@ -253,11 +253,12 @@ impl Session {
                     stderr.extend_from_slice(&data[..data.len().min(room)]);
                 }
                 ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                ChannelMsg::Failure => refused = true,
                 _ => {}
             }
         }
         let Some(status) = status else {
-            return Err(self.disconnected());
+            return Err(self.no_end(refused));
         };
         if let Some(last) = splitter.finish() {
             let _ = lines.send(vec![last]).await;
@@ -324,6 +325,28 @@ rm -rf "$d""#;
                 detail: stderr_text(&output.stderr),
             })
         }
+    }
+
+    /// The scripts that have a working directory on the worker, and whether each has ended: for a
+    /// server to remove what it no longer knows (a task deleted while its worker was away).
+    pub async fn tickets(&self) -> Result<Vec<(String, bool)>, Error> {
+        let program = r#"cd "$HOME/.muster/work" 2>/dev/null || exit 0
+for d in *; do [ -d "$d" ] || continue; if [ -f "$d/exit" ]; then echo "ended $d"; else echo "running $d"; fi; done"#;
+        let output = self.run(&sh_command(program, &[]), &[]).await?;
+        if !output.success() {
+            return Err(Error::Remote {
+                what: "list its scripts",
+                detail: stderr_text(&output.stderr),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| {
+                let (state, ticket) = line.split_once(' ')?;
+                check_ticket(ticket).ok()?;
+                Some((ticket.to_string(), state == "ended"))
+            })
+            .collect())
     }
 
     /// Streams a file from a script's working directory (`path` relative to it, without `..`):

@@ -340,6 +340,19 @@ impl Session {
         connections.clone()
     }
 
+    /// Why a channel closed without an exit status: the worker refused the command, or the
+    /// connection went.
+    pub(crate) fn no_end(&self, refused: bool) -> Error {
+        if refused {
+            Error::Remote {
+                what: "run a command",
+                detail: "its sshd refused to run it for this account".into(),
+            }
+        } else {
+            self.disconnected()
+        }
+    }
+
     pub(crate) fn disconnected(&self) -> Error {
         Error::Disconnected {
             host: self.inner.target.host.clone(),
@@ -454,7 +467,7 @@ impl Session {
         let _ = channel.data(stdin).await;
         let _ = channel.eof().await;
         let mut output = Output::default();
-        let mut ended = false;
+        let (mut ended, mut refused) = (false, false);
         while let Some(message) = channel.wait().await {
             match message {
                 ChannelMsg::Data { data } => keep(&mut output.stdout, &data),
@@ -467,11 +480,12 @@ impl Session {
                     output.signal = Some(format!("{signal_name:?}"));
                     ended = true;
                 }
+                ChannelMsg::Failure => refused = true,
                 _ => {}
             }
         }
         if !ended {
-            return Err(self.disconnected());
+            return Err(self.no_end(refused));
         }
         Ok(output)
     }

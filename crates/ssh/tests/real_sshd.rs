@@ -396,7 +396,22 @@ async fn the_working_directory_is_private_start_is_idempotent_and_remove_deletes
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&modes.stdout), "700\n600\n600\n");
+    assert!(
+        session
+            .tickets()
+            .await
+            .unwrap()
+            .contains(&(id.clone(), true))
+    );
     session.remove(&id).await.unwrap();
+    assert!(
+        !session
+            .tickets()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(t, _)| *t == id)
+    );
     let gone = session
         .exec(&format!("test -e ~/.muster/work/{id}"))
         .await

@@ -3,14 +3,21 @@
 d="$HOME/.muster/work/$1"
 cd "$d" 2>/dev/null || { echo "no working directory" >&2; exit 3; }
 i=0
-while [ ! -f wpid ] && [ ! -f exit ] && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+while { [ ! -f wpid ] || [ ! -f pgid ]; } && [ ! -f exit ] && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 from=$(($2 + 1))
 if [ -f exit ]; then
   tail -c +"$from" output
-elif [ -f wpid ] && tail --version 2>/dev/null | grep -q GNU; then
-  # GNU tail follows with inotify and stops once the keeper is gone, after a last read; it checks
-  # the keeper every 50 ms (one kill(2), no process started).
-  tail -c +"$from" -s 0.05 --pid="$(cat wpid)" -f output
+elif [ -f pgid ] && tail --version 2>/dev/null | grep -q GNU; then
+  # GNU tail follows with inotify and stops, after a last read, once the script's group leader
+  # (job.sh, whose pipeline holds every writer of `output`) is gone; it checks with one
+  # kill(2) every 10 ms. Not the keeper: the keeper's parent is init, which may reap it late.
+  tail -c +"$from" -s 0.01 --pid="$(cat pgid)" -f output
+  # The keeper records the end a moment later.
+  i=0
+  while [ ! -f exit ] && kill -0 "$(cat wpid 2>/dev/null)" 2>/dev/null; do
+    if [ "$i" -lt 100 ]; then sleep 0.01; else sleep 0.5; fi
+    i=$((i + 1))
+  done
 else
   o=$2
   while :; do

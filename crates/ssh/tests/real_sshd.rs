@@ -762,3 +762,38 @@ async fn a_script_whose_keeper_vanished_is_lost_and_remove_kills_a_running_one()
     session.remove(&id).await.unwrap();
     assert_eq!(remote_processes(&session, "sleep 7680002").await, 0);
 }
+
+#[tokio::test]
+async fn a_large_output_streams_whole_and_long_lines_come_in_pieces() {
+    let f = Fixture::start().await;
+    let session = f.session().await;
+    let id = ticket("bulk");
+    // 200,000 lines, then one line of 150,000 characters (cut at 64 KiB by the keeper).
+    let body = "seq 1 200000\nhead -c 150000 /dev/zero | tr '\\0' x; echo\n";
+    session.start(&bash(&id, body)).await.unwrap();
+    let (sender, mut receiver) = mpsc::channel(4);
+    let follow = {
+        let session = session.clone();
+        let id = id.clone();
+        tokio::spawn(async move { session.follow(&id, 0, sender).await })
+    };
+    let (mut count, mut next, mut last_offset) = (0usize, 1u64, 0u64);
+    let mut long = Vec::new();
+    while let Some(batch) = receiver.recv().await {
+        for line in batch {
+            assert!(line.offset > last_offset);
+            last_offset = line.offset;
+            count += 1;
+            if next <= 200_000 {
+                assert_eq!(line.text, next.to_string());
+                next += 1;
+            } else {
+                long.push(line.text.len());
+            }
+        }
+    }
+    assert_eq!(follow.await.unwrap().unwrap(), Outcome::Exited(0));
+    assert_eq!(count, 200_000 + long.len());
+    assert_eq!(long, [65536, 65536, 150_000 - 2 * 65536]);
+    session.remove(&id).await.unwrap();
+}

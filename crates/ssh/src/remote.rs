@@ -482,6 +482,39 @@ mod tests {
         );
     }
 
+    /// start.sh run by a local sh (as the worker's would): an upload cut short leaves nothing, so
+    /// that the start can be repeated; a ticket with a directory is left alone.
+    #[test]
+    fn a_cut_upload_leaves_nothing_and_a_repeated_start_does_nothing() {
+        let home = tempfile::tempdir().unwrap();
+        let start = |total: &str, stdin: &[u8]| {
+            use std::io::Write;
+            let mut child = std::process::Command::new("sh")
+                .args([
+                    "-c", START_SH, "muster", "T-1", total, "1", "1", "1", "s.sh", "1",
+                ])
+                .args(["0", "3", "true"])
+                .env("HOME", home.path())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(stdin).unwrap();
+            child.wait_with_output().unwrap()
+        };
+        let dir = home.path().join(".muster/work/T-1");
+        let cut = start("4", b"abc");
+        assert!(!cut.status.success());
+        assert!(String::from_utf8_lossy(&cut.stderr).contains("cut short"));
+        assert!(!dir.exists());
+        std::fs::create_dir_all(&dir).unwrap();
+        let again = start("4", b"abcd");
+        assert!(again.status.success());
+        assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), "exists");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
     #[test]
     fn names_are_checked() {
         assert!(check_ticket("Tasks-1_a").is_ok());

@@ -10,6 +10,23 @@
 //! - Scripts run detached under a small POSIX-sh keeper in `$HOME/.muster/work/<ticket>` (see
 //!   [`remote`]), so that they outlive the server and can be re-attached to with
 //!   [`Session::follow`] from the last stored byte offset.
+//!
+//! How a worker kind uses it:
+//! - **One session per worker**, connected on first use and again when [`Session::is_closed`] or
+//!   an error is [`Error::Disconnected`] (each connection checks the pin again).
+//! - **Health:** connect (that checks the host key) and [`Session::exec`] a trivial command
+//!   (`uname -sm`). [`Error::HostKeyChanged`] makes the worker Unhealthy with its message; when an
+//!   MD5 pin matched, store the returned [`HostKey::sha256`] as the new pin.
+//! - **Run:** [`Session::start`], then [`Session::follow`] from 0; store each [`Line`] with its
+//!   `offset` as its sequence number. At the end, collect artifacts with [`Session::read_file`],
+//!   then [`Session::remove`].
+//! - **Re-attach** (server restarted, connection dropped): `follow` from the last stored offset.
+//!   [`Error::NoSuchScript`]: it never started, so `start` it (a repeated start is harmless);
+//!   [`Error::Lost`]: it died without an end (the worker rebooted).
+//! - **Cancel:** [`Session::kill`]; the running `follow` returns `Outcome::Canceled`. A timeout is
+//!   enforced on the worker, and `follow` returns `Outcome::TimedOut`.
+//! - **Clean-up:** [`Session::tickets`] lists the worker's script directories; remove those the
+//!   server no longer knows.
 
 pub mod keys;
 pub mod remote;

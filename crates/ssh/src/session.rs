@@ -6,6 +6,7 @@ use crate::{Auth, Error, HostKey, Target};
 use russh::client::{self, Handle};
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -266,6 +267,19 @@ async fn dial(
 struct Connection {
     handle: Handle<Client>,
     slots: Arc<Semaphore>,
+    /// The channels this connection may hold: lowered when the worker refuses one (its sshd's
+    /// `MaxSessions` is below [`CHANNELS_PER_CONNECTION`]).
+    capacity: AtomicUsize,
+}
+
+impl Connection {
+    fn new(handle: Handle<Client>, capacity: usize) -> Arc<Connection> {
+        Arc::new(Connection {
+            handle,
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity: AtomicUsize::new(capacity),
+        })
+    }
 }
 
 struct Inner {
@@ -275,6 +289,8 @@ struct Inner {
     /// The host-key algorithms whose key matched the pin.
     family: Option<&'static [Algorithm]>,
     connections: Mutex<Vec<Arc<Connection>>>,
+    /// The channels a new connection starts with: the least any connection was found to hold.
+    capacity: AtomicUsize,
     /// One new connection at a time (sshd's `MaxStartups` limits unauthenticated ones).
     dialing: tokio::sync::Mutex<()>,
 }
@@ -311,10 +327,8 @@ impl Session {
                 auth: auth.clone(),
                 timeout,
                 family,
-                connections: Mutex::new(vec![Arc::new(Connection {
-                    handle,
-                    slots: Arc::new(Semaphore::new(CHANNELS_PER_CONNECTION)),
-                })]),
+                connections: Mutex::new(vec![Connection::new(handle, CHANNELS_PER_CONNECTION)]),
+                capacity: AtomicUsize::new(CHANNELS_PER_CONNECTION),
                 dialing: tokio::sync::Mutex::new(()),
             }),
         };
@@ -362,14 +376,17 @@ impl Session {
 
     /// Opens a channel on a connection with room, opening another connection when all are full.
     pub(crate) async fn channel(&self) -> Result<Chan, Error> {
-        loop {
+        'retry: loop {
             let connections = self.live_connections();
             if connections.is_empty() {
                 return Err(self.disconnected());
             }
             for connection in &connections {
                 if let Ok(permit) = connection.slots.clone().try_acquire_owned() {
-                    return self.open_on(connection, permit).await;
+                    match self.open_on(connection, permit).await? {
+                        Some(chan) => return Ok(chan),
+                        None => continue 'retry,
+                    }
                 }
             }
             let dialing = self.inner.dialing.lock().await;
@@ -384,14 +401,12 @@ impl Session {
                 let inner = &self.inner;
                 let (handle, _, _) =
                     dial(&inner.target, &inner.auth, inner.timeout, inner.family).await?;
-                self.inner
+                let capacity = inner.capacity.load(Ordering::SeqCst);
+                inner
                     .connections
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(Arc::new(Connection {
-                        handle,
-                        slots: Arc::new(Semaphore::new(CHANNELS_PER_CONNECTION)),
-                    }));
+                    .push(Connection::new(handle, capacity));
                 continue;
             }
             drop(dialing);
@@ -402,15 +417,19 @@ impl Session {
                 .acquire_owned()
                 .await
                 .map_err(|_| self.disconnected())?;
-            return self.open_on(&first, permit).await;
+            if let Some(chan) = self.open_on(&first, permit).await? {
+                return Ok(chan);
+            }
         }
     }
 
+    /// Opens a channel on `connection`. `None`: the worker refused it while others are open there,
+    /// so the connection now counts one channel fewer; try again.
     async fn open_on(
         &self,
         connection: &Connection,
         permit: OwnedSemaphorePermit,
-    ) -> Result<Chan, Error> {
+    ) -> Result<Option<Chan>, Error> {
         let target = &self.inner.target;
         let opened =
             tokio::time::timeout(self.inner.timeout, connection.handle.channel_open_session())
@@ -424,8 +443,24 @@ impl Session {
                     )
                 })?;
         match opened {
-            Ok(channel) => Ok(Chan { channel, permit }),
+            Ok(channel) => Ok(Some(Chan { channel, permit })),
             Err(_) if connection.handle.is_closed() => Err(self.disconnected()),
+            Err(russh::Error::ChannelOpenFailure(reason)) => {
+                let capacity = connection.capacity.load(Ordering::SeqCst);
+                let others_open = capacity.saturating_sub(connection.slots.available_permits() + 1);
+                if others_open == 0 {
+                    return Err(Error::Remote {
+                        what: "open a channel",
+                        detail: format!("its sshd refused it ({reason:?})"),
+                    });
+                }
+                permit.forget();
+                connection.capacity.store(capacity - 1, Ordering::SeqCst);
+                self.inner
+                    .capacity
+                    .fetch_min(capacity - 1, Ordering::SeqCst);
+                Ok(None)
+            }
             Err(error) => Err(error.into()),
         }
     }

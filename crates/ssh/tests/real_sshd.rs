@@ -797,3 +797,41 @@ async fn a_large_output_streams_whole_and_long_lines_come_in_pieces() {
     assert_eq!(long, [65536, 65536, 150_000 - 2 * 65536]);
     session.remove(&id).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_worker_allowing_fewer_channels_gets_more_connections() {
+    let keys = tempfile::tempdir().unwrap();
+    let client = sshd::keygen(keys.path(), "client", "");
+    let sshd = Sshd::start_with(&[&client], &["ed25519"], "MaxSessions 2\n");
+    let pin = scan("127.0.0.1", sshd.port, TIMEOUT).await.unwrap().sha256;
+    let target = Target {
+        host: "127.0.0.1".into(),
+        port: sshd.port,
+        pin,
+    };
+    let auth = Auth::Key {
+        username: "root".into(),
+        key: Arc::new(read_private_key(&std::fs::read(&client).unwrap(), None).unwrap()),
+    };
+    let (session, _) = Session::connect(&target, &auth, TIMEOUT).await.unwrap();
+    let runs = (0..6).map(|i| {
+        let session = session.clone();
+        async move {
+            let id = ticket(&format!("few{i}"));
+            session
+                .start(&bash(&id, &format!("sleep 1\necho {i}\n")))
+                .await
+                .unwrap();
+            let (lines, end) = follow_all(&session, &id, 0).await;
+            session.remove(&id).await.unwrap();
+            (i, texts(&lines), end.unwrap())
+        }
+    });
+    for (i, lines, end) in futures_join_all(runs).await {
+        assert_eq!(end, Outcome::Exited(0));
+        assert_eq!(lines, [i.to_string()]);
+    }
+    let logins = sshd.log().matches("Accepted publickey").count();
+    eprintln!("6 scripts on MaxSessions 2 used {logins} connections");
+    assert!(logins >= 3, "{logins}");
+}

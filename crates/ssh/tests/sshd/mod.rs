@@ -74,6 +74,11 @@ impl Sshd {
 
     /// [`Sshd::start`] with a host key of each of these types (`host_<type>`).
     pub fn start_with_host_keys(authorized: &[&Path], kinds: &[&str]) -> Sshd {
+        Sshd::start_with(authorized, kinds, "")
+    }
+
+    /// [`Sshd::start_with_host_keys`] with more lines of sshd_config.
+    pub fn start_with(authorized: &[&Path], kinds: &[&str], extra_config: &str) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: install openssh-server (scripts/test.sh does)"
@@ -104,7 +109,7 @@ impl Sshd {
                     "Port {port}\nListenAddress 127.0.0.1\n{host_keys}PidFile {pid}\n\
                      AuthorizedKeysFile {keys}\nStrictModes no\nUsePAM no\nPermitRootLogin yes\n\
                      PasswordAuthentication yes\nKbdInteractiveAuthentication no\n\
-                     PubkeyAuthentication yes\nLogLevel VERBOSE\n",
+                     PubkeyAuthentication yes\nLogLevel VERBOSE\n{extra_config}",
                     pid = dir.path().join("sshd.pid").display(),
                     keys = dir.path().join("authorized_keys").display(),
                 ),

@@ -9,6 +9,7 @@ pub mod paging;
 pub mod permissions;
 pub mod resources;
 pub mod runbooks;
+pub mod tasks;
 pub mod time;
 pub mod variables;
 

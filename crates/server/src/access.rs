@@ -244,7 +244,7 @@ async fn authorize(
                 .find(|(name, _)| *name == "space")
                 .map(|(_, value)| value.to_string())
                 .ok_or_else(|| ApiError::not_found("space"))?;
-            let space = crate::api::resolve_space(app, &key).await?;
+            let space = resolve_space(app, &key).await?;
             if !access.sees_space(&space.id) {
                 return Err(ApiError::not_found(&key));
             }
@@ -257,4 +257,24 @@ async fn authorize(
             Ok(())
         }
     }
+}
+
+/// The space a scoped route names: `default`, an id, or a slug. Unknown answers 404.
+pub async fn resolve_space(app: &App, key: &str) -> Result<Space, ApiError> {
+    let found = if key == crate::http::DEFAULT_SPACE {
+        app.store
+            .list::<Space>("")
+            .await?
+            .into_iter()
+            .find(|s| s.is_default)
+    } else if let Some(id) = muster_core::ids::canonical_id(muster_core::IdKind::Space, key) {
+        app.store.get::<Space>(&id).await?
+    } else {
+        app.store
+            .find_by_ext::<Space>(key)
+            .await?
+            .into_iter()
+            .next()
+    };
+    found.ok_or_else(|| ApiError::not_found(key))
 }

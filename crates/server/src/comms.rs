@@ -78,8 +78,17 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-#[derive(Default)]
+/// A link opened or closed: told to the layers above (health, dispatch) over `Comms::events`.
+#[derive(Clone)]
+pub enum LinkEvent {
+    Opened { thumbprint: String, link: Link },
+    Closed { thumbprint: String },
+}
+
 pub struct Comms {
+    /// Links opening and closing, for the health checks (which check an opened link at once and
+    /// record a closed one).
+    pub events: tokio::sync::broadcast::Sender<LinkEvent>,
     links: Mutex<HashMap<String, Link>>,
     next_id: AtomicU64,
     /// Signalled whenever a link opens or closes.
@@ -96,6 +105,22 @@ pub struct Comms {
     /// them all (a re-attached script may dial its agent while others are still being recovered).
     recovered: std::sync::atomic::AtomicBool,
     recovered_now: Notify,
+}
+
+impl Default for Comms {
+    fn default() -> Comms {
+        Comms {
+            events: tokio::sync::broadcast::channel(1024).0,
+            links: Mutex::default(),
+            next_id: AtomicU64::default(),
+            changed: Notify::default(),
+            health_writes: Mutex::default(),
+            closed: Mutex::default(),
+            live: Mutex::default(),
+            recovered: std::sync::atomic::AtomicBool::default(),
+            recovered_now: Notify::default(),
+        }
+    }
 }
 
 /// A ticket this server follows, while the value lives.
@@ -226,25 +251,26 @@ async fn attach(
         .handshake(TokioIo::new(stream))
         .await
         .context("the HTTP/2 handshake with the agent failed")?;
+    let thumbprint = thumbprint.to_ascii_uppercase();
     let link = app.comms.add(&thumbprint, sender);
     let id = link.id;
     let app2 = app.clone();
-    let checked_thumbprint = thumbprint.clone();
+    let closed = thumbprint.clone();
     tokio::spawn(async move {
         let _ = connection.await;
-        app2.comms.remove(&thumbprint, id);
-        crate::health::set_unreachable(&app2, &thumbprint, crate::health::CONNECTION_CLOSED).await;
-        app2.dispatcher.wake();
-        // The health loop slept until the policy's next check; a listening agent without a link
-        // is tried again every few seconds, so that one that restarted is found at once.
-        app2.health_wake.notify_one();
+        app2.comms.remove(&closed, id);
+        let _ = app2
+            .comms
+            .events
+            .send(LinkEvent::Closed { thumbprint: closed });
+        app2.signals.dispatch.notify_one();
     });
-    let (app3, checked) = (app.clone(), link.clone());
-    tokio::spawn(
-        async move { crate::health::check_link(&app3, &checked_thumbprint, &checked).await },
-    );
+    let _ = app.comms.events.send(LinkEvent::Opened {
+        thumbprint,
+        link: link.clone(),
+    });
     tokio::spawn(cancel_orphans(app.clone(), link.clone()));
-    app.dispatcher.wake();
+    app.signals.dispatch.notify_one();
     Ok(link)
 }
 

@@ -10,45 +10,36 @@
 //! only after its last log line is committed, so a follower that sees the final state has the whole
 //! log.
 
-use crate::script::{self, Invocation, Place, Stop};
+use crate::kinds::builtin::BUILTIN_WORKER_NAME;
+use crate::kinds::{self, Invocation, Line, Stop, WorkerKind};
 use crate::state::App;
 use muster_core::resources::{Space, Task, Worker, WorkerPool};
-use muster_core::runbooks::RunbookRun;
+use muster_core::tasks::{ScriptArguments, TaskKind, parent_of};
 use muster_core::time::{Timestamp, format_date, now};
-use muster_core::{LogCategory, ScriptSyntax, ScriptTarget, TaskState, WorkerPoolType};
-use muster_scheduler::{BUILTIN_AGENT, Decision, Lease, Ledger, Need, Request, Slot};
-use serde_json::Value;
+use muster_core::{LogCategory, ScriptTarget, TaskState, WorkerPoolType};
+use muster_scheduler::{BUILTIN_AGENT, Decision, Lease, Need, Request, Slot};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-pub const BUILTIN_WORKER_NAME: &str = "Built-in worker";
-/// The task name of a runbook run.
-pub const RUNBOOK_RUN: &str = "RunbookRun";
-
 #[derive(Default)]
 pub struct Dispatcher {
-    wake: Notify,
     /// How to stop each task running on this node.
     running: Mutex<HashMap<String, Stop>>,
-    /// The leases and task-cap slots of the running tasks (health checks take neither).
-    ledger: Mutex<Ledger>,
     /// Signalled each time a running task ends, for shutdown to wait on.
     ended: Notify,
     /// The space that started a task most recently: it goes last in the next pass.
     last_space: Mutex<Option<String>>,
+    /// The queued tasks last told that the task cap is full: while it still is, a pass does not
+    /// weigh them again.
+    capped: Mutex<std::collections::HashSet<String>>,
     /// What passes read of each space, with the store's workers generation it was read at: a
     /// pass reads a space again only after a space, pool or worker was written.
     views: Mutex<HashMap<String, (u64, std::sync::Arc<SpaceView>)>>,
 }
 
 impl Dispatcher {
-    /// Asks for a dispatch pass. Wakes given while a pass runs are kept, not lost.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
     fn running(&self, task_id: &str) -> Option<Stop> {
         self.running
             .lock()
@@ -61,18 +52,12 @@ impl Dispatcher {
         self.running.lock().expect("dispatcher lock").len()
     }
 
-    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
-        self.ledger.lock().expect("dispatcher lock")
-    }
-
-    /// A running task now waits for its child run (Some), or no longer does (None). Set before the
-    /// child is queued, so that the child's first pass already sees what its parent lends it.
-    pub fn wait_for(&self, parent: &str, child: Option<&str>) {
-        self.ledger().wait_for(parent, child);
-    }
-
-    pub fn waiting_for(&self, task_id: &str) -> Option<String> {
-        self.ledger().waiting_for(task_id).map(str::to_string)
+    /// Whether the task was last told that the task cap is full.
+    fn told_capped(&self, task_id: &str) -> bool {
+        self.capped
+            .lock()
+            .expect("dispatcher lock")
+            .contains(task_id)
     }
 }
 
@@ -90,171 +75,6 @@ enum Planned {
     Fail(String),
 }
 
-/// The settings of an AdHocScript task, read from its `Arguments`.
-pub struct ScriptArguments {
-    pub body: String,
-    pub syntax: ScriptSyntax,
-    pub target: ScriptTarget,
-    pub pool_ids: Vec<String>,
-    pub machine_ids: Vec<String>,
-    pub timeout: Option<Duration>,
-    /// `OctopusBypassDeploymentMutex` False: nothing else runs on its worker meanwhile.
-    pub exclusive: bool,
-}
-
-pub(crate) fn string_list(value: &Value) -> Vec<String> {
-    match value {
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|v| v.as_str())
-            .map(str::to_string)
-            .collect(),
-        Value::String(text) => text
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-impl ScriptArguments {
-    /// Reads and checks the arguments; every problem is returned for a 400.
-    pub fn parse(
-        arguments: &serde_json::Map<String, Value>,
-    ) -> Result<ScriptArguments, Vec<String>> {
-        let mut errors = Vec::new();
-        let body = match arguments.get("ScriptBody") {
-            Some(Value::String(body)) if !body.trim().is_empty() => body.clone(),
-            Some(Value::String(_)) | None | Some(Value::Null) => {
-                errors.push("Arguments.ScriptBody is required: the script to run.".to_string());
-                String::new()
-            }
-            Some(_) => {
-                errors.push("Arguments.ScriptBody must be a string.".to_string());
-                String::new()
-            }
-        };
-        let syntax = match arguments.get("Syntax") {
-            None | Some(Value::Null) => ScriptSyntax::Bash,
-            Some(Value::String(text)) => ScriptSyntax::parse(text).unwrap_or_else(|| {
-                errors.push(format!(
-                    "Arguments.Syntax must be Bash, Python or PowerShell, got '{text}'."
-                ));
-                ScriptSyntax::Bash
-            }),
-            Some(_) => {
-                errors.push("Arguments.Syntax must be a string.".to_string());
-                ScriptSyntax::Bash
-            }
-        };
-        let pool_ids = arguments
-            .get("WorkerPoolIds")
-            .map(string_list)
-            .unwrap_or_default();
-        let machine_ids = arguments
-            .get("MachineIds")
-            .map(string_list)
-            .unwrap_or_default();
-        let target = match arguments.get("TargetType") {
-            None | Some(Value::Null) => {
-                if !machine_ids.is_empty() {
-                    ScriptTarget::Workers
-                } else {
-                    ScriptTarget::WorkerPools
-                }
-            }
-            Some(Value::String(text)) => ScriptTarget::parse(text).unwrap_or_else(|| {
-                errors.push(format!(
-                    "Arguments.TargetType must be OctopusServer, WorkerPools or Workers, got '{text}'."
-                ));
-                ScriptTarget::OctopusServer
-            }),
-            Some(_) => {
-                errors.push("Arguments.TargetType must be a string.".to_string());
-                ScriptTarget::OctopusServer
-            }
-        };
-        if target == ScriptTarget::Workers && machine_ids.is_empty() {
-            errors.push(
-                "Arguments.MachineIds must name at least one worker when TargetType is Workers."
-                    .into(),
-            );
-        }
-        let timeout = match arguments.get("Timeout") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(secs) if (1..=i32::MAX as u64).contains(&secs) => {
-                    Some(Duration::from_secs(secs))
-                }
-                _ => {
-                    errors.push(format!(
-                        "Arguments.Timeout must be a whole number of seconds from 1 to {}, or a TimeSpan such as 00:10:00; got {n}.",
-                        i32::MAX
-                    ));
-                    None
-                }
-            },
-            Some(Value::String(text)) => match muster_core::time::parse_timespan(text) {
-                Some(d) if !d.is_zero() => Some(d),
-                _ => {
-                    errors.push(format!(
-                        "Arguments.Timeout must be a TimeSpan such as 00:10:00, got '{text}'."
-                    ));
-                    None
-                }
-            },
-            Some(_) => {
-                errors.push("Arguments.Timeout must be a TimeSpan such as 00:10:00.".into());
-                None
-            }
-        };
-        let exclusive = match exclusive_argument(arguments) {
-            Ok(exclusive) => exclusive,
-            Err(error) => {
-                errors.push(error);
-                false
-            }
-        };
-        if errors.is_empty() {
-            Ok(ScriptArguments {
-                exclusive,
-                body,
-                syntax,
-                target,
-                pool_ids,
-                machine_ids,
-                timeout,
-            })
-        } else {
-            Err(errors)
-        }
-    }
-}
-
-/// `Arguments.OctopusBypassDeploymentMutex`: False (a string or a boolean) makes the task's worker
-/// lease exclusive; True or absent shares the worker.
-pub fn exclusive_argument(arguments: &serde_json::Map<String, Value>) -> Result<bool, String> {
-    let value = arguments
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(muster_core::runbooks::BYPASS_MUTEX))
-        .map(|(_, v)| v);
-    match value {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(bypass)) => Ok(!bypass),
-        Some(Value::String(text)) => muster_core::runbooks::parse_bool(text)
-            .map(|bypass| !bypass)
-            .ok_or_else(|| {
-                format!(
-                    "Arguments.OctopusBypassDeploymentMutex must be True or False, got '{text}'."
-                )
-            }),
-        Some(other) => Err(format!(
-            "Arguments.OctopusBypassDeploymentMutex must be True or False, got {other}."
-        )),
-    }
-}
-
 /// Tasks left Executing by a server that stopped: a script on an agent kept running, so the server
 /// re-attaches to it and reads on from the last line it stored (or starts it, if the agent never
 /// received it). A script on the built-in worker died with the server (its watchdog killed it, and
@@ -267,11 +87,14 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
         .tasks_in_states(&[TaskState::Executing, TaskState::Cancelling])
         .await?
     {
-        if task.name != RUNBOOK_RUN
+        let kind = TaskKind::of(&task);
+        if let Ok(TaskKind::AdHocScript(arguments)) = &kind
             && let Some(worker_id) = task.worker_id.clone()
             && let Some(worker) = app.store.get::<Worker>(&worker_id).await?
+            && kinds::of(Some(&worker)).outlives_restart()
         {
-            reattach(app, task, worker).await?;
+            let exclusive = arguments.exclusive;
+            reattach(app, task, worker, exclusive).await?;
             continue;
         }
         let from = task.state;
@@ -290,9 +113,9 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
             }
         } else {
             task.state = TaskState::Failed;
-            if task.name == crate::health::TASK_NAME {
+            if let Ok(TaskKind::Health(_)) = kind {
                 "The Muster server stopped during this health check; run it again.".to_string()
-            } else if task.name == RUNBOOK_RUN {
+            } else if let Ok(TaskKind::RunbookRun(_)) = kind {
                 "The Muster server stopped while this runbook run was executing; a run's steps do not outlive the server (a step on the built-in worker was stopped with it, a step on an agent is stopped when the agent reconnects), so its outcome is unknown: run it again.".to_string()
             } else if task.worker_id.is_some() {
                 format!(
@@ -320,10 +143,9 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
 /// Follows a script an agent kept running while the server was down, from the agent's line after the
 /// last one stored. A task that was being canceled is canceled on the agent. It holds its worker's
 /// lease again, so nothing exclusive lands beside it.
-async fn reattach(app: &App, task: Task, worker: Worker) -> anyhow::Result<()> {
+async fn reattach(app: &App, task: Task, worker: Worker, exclusive: bool) -> anyhow::Result<()> {
     let after = app.store.last_source_seq(&task.id).await?;
     let stop = Stop::default();
-    let exclusive = exclusive_argument(&task.arguments).unwrap_or(false);
     let slot = slot_of(app, &worker);
     let request = Request {
         task_id: task.id.clone(),
@@ -340,7 +162,7 @@ async fn reattach(app: &App, task: Task, worker: Worker) -> anyhow::Result<()> {
         exclusive,
         borrowed: false,
     };
-    app.dispatcher.ledger().begin(&request, vec![lease], true);
+    app.ledger().begin(&request, vec![lease], true);
     app.dispatcher
         .running
         .lock()
@@ -361,10 +183,11 @@ async fn reattach(app: &App, task: Task, worker: Worker) -> anyhow::Result<()> {
     }
     // Held before any agent's tickets are weighed (`Comms::set_recovered`), so a resumed one is
     // never taken for an orphan.
-    let hold = crate::comms::hold(app, &task.id);
+    let kind = kinds::of(Some(&worker));
+    let hold = kind.hold(app, &task.id);
     let app = app.clone();
     tokio::spawn(async move {
-        run_script_task(app, task, Place::Agent(Box::new(worker)), stop, Some(after)).await;
+        run_script_task(app, task, kind, stop, Some(after)).await;
         drop(hold);
     });
     Ok(())
@@ -394,7 +217,7 @@ pub async fn run(app: App) {
             None => Duration::from_secs(24 * 3600),
         };
         tokio::select! {
-            _ = app.dispatcher.wake.notified() => {}
+            _ = app.signals.dispatch.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
         }
     }
@@ -412,7 +235,7 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
         .expect("dispatcher lock")
         .clone();
     let (children, others): (Vec<Task>, Vec<Task>) = {
-        let ledger = app.dispatcher.ledger();
+        let ledger = app.ledger();
         queued.into_iter().partition(|task| {
             parent_of(task).is_some_and(|p| ledger.waiting_for(&p) == Some(task.id.as_str()))
         })
@@ -420,7 +243,12 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
     // While the cap is full, a task already told so is not planned again: with thousands queued,
     // each pass would otherwise redo every task's plan to reach the same answer.
     let cap_reason = cap_reason(app);
-    let cap_full = app.dispatcher.ledger().capped_count() >= app.config.task_cap;
+    app.dispatcher
+        .capped
+        .lock()
+        .expect("dispatcher lock")
+        .retain(|id| children.iter().chain(&others).any(|t| &t.id == id));
+    let cap_full = app.ledger().capped_count() >= app.config.task_cap;
     let children_count = children.len();
     let ordered: Vec<Task> = children
         .into_iter()
@@ -434,7 +262,7 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
     let mut next_timer: Option<Timestamp> = None;
     let mut spaces: HashMap<String, std::sync::Arc<SpaceView>> = HashMap::new();
     // First what each task needs, so a deadlock can be traced through the other queued tasks.
-    let mut plans: Vec<(Task, Planned, bool)> = Vec::new();
+    let mut plans: Vec<(Task, Planned, bool, bool)> = Vec::new();
     for (index, mut task) in ordered.into_iter().enumerate() {
         let at = now();
         if task.queue_time_expiry.is_some_and(|expiry| expiry <= at) {
@@ -466,22 +294,27 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             set_reason(app, &mut task, reason).await?;
             continue;
         }
-        if task.name == crate::health::TASK_NAME {
+        let kind = match TaskKind::of(&task) {
+            Ok(kind) => kind,
+            Err(error) => {
+                fail_queued(app, &mut task, &error).await?;
+                continue;
+            }
+        };
+        if let TaskKind::Health(_) = kind {
             start_health(app, task).await?;
             continue;
         }
-        if cap_full
-            && index >= children_count
-            && task.queue_reason.as_deref() == Some(cap_reason.as_str())
-        {
+        if cap_full && index >= children_count && app.dispatcher.told_capped(&task.id) {
             continue;
         }
-        let planned = plan(app, &task, view).await;
-        plans.push((task, planned, index < children_count));
+        let planned = plan(app, &task, &kind, view).await;
+        let is_run = matches!(kind, TaskKind::RunbookRun(_));
+        plans.push((task, planned, index < children_count, is_run));
     }
     let mut pending: HashMap<String, Request> = plans
         .iter()
-        .filter_map(|(task, planned, _)| match planned {
+        .filter_map(|(task, planned, _, _)| match planned {
             Planned::Request(request) => Some((task.id.clone(), request.clone())),
             _ => None,
         })
@@ -492,7 +325,7 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
         app,
         claims: Vec::new(),
     };
-    for (mut task, planned, child) in plans {
+    for (mut task, planned, child, is_run) in plans {
         let request = match planned {
             Planned::Fail(message) => {
                 fail_queued(app, &mut task, &message).await?;
@@ -508,15 +341,12 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
         // it again reaches the same one, at the cost of weighing every worker, for each of
         // thousands of queued tasks, on every pass.
         if !child
-            && task.queue_reason.as_deref() == Some(cap_reason.as_str())
-            && app.dispatcher.ledger().capped_count() >= app.config.task_cap
+            && app.dispatcher.told_capped(&task.id)
+            && app.ledger().capped_count() >= app.config.task_cap
         {
             continue;
         }
-        let decision = app
-            .dispatcher
-            .ledger()
-            .decide(&request, app.config.task_cap, &pending);
+        let decision = app.ledger().decide(&request, app.config.task_cap, &pending);
         match decision {
             Decision::Start { leases, capped } => {
                 pending.remove(&task.id);
@@ -524,11 +354,16 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
                     .get(&task.space_id)
                     .map(|v| v.workers.as_slice())
                     .unwrap_or_default();
-                let claim = prepare_start(app, task, &request, leases, capped, workers);
+                let claim = prepare_start(app, task, &request, leases, capped, workers, is_run);
                 claims.claims.push(claim);
             }
             Decision::CapReached { .. } => {
                 set_reason(app, &mut task, cap_reason.clone()).await?;
+                app.dispatcher
+                    .capped
+                    .lock()
+                    .expect("dispatcher lock")
+                    .insert(task.id.clone());
             }
             Decision::Wait(reason) => set_reason(app, &mut task, reason).await?,
             Decision::Deadlock(message) => {
@@ -576,14 +411,6 @@ fn cap_reason(app: &App) -> String {
     )
 }
 
-/// The run that started a task through a "Run a runbook" step.
-pub fn parent_of(task: &Task) -> Option<String> {
-    task.arguments
-        .get("ParentTaskId")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
 async fn fail_queued(app: &App, task: &mut Task, message: &str) -> anyhow::Result<()> {
     task.state = TaskState::Failed;
     task.has_warnings_or_errors = true;
@@ -599,6 +426,11 @@ async fn fail_queued(app: &App, task: &mut Task, message: &str) -> anyhow::Resul
 }
 
 async fn set_reason(app: &App, task: &mut Task, reason: String) -> anyhow::Result<()> {
+    app.dispatcher
+        .capped
+        .lock()
+        .expect("dispatcher lock")
+        .remove(&task.id);
     if task.queue_reason.as_deref() != Some(reason.as_str()) {
         task.queue_reason = Some(reason);
         app.store.transition_task(task, TaskState::Queued).await?;
@@ -609,7 +441,7 @@ async fn set_reason(app: &App, task: &mut Task, reason: String) -> anyhow::Resul
 
 /// Why a worker cannot take work now, or None when it can. (A share's limit is the ledger's to
 /// count.)
-fn unavailable(app: &App, worker: &Worker) -> Option<String> {
+fn unavailable(app: &App, worker: &Worker, kind: &dyn WorkerKind) -> Option<String> {
     if worker.is_disabled {
         return Some(format!("{} is disabled", worker.name));
     }
@@ -620,41 +452,31 @@ fn unavailable(app: &App, worker: &Worker) -> Option<String> {
             worker.status_summary.trim_end_matches('.')
         ));
     }
-    match &worker.thumbprint {
-        Some(t) if app.comms.link(t).is_some() => None,
-        _ => Some(format!("{} is not connected", worker.name)),
-    }
+    kind.unreachable(app)
 }
 
-/// A worker as the scheduler sees it: its machine is its agent (one agent may serve workers of
-/// several spaces).
+/// A worker as the scheduler sees it: its machine is what its kind leases (one agent or SSH host
+/// may serve workers of several spaces).
 fn slot_of(app: &App, worker: &Worker) -> Slot {
+    let kind = kinds::of(Some(worker));
     Slot {
         worker_id: worker.id.clone(),
         name: worker.name.clone(),
-        agent: worker
-            .thumbprint
-            .clone()
-            .unwrap_or_else(|| format!("worker:{}", worker.id)),
+        agent: kind.machine_key(),
         order: muster_core::parse_id(muster_core::IdKind::Worker, &worker.id).unwrap_or(0),
-        unavailable: unavailable(app, worker),
+        unavailable: unavailable(app, worker, kind.as_ref()),
         share_limit: worker.share_task_limit.map(|l| l.max(0) as usize),
     }
 }
 
-pub const BUILTIN_KEY: &str = "builtin";
-
 fn builtin_slot(app: &App) -> Slot {
+    let builtin = kinds::of(None);
     Slot {
         worker_id: BUILTIN_AGENT.into(),
         name: BUILTIN_WORKER_NAME.into(),
-        agent: BUILTIN_AGENT.into(),
+        agent: builtin.machine_key(),
         order: 0,
-        unavailable: (!app.config.builtin_worker).then(|| {
-            "It needs the built-in worker, which is disabled on this server (--no-builtin-worker); \
-             add a worker to the target pool or start the server without that flag"
-                .to_string()
-        }),
+        unavailable: builtin.unreachable(app),
         share_limit: None,
     }
 }
@@ -719,19 +541,17 @@ fn pool_need(
 }
 
 /// What a queued task needs to start.
-async fn plan(app: &App, task: &Task, view: &SpaceView) -> Planned {
-    let (exclusive, needs) = if task.name == RUNBOOK_RUN {
-        match plan_runbook_run(app, task, view).await {
-            Ok(planned) => planned,
-            Err(planned) => return planned,
-        }
-    } else if task.name == "AdHocScript" {
-        match plan_script(app, task, view) {
-            Ok(planned) => planned,
-            Err(planned) => return planned,
-        }
-    } else {
-        return Planned::Fail(format!("Muster does not run tasks named '{}'.", task.name));
+async fn plan(app: &App, task: &Task, kind: &TaskKind, view: &SpaceView) -> Planned {
+    let planned = match kind {
+        TaskKind::RunbookRun(_) => plan_runbook_run(app, task, view).await,
+        TaskKind::AdHocScript(arguments) => plan_script(app, arguments, view),
+        TaskKind::Health(_) => Err(Planned::Fail(
+            "A health check takes no worker lease.".into(),
+        )),
+    };
+    let (exclusive, needs) = match planned {
+        Ok(planned) => planned,
+        Err(planned) => return planned,
     };
     Planned::Request(Request {
         task_id: task.id.clone(),
@@ -742,11 +562,13 @@ async fn plan(app: &App, task: &Task, view: &SpaceView) -> Planned {
     })
 }
 
-fn plan_script(app: &App, task: &Task, view: &SpaceView) -> Result<(bool, Vec<Need>), Planned> {
-    let arguments = ScriptArguments::parse(&task.arguments)
-        .map_err(|errors| Planned::Fail(errors.join(" ")))?;
+fn plan_script(
+    app: &App,
+    arguments: &ScriptArguments,
+    view: &SpaceView,
+) -> Result<(bool, Vec<Need>), Planned> {
     let need = match arguments.target {
-        ScriptTarget::OctopusServer => builtin_need(app, BUILTIN_KEY),
+        ScriptTarget::OctopusServer => builtin_need(app, kinds::builtin::BUILTIN_KEY),
         ScriptTarget::WorkerPools => {
             let wanted: Vec<&WorkerPool> = if arguments.pool_ids.is_empty() {
                 view.pools.iter().filter(|p| p.is_default).collect()
@@ -823,7 +645,7 @@ async fn plan_runbook_run(
     task: &Task,
     view: &SpaceView,
 ) -> Result<(bool, Vec<Need>), Planned> {
-    let run = run_of(app, task)
+    let run = crate::runbook::run_of(app, task)
         .await
         .map_err(|e| Planned::Wait(format!("Cannot read the run: {e:#}")))?
         .ok_or_else(|| Planned::Fail("This runbook run's record no longer exists.".into()))?;
@@ -860,22 +682,14 @@ async fn plan_runbook_run(
     Ok((exclusive, needs))
 }
 
-/// The run record of a RunbookRun task.
-pub async fn run_of(app: &App, task: &Task) -> anyhow::Result<Option<RunbookRun>> {
-    Ok(app
-        .store
-        .find_by_ext::<RunbookRun>(&task.id)
-        .await?
-        .into_iter()
-        .next())
-}
-
 /// A task the ledger let start: counted in the ledger, not yet claimed in the store.
 struct Claim {
     task: Task,
     stop: Stop,
     leases: Vec<Lease>,
-    agent_worker: Option<Worker>,
+    /// A script task's worker (None: the built-in worker); a runbook run drives its own.
+    worker: Option<Worker>,
+    is_run: bool,
 }
 
 /// The claims of a pass not yet written: dropped unwritten (the pass failed), they are forgotten.
@@ -902,6 +716,7 @@ fn prepare_start(
     leases: Vec<Lease>,
     capped: bool,
     workers: &[Worker],
+    request_is_run: bool,
 ) -> Claim {
     let at = now();
     task.state = TaskState::Executing;
@@ -916,18 +731,18 @@ fn prepare_start(
         }
     }
     task.worker_name = Some(names.join(", "));
-    // A script task on an agent stores its worker: a restarted server re-attaches to it.
-    let agent_worker: Option<Worker> = match leases.as_slice() {
-        [lease] if task.name != RUNBOOK_RUN && lease.agent != BUILTIN_AGENT => {
+    // A script task on a worker stores it: a restarted server re-attaches to a script that
+    // outlives it.
+    let is_run = request_is_run;
+    let worker: Option<Worker> = match leases.as_slice() {
+        [lease] if !is_run && lease.agent != BUILTIN_AGENT => {
             workers.iter().find(|w| w.id == lease.worker_id).cloned()
         }
         _ => None,
     };
-    task.worker_id = agent_worker.as_ref().map(|w| w.id.clone());
+    task.worker_id = worker.as_ref().map(|w| w.id.clone());
     let stop = Stop::default();
-    app.dispatcher
-        .ledger()
-        .begin(request, leases.clone(), capped);
+    app.ledger().begin(request, leases.clone(), capped);
     app.dispatcher
         .running
         .lock()
@@ -937,7 +752,8 @@ fn prepare_start(
         task,
         stop,
         leases,
-        agent_worker,
+        worker,
+        is_run,
     }
 }
 
@@ -973,26 +789,28 @@ async fn claim_and_launch(app: &App, claims: Vec<Claim>) -> anyhow::Result<()> {
             task,
             stop,
             leases,
-            agent_worker,
+            worker,
+            is_run,
         } = claim;
         if !claimed {
             // Its slot and leases were counted against the tasks decided after it: look again.
             forget(app, &task.id);
-            app.dispatcher.wake();
+            app.signals.dispatch.notify_one();
             continue;
         }
         *app.dispatcher.last_space.lock().expect("dispatcher lock") = Some(task.space_id.clone());
         // A queued task has no log lines (only a failure logs before a start, and ends it).
         app.logs.open(&task.id, 0);
         app.logs.changed(&task.id);
-        if task.name == RUNBOOK_RUN {
-            tokio::spawn(crate::runbook::drive(app.clone(), task, stop, leases));
+        if is_run {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let (task, state, message) = crate::runbook::drive(&app, task, stop, leases).await;
+                conclude(&app, task, state, message).await;
+            });
         } else {
-            let place = match agent_worker {
-                Some(worker) => Place::Agent(Box::new(worker)),
-                None => Place::Builtin,
-            };
-            tokio::spawn(run_script_task(app.clone(), task, place, stop, None));
+            let kind = kinds::of(worker.as_ref());
+            tokio::spawn(run_script_task(app.clone(), task, kind, stop, None));
         }
     }
     Ok(())
@@ -1033,7 +851,7 @@ async fn start_health(app: &App, mut task: Task) -> anyhow::Result<()> {
 
 /// Frees what a task held on this node: its leases, its slot, its stop handle.
 fn forget(app: &App, task_id: &str) {
-    app.dispatcher.ledger().end(task_id);
+    app.ledger().end(task_id);
     app.dispatcher
         .running
         .lock()
@@ -1041,36 +859,33 @@ fn forget(app: &App, task_id: &str) {
         .remove(task_id);
 }
 
-/// Runs an AdHocScript task on its worker, or (`resume` Some) follows the script an agent already
-/// runs from that line on.
-async fn run_script_task(app: App, mut task: Task, place: Place, stop: Stop, resume: Option<u64>) {
+/// Runs an AdHocScript task on its worker, or (`resume` Some) follows the script the worker
+/// already runs from that line on.
+async fn run_script_task(
+    app: App,
+    mut task: Task,
+    kind: std::sync::Arc<dyn WorkerKind>,
+    stop: Stop,
+    resume: Option<u64>,
+) {
     let id = task.id.clone();
-    // The agent's ticket is followed until it is completed, after the task's end is stored.
-    let _hold = match &place {
-        Place::Agent(_) => Some(crate::comms::hold(&app, &id)),
-        Place::Builtin => None,
-    };
+    // The worker's ticket is followed until it is released, after the task's end is stored.
+    let _hold = kind.hold(&app, &id);
     if resume.is_none() {
-        let line = match &place {
-            Place::Builtin => format!(
-                "Running on the {BUILTIN_WORKER_NAME} of node {}",
-                app.config.node_name
-            ),
-            Place::Agent(worker) => format!(
-                "Running on worker {} ({})",
-                worker.name,
-                worker.uri.clone().unwrap_or_default()
-            ),
-        };
+        let line = format!("Running on {}", kind.describe(&app));
         app.logs.append(&id, LogCategory::Verbose, line);
     }
-    let (final_state, message) = match ScriptArguments::parse(&task.arguments) {
-        Err(errors) => (TaskState::Failed, errors.join(" ")),
-        Ok(arguments) => {
+    let (final_state, message) = match TaskKind::of(&task) {
+        Ok(TaskKind::AdHocScript(arguments)) => {
             let invocation = Invocation {
                 ticket: id.clone(),
                 syntax: arguments.syntax,
-                body: arguments.body,
+                // The script helpers (set_octopusvariable, get_octopusvariable, …) as in steps.
+                body: format!(
+                    "{}{}",
+                    muster_core::variables::prelude(arguments.syntax),
+                    arguments.body
+                ),
                 env: vec![
                     ("MUSTER_TASK_ID".into(), id.clone()),
                     ("MUSTER_SPACE_ID".into(), task.space_id.clone()),
@@ -1080,35 +895,33 @@ async fn run_script_task(app: App, mut task: Task, place: Place, stop: Stop, res
             };
             let mut stderr_seen = false;
             let logs = &app.logs;
-            let mut sink = |line: script::Line| {
+            let mut sink = |line: Line| {
                 stderr_seen |= line.error;
                 let category = if line.error {
                     LogCategory::Error
                 } else {
                     LogCategory::Info
                 };
-                match line.agent_seq {
+                match line.source_seq {
                     Some(seq) => logs.append_from_agent(&id, category, line.text, seq),
                     None => logs.append(&id, category, line.text),
                 }
             };
-            let end = script::run(&app, &place, invocation, &stop, &mut sink, resume).await;
+            let end = kind.run(&app, invocation, &stop, &mut sink, resume).await;
             task.has_warnings_or_errors |= stderr_seen;
             match end {
                 Some(end) => end,
                 None => {
-                    if let Place::Agent(worker) = &place {
-                        detach(&app, &id, worker);
-                    }
+                    detach(&app, &id, kind.as_ref());
                     return;
                 }
             }
         }
+        Ok(_) => (TaskState::Failed, "This task does not run a script.".into()),
+        Err(error) => (TaskState::Failed, error),
     };
     conclude(&app, task, final_state, message).await;
-    if let Place::Agent(worker) = &place {
-        script::complete_ticket(&app, worker, &id);
-    }
+    kind.release(&app, &id);
 }
 
 /// Ends a task: its last line, its log committed, then its final state, then the followers told.
@@ -1130,18 +943,18 @@ pub async fn conclude(app: &App, mut task: Task, final_state: TaskState, message
     app.logs.close(&id);
     forget(app, &id);
     app.dispatcher.ended.notify_waiters();
-    app.dispatcher.wake();
+    app.signals.dispatch.notify_one();
 }
 
-/// Leaves a script running on its agent while this server shuts down; the task stays Executing in
+/// Leaves a script running on its worker while this server shuts down; the task stays Executing in
 /// the store and the next start re-attaches to it.
-fn detach(app: &App, task_id: &str, worker: &Worker) {
+fn detach(app: &App, task_id: &str, kind: &dyn WorkerKind) {
     app.logs.append(
         task_id,
         LogCategory::Verbose,
         format!(
-            "The Muster server is shutting down; the script keeps running on worker {}, and the server re-attaches to it when it starts again",
-            worker.name
+            "The Muster server is shutting down; the script keeps running on {}, and the server re-attaches to it when it starts again",
+            kind.describe(app)
         ),
     );
     forget(app, task_id);
@@ -1161,7 +974,7 @@ pub async fn cancel(app: &App, task_id: &str) -> anyhow::Result<Option<Task>> {
                 finish(&mut task, "The task was canceled before it started.");
                 if app.store.transition_task(&task, TaskState::Queued).await? {
                     app.logs.changed(&task.id);
-                    app.dispatcher.wake();
+                    app.signals.dispatch.notify_one();
                     return Ok(Some(task));
                 }
             }
@@ -1176,7 +989,8 @@ pub async fn cancel(app: &App, task_id: &str) -> anyhow::Result<Option<Task>> {
                         app.logs.changed(&task.id);
                     }
                     stop.cancel.cancel();
-                    if let Some(child) = app.dispatcher.waiting_for(task_id) {
+                    let child = app.ledger().waiting_for(task_id).map(str::to_string);
+                    if let Some(child) = child {
                         Box::pin(cancel(app, &child)).await?;
                     }
                     return Ok(Some(task));

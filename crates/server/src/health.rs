@@ -5,138 +5,88 @@
 //! result recorded on every worker that names that agent, however many spaces or pools they are in.
 //! A check never takes a task-cap slot and never waits behind script tasks.
 
-use crate::comms::{Link, link_for};
+use crate::comms::LinkEvent;
+use crate::kinds::{self, Health, WorkerKind};
 use crate::state::App;
-use muster_core::resources::{Endpoint, MachinePolicy, Task, Worker};
+use muster_core::resources::{MachinePolicy, Task, Worker};
+use muster_core::tasks::TaskKind;
 use muster_core::time::{format_timespan, parse_timespan};
 use muster_core::{HealthStatus, LogCategory, MachineStatus, TaskState};
-use muster_proto::rpc;
-use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The name of an on-demand health check task.
-pub const TASK_NAME: &str = "Health";
-
-/// How long one agent has to answer a check, unless a task's `MachineTimeout` says otherwise.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// How soon a listening agent that could not be reached is tried again.
-const UNREACHABLE_RETRY: Duration = Duration::from_secs(5);
+/// How long one machine has to answer a check, unless a task's `MachineTimeout` says otherwise.
+const CHECK_TIMEOUT: Duration = muster_core::tasks::DEFAULT_MACHINE_TIMEOUT;
 
 /// How soon after one look at every worker a change may cause the next.
 const RESCAN_AT_MOST_EVERY: Duration = Duration::from_millis(250);
 
-/// What an agent's workers say once its link has closed.
-pub const CONNECTION_CLOSED: &str = "The agent's connection closed.";
-
 /// A check's result: the status and the reason, as `StatusSummary` shows it.
 pub type Checked = (HealthStatus, String);
 
-/// Reads an agent's health over its link and records it on every worker that names the agent.
-pub async fn check_link(app: &App, thumbprint: &str, link: &Link) -> Checked {
-    let reply = tokio::time::timeout(
-        CHECK_TIMEOUT,
-        link.call::<_, rpc::HealthReply>(rpc::PATH_HEALTH, &()),
-    )
-    .await;
-    let (status, summary, health) = match reply {
-        Ok(Ok(health)) => (
-            HealthStatus::Healthy,
-            "The agent is connected and answered its health check.".to_string(),
-            Some(health),
-        ),
-        // The link closed during the check: its closing records the agent Unavailable, and this
-        // answer must not overwrite that clearer reason.
-        Ok(Err(_)) if !app.comms.is_current(thumbprint, link) => {
-            return (HealthStatus::Unavailable, CONNECTION_CLOSED.to_string());
-        }
-        // No answer on the link: the agent refused this server or is gone.
-        Ok(Err(error)) => (
-            HealthStatus::Unavailable,
-            format!(
-                "The agent did not answer its health check (does it trust this server?): {error:#}"
-            ),
-            None,
-        ),
-        Err(_) => (
-            HealthStatus::Unavailable,
-            format!(
-                "The agent did not answer its health check in {} seconds.",
-                CHECK_TIMEOUT.as_secs()
-            ),
-            None,
-        ),
-    };
-    set_health(app, thumbprint, status, &summary, health).await;
-    (status, summary)
+/// Checks a machine now, through its kind, and records the result on every worker that names it.
+async fn check_kind(app: &App, kind: &dyn WorkerKind, timeout: Duration) -> Checked {
+    let health = kind.check_health(app, timeout).await;
+    record(app, kind, &health).await;
+    (health.status, health.summary)
 }
 
-/// Checks one worker's agent now, dialling a listening agent if needed.
-pub async fn check_worker(app: &App, worker: &Worker) -> Checked {
-    let Some(thumbprint) = worker.thumbprint.clone() else {
-        return (
-            HealthStatus::Unknown,
-            format!(
-                "{} has no agent certificate to check (SSH workers are not reached by this server yet).",
-                worker.name
-            ),
-        );
-    };
-    match link_for(app, worker).await {
-        Ok(link) => check_link(app, &thumbprint, &link).await,
-        // A polling agent's closed link recorded the clearer reason; a later check keeps it.
-        Err(_)
-            if !matches!(worker.endpoint, Some(Endpoint::TentaclePassive(_)))
-                && app.comms.was_closed(&thumbprint) =>
-        {
-            set_unreachable(app, &thumbprint, CONNECTION_CLOSED).await;
-            (HealthStatus::Unavailable, CONNECTION_CLOSED.to_string())
-        }
-        Err(error) => {
-            let summary = format!("{error:#}");
-            set_unreachable(app, &thumbprint, &summary).await;
-            (HealthStatus::Unavailable, summary)
+/// Records a check's result on every worker of its machine, under the machine's health lock (so
+/// a stale failure cannot land after the check of a connection that has just opened).
+async fn record(app: &App, kind: &dyn WorkerKind, health: &Health) {
+    let key = kind.machine_key();
+    let lock = app.comms.health_lock(&key);
+    let _held = lock.lock().await;
+    if health.unless_reachable && kind.unreachable(app).is_none() {
+        return;
+    }
+    write_health(app, &key, health).await;
+}
+
+/// Follows the agents' links opening and closing: an opened link is checked at once; a closed
+/// one marks its agent's workers Unavailable and wakes the loop, which then tries a listening agent
+/// every few seconds.
+pub async fn watch_links(app: App, mut events: tokio::sync::broadcast::Receiver<LinkEvent>) {
+    loop {
+        match events.recv().await {
+            Ok(LinkEvent::Opened { thumbprint, link }) => {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let health =
+                        kinds::agent::check_link(&app, &thumbprint, &link, CHECK_TIMEOUT).await;
+                    let lock = app.comms.health_lock(&thumbprint);
+                    let _held = lock.lock().await;
+                    write_health(&app, &thumbprint, &health).await;
+                });
+            }
+            Ok(LinkEvent::Closed { thumbprint }) => {
+                let lock = app.comms.health_lock(&thumbprint);
+                let _held = lock.lock().await;
+                if app.comms.link(&thumbprint).is_none() {
+                    let health = Health {
+                        status: HealthStatus::Unavailable,
+                        summary: kinds::agent::CONNECTION_CLOSED.to_string(),
+                        facts: None,
+                        unless_reachable: true,
+                    };
+                    write_health(&app, &thumbprint, &health).await;
+                }
+                drop(_held);
+                app.signals.health.notify_one();
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                // Missed events: look at every worker again.
+                tracing::warn!(missed, "the health watcher fell behind the agents' links");
+                app.signals.health.notify_one();
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }
 
-/// Records that the agent cannot be reached, unless a link to it has opened meanwhile: that link's
-/// own check records its health, and a stale failure must not overwrite it.
-pub async fn set_unreachable(app: &App, thumbprint: &str, summary: &str) {
-    let lock = app.comms.health_lock(thumbprint);
-    let _held = lock.lock().await;
-    if app.comms.link(thumbprint).is_none() {
-        write_health(app, thumbprint, HealthStatus::Unavailable, summary, None).await;
-    }
-}
-
-/// Records a health result on every worker that names the agent.
-pub async fn set_health(
-    app: &App,
-    thumbprint: &str,
-    status: HealthStatus,
-    summary: &str,
-    health: Option<rpc::HealthReply>,
-) {
-    let lock = app.comms.health_lock(thumbprint);
-    let _held = lock.lock().await;
-    write_health(app, thumbprint, status, summary, health).await;
-}
-
-async fn write_health(
-    app: &App,
-    thumbprint: &str,
-    status: HealthStatus,
-    summary: &str,
-    health: Option<rpc::HealthReply>,
-) {
-    let workers = match app
-        .store
-        .find_by_ext::<Worker>(&thumbprint.to_ascii_uppercase())
-        .await
-    {
+async fn write_health(app: &App, machine_key: &str, health: &Health) {
+    let workers = match app.store.find_by_ext::<Worker>(machine_key).await {
         Ok(workers) => workers,
         Err(error) => {
             tracing::error!(%error, "cannot read workers to record their health");
@@ -144,24 +94,24 @@ async fn write_health(
         }
     };
     for mut worker in workers {
-        worker.health_status = status;
-        worker.status = if status == HealthStatus::Healthy {
+        worker.health_status = health.status;
+        worker.status = if health.status == HealthStatus::Healthy {
             MachineStatus::Online
         } else {
             MachineStatus::Offline
         };
-        worker.status_summary = summary.to_string();
-        if let Some(health) = &health {
-            worker.operating_system = Some(health.operating_system.clone());
-            worker.architecture = Some(health.architecture.clone());
-            worker.shell_name = Some(health.shell_name.clone());
+        worker.status_summary = health.summary.clone();
+        if let Some(facts) = &health.facts {
+            worker.operating_system = Some(facts.operating_system.clone());
+            worker.architecture = Some(facts.architecture.clone());
+            worker.shell_name = Some(facts.shell_name.clone());
             worker.shell_version = None;
         }
         if let Err(error) = app.store.put(&worker).await {
             tracing::error!(%error, "cannot record a worker's health");
         }
     }
-    app.dispatcher.wake();
+    app.signals.dispatch.notify_one();
 }
 
 /// The machine policy that governs a worker: its own, or its space's default.
@@ -220,41 +170,36 @@ pub async fn health_loop(app: App) {
         let policies = Policies::load(&app).await;
         let mut next = now + Duration::from_secs(3600);
 
-        // The shortest interval among the workers that name each agent.
-        let mut agents: HashMap<&str, (Duration, &Worker)> = HashMap::new();
+        // The shortest interval among the workers that name each machine.
+        let mut machines: HashMap<String, (Duration, std::sync::Arc<dyn WorkerKind>)> =
+            HashMap::new();
         for worker in workers.iter().filter(|w| !w.is_disabled) {
-            let Some(thumbprint) = worker.thumbprint.as_deref() else {
-                continue;
-            };
-            if matches!(worker.endpoint, Some(Endpoint::Ssh(_)) | None) {
+            if worker.machine_key().is_none() {
                 continue;
             }
-            let mut interval = policies.of(worker).map_or(
+            let kind = kinds::of(Some(worker));
+            let policy = policies.of(worker).map_or(
                 Duration::from_secs(3600),
                 MachinePolicy::health_check_interval,
             );
-            if matches!(worker.endpoint, Some(Endpoint::TentaclePassive(_)))
-                && app.comms.link(thumbprint).is_none()
-            {
-                interval = interval.min(UNREACHABLE_RETRY);
-            }
-            let entry = agents.entry(thumbprint).or_insert((interval, worker));
+            let interval = kind.check_interval(&app, policy);
+            let entry = machines
+                .entry(kind.machine_key())
+                .or_insert((interval, kind));
             entry.0 = entry.0.min(interval);
         }
-        for (thumbprint, (interval, worker)) in &agents {
-            let due = last_check
-                .get(*thumbprint)
-                .map_or(now, |at| *at + *interval);
+        for (key, (interval, kind)) in &machines {
+            let due = last_check.get(key).map_or(now, |at| *at + *interval);
             if due <= now {
-                last_check.insert(thumbprint.to_string(), now);
-                let (app, worker) = (app.clone(), (*worker).clone());
-                tokio::spawn(async move { check_worker(&app, &worker).await });
+                last_check.insert(key.clone(), now);
+                let (app, kind) = (app.clone(), kind.clone());
+                tokio::spawn(async move { check_kind(&app, kind.as_ref(), CHECK_TIMEOUT).await });
                 next = next.min(now + *interval);
             } else {
                 next = next.min(due);
             }
         }
-        last_check.retain(|t, _| agents.contains_key(t.as_str()));
+        last_check.retain(|key, _| machines.contains_key(key));
 
         // Cleanup, as Octopus does it: during health checks, for workers Unavailable long enough.
         let mut present = HashSet::new();
@@ -279,7 +224,7 @@ pub async fn health_loop(app: App) {
                     ),
                     Err(error) => tracing::error!(%error, "cannot delete an unavailable worker"),
                 }
-                app.dispatcher.wake();
+                app.signals.dispatch.notify_one();
             } else {
                 next = next.min(since + after);
             }
@@ -288,73 +233,11 @@ pub async fn health_loop(app: App) {
 
         tokio::select! {
             _ = tokio::time::sleep_until(next.max(now + Duration::from_secs(1))) => {}
-            _ = app.health_wake.notified() => {
+            _ = app.signals.health.notified() => {
                 // Each look reads every worker: while thousands register, look at most a few
                 // times a second rather than once per registration.
                 tokio::time::sleep_until(now + RESCAN_AT_MOST_EVERY).await;
             }
-        }
-    }
-}
-
-/// The settings of a `Health` task, read from its `Arguments` (Octopus's names).
-pub struct HealthArguments {
-    pub pool_id: Option<String>,
-    pub machine_ids: Vec<String>,
-    pub machine_timeout: Duration,
-}
-
-impl HealthArguments {
-    pub fn parse(arguments: &Map<String, Value>) -> Result<HealthArguments, Vec<String>> {
-        let mut errors = Vec::new();
-        // Octopus spells it WorkerpoolId; a body's WorkerPoolId (any case) reads the same.
-        let given = arguments
-            .get("WorkerpoolId")
-            .filter(|v| !v.is_null())
-            .or_else(|| arguments.get("WorkerPoolId"));
-        let pool_id = match given {
-            None | Some(Value::Null) => None,
-            Some(Value::String(id)) if id.trim().is_empty() => None,
-            Some(Value::String(id)) => Some(id.trim().to_string()),
-            Some(_) => {
-                errors.push("Arguments.WorkerpoolId must be a worker pool id.".to_string());
-                None
-            }
-        };
-        let machine_ids = match arguments.get("MachineIds") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(value @ (Value::Array(_) | Value::String(_))) => {
-                crate::dispatch::string_list(value)
-            }
-            Some(_) => {
-                errors.push("Arguments.MachineIds must be a list of worker ids.".to_string());
-                Vec::new()
-            }
-        };
-        let machine_timeout = match arguments.get("MachineTimeout") {
-            None | Some(Value::Null) => CHECK_TIMEOUT,
-            Some(Value::String(text)) => match parse_timespan(text) {
-                Some(d) if !d.is_zero() => d,
-                _ => {
-                    errors.push(format!(
-                        "Arguments.MachineTimeout must be a TimeSpan longer than zero, such as 00:00:30, got '{text}'."
-                    ));
-                    CHECK_TIMEOUT
-                }
-            },
-            Some(_) => {
-                errors.push("Arguments.MachineTimeout must be a TimeSpan string.".to_string());
-                CHECK_TIMEOUT
-            }
-        };
-        if errors.is_empty() {
-            Ok(HealthArguments {
-                pool_id,
-                machine_ids,
-                machine_timeout,
-            })
-        } else {
-            Err(errors)
         }
     }
 }
@@ -367,9 +250,10 @@ pub async fn run_task(
     task: &Task,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> (TaskState, String) {
-    let arguments = match HealthArguments::parse(&task.arguments) {
-        Ok(arguments) => arguments,
-        Err(errors) => return (TaskState::Failed, errors.join(" ")),
+    let arguments = match TaskKind::of(task) {
+        Ok(TaskKind::Health(arguments)) => arguments,
+        Ok(_) => return (TaskState::Failed, "This task is not a health check.".into()),
+        Err(error) => return (TaskState::Failed, error),
     };
     let log = |category, text: String| app.logs.append(&task.id, category, text);
     let workers: Vec<Worker> = match app.store.list(&task.space_id).await {
@@ -415,40 +299,39 @@ pub async fn run_task(
         ),
     );
 
-    // One check per agent; workers without one are checked (and answered) on their own.
-    let mut groups: Vec<(Option<String>, Vec<usize>)> = Vec::new();
-    let mut group_of_agent: HashMap<&str, usize> = HashMap::new();
+    // One check per machine, however many of the chosen workers name it.
+    let mut groups: Vec<(std::sync::Arc<dyn WorkerKind>, Vec<usize>)> = Vec::new();
+    let mut group_of_machine: HashMap<String, usize> = HashMap::new();
     for (index, worker) in chosen.iter().enumerate() {
-        match worker
-            .thumbprint
-            .as_deref()
-            .and_then(|t| group_of_agent.get(t))
-        {
+        let kind = kinds::of(Some(worker));
+        match group_of_machine.get(&kind.machine_key()) {
             Some(&group) => groups[group].1.push(index),
             None => {
-                if let Some(t) = worker.thumbprint.as_deref() {
-                    group_of_agent.insert(t, groups.len());
-                }
-                groups.push((worker.thumbprint.clone(), vec![index]));
+                group_of_machine.insert(kind.machine_key(), groups.len());
+                groups.push((kind, vec![index]));
             }
         }
     }
     let mut checks = tokio::task::JoinSet::new();
-    for (group, (_, members)) in groups.iter().enumerate() {
-        let (app, worker) = (app.clone(), chosen[members[0]].clone());
+    for (group, (kind, _)) in groups.iter().enumerate() {
+        let (app, kind) = (app.clone(), kind.clone());
         let timeout = arguments.machine_timeout;
         checks.spawn(async move {
-            let result = match tokio::time::timeout(timeout, check_worker(&app, &worker)).await {
+            let checked = tokio::time::timeout(timeout, check_kind(&app, kind.as_ref(), timeout));
+            let result = match checked.await {
                 Ok(result) => result,
                 Err(_) => {
-                    let summary = format!(
-                        "The agent did not answer in the task's MachineTimeout of {}.",
-                        format_timespan(timeout)
-                    );
-                    if let Some(t) = &worker.thumbprint {
-                        set_health(&app, t, HealthStatus::Unavailable, &summary, None).await;
-                    }
-                    (HealthStatus::Unavailable, summary)
+                    let health = Health {
+                        status: HealthStatus::Unavailable,
+                        summary: format!(
+                            "The worker did not answer in the task's MachineTimeout of {}.",
+                            format_timespan(timeout)
+                        ),
+                        facts: None,
+                        unless_reachable: false,
+                    };
+                    record(&app, kind.as_ref(), &health).await;
+                    (health.status, health.summary)
                 }
             };
             (group, result)

@@ -12,11 +12,11 @@ mod dispatch;
 mod health;
 mod http;
 mod key_failures;
+mod kinds;
 mod links;
 mod logs;
 mod openapi;
 mod runbook;
-mod script;
 mod state;
 
 pub use access::Rule;
@@ -139,6 +139,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ),
     }
     let app = state::AppInner::new(store.clone(), config, setup.installation_id, certificate);
+    // Before anything can open a link (recovery dials listening agents): each opened link is
+    // checked, each closed one recorded.
+    let links_watcher = tokio::spawn(health::watch_links(
+        app.clone(),
+        app.comms.events.subscribe(),
+    ));
     dispatch::recover(&app).await?;
 
     if let Some(key) = &setup.new_admin_key {
@@ -181,6 +187,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .context("the HTTP server failed")?;
 
     dispatcher.abort();
+    links_watcher.abort();
     comms.abort();
     health.abort();
     app.logs.flush().await;

@@ -2,8 +2,7 @@
 //! started, substitutes variables, collects output variables, masks sensitive values in every line,
 //! and runs child runbooks, waiting for them while it lends them its leases.
 
-use crate::dispatch::{self, BUILTIN_KEY, RUNBOOK_RUN};
-use crate::script::{self, Invocation, Place, Stop};
+use crate::kinds::{self, Invocation, Line, Stop, WorkerKind};
 use crate::state::App;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
@@ -75,7 +74,7 @@ pub fn location_key(location: &Location, default_pool: Option<&str>) -> String {
             .to_ascii_lowercase()
     };
     match location {
-        Location::BuiltIn => BUILTIN_KEY.into(),
+        Location::BuiltIn => kinds::builtin::BUILTIN_KEY.into(),
         Location::Pool(p) => format!("pool:{}", pool(p)),
         Location::EachWorker(p) => format!("each:{}", pool(p)),
     }
@@ -134,7 +133,7 @@ pub async fn queue_run(
     let task = Task {
         id: task_id,
         space_id: runbook.space_id.clone(),
-        name: RUNBOOK_RUN.into(),
+        name: muster_core::tasks::RUNBOOK_RUN.into(),
         description: format!("Run runbook: {}", runbook.name),
         arguments,
         state: TaskState::Queued,
@@ -151,7 +150,7 @@ pub async fn queue_run(
         worker_id: None,
     };
     if let Some(origin) = origin.as_ref().filter(|o| o.wait) {
-        app.dispatcher
+        app.ledger()
             .wait_for(&origin.parent_task_id, Some(&task.id));
     }
     if let Err(error) = app
@@ -160,16 +159,19 @@ pub async fn queue_run(
         .await
     {
         if let Some(origin) = &origin {
-            app.dispatcher.wait_for(&origin.parent_task_id, None);
+            app.ledger().wait_for(&origin.parent_task_id, None);
         }
         return Err(error.into());
     }
-    app.dispatcher.wake();
+    app.signals.dispatch.notify_one();
     Ok((run, task))
 }
 
 /// What the steps of one run share: the values for `#{…}` (with the output variables as steps
 /// set them) and the sensitive values to mask.
+/// Where a step runs: a worker's kind and its id.
+type Place = (std::sync::Arc<dyn WorkerKind>, String);
+
 struct Shared {
     values: VariableSet,
     masker: Masker,
@@ -200,10 +202,25 @@ impl Driver<'_> {
     }
 }
 
-/// Runs a RunbookRun task to its end, then concludes it.
-pub async fn drive(app: App, task: Task, stop: Stop, leases: Vec<Lease>) {
+/// The run record of a RunbookRun task.
+pub async fn run_of(app: &App, task: &Task) -> anyhow::Result<Option<RunbookRun>> {
+    Ok(app
+        .store
+        .find_by_ext::<RunbookRun>(&task.id)
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// Runs a RunbookRun task to its end and says how it ended (the dispatcher concludes it).
+pub async fn drive(
+    app: &App,
+    task: Task,
+    stop: Stop,
+    leases: Vec<Lease>,
+) -> (Task, TaskState, String) {
     let driver = Driver {
-        app: &app,
+        app,
         task: &task,
         stop: &stop,
         shared: Mutex::new(Shared {
@@ -223,13 +240,13 @@ pub async fn drive(app: App, task: Task, stop: Stop, leases: Vec<Lease>) {
     let stderr_seen = driver.shared.lock().expect("run lock").stderr_seen;
     let mut task = task.clone();
     task.has_warnings_or_errors |= stderr_seen;
-    dispatch::conclude(&app, task, state, message).await;
+    (task, state, message)
 }
 
 async fn execute(driver: &Driver<'_>, leases: &[Lease]) -> anyhow::Result<(TaskState, String)> {
     let app = driver.app;
     let task = driver.task;
-    let Some(mut run) = dispatch::run_of(app, task).await? else {
+    let Some(mut run) = run_of(app, task).await? else {
         return Ok((
             TaskState::Failed,
             "This runbook run's record no longer exists.".into(),
@@ -407,13 +424,14 @@ async fn run_script_step(
                 .into(),
         ));
     }
+    // Each leased worker: its kind, its id (the ticket's suffix) and its name.
     let mut places: Vec<(Place, String)> = Vec::new();
     for lease in leases {
         let place = if lease.agent == BUILTIN_AGENT {
-            Place::Builtin
+            (kinds::of(None), BUILTIN_AGENT.to_string())
         } else {
             match driver.app.store.get::<Worker>(&lease.worker_id).await {
-                Ok(Some(worker)) => Place::Agent(Box::new(worker)),
+                Ok(Some(worker)) => (kinds::of(Some(&worker)), worker.id),
                 Ok(None) => {
                     return Err((
                         TaskState::Failed,
@@ -486,10 +504,7 @@ async fn invoke(
     worker_name: String,
     fan: bool,
 ) -> (String, TaskState, String) {
-    let worker_id = match &place {
-        Place::Builtin => BUILTIN_AGENT.to_string(),
-        Place::Agent(worker) => worker.id.clone(),
-    };
+    let (kind, worker_id) = place;
     let (script, values_env) = {
         let shared = driver.shared.lock().expect("run lock");
         let mut values = shared.values.clone();
@@ -531,7 +546,7 @@ async fn invoke(
     } else {
         String::new()
     };
-    let mut sink = |line: script::Line| {
+    let mut sink = |line: Line| {
         if let Some(output) = variables::parse_set_variable(&line.text) {
             let text = {
                 let mut shared = driver.shared.lock().expect("run lock");
@@ -558,14 +573,16 @@ async fn invoke(
         };
         driver.log(n, category, &format!("{prefix}{}", line.text));
     };
-    let (state, message) =
-        match script::run(driver.app, &place, invocation, driver.stop, &mut sink, None).await {
-            Some(end) => end,
-            None => (
-                TaskState::Failed,
-                "The Muster server shut down while this step was executing.".into(),
-            ),
-        };
+    let (state, message) = match kind
+        .run(driver.app, invocation, driver.stop, &mut sink, None)
+        .await
+    {
+        Some(end) => end,
+        None => (
+            TaskState::Failed,
+            "The Muster server shut down while this step was executing.".into(),
+        ),
+    };
     (worker_name, state, message)
 }
 
@@ -637,7 +654,7 @@ async fn run_child(
         // Pushed: any task's change wakes this; the timer only guards against a missed one.
         let _ = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await;
     };
-    app.dispatcher.wait_for(&driver.task.id, None);
+    app.ledger().wait_for(&driver.task.id, None);
     set_wait_reason(app, &driver.task.id, None).await;
     driver.log(
         n,

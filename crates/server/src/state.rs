@@ -26,9 +26,12 @@ pub struct AppInner {
     pub certificate: muster_proto::Identity,
     pub logs: LogHub,
     pub dispatcher: Dispatcher,
+    /// The running tasks' worker leases and task-cap slots (the scheduler's pure rules). The
+    /// dispatcher decides with it; a runbook run tells it which child it waits for.
+    pub ledger: std::sync::Mutex<muster_scheduler::Ledger>,
     pub comms: crate::comms::Comms,
-    /// Asks the health loop for a round now (a worker was added or changed).
-    pub health_wake: tokio::sync::Notify,
+    /// Wakes the layers above from below: events flow up as signals, not calls.
+    pub signals: Signals,
     /// Turns true when the server begins to shut down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Failed API keys by address, to slow down guessing.
@@ -36,6 +39,16 @@ pub struct AppInner {
 }
 
 pub type App = Arc<AppInner>;
+
+/// How a lower layer (a worker kind's link, health, the API's writes) tells a higher one that
+/// something changed, without calling it. A wake given while nobody waits is kept, not lost.
+#[derive(Default)]
+pub struct Signals {
+    /// Asks the dispatcher for a pass (a task created, a worker changed or freed, a link opened).
+    pub dispatch: tokio::sync::Notify,
+    /// Asks the health loop for a round now (a worker was added or changed, a link closed).
+    pub health: tokio::sync::Notify,
+}
 
 impl AppInner {
     pub fn new(
@@ -52,11 +65,18 @@ impl AppInner {
             certificate,
             logs,
             dispatcher: Dispatcher::default(),
+            ledger: Default::default(),
             comms: Default::default(),
-            health_wake: Default::default(),
+            signals: Default::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
             key_failures: Default::default(),
         })
+    }
+}
+
+impl AppInner {
+    pub fn ledger(&self) -> std::sync::MutexGuard<'_, muster_scheduler::Ledger> {
+        self.ledger.lock().expect("ledger lock")
     }
 }
 

@@ -102,3 +102,106 @@ fn crate_dependencies_follow_the_architecture() {
         "core has no IO and no async: {core_io:?}"
     );
 }
+
+/// The server's runtime modules form one direction (ARCHITECTURE.md, "Layers"): a module names
+/// only modules of its own layer or below. What a lower layer must tell a higher one (a link
+/// opened, a worker changed) goes up as an event (`Comms::events`, `App::signals`), not as a call.
+#[test]
+fn server_modules_are_layered() {
+    // Bottom first. `state` is the wiring that holds every part, and `lib` the entry point: both
+    // may name anything.
+    const LAYERS: &[&[&str]] = &[
+        &["logs", "http", "links", "key_failures"],
+        &["kinds", "comms"],
+        &["runbook", "health"],
+        &["dispatch"],
+        &["api", "access", "auth", "openapi", "bootstrap"],
+    ];
+    let layer_of = |module: &str| LAYERS.iter().position(|layer| layer.contains(&module));
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/src");
+    let mut files = Vec::new();
+    let mut dirs = vec![src.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let mut violations = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let relative = file.strip_prefix(&src).unwrap();
+        let module = relative
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        let Some(own) = layer_of(&module) else {
+            assert!(
+                ["state", "lib"].contains(&module.as_str()),
+                "{} is in no layer: add it to LAYERS and to ARCHITECTURE.md",
+                relative.display()
+            );
+            continue;
+        };
+        checked += 1;
+        let text = std::fs::read_to_string(file).unwrap();
+        for named in crate_paths(&text) {
+            if let Some(theirs) = layer_of(&named)
+                && theirs > own
+            {
+                violations.push(format!("{} names crate::{named}", relative.display()));
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "the walk found the server's modules ({checked})"
+    );
+    assert!(
+        violations.is_empty(),
+        "lower layers call higher ones:\n{}",
+        violations.join("\n")
+    );
+}
+
+/// The first segment of every `crate::…` path in a source file, `use crate::{a, b::c}` included.
+fn crate_paths(text: &str) -> Vec<String> {
+    let mut named = Vec::new();
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    for (at, _) in text.match_indices("crate::") {
+        let rest = &text[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut start = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => start = true,
+                    c if c.is_whitespace() => {}
+                    _ if start && depth == 0 => {
+                        named.push(ident(&group[i..]));
+                        start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            named.push(ident(rest));
+        }
+    }
+    named
+}

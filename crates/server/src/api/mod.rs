@@ -216,25 +216,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
     json_response(StatusCode::INTERNAL_SERVER_ERROR, &body)
 }
 
-/// The space a scoped route names: `default`, an id, or a slug. Unknown answers 404.
-pub async fn resolve_space(app: &App, key: &str) -> Result<Space, ApiError> {
-    let found = if key == crate::http::DEFAULT_SPACE {
-        app.store
-            .list::<Space>("")
-            .await?
-            .into_iter()
-            .find(|s| s.is_default)
-    } else if let Some(id) = muster_core::ids::canonical_id(IdKind::Space, key) {
-        app.store.get::<Space>(&id).await?
-    } else {
-        app.store
-            .find_by_ext::<Space>(key)
-            .await?
-            .into_iter()
-            .next()
-    };
-    found.ok_or_else(|| ApiError::not_found(key))
-}
+pub use crate::access::resolve_space;
 
 /// The canonical id of a path segment, or 404 when it is not even of the right kind.
 pub fn path_id(kind: IdKind, text: &str) -> Result<String, ApiError> {

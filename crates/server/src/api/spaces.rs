@@ -175,7 +175,7 @@ pub async fn update(
     space.last_modified_by = actor(&user);
     write_with_default(&app, &space).await?;
     // A restarted task queue may let tasks start.
-    app.dispatcher.wake();
+    app.signals.dispatch.notify_one();
     ok(&links::space(&space))
 }
 

@@ -5,7 +5,7 @@ use super::{check_space_id, path_id, resolve_space};
 use crate::access::Access;
 use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
-use crate::dispatch::{self, ScriptArguments};
+use crate::dispatch;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
 use crate::links;
 use crate::logs::LogEvent;
@@ -16,6 +16,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use muster_core::resources::{LogLine, Space, Task, Worker, WorkerPool};
+use muster_core::tasks::{self as task_kinds, HealthArguments, ScriptArguments, TaskKind};
 use muster_core::time::{format_date, now};
 use muster_core::{IdKind, ScriptTarget, TaskState};
 use muster_store::TaskQuery;
@@ -26,12 +27,12 @@ use tokio::sync::{broadcast, mpsc};
 /// The task types this server runs: name, default description, what it does.
 pub const TASK_TYPES: &[(&str, &str, &str)] = &[
     (
-        "AdHocScript",
+        task_kinds::ADHOC_SCRIPT,
         "Run a script",
         "Runs a Bash, Python or PowerShell script on a worker or the built-in worker.",
     ),
     (
-        crate::health::TASK_NAME,
+        task_kinds::HEALTH,
         "Check health",
         "Checks the health of a pool's workers (WorkerpoolId), named workers (MachineIds), or every worker of the space.",
     ),
@@ -236,10 +237,18 @@ async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
     {
         errors.push("QueueTimeExpiry must be after QueueTime.".into());
     }
-    if name == crate::health::TASK_NAME {
-        check_health_arguments(app, space, &mut arguments, &mut errors).await?;
-    } else {
-        check_script_arguments(app, space, &mut arguments, &mut errors).await?;
+    // The one parse of the arguments into the task's kind; the store keeps them canonical.
+    match TaskKind::parse(name, &arguments) {
+        Err(problems) => errors.extend(problems),
+        Ok(TaskKind::Health(health)) => {
+            check_health_arguments(app, space, health, &mut arguments, &mut errors).await?
+        }
+        Ok(TaskKind::AdHocScript(script)) => {
+            check_script_arguments(app, space, script, &mut arguments, &mut errors).await?
+        }
+        Ok(TaskKind::RunbookRun(_)) => errors.push(
+            "A runbook run is started with POST /api/{space}/runbookRuns, not as a task.".into(),
+        ),
     }
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
@@ -265,7 +274,7 @@ async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
         worker_id: None,
     };
     app.store.insert_new_task(&mut task).await?;
-    app.dispatcher.wake();
+    app.signals.dispatch.notify_one();
     created(&links::task(&task))
 }
 
@@ -327,12 +336,12 @@ async fn resolve_targets(
 async fn check_script_arguments(
     app: &App,
     space: &Space,
+    script: ScriptArguments,
     arguments: &mut Map<String, Value>,
     errors: &mut Vec<String>,
 ) -> Result<(), ApiError> {
-    match ScriptArguments::parse(arguments) {
-        Err(problems) => errors.extend(problems),
-        Ok(script) => {
+    {
+        {
             let (pool_ids, machine_ids) =
                 resolve_targets(app, space, &script.pool_ids, &script.machine_ids, errors).await?;
             arguments.insert("Syntax".into(), json!(script.syntax.as_str()));
@@ -353,12 +362,12 @@ async fn check_script_arguments(
 async fn check_health_arguments(
     app: &App,
     space: &Space,
+    health: HealthArguments,
     arguments: &mut Map<String, Value>,
     errors: &mut Vec<String>,
 ) -> Result<(), ApiError> {
-    match crate::health::HealthArguments::parse(arguments) {
-        Err(problems) => errors.extend(problems),
-        Ok(health) => {
+    {
+        {
             let (pool, machine_ids) = resolve_targets(
                 app,
                 space,
@@ -482,8 +491,8 @@ async fn details(app: &App, task: Task, params: &Params) -> ApiResult {
     let status = json!(task.state.activity_status());
     let date = |t: &Option<muster_core::time::Timestamp>| t.as_ref().map(format_date);
     let progress = if task.state.is_completed() { 100 } else { 0 };
-    let run = if task.name == dispatch::RUNBOOK_RUN {
-        dispatch::run_of(app, &task)
+    let run = if let Ok(TaskKind::RunbookRun(_)) = TaskKind::of(&task) {
+        crate::runbook::run_of(app, &task)
             .await
             .map_err(ApiError::internal)?
     } else {
@@ -715,8 +724,8 @@ pub async fn rerun(
             "Only a finished task can be run again.",
         ));
     }
-    if task.name == dispatch::RUNBOOK_RUN {
-        let Some(run) = dispatch::run_of(&app, &task)
+    if let Ok(TaskKind::RunbookRun(_)) = TaskKind::of(&task) {
+        let Some(run) = crate::runbook::run_of(&app, &task)
             .await
             .map_err(ApiError::internal)?
         else {

@@ -379,8 +379,8 @@ pub async fn create(
     worker.last_modified_on = Some(muster_core::time::now());
     worker.last_modified_by = actor(&user);
     app.store.put(&worker).await?;
-    app.dispatcher.wake();
-    app.health_wake.notify_one();
+    app.signals.dispatch.notify_one();
+    app.signals.health.notify_one();
     created(&resource(&app, worker).await?)
 }
 
@@ -419,8 +419,8 @@ pub async fn update(
     worker.last_modified_on = Some(muster_core::time::now());
     worker.last_modified_by = actor(&user);
     app.store.put(&worker).await?;
-    app.dispatcher.wake();
-    app.health_wake.notify_one();
+    app.signals.dispatch.notify_one();
+    app.signals.health.notify_one();
     ok(&resource(&app, worker).await?)
 }
 
@@ -437,7 +437,7 @@ pub async fn delete(
         }
     }
     app.store.delete::<Worker>(&worker.id).await?;
-    app.dispatcher.wake();
+    app.signals.dispatch.notify_one();
     empty_ok()
 }
 
@@ -607,7 +607,7 @@ pub async fn share(
     worker.last_modified_on = Some(muster_core::time::now());
     worker.last_modified_by = actor(&user);
     app.store.put(&worker).await?;
-    app.dispatcher.wake();
+    app.signals.dispatch.notify_one();
     let body = resource(&app, worker).await?;
     if is_new { created(&body) } else { ok(&body) }
 }
@@ -627,7 +627,7 @@ pub async fn unshare(
         .find(|w| w.space_id == target)
         .ok_or_else(|| ApiError::not_found(&target))?;
     app.store.delete::<Worker>(&share.id).await?;
-    app.dispatcher.wake();
+    app.signals.dispatch.notify_one();
     empty_ok()
 }
 

@@ -1,133 +1,158 @@
-//! Runs one script on one worker, the built-in worker or an agent, and hands each output line to
-//! a sink: the one way both AdHocScript tasks and runbook steps run scripts.
+//! Agents (polling and listening) as a kind of worker: the restart-safe RPC over the agent's link
+//! (`crate::comms`). A script on an agent outlives the server: a restarted server reads on from the
+//! agent's line after the last one it stored.
 
+use super::{Ended, Facts, Health, Invocation, Line, Sink, Stop, WorkerKind};
+use crate::comms::Link;
 use crate::state::App;
-use muster_core::resources::Worker;
-use muster_core::{ScriptSyntax, TaskState};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use futures_util::future::BoxFuture;
+use muster_core::resources::{Endpoint, Worker};
+use muster_core::{HealthStatus, TaskState};
+use muster_proto::rpc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-/// Where a script runs.
-#[derive(Clone)]
-pub enum Place {
-    Builtin,
-    Agent(Box<Worker>),
+/// What an agent's workers say once its link has closed.
+pub const CONNECTION_CLOSED: &str = "The agent's connection closed.";
+
+/// How soon a listening agent that could not be reached is tried again.
+const UNREACHABLE_RETRY: Duration = Duration::from_secs(5);
+
+pub struct Agent {
+    worker: Worker,
+    thumbprint: String,
 }
 
-/// One script to run.
-pub struct Invocation {
-    /// The agent's ticket: unique per script run (a task id, or a task's step and worker).
-    pub ticket: String,
-    pub syntax: ScriptSyntax,
-    pub body: String,
-    pub env: Vec<(String, String)>,
-    pub timeout: Option<Duration>,
-    /// A task's script, which a restarted server resumes: the caller completes the ticket once the
-    /// task's end is stored. False (a runbook step): completed here, and canceled on shutdown.
-    pub resumable: bool,
-}
+impl Agent {
+    pub fn new(worker: &Worker) -> Agent {
+        Agent {
+            thumbprint: worker
+                .thumbprint
+                .clone()
+                .unwrap_or_default()
+                .to_ascii_uppercase(),
+            worker: worker.clone(),
+        }
+    }
 
-/// A line a script printed; `agent_seq` is the agent's number of it.
-pub struct Line {
-    pub error: bool,
-    pub text: String,
-    pub agent_seq: Option<u64>,
-}
-
-/// How a running task is stopped: canceled by a user, or by the server shutting down.
-#[derive(Clone, Default)]
-pub struct Stop {
-    pub cancel: CancellationToken,
-    pub shutting_down: Arc<AtomicBool>,
-}
-
-impl Stop {
-    pub fn is_shutdown(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
+    fn listening(&self) -> bool {
+        matches!(self.worker.endpoint, Some(Endpoint::TentaclePassive(_)))
     }
 }
 
-/// Runs the script to its end and says how it ended. `resume` Some: the agent already runs it, so
-/// read on after that line. None: the server is shutting down and leaves an agent's script running.
-pub async fn run(
-    app: &App,
-    place: &Place,
-    invocation: Invocation,
-    stop: &Stop,
-    sink: &mut (dyn FnMut(Line) + Send),
-    resume: Option<u64>,
-) -> Option<(TaskState, String)> {
-    match place {
-        Place::Builtin => Some(run_builtin(app, invocation, stop, sink).await),
-        Place::Agent(worker) => drive_agent(app, worker, invocation, stop, sink, resume).await,
+impl WorkerKind for Agent {
+    fn describe(&self, _app: &App) -> String {
+        format!(
+            "worker {} ({})",
+            self.worker.name,
+            self.worker.uri.clone().unwrap_or_default()
+        )
     }
-}
 
-async fn run_builtin(
-    app: &App,
-    invocation: Invocation,
-    stop: &Stop,
-    sink: &mut (dyn FnMut(Line) + Send),
-) -> (TaskState, String) {
-    let script = muster_exec::Script {
-        syntax: match invocation.syntax {
-            ScriptSyntax::Bash => muster_exec::Syntax::Bash,
-            ScriptSyntax::Python => muster_exec::Syntax::Python,
-            ScriptSyntax::PowerShell => muster_exec::Syntax::PowerShell,
-        },
-        body: invocation.body,
-        env: invocation.env,
-        clean_env: true,
-        timeout: invocation.timeout,
-        work_root: app.config.work_dir.clone(),
-        run_as: app.config.builtin_run_as.clone(),
-    };
-    let (lines_tx, mut lines_rx) = mpsc::channel::<Vec<muster_exec::Line>>(16);
-    let cancel = stop.cancel.clone();
-    let exec = muster_exec::run(script, lines_tx, cancel.cancelled_owned());
-    let forward = async {
-        while let Some(batch) = lines_rx.recv().await {
-            for line in batch {
-                sink(Line {
-                    error: line.stream == muster_exec::Stream::Stderr,
-                    text: line.text,
-                    agent_seq: None,
-                });
+    fn machine_key(&self) -> String {
+        self.thumbprint.clone()
+    }
+
+    fn unreachable(&self, app: &App) -> Option<String> {
+        match app.comms.link(&self.thumbprint) {
+            Some(_) => None,
+            None => Some(format!("{} is not connected", self.worker.name)),
+        }
+    }
+
+    fn check_interval(&self, app: &App, policy: Duration) -> Duration {
+        // A listening agent without a link is tried every few seconds, so one that restarted is
+        // found at once.
+        if self.listening() && app.comms.link(&self.thumbprint).is_none() {
+            policy.min(UNREACHABLE_RETRY)
+        } else {
+            policy
+        }
+    }
+
+    fn check_health<'a>(&'a self, app: &'a App, timeout: Duration) -> BoxFuture<'a, Health> {
+        Box::pin(async move {
+            match crate::comms::link_for(app, &self.worker).await {
+                Ok(link) => check_link(app, &self.thumbprint, &link, timeout).await,
+                // A polling agent's closed link recorded the clearer reason; a later check keeps it.
+                Err(_) if !self.listening() && app.comms.was_closed(&self.thumbprint) => {
+                    unreachable_health(CONNECTION_CLOSED.to_string())
+                }
+                Err(error) => unreachable_health(format!("{error:#}")),
             }
-            // The script waits (its pipe fills) while the log writer catches up.
-            app.logs.wait_for_room().await;
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        app: &'a App,
+        invocation: Invocation,
+        stop: &'a Stop,
+        sink: Sink<'a>,
+        resume: Option<u64>,
+    ) -> BoxFuture<'a, Option<Ended>> {
+        Box::pin(drive_agent(
+            app,
+            &self.worker,
+            invocation,
+            stop,
+            sink,
+            resume,
+        ))
+    }
+
+    fn outlives_restart(&self) -> bool {
+        true
+    }
+
+    fn hold(&self, app: &App, ticket: &str) -> super::Held {
+        Box::new(crate::comms::hold(app, ticket))
+    }
+
+    fn release(&self, app: &App, ticket: &str) {
+        complete_ticket(app, &self.worker, ticket);
+    }
+}
+
+fn unreachable_health(summary: String) -> Health {
+    Health {
+        status: HealthStatus::Unavailable,
+        summary,
+        facts: None,
+        unless_reachable: true,
+    }
+}
+
+/// Reads an agent's health over its link.
+pub async fn check_link(app: &App, thumbprint: &str, link: &Link, timeout: Duration) -> Health {
+    let reply = tokio::time::timeout(
+        timeout,
+        link.call::<_, rpc::HealthReply>(rpc::PATH_HEALTH, &()),
+    )
+    .await;
+    match reply {
+        Ok(Ok(health)) => Health {
+            status: HealthStatus::Healthy,
+            summary: "The agent is connected and answered its health check.".to_string(),
+            facts: Some(Facts {
+                operating_system: health.operating_system,
+                architecture: health.architecture,
+                shell_name: health.shell_name,
+            }),
+            unless_reachable: false,
+        },
+        // The link closed during the check: its closing records the agent Unavailable, and this
+        // answer must not overwrite that clearer reason.
+        Ok(Err(_)) if !app.comms.is_current(thumbprint, link) => {
+            unreachable_health(CONNECTION_CLOSED.to_string())
         }
-    };
-    let (outcome, ()) = tokio::join!(exec, forward);
-    match outcome {
-        Ok(muster_exec::Outcome::Exited(0)) => (TaskState::Success, String::new()),
-        Ok(muster_exec::Outcome::Exited(code)) => (
-            TaskState::Failed,
-            format!("The script exited with code {code}."),
-        ),
-        Ok(muster_exec::Outcome::Signaled(signal)) => (
-            TaskState::Failed,
-            format!("The script was ended by signal {signal}."),
-        ),
-        Ok(muster_exec::Outcome::Canceled) if stop.is_shutdown() => (
-            TaskState::Failed,
-            "The Muster server shut down while this task was executing; the script was stopped."
-                .into(),
-        ),
-        Ok(muster_exec::Outcome::Canceled) => {
-            (TaskState::Canceled, "The task was canceled.".into())
-        }
-        Ok(muster_exec::Outcome::TimedOut) => (
-            TaskState::TimedOut,
-            format!(
-                "The task timed out after {}.",
-                muster_core::time::format_timespan(invocation.timeout.unwrap_or_default())
-            ),
-        ),
-        Err(error) => (TaskState::Failed, error.to_string()),
+        // No answer on the link: the agent refused this server or is gone.
+        Ok(Err(error)) => unreachable_health(format!(
+            "The agent did not answer its health check (does it trust this server?): {error:#}"
+        )),
+        Err(_) => unreachable_health(format!(
+            "The agent did not answer its health check in {} seconds.",
+            timeout.as_secs()
+        )),
     }
 }
 
@@ -185,9 +210,9 @@ async fn drive_agent(
     worker: &Worker,
     invocation: Invocation,
     stop: &Stop,
-    sink: &mut (dyn FnMut(Line) + Send),
+    sink: Sink<'_>,
     resume: Option<u64>,
-) -> Option<(TaskState, String)> {
+) -> Option<Ended> {
     use muster_proto::rpc::{self, Outcome, ScriptState, StatusReply, StatusRequest, Ticket};
     let grace = reconnect_grace(app, worker).await;
     let resumable = invocation.resumable;
@@ -313,7 +338,7 @@ async fn drive_agent(
             sink(Line {
                 error: line.error,
                 text: line.text,
-                agent_seq: Some(line.seq),
+                source_seq: Some(line.seq),
             });
         }
         app.logs.wait_for_room().await;

@@ -69,8 +69,15 @@ enum Kind {
     Builtin,
     Polling,
     Listening,
+    /// An SSH worker: a private OpenSSH sshd on 127.0.0.1, reached over one kept connection.
+    Ssh,
     All,
 }
+
+/// The tests' private sshd on loopback (its own host key, port and authorized keys).
+#[allow(dead_code)]
+#[path = "../../ssh/tests/sshd/mod.rs"]
+mod sshd;
 
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -87,14 +94,23 @@ fn main() -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let server = Server::start(&bin, temp.path())?;
     let kinds: Vec<Kind> = match args.worker {
+        Kind::All if std::path::Path::new(sshd::SSHD).exists() => {
+            vec![Kind::Builtin, Kind::Polling, Kind::Listening, Kind::Ssh]
+        }
         Kind::All => vec![Kind::Builtin, Kind::Polling, Kind::Listening],
         one => vec![one],
     };
     let mut agents = Vec::new();
+    let mut sshds = Vec::new();
     let mut rows = Vec::new();
     for kind in kinds {
         let target = match kind {
             Kind::Builtin => json!({"TargetType": "OctopusServer"}),
+            Kind::Ssh => {
+                let (sshd, id) = server.ssh_worker(temp.path(), "ssh")?;
+                sshds.push(sshd);
+                json!({"TargetType": "Workers", "MachineIds": [id]})
+            }
             _ => {
                 let name = if kind == Kind::Polling {
                     "polling"
@@ -110,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             Kind::Builtin => "built-in worker",
             Kind::Polling => "polling agent",
             Kind::Listening => "listening agent",
+            Kind::Ssh => "ssh worker",
             Kind::All => unreachable!(),
         };
         let samples = match args.scenario {
@@ -148,6 +165,7 @@ fn main() -> anyhow::Result<()> {
     println!("{}", json!({"scenario": scenario, "results": results}));
     drop(agents);
     drop(server);
+    drop(sshds);
     Ok(())
 }
 
@@ -922,6 +940,41 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()?;
         Ok(Agent(child))
+    }
+
+    /// Starts a private sshd that lets this user in with a new key, and registers it as an SSH
+    /// worker of the default pool (an SshKeyPair account, the host key pinned by discovery).
+    fn ssh_worker(&self, dir: &Path, name: &str) -> anyhow::Result<(sshd::Sshd, String)> {
+        use base64::Engine as _;
+        let key = sshd::keygen(dir, &format!("{name}-key"), "");
+        let sshd = sshd::Sshd::start(&[&key]);
+        let username = String::from_utf8(Command::new("id").arg("-un").output()?.stdout)?;
+        let account = self.post(
+            "/api/Spaces-1/accounts",
+            &json!({"Name": name, "AccountType": "SshKeyPair", "Username": username.trim(),
+                "PrivateKeyFile": {"HasValue": true,
+                    "NewValue": base64::engine::general_purpose::STANDARD.encode(std::fs::read(&key)?)}}),
+        )?;
+        let found = self.get(&format!(
+            "/api/Spaces-1/workers/discover?host=127.0.0.1&port={}&type=Ssh",
+            sshd.port
+        ))?;
+        let pools = self.get("/api/Spaces-1/workerpools/all")?;
+        let pool = pools
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["IsDefault"] == true)
+            .ok_or_else(|| anyhow!("no default pool"))?["Id"]
+            .clone();
+        self.post(
+            "/api/Spaces-1/workers",
+            &json!({"Name": name, "WorkerPoolIds": [pool], "Endpoint": {
+                "CommunicationStyle": "Ssh", "Host": "127.0.0.1", "Port": sshd.port,
+                "Fingerprint": found["Endpoint"]["Fingerprint"], "AccountId": account["Id"]}}),
+        )?;
+        let id = self.wait_healthy(name)?;
+        Ok((sshd, id))
     }
 
     fn wait_healthy(&self, name: &str) -> anyhow::Result<String> {

@@ -373,6 +373,7 @@ pub async fn create(
     keep_server_fields(&mut worker, &fresh);
     worker.space_id = space.id.clone();
     validate(&app, &space, &mut worker).await?;
+    super::accounts::check_ssh_endpoint(&app, &space, &mut worker).await?;
     link_to_home(&app, &access, &mut worker).await?;
     check_share_limit(&worker)?;
     worker.id = app.store.next_id(IdKind::Worker).await?;
@@ -400,6 +401,10 @@ pub async fn update(
     worker.space_id = existing.space_id.clone();
     keep_server_fields(&mut worker, &existing);
     validate(&app, &space, &mut worker).await?;
+    if existing.home_space_id.is_none() {
+        // A share keeps its home's endpoint, whose account is of the home space.
+        super::accounts::check_ssh_endpoint(&app, &space, &mut worker).await?;
+    }
     if let Some(home_space) = &existing.home_space_id {
         // A shared worker belongs to its home space's editors.
         if !access.has(home_space, "WorkerEdit") {

@@ -16,7 +16,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # prlimit lowers a running agent's or server's descriptor limit (the flood tests).
 command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
-# ssh-keygen makes the accounts tests' key pairs.
+# The SSH worker tests start their own OpenSSH sshd (/usr/sbin, not always on PATH) and make keys.
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

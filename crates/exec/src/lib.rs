@@ -41,7 +41,9 @@ pub enum Syntax {
 }
 
 impl Syntax {
-    fn interpreter(self) -> (&'static str, &'static [&'static str], &'static str) {
+    /// The interpreter, its arguments before the script file, and the script file's name (SSH
+    /// workers run the same command line remotely).
+    pub fn interpreter(self) -> (&'static str, &'static [&'static str], &'static str) {
         match self {
             Syntax::Bash => ("bash", &["--noprofile", "--norc"], "script.sh"),
             Syntax::Python => ("python3", &["-u"], "script.py"),

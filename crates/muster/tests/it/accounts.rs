@@ -9,19 +9,21 @@ use std::time::{Duration, Instant};
 
 /// A real key pair made by `ssh-keygen` (ed25519), with a passphrase or none; (key file, its text).
 fn keygen(dir: &Path, name: &str, passphrase: &str) -> (PathBuf, String) {
-    let path = dir.join(name);
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", passphrase, "-C", name, "-f"])
-        .arg(&path)
-        .output()
-        .expect("ssh-keygen runs (openssh-client)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = crate::sshd::keygen(dir, name, passphrase);
     let text = std::fs::read_to_string(&path).unwrap();
     (path, text)
+}
+
+/// The SHA-256 fingerprint of a public key file, as `ssh-keygen -E sha256 -lf` prints it.
+fn fingerprint_of(public: &Path) -> String {
+    crate::sshd::run(
+        "ssh-keygen",
+        &["-E", "sha256", "-lf", public.to_str().unwrap()],
+    )
+    .split_whitespace()
+    .nth(1)
+    .unwrap()
+    .to_string()
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -451,7 +453,6 @@ fn ssh_workers_pin_a_host_key_and_sign_in_with_an_account_of_their_space() {
 }
 
 #[test]
-#[ignore = "SSH discovery lands in the next commit"]
 fn ssh_discovery_of_a_closed_port_or_a_server_that_is_not_ssh_is_a_quick_400() {
     let server = Server::start();
     let http_port = server.url.rsplit(':').next().unwrap().to_string();
@@ -467,6 +468,8 @@ fn ssh_discovery_of_a_closed_port_or_a_server_that_is_not_ssh_is_a_quick_400() {
         ("host=127.0.0.1&port=99999&type=Ssh".to_string(), "port"),
         ("host=a b&type=Ssh".to_string(), "host"),
         ("host=127.0.0.1&type=Carrier".to_string(), "Carrier"),
+        // Port 22 by default (nothing listens there in the tests).
+        ("host=127.0.0.1&type=Ssh".to_string(), "127.0.0.1:22"),
     ] {
         let started = Instant::now();
         let reply = server.get(&format!("/api/Spaces-1/workers/discover?{query}"));
@@ -618,5 +621,96 @@ fn the_cli_creates_and_lists_accounts_and_adds_an_ssh_worker() {
             .unwrap()
             .len(),
         1
+    );
+}
+
+#[test]
+fn ssh_discovery_reads_a_real_sshds_host_key_and_the_cli_pins_it_or_changes_it_only_with_yes() {
+    let sshd = crate::sshd::Sshd::start(&[]);
+    let expected = fingerprint_of(&sshd.host_key_pub());
+    let server = Server::start();
+    let found = server.ok(&format!(
+        "/api/Spaces-1/workers/discover?host=127.0.0.1&port={}&type=Ssh",
+        sshd.port
+    ));
+    assert_eq!(found["Id"], Value::Null);
+    assert_eq!(found["Endpoint"]["CommunicationStyle"], "Ssh");
+    assert_eq!(found["Endpoint"]["Fingerprint"], expected.as_str());
+    assert_eq!(found["Endpoint"]["HostKeyAlgorithm"], "ssh-ed25519");
+    assert_eq!(found["Endpoint"]["Port"], sshd.port);
+    assert_eq!(found["Uri"], format!("ssh://127.0.0.1:{}/", sshd.port));
+
+    let password = server.dir.join("password");
+    std::fs::write(&password, "pw\n").unwrap();
+    let run = |args: &[&str]| {
+        let out = cli(&server, args);
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, out) = run(&[
+        "account",
+        "create",
+        "password",
+        "login",
+        "--username",
+        "u",
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let port = sshd.port.to_string();
+    let (code, out) = run(&[
+        "worker",
+        "add-ssh",
+        "box",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--account",
+        "login",
+        "--pool",
+        "Default Worker Pool",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&expected) && out.contains("ssh-ed25519"),
+        "{out}"
+    );
+    let worker = server.ok("/api/Spaces-1/workers/all?commStyles=Ssh")[0].clone();
+    assert_eq!(worker["Endpoint"]["Fingerprint"], expected.as_str());
+    assert_eq!(worker["Endpoint"]["HostKeyAlgorithm"], "ssh-ed25519");
+
+    let (code, out) = run(&["worker", "update-fingerprint", "box"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("nothing to change"), "{out}");
+    // Pinned to another key (as after the host was rebuilt): shown, changed only with --yes.
+    let mut moved = worker.clone();
+    moved["Endpoint"]["Fingerprint"] = json!(SSH_FINGERPRINT);
+    let id = worker["Id"].as_str().unwrap();
+    server
+        .put(&format!("/api/Spaces-1/workers/{id}"), &moved)
+        .assert_status(200);
+    let (code, out) = run(&["worker", "update-fingerprint", "box"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(SSH_FINGERPRINT) && out.contains(&expected) && out.contains("--yes"),
+        "{out}"
+    );
+    assert_eq!(
+        server.ok(&format!("/api/Spaces-1/workers/{id}"))["Endpoint"]["Fingerprint"],
+        SSH_FINGERPRINT
+    );
+    let (code, out) = run(&["worker", "update-fingerprint", "box", "--yes"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        server.ok(&format!("/api/Spaces-1/workers/{id}"))["Endpoint"]["Fingerprint"],
+        expected.as_str()
     );
 }

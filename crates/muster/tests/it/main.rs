@@ -17,6 +17,10 @@ mod runbooks;
 mod secrets;
 mod sharing;
 mod snapshots;
+/// crates/ssh's real-sshd helper, shared rather than copied.
+#[allow(dead_code)]
+#[path = "../../../ssh/tests/sshd/mod.rs"]
+mod sshd;
 mod support;
 mod tasks;
 mod walls;

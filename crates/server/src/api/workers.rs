@@ -636,7 +636,13 @@ pub async fn unshare(
     empty_ok()
 }
 
-/// Reads a listening agent's thumbprint, and answers an unsaved worker to register with it.
+/// How long SSH discovery waits for a host's key: a closed port answers at once, a silent host or a
+/// server that is not SSH is given up on after this.
+const SSH_DISCOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads a listening agent's thumbprint (`type=TentaclePassive`, port 10933) or an SSH host's key
+/// (`type=Ssh`, port 22), and answers an unsaved worker to register with it. Nothing is trusted or
+/// stored: the caller checks what it read and registers the worker with it.
 pub async fn discover(SpaceScope(space): SpaceScope, params: Params) -> ApiResult {
     let host = params.get("host").map(str::trim).unwrap_or("");
     if host.is_empty() || host.contains(['/', ' ', '@', '?', '#']) {
@@ -644,8 +650,24 @@ pub async fn discover(SpaceScope(space): SpaceScope, params: Params) -> ApiResul
             "host must be a host name or address.",
         ));
     }
+    let ssh = match params.get("type").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("tentaclepassive") => false,
+        Some("ssh") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "Discovery of '{}' workers is not supported; only TentaclePassive and Ssh.",
+                params.get("type").unwrap_or_default()
+            )));
+        }
+    };
     let port: u16 = match params.get("port") {
-        None => 10933,
+        None => {
+            if ssh {
+                22
+            } else {
+                10933
+            }
+        }
         Some(text) => text
             .trim()
             .parse()
@@ -653,13 +675,31 @@ pub async fn discover(SpaceScope(space): SpaceScope, params: Params) -> ApiResul
             .filter(|p| *p > 0)
             .ok_or_else(|| ApiError::bad_request("port must be between 1 and 65535."))?,
     };
-    match params.get("type").map(str::to_ascii_lowercase).as_deref() {
-        None | Some("tentaclepassive") => {}
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "Discovery of '{other}' workers is not supported; only TentaclePassive."
-            )));
-        }
+    if ssh {
+        let key = muster_ssh::scan(host, port, SSH_DISCOVERY_TIMEOUT)
+            .await
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "Could not read an SSH host key at {host}:{port}: {e}. Is it an SSH server, and is the port right?"
+                ))
+            })?;
+        let uri = format!("ssh://{host}:{port}/");
+        let fingerprint = key.sha256.to_string();
+        return ok(&json!({
+            "Id": null,
+            "SpaceId": space.id,
+            "Name": host,
+            "Endpoint": {"CommunicationStyle": "Ssh", "Id": null, "Host": host, "Port": port,
+                "Fingerprint": fingerprint, "HostKeyAlgorithm": key.algorithm, "AccountId": null,
+                "DotNetCorePlatform": null, "ProxyId": null, "Uri": uri, "Links": {}},
+            "Thumbprint": null,
+            "Uri": uri,
+            "WorkerPoolIds": [],
+            "MachinePolicyId": null,
+            "IsDisabled": false,
+            "HealthStatus": "Unknown",
+            "Links": {},
+        }));
     }
     let thumbprint = crate::comms::discover(host, port).await.map_err(|e| {
         ApiError::bad_request(format!(

@@ -216,6 +216,12 @@ fn both_account_types_round_trip_without_ever_showing_or_storing_a_secret_in_the
         }
     }
 
+    // Nor does the server's log.
+    let log = server.stderr.lock().unwrap().clone();
+    for secret in [key_line, password, "a-new-password-Zq9", "correct horse"] {
+        assert!(!log.contains(secret), "the log holds {secret}");
+    }
+
     // And after a restart the sealed values still open: the key checks against its passphrase.
     server.stop();
     let server = Server::start_in(data.path(), &[]).unwrap();

@@ -10,8 +10,9 @@ use crate::links;
 use crate::state::App;
 use axum::Extension;
 use axum::extract::{Path, State};
-use muster_core::resources::{MachinePolicy, Space, Worker, WorkerPool, apply};
+use muster_core::resources::{Account, Endpoint, MachinePolicy, Space, Worker, WorkerPool, apply};
 use muster_core::{CommunicationStyle, HealthStatus, IdKind, MachineStatus, WorkerPoolType};
+use muster_ssh::keys::Fingerprint;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -267,6 +268,84 @@ async fn validate(app: &App, space: &Space, worker: &mut Worker) -> Result<(), A
     }
 }
 
+/// The checks of an SSH endpoint that need more than its shape: no proxy, a fingerprint in a form
+/// Muster reads (kept in the form given), and an account of the worker's space. Muster never pins a
+/// host key on first use, so a worker without a fingerprint is refused with the way to get one.
+async fn check_ssh_endpoint(app: &App, space: &Space, worker: &mut Worker) -> Result<(), ApiError> {
+    let Some(Endpoint::Ssh(endpoint)) = worker.endpoint.as_mut() else {
+        return Ok(());
+    };
+    let mut errors = Vec::new();
+    if endpoint
+        .proxy_id
+        .as_deref()
+        .is_some_and(|p| !p.trim().is_empty())
+    {
+        errors.push(
+            "Endpoint.ProxyId: Muster does not support proxies; reach the SSH worker directly and send ProxyId null."
+                .to_string(),
+        );
+    }
+    match endpoint
+        .fingerprint
+        .as_deref()
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+    {
+        None => errors.push(format!(
+            "Endpoint.Fingerprint is required: discover the host key first (GET /api/{}/workers/discover?host={}&port={}&type=Ssh, or `muster worker add-ssh` without --fingerprint), check it, and send it; Muster never trusts a host key on first use.",
+            space.id, endpoint.host, endpoint.port
+        )),
+        Some(text) => match Fingerprint::parse(text) {
+            Ok(fingerprint) => endpoint.fingerprint = Some(fingerprint.to_string()),
+            Err(why) => errors.push(format!("Endpoint.Fingerprint: {why}")),
+        },
+    }
+    match endpoint
+        .account_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        None => errors.push(
+            "Endpoint.AccountId is required: an SshKeyPair or UsernamePassword account of this space."
+                .to_string(),
+        ),
+        Some(given) => {
+            let account = match muster_core::ids::canonical_id(IdKind::Account, given) {
+                Some(id) => app.store.get::<Account>(&id).await?,
+                None => None,
+            };
+            match account.filter(|a| a.space_id == space.id) {
+                Some(account) => endpoint.account_id = Some(account.id),
+                None => errors.push(format!(
+                    "Endpoint.AccountId: '{given}' is not an account of space {}.",
+                    space.id
+                )),
+            }
+        }
+    }
+    if errors.is_empty()
+        && let Some(key) = worker.machine_key()
+        && let Some(twin) = app
+            .store
+            .find_by_ext::<Worker>(key)
+            .await?
+            .into_iter()
+            .find(|w| w.space_id == space.id && w.id != worker.id)
+    {
+        errors.push(format!(
+            "The SSH host with this fingerprint is already worker '{}' ({}) of this space; add pools to it instead.",
+            twin.name, twin.id
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
 /// Fields only the server sets; what a client sent for them is ignored.
 fn keep_server_fields(worker: &mut Worker, from: &Worker) {
     worker.health_status = from.health_status;
@@ -373,7 +452,7 @@ pub async fn create(
     keep_server_fields(&mut worker, &fresh);
     worker.space_id = space.id.clone();
     validate(&app, &space, &mut worker).await?;
-    super::accounts::check_ssh_endpoint(&app, &space, &mut worker).await?;
+    check_ssh_endpoint(&app, &space, &mut worker).await?;
     link_to_home(&app, &access, &mut worker).await?;
     check_share_limit(&worker)?;
     worker.id = app.store.next_id(IdKind::Worker).await?;
@@ -403,7 +482,7 @@ pub async fn update(
     validate(&app, &space, &mut worker).await?;
     if existing.home_space_id.is_none() {
         // A share keeps its home's endpoint, whose account is of the home space.
-        super::accounts::check_ssh_endpoint(&app, &space, &mut worker).await?;
+        check_ssh_endpoint(&app, &space, &mut worker).await?;
     }
     if let Some(home_space) = &existing.home_space_id {
         // A shared worker belongs to its home space's editors.

@@ -258,6 +258,10 @@ fn bad_accounts_get_a_400_that_names_the_field() {
         ),
         (key_account("a", &public, None), "PrivateKeyFile"),
         (
+            json!({"Name": "a", "AccountType": "SshKeyPair", "Username": "u", "PrivateKeyFile": {"NewValue": plain_key}}),
+            "the key file's text",
+        ),
+        (
             json!({"Name": "a", "AccountType": "SshKeyPair", "Username": "u", "PrivateKeyFile": {"NewValue": b64(b"hello")}}),
             "PrivateKeyFile",
         ),

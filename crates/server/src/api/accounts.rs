@@ -217,10 +217,14 @@ async fn check_key(account: &mut Account) -> Vec<String> {
     };
     let compact: String = encoded.split_ascii_whitespace().collect();
     let Ok(file) = base64::engine::general_purpose::STANDARD.decode(&compact) else {
-        return vec![
-            "PrivateKeyFile.NewValue is not base64: give the base64 of the private key file (such as `base64 -w0 id_ed25519`)."
-                .into(),
-        ];
+        let pasted = if encoded.contains("PRIVATE KEY-----") {
+            " (this is the key file's text: encode it)"
+        } else {
+            ""
+        };
+        return vec![format!(
+            "PrivateKeyFile.NewValue is not base64{pasted}: give the base64 of the private key file (such as `base64 -w0 id_ed25519`)."
+        )];
     };
     let passphrase = account
         .private_key_passphrase

@@ -1,5 +1,6 @@
 //! The `muster` client commands. They speak only the REST API, like any other client would.
 
+mod accounts;
 pub mod client;
 mod output;
 mod runbooks;
@@ -58,6 +59,9 @@ pub enum Command {
     /// Users, their API keys, and the roles they hold in spaces.
     #[command(subcommand)]
     User(users::UserCommand),
+    /// Accounts of a space: the credentials SSH workers sign in with.
+    #[command(subcommand)]
+    Account(accounts::AccountCommand),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -168,6 +172,35 @@ pub enum WorkerCommand {
         /// The window: the last this many hours.
         #[arg(long, default_value_t = 24)]
         hours: u32,
+    },
+    /// Registers an SSH worker. Without --fingerprint it reads the host's key now (discovery),
+    /// pins it and prints it: compare it with `ssh-keygen -E sha256 -lf` on the host.
+    AddSsh {
+        name: String,
+        #[command(flatten)]
+        space: SpaceOption,
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+        /// The account it signs in with (name, slug or id).
+        #[arg(long)]
+        account: String,
+        /// Its pools (name, slug or id); repeatable.
+        #[arg(long = "pool", required = true)]
+        pools: Vec<String>,
+        /// The host key's fingerprint (SHA256:… as `ssh-keygen -E sha256 -lf` prints it, or MD5).
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
+    /// Shows an SSH worker's pinned and current host-key fingerprints; --yes pins the current one.
+    UpdateFingerprint {
+        worker: String,
+        #[command(flatten)]
+        space: SpaceOption,
+        /// Pin the host's current key.
+        #[arg(long)]
+        yes: bool,
     },
     /// Waits until a pool has this many healthy workers, printing progress; exits 124 on timeout.
     Wait {
@@ -287,6 +320,7 @@ pub async fn run(connection: Connection, command: Command) -> anyhow::Result<i32
         Command::Script(ScriptCommand::Run(args)) => tasks::script_run(&client, json, args).await,
         Command::User(c) => users::user(&client, json, c).await,
         Command::Runbook(c) => runbooks::runbook(&client, json, c).await,
+        Command::Account(c) => accounts::account(&client, json, c).await,
     }
 }
 
@@ -339,7 +373,11 @@ pub(crate) async fn resolve_pool(
     })
 }
 
-async fn resolve_worker(client: &Client, space: &Value, key: &str) -> anyhow::Result<Value> {
+pub(crate) async fn resolve_worker(
+    client: &Client,
+    space: &Value,
+    key: &str,
+) -> anyhow::Result<Value> {
     let workers = array(
         &client
             .get(&format!("/api/{}/workers/all", id_of(space)))
@@ -644,6 +682,29 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
         } => {
             let timeout = sharing::parse_duration(&timeout)?;
             return sharing::wait(client, &pool, &space, count, timeout).await;
+        }
+        WorkerCommand::AddSsh {
+            name,
+            space,
+            host,
+            port,
+            account,
+            pools,
+            fingerprint,
+        } => {
+            let args = accounts::AddSsh {
+                name,
+                space,
+                host,
+                port,
+                account,
+                pools,
+                fingerprint,
+            };
+            return accounts::add_ssh(client, json, args).await;
+        }
+        WorkerCommand::UpdateFingerprint { worker, space, yes } => {
+            return accounts::update_fingerprint(client, json, &space, &worker, yes).await;
         }
         WorkerCommand::Delete { worker, space } => {
             let space = resolve_space(client, &space).await?;

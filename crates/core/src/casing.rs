@@ -76,6 +76,15 @@ pub const KNOWN_NAMES: &[&str] = &[
     "HelmReleaseName",
     "KubernetesNamespace",
     "DefaultNamespace",
+    "HostKeyAlgorithm",
+    // Accounts
+    "AccountType",
+    "PrivateKeyFile",
+    "PrivateKeyPassphrase",
+    "HasValue",
+    "NewValue",
+    "TenantTags",
+    "TenantedDeploymentParticipation",
     // Machine policies
     "MachineHealthCheckPolicy",
     "PowerShellHealthCheckPolicy",
@@ -183,6 +192,7 @@ fn enum_values(field: &str) -> &'static [&'static str] {
         "CommunicationStyle" => CommunicationStyle::NAMES,
         "Condition" => crate::runbooks::CONDITIONS,
         "WorkerPoolType" => WorkerPoolType::NAMES,
+        "AccountType" => crate::resources::ACCOUNT_TYPES,
         "HealthStatus" => HealthStatus::NAMES,
         "Status" => MachineStatus::NAMES,
         "HealthCheckType" => &["RunScript", "OnlyConnectivity"],

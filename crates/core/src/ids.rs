@@ -15,10 +15,11 @@ pub enum IdKind {
     ScopedUserRole,
     Runbook,
     RunbookRun,
+    Account,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 12] = [
+    pub const ALL: [IdKind; 13] = [
         IdKind::Space,
         IdKind::WorkerPool,
         IdKind::Worker,
@@ -31,6 +32,7 @@ impl IdKind {
         IdKind::ScopedUserRole,
         IdKind::Runbook,
         IdKind::RunbookRun,
+        IdKind::Account,
     ];
 
     /// The prefix before the dash, spelled as Octopus spells it.
@@ -48,6 +50,7 @@ impl IdKind {
             IdKind::ScopedUserRole => "ScopedUserRoles",
             IdKind::Runbook => "Runbooks",
             IdKind::RunbookRun => "RunbookRuns",
+            IdKind::Account => "Accounts",
         }
     }
 

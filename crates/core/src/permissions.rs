@@ -26,6 +26,10 @@ pub const SPACE_PERMISSIONS: &[(&str, &str)] = &[
         "Create, edit and delete runbooks, their processes and variables",
     ),
     ("RunbookRunCreate", "Run runbooks"),
+    ("AccountView", "View accounts (never their secrets)"),
+    ("AccountCreate", "Create accounts"),
+    ("AccountEdit", "Edit accounts"),
+    ("AccountDelete", "Delete accounts"),
 ];
 
 /// A permission over the whole server.
@@ -70,6 +74,10 @@ const ALL_SPACE: &[&str] = &[
     "RunbookView",
     "RunbookEdit",
     "RunbookRunCreate",
+    "AccountView",
+    "AccountCreate",
+    "AccountEdit",
+    "AccountDelete",
 ];
 
 pub const SYSTEM_ADMINISTRATOR: &str = "System administrator";
@@ -90,7 +98,7 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
     },
     BuiltInRole {
         name: "Worker manager",
-        description: "Configures a space's workers, pools and machine policies, and sees its tasks.",
+        description: "Configures a space's workers, pools, machine policies and accounts, and sees its tasks.",
         space: &[
             "WorkerView",
             "WorkerEdit",
@@ -98,6 +106,10 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
             "MachinePolicyEdit",
             "TaskView",
             "RunbookView",
+            "AccountView",
+            "AccountCreate",
+            "AccountEdit",
+            "AccountDelete",
         ],
         system: &[],
     },
@@ -112,13 +124,20 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
             "TaskCancel",
             "RunbookView",
             "RunbookRunCreate",
+            "AccountView",
         ],
         system: &[],
     },
     BuiltInRole {
         name: "Space viewer",
-        description: "Sees a space's workers, pools, policies, tasks and runbooks.",
-        space: &["WorkerView", "MachinePolicyView", "TaskView", "RunbookView"],
+        description: "Sees a space's workers, pools, policies, accounts, tasks and runbooks.",
+        space: &[
+            "WorkerView",
+            "MachinePolicyView",
+            "TaskView",
+            "RunbookView",
+            "AccountView",
+        ],
         system: &[],
     },
 ];

@@ -144,6 +144,9 @@ pub struct SshEndpoint {
     pub dot_net_core_platform: Option<String>,
     pub proxy_id: Option<String>,
     pub uri: Option<String>,
+    /// Muster: the host key's algorithm as OpenSSH names it (`ssh-ed25519`), from discovery or the
+    /// first contact. An extra field, so Octopus's clients ignore it.
+    pub host_key_algorithm: Option<String>,
     pub links: Map<String, Value>,
 }
 
@@ -380,6 +383,120 @@ impl Worker {
             Some(Endpoint::Ssh(e)) => e.fingerprint.as_deref(),
             _ => self.thumbprint.as_deref(),
         }
+    }
+}
+
+/// A secret as Octopus carries it (`SensitiveValue`): clients send `NewValue` to set it and read only
+/// `HasValue`. The store keeps the value in `NewValue`, sealed; reads clear it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SensitiveValue {
+    pub has_value: bool,
+    pub new_value: Option<String>,
+}
+
+impl SensitiveValue {
+    pub fn of(value: String) -> Self {
+        SensitiveValue {
+            has_value: true,
+            new_value: Some(value),
+        }
+    }
+
+    /// The stored secret, if there is one.
+    pub fn value(&self) -> Option<&str> {
+        self.new_value.as_deref().filter(|_| self.has_value)
+    }
+}
+
+/// The account types Muster supports, of Octopus's `AccountType`: what an SSH worker signs in with.
+pub const ACCOUNT_TYPES: &[&str] = &["SshKeyPair", "UsernamePassword"];
+
+/// An account (Octopus's `SshKeyPairAccountResource` and `UsernamePasswordAccountResource` in one
+/// shape, told apart by `AccountType`). Its secrets are sealed at rest and never read back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Account {
+    pub id: String,
+    pub space_id: String,
+    pub name: String,
+    pub slug: String,
+    pub description: Option<String>,
+    pub account_type: String,
+    pub username: Option<String>,
+    /// SshKeyPair: the base64 of the private key file.
+    pub private_key_file: Option<SensitiveValue>,
+    /// SshKeyPair: the passphrase of an encrypted key.
+    pub private_key_passphrase: Option<SensitiveValue>,
+    /// UsernamePassword.
+    pub password: Option<SensitiveValue>,
+    pub environment_ids: Vec<String>,
+    pub tenant_ids: Vec<String>,
+    pub tenant_tags: Vec<String>,
+    pub tenanted_deployment_participation: String,
+    #[serde(with = "date_format::option")]
+    pub last_modified_on: Option<Timestamp>,
+    pub last_modified_by: Option<String>,
+}
+
+impl Default for Account {
+    fn default() -> Self {
+        Account {
+            id: String::new(),
+            space_id: String::new(),
+            name: String::new(),
+            slug: String::new(),
+            description: None,
+            account_type: String::new(),
+            username: None,
+            private_key_file: None,
+            private_key_passphrase: None,
+            password: None,
+            environment_ids: Vec::new(),
+            tenant_ids: Vec::new(),
+            tenant_tags: Vec::new(),
+            tenanted_deployment_participation: "Untenanted".into(),
+            last_modified_on: None,
+            last_modified_by: None,
+        }
+    }
+}
+
+impl Account {
+    /// Its secrets, for sealing at rest.
+    pub fn secrets_mut(&mut self) -> Vec<&mut String> {
+        [
+            &mut self.private_key_file,
+            &mut self.private_key_passphrase,
+            &mut self.password,
+        ]
+        .into_iter()
+        .filter_map(|s| s.as_mut().and_then(|s| s.new_value.as_mut()))
+        .collect()
+    }
+
+    /// The account as clients read it: whether each secret is set, never its value.
+    pub fn without_secrets(&self) -> Account {
+        let hide = |s: &Option<SensitiveValue>| {
+            Some(SensitiveValue {
+                has_value: s.as_ref().is_some_and(|s| s.value().is_some()),
+                new_value: None,
+            })
+        };
+        let mut shown = self.clone();
+        match self.account_type.as_str() {
+            "SshKeyPair" => {
+                shown.private_key_file = hide(&self.private_key_file);
+                shown.private_key_passphrase = hide(&self.private_key_passphrase);
+                shown.password = None;
+            }
+            _ => {
+                shown.password = hide(&self.password);
+                shown.private_key_file = None;
+                shown.private_key_passphrase = None;
+            }
+        }
+        shown
     }
 }
 

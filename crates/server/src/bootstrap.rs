@@ -174,21 +174,26 @@ async fn ensure_roles_and_administrators(store: &Store, admin: &User) -> anyhow:
         .map(|r| r.id.clone());
     for built_in in BUILT_IN_ROLES {
         if let Some(existing) = roles.iter().find(|r| r.name == built_in.name) {
-            // A data directory from before runbooks: its built-in roles get the runbook
-            // permissions they would have had (a role that has any of them is left as it is).
-            let has_any = existing
-                .granted_space_permissions
-                .iter()
-                .any(|p| p.starts_with("Runbook"));
-            let missing: Vec<String> = built_in
-                .space
-                .iter()
-                .filter(|p| p.starts_with("Runbook"))
-                .map(|p| p.to_string())
-                .collect();
-            if !has_any && !missing.is_empty() && !existing.can_be_deleted {
-                let mut role = existing.clone();
-                role.granted_space_permissions.extend(missing);
+            // A data directory from before runbooks or accounts: its built-in roles get the
+            // permissions of each family they would have had (a role that has any permission of a
+            // family is left as it is).
+            let mut role = existing.clone();
+            for family in ["Runbook", "Account"] {
+                let has_any = existing
+                    .granted_space_permissions
+                    .iter()
+                    .any(|p| p.starts_with(family));
+                if !has_any {
+                    role.granted_space_permissions.extend(
+                        built_in
+                            .space
+                            .iter()
+                            .filter(|p| p.starts_with(family))
+                            .map(|p| p.to_string()),
+                    );
+                }
+            }
+            if role != *existing && !existing.can_be_deleted {
                 store.put(&role).await?;
             }
             continue;

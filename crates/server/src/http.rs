@@ -26,6 +26,7 @@ pub const SCOPED_COLLECTIONS: &[&str] = &[
     "runbookprocesses",
     "runbookruns",
     "variables",
+    "accounts",
 ];
 
 /// Rewrites a request path to the one form the router knows: lower case (routes are

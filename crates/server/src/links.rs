@@ -1,6 +1,8 @@
 //! `Links` of every resource (contract 1.4): absolute paths, `Self` always present.
 
-use muster_core::resources::{ApiKeyRecord, MachinePolicy, Space, Task, User, Worker, WorkerPool};
+use muster_core::resources::{
+    Account, ApiKeyRecord, MachinePolicy, Space, Task, User, Worker, WorkerPool,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -54,6 +56,17 @@ pub fn policy(p: &MachinePolicy) -> Value {
             "Self": format!("/api/{}/machinepolicies/{}", p.space_id, p.id),
             "Workers": format!("/api/{}/machinepolicies/{}/workers{{?skip,take}}", p.space_id, p.id),
             "Machines": format!("/api/{}/machinepolicies/{}/machines{{?skip,take}}", p.space_id, p.id),
+        }),
+    )
+}
+
+/// An account as clients read it: whether each secret is set, never its value.
+pub fn account(a: &Account) -> Value {
+    with_links(
+        &a.without_secrets(),
+        json!({
+            "Self": format!("/api/{}/accounts/{}", a.space_id, a.id),
+            "Usages": format!("/api/{}/accounts/{}/usages", a.space_id, a.id),
         }),
     )
 }

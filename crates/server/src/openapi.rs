@@ -630,7 +630,7 @@ const OPS: &[Op] = &[
         "get",
         "/api/{spaceId}/workers/discover",
         "Workers",
-        "Reads the thumbprint a listening agent presents, and answers an unsaved worker to register with it.",
+        "Reads the thumbprint a listening agent presents (type TentaclePassive, port 10933) or an SSH host's key (type Ssh, port 22: Endpoint.Fingerprint in SHA-256 form and Endpoint.HostKeyAlgorithm), and answers an unsaved worker to register with it.",
         &["host", "port", "type"],
         None,
         "Worker",
@@ -796,6 +796,69 @@ const OPS: &[Op] = &[
         &["skip", "take"],
         None,
         "Collection",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/accounts",
+        "Accounts",
+        "The space's accounts by name, paged; `accountType` filters (SshKeyPair, UsernamePassword).",
+        &["skip", "take", "ids", "partialName", "accountType"],
+        None,
+        "Collection",
+    ),
+    op(
+        "post",
+        "/api/{spaceId}/accounts",
+        "Accounts",
+        "Creates an SshKeyPair or UsernamePassword account; secrets go in NewValue and are sealed at rest.",
+        &[],
+        Some("Account"),
+        "Account",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/accounts/all",
+        "Accounts",
+        "Every account of the space, as an array.",
+        &["ids", "partialName", "accountType"],
+        None,
+        "AccountArray",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/accounts/{id}",
+        "Accounts",
+        "One account; its secrets show only HasValue.",
+        &[],
+        None,
+        "Account",
+    ),
+    op(
+        "put",
+        "/api/{spaceId}/accounts/{id}",
+        "Accounts",
+        "Replaces an account; a secret sent with NewValue null keeps the stored one, {HasValue: false} clears it. AccountType cannot change.",
+        &[],
+        Some("Account"),
+        "Account",
+    ),
+    op(
+        "delete",
+        "/api/{spaceId}/accounts/{id}",
+        "Accounts",
+        "Deletes an account that no worker uses (400 naming the workers otherwise).",
+        &[],
+        None,
+        "Empty",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/accounts/{id}/usages",
+        "Accounts",
+        "Octopus's AccountUsageResource: the workers that sign in with the account are its Targets.",
+        &[],
+        None,
+        "AccountUsage",
     ),
     op(
         "get",
@@ -1266,12 +1329,12 @@ fn schemas() -> Value {
         })),
         "Endpoint": {
             "type": "object",
-            "description": "Keyed by CommunicationStyle. TentaclePassive: Uri https://host:port/, Thumbprint. TentacleActive: Uri poll://<id>/, Thumbprint. Ssh: Host, Port, Fingerprint, AccountId. KubernetesTentacle: TentacleEndpointConfiguration{CommunicationMode, Uri, Thumbprint}. Thumbprints are 40 (SHA-1) or 64 (SHA-256) hex.",
+            "description": "Keyed by CommunicationStyle. TentaclePassive: Uri https://host:port/, Thumbprint. TentacleActive: Uri poll://<id>/, Thumbprint. Ssh: Host, Port, Fingerprint (SHA256:… or MD5 aa:bb:…, required), AccountId (an SshKeyPair or UsernamePassword account), ProxyId null, HostKeyAlgorithm (Muster). KubernetesTentacle: TentacleEndpointConfiguration{CommunicationMode, Uri, Thumbprint}. Thumbprints are 40 (SHA-1) or 64 (SHA-256) hex.",
             "required": ["CommunicationStyle"],
             "properties": {
                 "CommunicationStyle": {"type": "string", "enum": ["TentaclePassive", "TentacleActive", "Ssh", "KubernetesTentacle"]},
                 "Uri": s, "Thumbprint": s, "ProxyId": sn, "Host": s, "Port": i, "Fingerprint": sn, "AccountId": sn,
-                "DotNetCorePlatform": sn, "TentacleEndpointConfiguration": {"type": "object"}
+                "DotNetCorePlatform": sn, "HostKeyAlgorithm": sn, "TentacleEndpointConfiguration": {"type": "object"}
             },
             "additionalProperties": true
         },
@@ -1303,6 +1366,23 @@ fn schemas() -> Value {
             "ConnectionRetryTimeLimit": s, "ConnectionConnectTimeout": s, "Links": links
         })),
         "MachinePolicyArray": array_of("MachinePolicy"),
+        "Account": object(&["Name", "AccountType"], json!({
+            "Id": s, "SpaceId": s, "Name": s, "Slug": s, "Description": sn,
+            "AccountType": {"type": "string", "enum": ["SshKeyPair", "UsernamePassword"]},
+            "Username": s,
+            "PrivateKeyFile": {"type": "object", "nullable": true, "description": "SshKeyPair: NewValue is the base64 of the private key file; reads show HasValue only.", "properties": {"HasValue": b, "NewValue": sn}},
+            "PrivateKeyPassphrase": {"type": "object", "nullable": true, "description": "SshKeyPair: the passphrase of an encrypted key.", "properties": {"HasValue": b, "NewValue": sn}},
+            "Password": {"type": "object", "nullable": true, "description": "UsernamePassword.", "properties": {"HasValue": b, "NewValue": sn}},
+            "EnvironmentIds": ids, "TenantIds": ids, "TenantTags": ids, "TenantedDeploymentParticipation": s,
+            "Links": links
+        })),
+        "AccountArray": array_of("Account"),
+        "AccountUsage": object(&["Targets"], json!({
+            "Targets": {"type": "array", "items": object(&[], json!({"TargetId": s, "TargetName": s, "SpaceId": s}))},
+            "DeploymentProcesses": {"type": "array"}, "Releases": {"type": "array"}, "ProjectVariableSets": {"type": "array"},
+            "LibraryVariableSets": {"type": "array"}, "RunbookProcesses": {"type": "array"}, "RunbookSnapshots": {"type": "array"},
+            "Links": links
+        })),
         "TaskCreate": object(&["Name"], json!({
             "Name": {"type": "string", "enum": ["AdHocScript", "Health"], "description": "AdHocScript runs ScriptBody (set Arguments.OctopusBypassDeploymentMutex to False for an exclusive worker); runbooks run through /runbookRuns. Health checks workers (WorkerpoolId, MachineIds, or every worker of the space) outside the task cap, and fails when a checked worker is not Healthy."},
             "Description": s, "SpaceId": sn,

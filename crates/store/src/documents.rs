@@ -3,7 +3,8 @@
 use crate::sealing::Sealer;
 use crate::{Result, Store, StoreError, conflict_or};
 use muster_core::resources::{
-    ApiKeyRecord, MachinePolicy, ScopedUserRole, Space, Team, User, UserRole, Worker, WorkerPool,
+    Account, ApiKeyRecord, MachinePolicy, ScopedUserRole, Space, Team, User, UserRole, Worker,
+    WorkerPool,
 };
 use muster_core::runbooks::{Runbook, RunbookRun, Variable};
 use serde::Serialize;
@@ -22,6 +23,7 @@ pub enum DocKind {
     ScopedUserRole,
     Runbook,
     RunbookRun,
+    Account,
 }
 
 impl DocKind {
@@ -38,6 +40,7 @@ impl DocKind {
             DocKind::ScopedUserRole => "scopeduserrole",
             DocKind::Runbook => "runbook",
             DocKind::RunbookRun => "runbookrun",
+            DocKind::Account => "account",
         }
     }
 
@@ -54,6 +57,7 @@ impl DocKind {
             DocKind::ScopedUserRole => "scoped user role",
             DocKind::Runbook => "runbook",
             DocKind::RunbookRun => "runbook run",
+            DocKind::Account => "account",
         }
     }
 }
@@ -137,6 +141,26 @@ impl Document for RunbookRun {
     }
     fn ext(&self) -> Option<&str> {
         Some(&self.task_id)
+    }
+}
+
+/// An account's secrets (key file, passphrase, password) are sealed; its slug is the extra column.
+impl Document for Account {
+    const KIND: DocKind = DocKind::Account;
+    fn sensitive_values(&mut self) -> Vec<&mut String> {
+        self.secrets_mut()
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        &self.space_id
+    }
+    fn unique_name(&self) -> &str {
+        &self.name
+    }
+    fn ext(&self) -> Option<&str> {
+        Some(&self.slug)
     }
 }
 

@@ -441,7 +441,9 @@ fn odd_input_found_by_a_newcomer_is_handled() {
         .post("/api/Spaces-1/workerpools", &json!({"Name": "SSH"}))
         .assert_status(201)["Id"]
         .clone();
-    let lower = json!({"Name": "lower", "Endpoint": {"CommunicationStyle": "ssh", "Host": "h"}, "WorkerPoolIds": [far]});
+    let account = crate::support::ssh_account(&server, "Spaces-1", "ssh login");
+    let lower = json!({"Name": "lower", "Endpoint": {"CommunicationStyle": "ssh", "Host": "h",
+        "Fingerprint": crate::support::SSH_FINGERPRINT, "AccountId": account}, "WorkerPoolIds": [far]});
     assert_eq!(
         server
             .post("/api/Spaces-1/workers", &lower)

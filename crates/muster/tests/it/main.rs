@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real `muster` binary on 127.0.0.1 with its own temporary data
 //! dir and speaks real HTTP to it. One test binary keeps link time down.
 
+mod accounts;
 mod agent;
 mod architecture;
 mod blog;
@@ -16,6 +17,10 @@ mod runbooks;
 mod secrets;
 mod sharing;
 mod snapshots;
+/// crates/ssh's real-sshd helper, shared rather than copied.
+#[allow(dead_code)]
+#[path = "../../../ssh/tests/sshd/mod.rs"]
+mod sshd;
 mod support;
 mod tasks;
 mod walls;

@@ -321,7 +321,9 @@ fn workers_crud_filters_and_endpoint_shapes() {
         "AB".repeat(32),
         "thumbprints are stored upper case"
     );
-    let ssh = json!({"Name": "ssh", "Endpoint": {"CommunicationStyle": "Ssh", "Host": "127.0.0.1", "Port": 2222, "Fingerprint": "SHA256:abc"}, "WorkerPoolIds": [pool]});
+    let account = crate::support::ssh_account(&server, "Spaces-1", "ssh login");
+    let ssh = json!({"Name": "ssh", "Endpoint": {"CommunicationStyle": "Ssh", "Host": "127.0.0.1", "Port": 2222,
+        "Fingerprint": crate::support::SSH_FINGERPRINT, "AccountId": account}, "WorkerPoolIds": [pool]});
     let ssh = server
         .post("/api/Spaces-1/workers", &ssh)
         .assert_status(201)

@@ -89,7 +89,9 @@ fn resource_shapes() {
             .assert_status(201)
             .clone()
     );
-    let ssh = json!({"Name": "ssh", "Endpoint": {"CommunicationStyle": "Ssh", "Host": "127.0.0.1", "Port": 22, "Fingerprint": "SHA256:x"}, "WorkerPoolIds": ["WorkerPools-1"]});
+    let account = crate::support::ssh_account(&server, "Spaces-1", "ssh login");
+    let ssh = json!({"Name": "ssh", "Endpoint": {"CommunicationStyle": "Ssh", "Host": "127.0.0.1", "Port": 22,
+        "Fingerprint": crate::support::SSH_FINGERPRINT, "AccountId": account}, "WorkerPoolIds": ["WorkerPools-1"]});
     snapshot!(
         "worker_ssh",
         server

@@ -455,6 +455,23 @@ pub fn listening_endpoint(n: u32) -> Value {
     json!({"CommunicationStyle": "TentaclePassive", "Uri": format!("https://127.0.0.1:{}/", 10933 + n), "Thumbprint": format!("{:064X}", n + 1)})
 }
 
+/// A host-key fingerprint in the form `ssh-keygen -E sha256 -lf` prints (no host has this key).
+pub const SSH_FINGERPRINT: &str = "SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8";
+
+/// A UsernamePassword account in a space, for SSH endpoints that nothing dials; answers its id.
+pub fn ssh_account(server: &Server, space: &str, name: &str) -> String {
+    server
+        .post(
+            &format!("/api/{space}/accounts"),
+            &json!({"Name": name, "AccountType": "UsernamePassword", "Username": "deploy",
+                "Password": {"HasValue": true, "NewValue": "not-a-real-password"}}),
+        )
+        .assert_status(201)["Id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// A running `muster-agent run`, killed when dropped.
 pub struct Agent {
     child: Child,

@@ -278,6 +278,14 @@ fn every_route_every_role_every_spelling_answers_as_the_permission_table_says() 
         "the marked task logs its mark"
     );
     let policy = server.ok(&format!("/api/{wall}/machinepolicies/all"))[0]["Id"].clone();
+    let account = server
+        .post(
+            &format!("/api/{wall}/accounts"),
+            &json!({"Name": format!("{MARK} account"), "AccountType": "UsernamePassword",
+                "Username": format!("{MARK}-user"), "Password": {"NewValue": format!("{MARK}-SECRET")}}),
+        )
+        .assert_status(201)
+        .clone();
     let walled = Ids {
         space_id: wall.into(),
         slug: "default".into(),
@@ -285,6 +293,7 @@ fn every_route_every_role_every_spelling_answers_as_the_permission_table_says() 
             ("workerpools", pool["Id"].as_str().unwrap().to_string()),
             ("workers", worker["Id"].as_str().unwrap().to_string()),
             ("machinepolicies", policy.as_str().unwrap().to_string()),
+            ("accounts", account["Id"].as_str().unwrap().to_string()),
             ("runbooks", runbook["Id"].as_str().unwrap().to_string()),
             (
                 "runbookprocesses",

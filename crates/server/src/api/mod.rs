@@ -1,6 +1,7 @@
 //! The REST API (contract sections 1–3). Routes are written once, in their normalized form (see
 //! `http::normalize_path`): lower case, space-scoped ones under `/api/s/{space}`.
 
+mod accounts;
 mod policies;
 mod pools;
 mod root;
@@ -115,6 +116,13 @@ fn routes() -> Routes {
         .add(DELETE, "/api/s/{space}/machinepolicies/{id}", Space(Some("MachinePolicyEdit")), policies::delete)
         .add(GET, "/api/s/{space}/machinepolicies/{id}/workers", Space(Some("MachinePolicyView")), policies::workers)
         .add(GET, "/api/s/{space}/machinepolicies/{id}/machines", Space(Some("MachinePolicyView")), policies::workers)
+        .add(GET, "/api/s/{space}/accounts", Space(Some("AccountView")), accounts::list)
+        .add(POST, "/api/s/{space}/accounts", Space(Some("AccountCreate")), accounts::create)
+        .add(GET, "/api/s/{space}/accounts/all", Space(Some("AccountView")), accounts::all)
+        .add(GET, "/api/s/{space}/accounts/{id}", Space(Some("AccountView")), accounts::get_one)
+        .add(PUT, "/api/s/{space}/accounts/{id}", Space(Some("AccountEdit")), accounts::update)
+        .add(DELETE, "/api/s/{space}/accounts/{id}", Space(Some("AccountDelete")), accounts::delete)
+        .add(GET, "/api/s/{space}/accounts/{id}/usages", Space(Some("AccountView")), accounts::usages)
         .add(GET, "/api/s/{space}/runbooks", Space(Some("RunbookView")), runbooks::list)
         .add(POST, "/api/s/{space}/runbooks", Space(Some("RunbookEdit")), runbooks::create)
         .add(GET, "/api/s/{space}/runbooks/all", Space(Some("RunbookView")), runbooks::all)

@@ -60,6 +60,10 @@ fn scoped_links(space_id: &str) -> Map<String, Value> {
         format!("/api/{s}/machinepolicies/template"),
     );
     add(
+        "Accounts",
+        format!("/api/{s}/accounts{{/id}}{{?skip,take,ids,partialName,accountType}}"),
+    );
+    add(
         "Tasks",
         format!(
             "/api/{s}/tasks{{/id}}{{?skip,active,name,node,running,states,hasWarningsOrErrors,take,ids,partialName}}"

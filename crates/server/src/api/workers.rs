@@ -10,8 +10,9 @@ use crate::links;
 use crate::state::App;
 use axum::Extension;
 use axum::extract::{Path, State};
-use muster_core::resources::{MachinePolicy, Space, Worker, WorkerPool, apply};
+use muster_core::resources::{Account, Endpoint, MachinePolicy, Space, Worker, WorkerPool, apply};
 use muster_core::{CommunicationStyle, HealthStatus, IdKind, MachineStatus, WorkerPoolType};
+use muster_ssh::keys::Fingerprint;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -267,6 +268,84 @@ async fn validate(app: &App, space: &Space, worker: &mut Worker) -> Result<(), A
     }
 }
 
+/// The checks of an SSH endpoint that need more than its shape: no proxy, a fingerprint in a form
+/// Muster reads (kept in the form given), and an account of the worker's space. Muster never pins a
+/// host key on first use, so a worker without a fingerprint is refused with the way to get one.
+async fn check_ssh_endpoint(app: &App, space: &Space, worker: &mut Worker) -> Result<(), ApiError> {
+    let Some(Endpoint::Ssh(endpoint)) = worker.endpoint.as_mut() else {
+        return Ok(());
+    };
+    let mut errors = Vec::new();
+    if endpoint
+        .proxy_id
+        .as_deref()
+        .is_some_and(|p| !p.trim().is_empty())
+    {
+        errors.push(
+            "Endpoint.ProxyId: Muster does not support proxies; reach the SSH worker directly and send ProxyId null."
+                .to_string(),
+        );
+    }
+    match endpoint
+        .fingerprint
+        .as_deref()
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+    {
+        None => errors.push(format!(
+            "Endpoint.Fingerprint is required: discover the host key first (GET /api/{}/workers/discover?host={}&port={}&type=Ssh, or `muster worker add-ssh` without --fingerprint), check it, and send it; Muster never trusts a host key on first use.",
+            space.id, endpoint.host, endpoint.port
+        )),
+        Some(text) => match Fingerprint::parse(text) {
+            Ok(fingerprint) => endpoint.fingerprint = Some(fingerprint.to_string()),
+            Err(why) => errors.push(format!("Endpoint.Fingerprint: {why}")),
+        },
+    }
+    match endpoint
+        .account_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        None => errors.push(
+            "Endpoint.AccountId is required: an SshKeyPair or UsernamePassword account of this space."
+                .to_string(),
+        ),
+        Some(given) => {
+            let account = match muster_core::ids::canonical_id(IdKind::Account, given) {
+                Some(id) => app.store.get::<Account>(&id).await?,
+                None => None,
+            };
+            match account.filter(|a| a.space_id == space.id) {
+                Some(account) => endpoint.account_id = Some(account.id),
+                None => errors.push(format!(
+                    "Endpoint.AccountId: '{given}' is not an account of space {}.",
+                    space.id
+                )),
+            }
+        }
+    }
+    if errors.is_empty()
+        && let Some(key) = worker.machine_key()
+        && let Some(twin) = app
+            .store
+            .find_by_ext::<Worker>(key)
+            .await?
+            .into_iter()
+            .find(|w| w.space_id == space.id && w.id != worker.id)
+    {
+        errors.push(format!(
+            "The SSH host with this fingerprint is already worker '{}' ({}) of this space; add pools to it instead.",
+            twin.name, twin.id
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
 /// Fields only the server sets; what a client sent for them is ignored.
 fn keep_server_fields(worker: &mut Worker, from: &Worker) {
     worker.health_status = from.health_status;
@@ -373,6 +452,7 @@ pub async fn create(
     keep_server_fields(&mut worker, &fresh);
     worker.space_id = space.id.clone();
     validate(&app, &space, &mut worker).await?;
+    check_ssh_endpoint(&app, &space, &mut worker).await?;
     link_to_home(&app, &access, &mut worker).await?;
     check_share_limit(&worker)?;
     worker.id = app.store.next_id(IdKind::Worker).await?;
@@ -400,6 +480,10 @@ pub async fn update(
     worker.space_id = existing.space_id.clone();
     keep_server_fields(&mut worker, &existing);
     validate(&app, &space, &mut worker).await?;
+    if existing.home_space_id.is_none() {
+        // A share keeps its home's endpoint, whose account is of the home space.
+        check_ssh_endpoint(&app, &space, &mut worker).await?;
+    }
     if let Some(home_space) = &existing.home_space_id {
         // A shared worker belongs to its home space's editors.
         if !access.has(home_space, "WorkerEdit") {
@@ -631,7 +715,13 @@ pub async fn unshare(
     empty_ok()
 }
 
-/// Reads a listening agent's thumbprint, and answers an unsaved worker to register with it.
+/// How long SSH discovery waits for a host's key: a closed port answers at once, a silent host or a
+/// server that is not SSH is given up on after this.
+const SSH_DISCOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads a listening agent's thumbprint (`type=TentaclePassive`, port 10933) or an SSH host's key
+/// (`type=Ssh`, port 22), and answers an unsaved worker to register with it. Nothing is trusted or
+/// stored: the caller checks what it read and registers the worker with it.
 pub async fn discover(SpaceScope(space): SpaceScope, params: Params) -> ApiResult {
     let host = params.get("host").map(str::trim).unwrap_or("");
     if host.is_empty() || host.contains(['/', ' ', '@', '?', '#']) {
@@ -639,8 +729,24 @@ pub async fn discover(SpaceScope(space): SpaceScope, params: Params) -> ApiResul
             "host must be a host name or address.",
         ));
     }
+    let ssh = match params.get("type").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("tentaclepassive") => false,
+        Some("ssh") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "Discovery of '{}' workers is not supported; only TentaclePassive and Ssh.",
+                params.get("type").unwrap_or_default()
+            )));
+        }
+    };
     let port: u16 = match params.get("port") {
-        None => 10933,
+        None => {
+            if ssh {
+                22
+            } else {
+                10933
+            }
+        }
         Some(text) => text
             .trim()
             .parse()
@@ -648,13 +754,31 @@ pub async fn discover(SpaceScope(space): SpaceScope, params: Params) -> ApiResul
             .filter(|p| *p > 0)
             .ok_or_else(|| ApiError::bad_request("port must be between 1 and 65535."))?,
     };
-    match params.get("type").map(str::to_ascii_lowercase).as_deref() {
-        None | Some("tentaclepassive") => {}
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "Discovery of '{other}' workers is not supported; only TentaclePassive."
-            )));
-        }
+    if ssh {
+        let key = muster_ssh::scan(host, port, SSH_DISCOVERY_TIMEOUT)
+            .await
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "Could not read an SSH host key at {host}:{port}: {e}. Is it an SSH server, and is the port right?"
+                ))
+            })?;
+        let uri = format!("ssh://{host}:{port}/");
+        let fingerprint = key.sha256.to_string();
+        return ok(&json!({
+            "Id": null,
+            "SpaceId": space.id,
+            "Name": host,
+            "Endpoint": {"CommunicationStyle": "Ssh", "Id": null, "Host": host, "Port": port,
+                "Fingerprint": fingerprint, "HostKeyAlgorithm": key.algorithm, "AccountId": null,
+                "DotNetCorePlatform": null, "ProxyId": null, "Uri": uri, "Links": {}},
+            "Thumbprint": null,
+            "Uri": uri,
+            "WorkerPoolIds": [],
+            "MachinePolicyId": null,
+            "IsDisabled": false,
+            "HealthStatus": "Unknown",
+            "Links": {},
+        }));
     }
     let thumbprint = crate::comms::discover(host, port).await.map_err(|e| {
         ApiError::bad_request(format!(

@@ -78,14 +78,14 @@ pub fn filter_workers(workers: Vec<Worker>, params: &Params) -> Result<Vec<Worke
 /// worker, which spaces it is shared into.
 pub async fn annotate(app: &App, mut workers: Vec<Worker>) -> Result<Vec<Worker>, ApiError> {
     let mut spaces_of: HashMap<String, Vec<(String, bool)>> = HashMap::new();
-    // A few workers (one resource, a small page): each agent's records by the thumbprint index;
-    // many: one read of every worker. Either way it costs no more than the listing itself.
+    // A few workers (one resource, a small page): each machine's records by the machine-key
+    // index; many: one read of every worker. Either way it costs no more than the listing itself.
     let records: Vec<Worker> = if workers.len() <= 16 {
         let mut records = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for thumbprint in workers.iter().filter_map(|w| w.thumbprint.as_deref()) {
-            if seen.insert(thumbprint) {
-                records.extend(app.store.find_by_ext::<Worker>(thumbprint).await?);
+        for key in workers.iter().filter_map(Worker::machine_key) {
+            if seen.insert(key) {
+                records.extend(app.store.find_by_ext::<Worker>(key).await?);
             }
         }
         records
@@ -93,7 +93,7 @@ pub async fn annotate(app: &App, mut workers: Vec<Worker>) -> Result<Vec<Worker>
         app.store.list_all::<Worker>().await?
     };
     for w in records {
-        if let Some(t) = w.thumbprint.clone() {
+        if let Some(t) = w.machine_key().map(str::to_string) {
             spaces_of
                 .entry(t)
                 .or_default()
@@ -102,8 +102,7 @@ pub async fn annotate(app: &App, mut workers: Vec<Worker>) -> Result<Vec<Worker>
     }
     for worker in &mut workers {
         let records = worker
-            .thumbprint
-            .as_ref()
+            .machine_key()
             .and_then(|t| spaces_of.get(t))
             .map(Vec::as_slice)
             .unwrap_or_default();
@@ -368,10 +367,10 @@ fn keep_server_fields(worker: &mut Worker, from: &Worker) {
 /// agent (the blog's "add workers to remaining spaces" step): the caller needs WorkerEdit in the
 /// agent's home space too, and a polling agent keeps its one subscription.
 async fn link_to_home(app: &App, access: &Access, worker: &mut Worker) -> Result<(), ApiError> {
-    let Some(thumbprint) = worker.thumbprint.clone() else {
+    let Some(key) = worker.machine_key().map(str::to_string) else {
         return Ok(());
     };
-    let records = app.store.find_by_ext::<Worker>(&thumbprint).await?;
+    let records = app.store.find_by_ext::<Worker>(&key).await?;
     let Some(home) = records
         .iter()
         .filter(|w| w.space_id != worker.space_id)
@@ -453,7 +452,12 @@ pub async fn create(
     worker.space_id = space.id.clone();
     validate(&app, &space, &mut worker).await?;
     check_ssh_endpoint(&app, &space, &mut worker).await?;
-    link_to_home(&app, &access, &mut worker).await?;
+    // An SSH host registered in two spaces, each with its own account, is two logins to one
+    // machine: they share its leases and health record (by host key) without either space
+    // needing rights in the other. An explicit share (`…/shares`) links them.
+    if !matches!(worker.endpoint, Some(Endpoint::Ssh(_))) {
+        link_to_home(&app, &access, &mut worker).await?;
+    }
     check_share_limit(&worker)?;
     worker.id = app.store.next_id(IdKind::Worker).await?;
     worker.last_modified_on = Some(muster_core::time::now());
@@ -491,12 +495,14 @@ pub async fn update(
                 "This worker is shared from space {home_space}; changing it needs WorkerEdit there. Deleting it here stops using it in this space."
             )));
         }
-        if worker.thumbprint != existing.thumbprint {
+        if worker.machine_key() != existing.machine_key() {
             return Err(ApiError::bad_request(
-                "A shared worker's agent cannot change; share another worker instead.",
+                "A shared worker's machine (its agent or SSH host key) cannot change; share another worker instead.",
             ));
         }
-    } else if worker.thumbprint != existing.thumbprint {
+    } else if worker.machine_key() != existing.machine_key()
+        && !matches!(worker.endpoint, Some(Endpoint::Ssh(_)))
+    {
         link_to_home(&app, &access, &mut worker).await?;
     }
     check_share_limit(&worker)?;
@@ -527,12 +533,12 @@ pub async fn delete(
 
 /// The workers that share a home worker's agent into other spaces.
 async fn shares_of(app: &App, home: &Worker) -> Result<Vec<Worker>, ApiError> {
-    let Some(thumbprint) = &home.thumbprint else {
+    let Some(key) = home.machine_key() else {
         return Ok(Vec::new());
     };
     Ok(app
         .store
-        .find_by_ext::<Worker>(thumbprint)
+        .find_by_ext::<Worker>(key)
         .await?
         .into_iter()
         .filter(|w| w.home_worker_id.as_deref() == Some(home.id.as_str()))

@@ -30,6 +30,8 @@ pub struct AppInner {
     /// dispatcher decides with it; a runbook run tells it which child it waits for.
     pub ledger: std::sync::Mutex<muster_scheduler::Ledger>,
     pub comms: crate::comms::Comms,
+    /// The kept SSH connections of SSH workers, one per machine and account.
+    pub ssh: crate::kinds::ssh::Sessions,
     /// Wakes the layers above from below: events flow up as signals, not calls.
     pub signals: Signals,
     /// Turns true when the server begins to shut down.
@@ -67,6 +69,7 @@ impl AppInner {
             dispatcher: Dispatcher::default(),
             ledger: Default::default(),
             comms: Default::default(),
+            ssh: Default::default(),
             signals: Default::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
             key_failures: Default::default(),

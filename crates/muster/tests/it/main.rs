@@ -17,6 +17,7 @@ mod runbooks;
 mod secrets;
 mod sharing;
 mod snapshots;
+mod ssh_workers;
 /// crates/ssh's real-sshd helper, shared rather than copied.
 #[allow(dead_code)]
 #[path = "../../../ssh/tests/sshd/mod.rs"]

@@ -509,6 +509,17 @@ pub async fn update(
     worker.last_modified_on = Some(muster_core::time::now());
     worker.last_modified_by = actor(&user);
     app.store.put(&worker).await?;
+    // An SSH host's shares name it by its endpoint: a new pin (or account, host, port) goes to them.
+    if existing.home_worker_id.is_none()
+        && matches!(worker.endpoint, Some(Endpoint::Ssh(_)))
+        && worker.endpoint != existing.endpoint
+    {
+        for mut share in shares_of(&app, &existing).await? {
+            share.endpoint = worker.endpoint.clone();
+            share.uri = worker.uri.clone();
+            app.store.put(&share).await?;
+        }
+    }
     app.signals.dispatch.notify_one();
     app.signals.health.notify_one();
     ok(&resource(&app, worker).await?)

@@ -156,24 +156,6 @@ pub async fn check_link(app: &App, thumbprint: &str, link: &Link, timeout: Durat
     }
 }
 
-/// How long a script waits for its agent to come back after the connection drops: the worker's
-/// machine policy's `ConnectionConnectTimeout`, at most 60 seconds.
-async fn reconnect_grace(app: &App, worker: &Worker) -> Duration {
-    let policy = match &worker.machine_policy_id {
-        Some(id) => app
-            .store
-            .get::<muster_core::resources::MachinePolicy>(id)
-            .await
-            .ok()
-            .flatten(),
-        None => None,
-    };
-    policy
-        .and_then(|p| muster_core::time::parse_timespan(&p.connection_connect_timeout))
-        .unwrap_or(Duration::from_secs(60))
-        .min(Duration::from_secs(60))
-}
-
 /// Frees a ticket on its agent, in the background (a ticket left behind is completed when the agent
 /// next connects).
 pub fn complete_ticket(app: &App, worker: &Worker, ticket: &str) {
@@ -214,7 +196,7 @@ async fn drive_agent(
     resume: Option<u64>,
 ) -> Option<Ended> {
     use muster_proto::rpc::{self, Outcome, ScriptState, StatusReply, StatusRequest, Ticket};
-    let grace = reconnect_grace(app, worker).await;
+    let grace = super::connect_grace(app, worker).await;
     let resumable = invocation.resumable;
     let start = rpc::StartScript {
         ticket: invocation.ticket.clone(),

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod builtin;
+pub mod ssh;
 
 use crate::state::App;
 use futures_util::future::BoxFuture;
@@ -130,6 +131,26 @@ pub trait WorkerKind: Send + Sync {
     fn release(&self, app: &App, ticket: &str);
 }
 
+/// How long a script waits for its worker to come back after the connection drops: the worker's
+/// machine policy's (its own, or its space's default) `ConnectionConnectTimeout`, at most 60
+/// seconds.
+pub async fn connect_grace(app: &App, worker: &Worker) -> Duration {
+    use muster_core::resources::MachinePolicy;
+    let policy = match &worker.machine_policy_id {
+        Some(id) => app.store.get::<MachinePolicy>(id).await.ok().flatten(),
+        None => app
+            .store
+            .list::<MachinePolicy>(&worker.space_id)
+            .await
+            .ok()
+            .and_then(|all| all.into_iter().find(|p| p.is_default)),
+    };
+    policy
+        .and_then(|p| muster_core::time::parse_timespan(&p.connection_connect_timeout))
+        .unwrap_or(Duration::from_secs(60))
+        .min(Duration::from_secs(60))
+}
+
 /// The kind of a worker, from its endpoint: the one place that chooses. None: the built-in worker.
 pub fn of(worker: Option<&Worker>) -> Arc<dyn WorkerKind> {
     match worker {
@@ -138,13 +159,13 @@ pub fn of(worker: Option<&Worker>) -> Arc<dyn WorkerKind> {
             Some(Endpoint::TentaclePassive(_))
             | Some(Endpoint::TentacleActive(_))
             | Some(Endpoint::KubernetesTentacle(_)) => Arc::new(agent::Agent::new(worker)),
-            Some(Endpoint::Ssh(_)) | None => Arc::new(Unsupported::new(worker)),
+            Some(Endpoint::Ssh(_)) => Arc::new(ssh::Ssh::new(worker)),
+            None => Arc::new(Unsupported::new(worker)),
         },
     }
 }
 
-/// A worker this server cannot reach yet (an SSH worker before its kind lands, or one without an
-/// endpoint): it never takes work, and says why.
+/// A worker this server cannot reach (one without an endpoint): it never takes work, and says why.
 struct Unsupported {
     name: String,
     key: String,

@@ -183,6 +183,55 @@ impl Sshd {
         let _ = self.child.wait();
     }
 
+    /// Kills sshd (and its connections) and starts it again on the same port and configuration;
+    /// with `new_host_keys`, the host gets new keys of the same types first (a rebuilt host).
+    pub fn restart(&mut self, new_host_keys: bool) {
+        self.kill();
+        if new_host_keys {
+            let keys: Vec<String> = std::fs::read_dir(self.dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("host_") && !n.ends_with(".pub"))
+                .collect();
+            for name in keys {
+                let _ = std::fs::remove_file(self.dir.path().join(&name));
+                let _ = std::fs::remove_file(self.dir.path().join(format!("{name}.pub")));
+                keygen_of(&name["host_".len()..], self.dir.path(), &name, "");
+            }
+        }
+        let config = self.dir.path().join("sshd_config");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::File::create(self.dir.path().join("sshd.log")).unwrap();
+            self.child = Command::new(SSHD)
+                .args(["-D", "-e", "-f", config.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(2) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start again on port {}: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Stops sshd and its connections without closing them: a host that went silent.
     pub fn freeze(&self) {
         self.signal_all("-STOP");

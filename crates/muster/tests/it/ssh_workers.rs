@@ -127,7 +127,11 @@ fn processes(needle: &str) -> Vec<i32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -359,7 +363,11 @@ fn ssh_password_account_worker_pinned_by_md5_is_upgraded_to_sha256_and_runs_as_i
     assert!(out.contains("Created SSH worker pw"), "{out}");
     // The first check matched the MD5 pin and pinned the same key's SHA-256.
     let worker = wait_health(&server, "pw", "Healthy");
-    assert_eq!(worker["Endpoint"]["Fingerprint"], sha256.as_str(), "{worker}");
+    assert_eq!(
+        worker["Endpoint"]["Fingerprint"],
+        sha256.as_str(),
+        "{worker}"
+    );
     assert_eq!(worker["Endpoint"]["HostKeyAlgorithm"], "ssh-ed25519");
     let task = script_on(&server, &id(&worker), "echo \"I am $(id -un)\"");
     let (ended, lines) = server.wait_task(&task);
@@ -401,7 +409,10 @@ fn ssh_wrong_or_changed_host_key_runs_nothing_until_the_user_pins_the_new_key() 
     });
     assert!(reason.contains("host key"), "{reason}");
     std::thread::sleep(Duration::from_secs(1));
-    assert!(!marker("wrong").exists(), "a command ran on a wrong host key");
+    assert!(
+        !marker("wrong").exists(),
+        "a command ran on a wrong host key"
+    );
     server
         .post(&format!("/api/tasks/{task}/cancel"), &json!({}))
         .assert_status(200);
@@ -424,7 +435,10 @@ fn ssh_wrong_or_changed_host_key_runs_nothing_until_the_user_pins_the_new_key() 
     assert_ne!(code, Some(0), "{out}");
     let unhealthy = wait_health(&server, "box", "Unhealthy");
     let summary = unhealthy["StatusSummary"].as_str().unwrap();
-    assert!(summary.contains(&old) && summary.contains(&new), "{summary}");
+    assert!(
+        summary.contains(&old) && summary.contains(&new),
+        "{summary}"
+    );
     let task = script_on(
         &server,
         &worker_id,
@@ -435,7 +449,10 @@ fn ssh_wrong_or_changed_host_key_runs_nothing_until_the_user_pins_the_new_key() 
             .as_str()
             .map(str::to_string)
     });
-    assert!(reason.contains("host key") && reason.contains(&new), "{reason}");
+    assert!(
+        reason.contains("host key") && reason.contains(&new),
+        "{reason}"
+    );
     assert!(!marker("changed").exists());
 
     // The CLI shows both and changes the pin only with --yes; then the task runs.

@@ -154,7 +154,9 @@ impl Ssh {
                 use base64::Engine as _;
                 let file = base64::engine::general_purpose::STANDARD
                     .decode(file.trim())
-                    .map_err(|_| format!("the private key of account {} is not base64", account.name))?;
+                    .map_err(|_| {
+                        format!("the private key of account {} is not base64", account.name)
+                    })?;
                 let passphrase = secret(&account.private_key_passphrase).filter(|p| !p.is_empty());
                 let key = tokio::task::spawn_blocking(move || {
                     muster_ssh::keys::read_private_key(&file, passphrase.as_deref())
@@ -236,9 +238,15 @@ impl Ssh {
     /// After a fresh connection: an MD5 pin becomes the SHA-256 of the same key, and the key's
     /// algorithm is recorded, on every worker of this machine (and `health` with them, since the
     /// machine's key changes and the caller's record would find none).
-    async fn record_host_key(&self, app: &App, host_key: &HostKey, health: Option<&Health>) -> bool {
+    async fn record_host_key(
+        &self,
+        app: &App,
+        host_key: &HostKey,
+        health: Option<&Health>,
+    ) -> bool {
         let pinned_md5 = !self.key.starts_with("SHA256:");
-        let known = self.endpoint.host_key_algorithm.as_deref() == Some(host_key.algorithm.as_str());
+        let known =
+            self.endpoint.host_key_algorithm.as_deref() == Some(host_key.algorithm.as_str());
         if !pinned_md5 && known {
             return false;
         }
@@ -388,7 +396,9 @@ impl WorkerKind for Ssh {
                     };
                 }
             };
-            let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+            let left = timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(1));
             let health = match tokio::time::timeout(left, session.exec("uname -sm")).await {
                 Ok(Ok(output)) if output.success() => {
                     let text = String::from_utf8_lossy(&output.stdout);
@@ -541,7 +551,10 @@ impl Ssh {
                 Err(NoSession::Unreachable(error)) => {
                     let since = *lost_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() >= grace {
-                        break (TaskState::Failed, self.unreachable_message(grace, &error, start_sent));
+                        break (
+                            TaskState::Failed,
+                            self.unreachable_message(grace, &error, start_sent),
+                        );
                     }
                     self.pause(stop, kill_sent).await;
                     continue;
@@ -554,7 +567,11 @@ impl Ssh {
                 }
             };
             lost_since = None;
-            if stop.cancel.is_cancelled() && started && !kill_sent && !(stop.is_shutdown() && resumable) {
+            if stop.cancel.is_cancelled()
+                && started
+                && !kill_sent
+                && !(stop.is_shutdown() && resumable)
+            {
                 kill_sent = true;
                 spawn_kill(&session, &ticket, name);
             }
@@ -576,11 +593,22 @@ impl Ssh {
                 }
             }
             match self
-                .follow(app, &session, &ticket, &mut offset, stop, &mut kill_sent, resumable, &mut *sink)
+                .follow(
+                    app,
+                    &session,
+                    &ticket,
+                    &mut offset,
+                    stop,
+                    &mut kill_sent,
+                    resumable,
+                    &mut *sink,
+                )
                 .await
             {
                 Followed::Detached => return None,
-                Followed::Ended(outcome) => break self.ended(outcome, stop, kill_sent, invocation.timeout),
+                Followed::Ended(outcome) => {
+                    break self.ended(outcome, stop, kill_sent, invocation.timeout);
+                }
                 Followed::Error(muster_ssh::Error::NoSuchScript(_)) if !start_sent => {
                     // Claimed, and the server stopped before the worker received it: it never ran.
                     app.logs.append(
@@ -637,7 +665,12 @@ impl Ssh {
         }
     }
 
-    fn unreachable_message(&self, grace: Duration, error: &muster_ssh::Error, start_sent: bool) -> String {
+    fn unreachable_message(
+        &self,
+        grace: Duration,
+        error: &muster_ssh::Error,
+        start_sent: bool,
+    ) -> String {
         let name = &self.worker.name;
         if start_sent {
             format!(

@@ -894,8 +894,15 @@ async fn run_script_task(
                 resumable: true,
             };
             let mut stderr_seen = false;
+            let mut announced = Vec::new();
             let logs = &app.logs;
             let mut sink = |line: Line| {
+                if let Some(message) = muster_core::variables::parse_create_artifact(&line.text) {
+                    let (category, text) = crate::artifacts::announcement(&message);
+                    logs.append(&id, category, text);
+                    announced.extend(message.ok());
+                    return;
+                }
                 stderr_seen |= line.error;
                 let category = if line.error {
                     LogCategory::Error
@@ -910,7 +917,23 @@ async fn run_script_task(
             let end = kind.run(&app, invocation, &stop, &mut sink, resume).await;
             task.has_warnings_or_errors |= stderr_seen;
             match end {
-                Some(end) => end,
+                Some(end) => {
+                    if !announced.is_empty() && !stop.is_shutdown() {
+                        let files = crate::artifacts::Collection {
+                            task_id: id.clone(),
+                            space_id: task.space_id.clone(),
+                            step: 0,
+                            source: task
+                                .worker_name
+                                .clone()
+                                .unwrap_or_else(|| kinds::builtin::BUILTIN_WORKER_NAME.into()),
+                            mask: &|text: &str| text.to_string(),
+                            announced,
+                        };
+                        kind.collect(&app, &id, &files).await;
+                    }
+                    end
+                }
                 None => {
                     detach(&app, &id, kind.as_ref());
                     return;

@@ -88,6 +88,16 @@ pub fn task(t: &Task) -> Value {
     )
 }
 
+pub fn artifact(a: &muster_core::resources::Artifact) -> Value {
+    with_links(
+        a,
+        json!({
+            "Self": format!("/api/{}/artifacts/{}", a.space_id, a.id),
+            "Content": format!("/api/{}/artifacts/{}/content", a.space_id, a.id),
+        }),
+    )
+}
+
 pub fn user(u: &User) -> Value {
     with_links(
         u,

@@ -9,8 +9,8 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use muster_proto::rpc::{
-    self, ArtifactRequest, HealthReply, HeldTicket, Outcome, ScriptLine, ScriptState, StartScript, StatusReply,
-    StatusRequest, Ticket, TicketList,
+    self, ArtifactRequest, HealthReply, HeldTicket, Outcome, ScriptLine, ScriptState, StartScript,
+    StatusReply, StatusRequest, Ticket, TicketList,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -154,12 +154,13 @@ impl Scripts {
                     }
                 }
             };
-            let result = muster_exec::run_keeping(exec_script, tx, stop)
-                .await
-                .map(|(outcome, dir)| {
-                    *script.work_dir.lock().expect("script lock") = Some(dir);
-                    outcome
-                });
+            let result =
+                muster_exec::run_keeping(exec_script, tx, stop)
+                    .await
+                    .map(|(outcome, dir)| {
+                        *script.work_dir.lock().expect("script lock") = Some(dir);
+                        outcome
+                    });
             let _ = collector.await;
             let done = match result {
                 Ok(muster_exec::Outcome::Exited(code)) => (Outcome::Exited, Some(code)),
@@ -270,10 +271,7 @@ impl Scripts {
         };
         script.touch();
         if script.inner.lock().expect("script lock").done.is_none() {
-            return Err((
-                StatusCode::CONFLICT,
-                "the script is still running".into(),
-            ));
+            return Err((StatusCode::CONFLICT, "the script is still running".into()));
         }
         let work_dir = script.work_dir.lock().expect("script lock");
         let Some(dir) = work_dir.as_ref() else {

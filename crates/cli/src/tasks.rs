@@ -3,8 +3,8 @@
 
 use crate::client::{Client, encode};
 use crate::{
-    ArtifactCommand, ScriptRun, SpaceOption, TaskCommand, array, id_of, output, resolve_pool, resolve_space,
-    script_body,
+    ArtifactCommand, ScriptRun, SpaceOption, TaskCommand, array, id_of, output, resolve_pool,
+    resolve_space, script_body,
 };
 use anyhow::{Context, anyhow};
 use futures_util::StreamExt;
@@ -389,7 +389,11 @@ fn print_line(line: &Value) {
 
 /// `artifact download`: the file is written as its chunks arrive (to a temporary name beside the
 /// target, renamed once whole), never held whole in memory.
-pub async fn artifact(client: &Client, json: bool, command: ArtifactCommand) -> anyhow::Result<i32> {
+pub async fn artifact(
+    client: &Client,
+    json: bool,
+    command: ArtifactCommand,
+) -> anyhow::Result<i32> {
     use std::io::Write;
     let ArtifactCommand::Download {
         artifact,
@@ -399,7 +403,10 @@ pub async fn artifact(client: &Client, json: bool, command: ArtifactCommand) -> 
     let space = resolve_space(client, &space).await?;
     let space = id_of(&space);
     let artifact = client
-        .get(&format!("/api/{space}/artifacts/{}", encode(artifact.trim())))
+        .get(&format!(
+            "/api/{space}/artifacts/{}",
+            encode(artifact.trim())
+        ))
         .await?;
     let id = output::text(&artifact["Id"]);
     let mut response = client

@@ -30,8 +30,14 @@ pub const SPACE_PERMISSIONS: &[(&str, &str)] = &[
     ("AccountCreate", "Create accounts"),
     ("AccountEdit", "Edit accounts"),
     ("AccountDelete", "Delete accounts"),
-    ("ArtifactView", "View and download the files tasks collected"),
-    ("ArtifactCreate", "Create artifacts (scripts do, through their task)"),
+    (
+        "ArtifactView",
+        "View and download the files tasks collected",
+    ),
+    (
+        "ArtifactCreate",
+        "Create artifacts (scripts do, through their task)",
+    ),
     ("ArtifactEdit", "Edit artifacts"),
     ("ArtifactDelete", "Delete artifacts"),
 ];

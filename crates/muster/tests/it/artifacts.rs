@@ -68,7 +68,8 @@ fn the_builtin_worker_returns_artifacts_that_are_listed_read_and_deleted() {
         "the service messages are not shown: {lines:#?}"
     );
     assert!(
-        has_line(&lines, "Artifact missing.txt (") && has_line(&lines, "not collected: no such file"),
+        has_line(&lines, "Artifact missing.txt (")
+            && has_line(&lines, "not collected: no such file"),
         "{lines:#?}"
     );
     assert!(
@@ -81,7 +82,10 @@ fn the_builtin_worker_returns_artifacts_that_are_listed_read_and_deleted() {
     assert_eq!(listed.len(), 2, "nothing else was stored: {listed:#?}");
     // Newest first.
     let (named, report) = (&listed[0], &listed[1]);
-    assert_eq!(report["Filename"], "report.txt", "the name defaults to the file's");
+    assert_eq!(
+        report["Filename"], "report.txt",
+        "the name defaults to the file's"
+    );
     assert_eq!(named["Filename"], "Nice \"name\" ü.bin");
     assert_eq!(report["ServerTaskId"], task_id.as_str());
     assert_eq!(report["SpaceId"], "Spaces-1");
@@ -130,13 +134,18 @@ fn the_builtin_worker_returns_artifacts_that_are_listed_read_and_deleted() {
     server
         .get("/api/Spaces-1/artifacts/Artifacts-999")
         .assert_error(404);
-    server.get("/api/Spaces-1/artifacts/nonsense").assert_error(404);
+    server
+        .get("/api/Spaces-1/artifacts/nonsense")
+        .assert_error(404);
 
     // The CLI lists them and downloads one, named after it.
     let listed = cli(&server, &["task", "artifacts", &task_id]);
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.status.success(), "{text}");
-    assert!(text.contains("report.txt") && text.contains(&id(named)), "{text}");
+    assert!(
+        text.contains("report.txt") && text.contains(&id(named)),
+        "{text}"
+    );
     let downloads = tempfile::tempdir().unwrap();
     let fetched = crate::support::muster()
         .args(["artifact", "download", &id(report)])
@@ -157,7 +166,13 @@ fn the_builtin_worker_returns_artifacts_that_are_listed_read_and_deleted() {
     let elsewhere = downloads.path().join("copy.bin");
     let fetched = cli(
         &server,
-        &["artifact", "download", &id(named), "-o", elsewhere.to_str().unwrap()],
+        &[
+            "artifact",
+            "download",
+            &id(named),
+            "-o",
+            elsewhere.to_str().unwrap(),
+        ],
     );
     assert!(fetched.status.success());
     assert_eq!(std::fs::read(&elsewhere).unwrap(), b"second");
@@ -171,7 +186,11 @@ fn the_builtin_worker_returns_artifacts_that_are_listed_read_and_deleted() {
         .get(&format!("/api/{}/artifacts/{}", id(&other), id(report)))
         .assert_error(404);
     server
-        .get(&format!("/api/{}/artifacts/{}/content", id(&other), id(report)))
+        .get(&format!(
+            "/api/{}/artifacts/{}/content",
+            id(&other),
+            id(report)
+        ))
         .assert_error(404);
     let role = server
         .post(
@@ -181,7 +200,7 @@ fn the_builtin_worker_returns_artifacts_that_are_listed_read_and_deleted() {
         .assert_status(201)
         .clone();
     let (watcher, watcher_key) = server.new_user("watcher");
-    server.grant(&watcher, &role["Name"].as_str().unwrap().to_string(), "Spaces-1");
+    server.grant(&watcher, role["Name"].as_str().unwrap(), "Spaces-1");
     let path = format!("/api/Spaces-1/artifacts/{}/content", id(report));
     server
         .as_user(&watcher_key, "GET", &path, None)
@@ -234,9 +253,15 @@ fn the_builtin_worker_returns_artifacts_that_are_listed_read_and_deleted() {
     );
     assert_eq!(task["State"], "Success", "{lines:#?}");
     let listed = artifacts_of(&server, &other_id, &id(&task));
-    let names: Vec<&str> = listed.iter().map(|a| a["Filename"].as_str().unwrap()).collect();
+    let names: Vec<&str> = listed
+        .iter()
+        .map(|a| a["Filename"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["renamed.txt", "p.txt"]);
-    assert_eq!(content(&server, &other_id, &id(&listed[1])).1, b"from python");
+    assert_eq!(
+        content(&server, &other_id, &id(&listed[1])).1,
+        b"from python"
+    );
     let space_files = server.dir.join("artifacts").join(&other_id);
     assert!(space_files.exists());
     let mut stopped = server.ok(&format!("/api/spaces/{other_id}"));
@@ -338,8 +363,15 @@ steps:
 "##,
     )
     .unwrap();
-    let created = cli(&server, &["runbook", "create", "--file", yaml.to_str().unwrap()]);
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let created = cli(
+        &server,
+        &["runbook", "create", "--file", yaml.to_str().unwrap()],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let runbooks = server.ok("/api/Spaces-1/runbooks/all");
     let runbook = runbooks.as_array().unwrap()[0].clone();
     let run = server
@@ -386,9 +418,8 @@ fn sequence(length: usize) -> Vec<u8> {
 /// artifact's bytes and the largest growth over the RSS before, in KiB.
 fn fifty_megabytes(server: &Server, target: Value) -> (Vec<u8>, u64) {
     const LENGTH: usize = 50 * 1024 * 1024;
-    let script = format!(
-        "seq 1 10000000 | head -c {LENGTH} > big.txt\nnew_octopusartifact big.txt"
-    );
+    let script =
+        format!("seq 1 10000000 | head -c {LENGTH} > big.txt\nnew_octopusartifact big.txt");
     let mut arguments = target;
     arguments["ScriptBody"] = json!(script);
     let baseline = server.rss_kib();
@@ -428,8 +459,7 @@ fn fifty_megabytes_stream_from_an_agent_and_the_builtin_worker_without_the_serve
         json!({"ScriptBody": "echo warm", "TargetType": "OctopusServer"}),
     );
     assert_eq!(task["State"], "Success");
-    let (_, builtin_growth) =
-        fifty_megabytes(&server, json!({"TargetType": "OctopusServer"}));
+    let (_, builtin_growth) = fifty_megabytes(&server, json!({"TargetType": "OctopusServer"}));
     let _poller = server.polling_agent("big");
     let worker = server.wait_health("big", "Healthy");
     let (_, agent_growth) = fifty_megabytes(

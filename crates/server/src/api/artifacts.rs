@@ -88,11 +88,7 @@ pub async fn content(
         }
         Err(error) => return Err(ApiError::internal(error)),
     };
-    let length = file
-        .metadata()
-        .await
-        .map_err(ApiError::internal)?
-        .len();
+    let length = file.metadata().await.map_err(ApiError::internal)?.len();
     let body = axum::body::Body::from_stream(crate::artifacts::file_chunks(file, length));
     let mut response = body.into_response();
     let headers = response.headers_mut();

@@ -146,13 +146,12 @@ async fn fetch(
         ticket: ticket.to_string(),
         path: file.path.clone(),
     };
-    let (headers, body) = link
-        .open(rpc::PATH_ARTIFACT, &request)
-        .await
-        .map_err(|e| match e.downcast_ref::<crate::comms::Refused>() {
+    let (headers, body) = link.open(rpc::PATH_ARTIFACT, &request).await.map_err(|e| {
+        match e.downcast_ref::<crate::comms::Refused>() {
             Some(refused) => refused.0.clone(),
             None => format!("worker {} did not send it: {e:#}", worker.name),
-        })?;
+        }
+    })?;
     let length: u64 = headers
         .get(rpc::ARTIFACT_LENGTH_HEADER)
         .and_then(|v| v.to_str().ok())

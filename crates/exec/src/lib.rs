@@ -239,6 +239,14 @@ pub fn open_inside(dir: &Path, path: &str) -> Result<(std::fs::File, u64), FileE
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&real)
         .map_err(FileError::Io)?;
+    // A process that escaped the script's group could swap a directory of the path for a link
+    // between the check and the open: what was opened is checked again.
+    use std::os::fd::AsRawFd;
+    if let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        && !opened.starts_with(&dir)
+    {
+        return Err(FileError::Outside);
+    }
     let meta = file.metadata().map_err(FileError::Io)?;
     if !meta.is_file() {
         return Err(FileError::NotAFile);

@@ -96,6 +96,13 @@ pub fn announcement(message: &Result<AnnouncedArtifact, String>) -> (LogCategory
     }
 }
 
+impl Collection<'_> {
+    /// Whether a file was refused.
+    pub fn warned(&self) -> bool {
+        self.warned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// The files one script announced, and where their artifacts belong: the kind of worker that ran
 /// the script hands each file over (`WorkerKind::collect`).
 pub struct Collection<'a> {
@@ -108,6 +115,8 @@ pub struct Collection<'a> {
     /// Masks sensitive values in names and paths shown in the log and stored.
     pub mask: &'a (dyn Fn(&str) -> String + Send + Sync),
     pub announced: Vec<AnnouncedArtifact>,
+    /// Set once a file was refused: the task then has warnings (`HasWarningsOrErrors`).
+    pub warned: std::sync::atomic::AtomicBool,
 }
 
 impl Collection<'_> {
@@ -123,6 +132,7 @@ impl Collection<'_> {
 
     /// A warning that one announced file was not collected, and why.
     pub fn refuse(&self, app: &App, file: &AnnouncedArtifact, why: &str) {
+        self.warned.store(true, std::sync::atomic::Ordering::SeqCst);
         self.log(
             app,
             LogCategory::Warning,

@@ -899,7 +899,11 @@ async fn run_script_task(
             let mut sink = |line: Line| {
                 if let Some(message) = muster_core::variables::parse_create_artifact(&line.text) {
                     let (category, text) = crate::artifacts::announcement(&message);
-                    logs.append(&id, category, text);
+                    stderr_seen |= message.is_err();
+                    match line.source_seq {
+                        Some(seq) => logs.append_from_agent(&id, category, text, seq),
+                        None => logs.append(&id, category, text),
+                    }
                     announced.extend(message.ok());
                     return;
                 }
@@ -929,8 +933,10 @@ async fn run_script_task(
                                 .unwrap_or_else(|| kinds::builtin::BUILTIN_WORKER_NAME.into()),
                             mask: &|text: &str| text.to_string(),
                             announced,
+                            warned: Default::default(),
                         };
                         kind.collect(&app, &id, &files).await;
+                        task.has_warnings_or_errors |= files.warned();
                     }
                     end
                 }

@@ -84,6 +84,7 @@ pub fn task(t: &Task) -> Value {
             "Cancel": format!("/api/tasks/{id}/cancel"),
             "Rerun": format!("/api/tasks/rerun/{id}"),
             "QueuedBehind": format!("/api/tasks/{id}/queued-behind{{?skip,take}}"),
+            "Artifacts": format!("/api/{}/artifacts?regarding={id}", t.space_id),
         }),
     )
 }

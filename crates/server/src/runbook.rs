@@ -551,6 +551,9 @@ async fn invoke(
     let mut sink = |line: Line| {
         if let Some(message) = variables::parse_create_artifact(&line.text) {
             let (category, text) = crate::artifacts::announcement(&message);
+            if message.is_err() {
+                driver.shared.lock().expect("run lock").stderr_seen = true;
+            }
             driver.log(n, category, &format!("{prefix}{text}"));
             announced.extend(message.ok());
             return;
@@ -601,8 +604,12 @@ async fn invoke(
             source: worker_name.clone(),
             mask: &mask,
             announced,
+            warned: Default::default(),
         };
         kind.collect(driver.app, &ticket, &files).await;
+        if files.warned() {
+            driver.shared.lock().expect("run lock").stderr_seen = true;
+        }
     }
     kind.release(driver.app, &ticket);
     (worker_name, state, message)

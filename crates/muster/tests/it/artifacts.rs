@@ -63,6 +63,7 @@ fn the_builtin_worker_returns_artifacts_that_are_listed_read_and_deleted() {
         json!({"ScriptBody": script, "TargetType": "OctopusServer"}),
     );
     assert_eq!(task["State"], "Success", "{lines:#?}");
+    assert_eq!(task["HasWarningsOrErrors"], true, "files were left behind");
     assert!(
         !has_line(&lines, "##octopus[createArtifact"),
         "the service messages are not shown: {lines:#?}"
@@ -252,6 +253,7 @@ fn the_builtin_worker_returns_artifacts_that_are_listed_read_and_deleted() {
         json!({"ScriptBody": "open('p.txt', 'w').write('from python')\nnew_octopusartifact('p.txt')\nnew_octopusartifact('p.txt', name='renamed.txt')", "Syntax": "Python", "TargetType": "OctopusServer"}),
     );
     assert_eq!(task["State"], "Success", "{lines:#?}");
+    assert_eq!(task["HasWarningsOrErrors"], false, "{lines:#?}");
     let listed = artifacts_of(&server, &other_id, &id(&task));
     let names: Vec<&str> = listed
         .iter()

@@ -402,11 +402,14 @@ pub async fn artifact(
     } = command;
     let space = resolve_space(client, &space).await?;
     let space = id_of(&space);
+    let artifact = artifact.trim();
+    let artifact = if artifact.bytes().all(|b| b.is_ascii_digit()) {
+        format!("Artifacts-{artifact}")
+    } else {
+        artifact.to_string()
+    };
     let artifact = client
-        .get(&format!(
-            "/api/{space}/artifacts/{}",
-            encode(artifact.trim())
-        ))
+        .get(&format!("/api/{space}/artifacts/{}", encode(&artifact)))
         .await?;
     let id = output::text(&artifact["Id"]);
     let mut response = client

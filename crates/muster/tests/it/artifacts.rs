@@ -170,7 +170,7 @@ fn the_builtin_worker_returns_artifacts_that_are_listed_read_and_deleted() {
         &[
             "artifact",
             "download",
-            &id(named),
+            id(named).trim_start_matches("Artifacts-"),
             "-o",
             elsewhere.to_str().unwrap(),
         ],

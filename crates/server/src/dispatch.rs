@@ -897,6 +897,18 @@ async fn run_script_task(
             let mut announced = Vec::new();
             let logs = &app.logs;
             let mut sink = |line: Line| {
+                // A resumed script's lines up to the last one stored: only what they announced.
+                let replayed =
+                    matches!((line.source_seq, resume), (Some(seq), Some(last)) if seq <= last);
+                if replayed {
+                    stderr_seen |= line.error;
+                    if let Some(Ok(file)) =
+                        muster_core::variables::parse_create_artifact(&line.text)
+                    {
+                        announced.push(file);
+                    }
+                    return;
+                }
                 if let Some(message) = muster_core::variables::parse_create_artifact(&line.text) {
                     let (category, text) = crate::artifacts::announcement(&message);
                     stderr_seen |= message.is_err();

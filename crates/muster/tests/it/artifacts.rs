@@ -2,7 +2,7 @@
 //! built-in worker and from polling and listening agents once the script ends, stores under its data
 //! directory and serves under `/api/{space}/artifacts`, streamed both ways.
 
-use crate::support::{KEY, Server, cli, client};
+use crate::support::{KEY, Server, cli, client, eventually};
 use serde_json::{Value, json};
 use std::io::Read;
 use std::time::Duration;
@@ -477,4 +477,45 @@ fn fifty_megabytes_stream_from_an_agent_and_the_builtin_worker_without_the_serve
             "the server grew by {growth} KiB while it collected 50 MiB from the {from}"
         );
     }
+}
+
+#[test]
+fn a_restarted_server_collects_what_a_resumed_script_announced_before_it_died() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = Server::start_in(temp.path(), &[]).unwrap();
+    let comms = format!("127.0.0.1:{}", server.comms_port);
+    let _agent = server.polling_agent("keeper");
+    let worker = server.wait_health("keeper", "Healthy");
+    let script = "printf early > early.txt\nnew_octopusartifact early.txt\necho announced\nsleep 6\n\
+        printf late > late.txt\nnew_octopusartifact late.txt\necho finished";
+    let task = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": script, "TargetType": "Workers", "MachineIds": [worker["Id"]]}),
+    );
+    let task_id = id(&task);
+    eventually("the first announcement to be stored", || {
+        let raw = server
+            .request("GET", &format!("/api/tasks/{task_id}/raw"))
+            .send()
+            .ok()?
+            .text()
+            .ok()?;
+        raw.contains("announced").then_some(())
+    });
+    server.kill();
+
+    let server = Server::start_in(temp.path(), &["--comms-listen", &comms]).unwrap();
+    let (task, lines) = server.wait_task(&task_id);
+    let lines = messages(&lines);
+    assert_eq!(task["State"], "Success", "{lines:#?}");
+    assert_eq!(
+        lines.iter().filter(|l| l.as_str() == "announced").count(),
+        1,
+        "nothing is logged twice: {lines:#?}"
+    );
+    let names: Vec<String> = artifacts_of(&server, "Spaces-1", &task_id)
+        .iter()
+        .map(|a| a["Filename"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec!["late.txt", "early.txt"], "{lines:#?}");
 }

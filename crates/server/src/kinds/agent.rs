@@ -250,8 +250,9 @@ fn unreachable_message(worker: &Worker, grace: Duration, error: &anyhow::Error) 
     )
 }
 
-/// Starts the script on the agent (or, `resume` Some, reads on after that line of a script it already
-/// runs; one it never received is started then) and follows it to its end, over a dropped connection
+/// Starts the script on the agent (or, `resume` Some, follows a script it already runs: its lines
+/// from the first again, which the caller logs only after `resume`, so that the artifacts announced
+/// before the restart are found; one it never received is started then) and follows it to its end, over a dropped connection
 /// if the agent comes back within the grace period. None: the server is shutting down and leaves the
 /// (resumable) script running.
 async fn drive_agent(
@@ -279,7 +280,9 @@ async fn drive_agent(
     let id = start.ticket.clone();
     // While this runs, a reconnecting agent's ticket is not an orphan.
     let _hold = crate::comms::hold(app, &id);
-    let mut after = resume.unwrap_or(0);
+    // The agent keeps every line until the ticket is completed: a resumed script is read from its
+    // first line again (the caller skips those it stored).
+    let mut after = 0;
     // Whether the agent has the script: a resumed one is assumed to, until it says otherwise.
     let mut started = resume.is_some();
     let mut start_sent = false;

@@ -107,7 +107,9 @@ pub trait WorkerKind: Send + Sync {
     fn check_health<'a>(&'a self, app: &'a App, timeout: Duration) -> BoxFuture<'a, Health>;
 
     /// Runs the script to its end and says how it ended; `resume` Some: the worker already runs
-    /// it, so read on after that line (where the kind `outlives_restart`).
+    /// it, so read on after that line (where the kind `outlives_restart`). A kind that still holds
+    /// the earlier lines may hand them over again first, numbered (an agent does, so that the
+    /// artifacts they announced are found): the caller logs only those after `resume`.
     fn run<'a>(
         &'a self,
         app: &'a App,

@@ -4,12 +4,13 @@
 use crate::config::{AgentConfig, Home};
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use muster_proto::rpc::{
-    self, HealthReply, HeldTicket, Outcome, ScriptLine, ScriptState, StartScript, StatusReply,
-    StatusRequest, Ticket, TicketList,
+    self, ArtifactRequest, HealthReply, HeldTicket, Outcome, ScriptLine, ScriptState, StartScript,
+    StatusReply, StatusRequest, Ticket, TicketList,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,6 +29,9 @@ struct Script {
     cancel: Notify,
     /// When the server last asked about this ticket (start, status, cancel).
     contact: Mutex<tokio::time::Instant>,
+    /// The finished script's working directory, kept until the ticket is completed so that the
+    /// server can collect the files it announced.
+    work_dir: Mutex<Option<muster_exec::WorkDir>>,
 }
 
 #[derive(Default)]
@@ -98,6 +102,7 @@ impl Scripts {
                 changed: Notify::new(),
                 cancel: Notify::new(),
                 contact: Mutex::new(tokio::time::Instant::now()),
+                work_dir: Mutex::new(None),
             });
             map.insert(key, script.clone());
             script
@@ -149,7 +154,13 @@ impl Scripts {
                     }
                 }
             };
-            let result = muster_exec::run(exec_script, tx, stop).await;
+            let result =
+                muster_exec::run_keeping(exec_script, tx, stop)
+                    .await
+                    .map(|(outcome, dir)| {
+                        *script.work_dir.lock().expect("script lock") = Some(dir);
+                        outcome
+                    });
             let _ = collector.await;
             let done = match result {
                 Ok(muster_exec::Outcome::Exited(code)) => (Outcome::Exited, Some(code)),
@@ -246,6 +257,40 @@ impl Scripts {
         }
     }
 
+    /// Opens a file of a finished script's working directory (kept until the ticket is completed).
+    fn open_artifact(
+        &self,
+        server: &str,
+        request: &ArtifactRequest,
+    ) -> Result<(std::fs::File, u64), (StatusCode, String)> {
+        let Some(script) = self.get(&(server.to_string(), request.ticket.clone())) else {
+            return Err((
+                StatusCode::NOT_FOUND,
+                "this agent holds no such ticket".into(),
+            ));
+        };
+        script.touch();
+        if script.inner.lock().expect("script lock").done.is_none() {
+            return Err((StatusCode::CONFLICT, "the script is still running".into()));
+        }
+        let work_dir = script.work_dir.lock().expect("script lock");
+        let Some(dir) = work_dir.as_ref() else {
+            return Err((
+                StatusCode::NOT_FOUND,
+                "the script left no working directory (it could not start)".into(),
+            ));
+        };
+        dir.open(&request.path).map_err(|error| {
+            let status = match error {
+                muster_exec::FileError::Missing => StatusCode::NOT_FOUND,
+                muster_exec::FileError::Outside => StatusCode::FORBIDDEN,
+                muster_exec::FileError::NotAFile => StatusCode::UNPROCESSABLE_ENTITY,
+                muster_exec::FileError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (status, error.to_string())
+        })
+    }
+
     /// Frees a ticket; a script that still runs is stopped, since nobody will read it any more.
     fn complete(&self, server: &str, ticket: &str) {
         let removed = self
@@ -313,12 +358,48 @@ fn push_lines(script: &Script, batch: Vec<muster_exec::Line>) {
     script.changed.notify_waiters();
 }
 
-fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+/// An answer's body: a JSON document, or a file's bytes streamed in chunks.
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+fn json_reply(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(bytes)))
+        .body(
+            Full::new(Bytes::from(bytes))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .expect("a valid response")
+}
+
+/// The bytes of a file in chunks of 64 KiB, at most `length` of them (a file that grows meanwhile
+/// is cut at the size announced in the header). HTTP/2 flow control holds the reads back while the
+/// server is slow, so the file is never held whole.
+fn file_reply(file: std::fs::File, length: u64) -> Response<Body> {
+    use tokio::io::AsyncReadExt;
+    const CHUNK: usize = 64 * 1024;
+    let file = tokio::fs::File::from_std(file);
+    let chunks = futures_util::stream::unfold((file, length), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut buf = bytes::BytesMut::with_capacity(CHUNK.min(left as usize));
+        match file.read_buf(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => Some((
+                Ok(hyper::body::Frame::data(buf.freeze())),
+                (file, left.saturating_sub(n as u64)),
+            )),
+            Err(error) => Some((Err(error), (file, 0))),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/octet-stream")
+        .header(rpc::ARTIFACT_LENGTH_HEADER, length.to_string())
+        .body(BodyExt::boxed_unsync(StreamBody::new(chunks)))
         .expect("a valid response")
 }
 
@@ -337,7 +418,7 @@ async fn handle(
     scripts: Arc<Scripts>,
     server: Arc<str>,
     request: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<Response<Body>, std::convert::Infallible> {
     let path = request.uri().path().to_string();
     let bad = |e: String| json_reply(StatusCode::BAD_REQUEST, &serde_json::json!({"Error": e}));
     let response = match path.as_str() {
@@ -373,6 +454,13 @@ async fn handle(
             Err(e) => bad(e),
         },
         rpc::PATH_LIST => json_reply(StatusCode::OK, &scripts.list(&server)),
+        rpc::PATH_ARTIFACT => match read_json::<ArtifactRequest>(request).await {
+            Ok(artifact) => match scripts.open_artifact(&server, &artifact) {
+                Ok((file, length)) => file_reply(file, length),
+                Err((status, error)) => json_reply(status, &serde_json::json!({"Error": error})),
+            },
+            Err(e) => bad(e),
+        },
         rpc::PATH_HEALTH => json_reply(
             StatusCode::OK,
             &HealthReply {

@@ -87,9 +87,14 @@ impl Client {
 
     /// Opens a streaming GET (server-sent events).
     pub async fn open_stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        self.open(path, "text/event-stream").await
+    }
+
+    /// Opens a GET whose body the caller reads as it comes (an event stream, a file's bytes).
+    pub async fn open(&self, path: &str, accept: &str) -> anyhow::Result<reqwest::Response> {
         let response = self
             .request(Method::GET, path)
-            .header("Accept", "text/event-stream")
+            .header("Accept", accept)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;

@@ -62,6 +62,23 @@ pub enum Command {
     /// Accounts of a space: the credentials SSH workers sign in with.
     #[command(subcommand)]
     Account(accounts::AccountCommand),
+    /// Artifacts: the files tasks' scripts returned.
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ArtifactCommand {
+    /// Downloads an artifact's file, streamed to disk.
+    Download {
+        artifact: String,
+        #[command(flatten)]
+        space: SpaceOption,
+        /// Where to write it (default: the artifact's file name, in the current directory; `-`:
+        /// standard output).
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -250,6 +267,10 @@ pub enum TaskCommand {
     Cancel {
         task: String,
     },
+    /// The files a task's scripts returned (download one with `muster artifact download`).
+    Artifacts {
+        task: String,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -321,6 +342,7 @@ pub async fn run(connection: Connection, command: Command) -> anyhow::Result<i32
         Command::User(c) => users::user(&client, json, c).await,
         Command::Runbook(c) => runbooks::runbook(&client, json, c).await,
         Command::Account(c) => accounts::account(&client, json, c).await,
+        Command::Artifact(c) => tasks::artifact(&client, json, c).await,
     }
 }
 

@@ -3,8 +3,8 @@
 
 use crate::client::{Client, encode};
 use crate::{
-    ScriptRun, SpaceOption, TaskCommand, array, id_of, output, resolve_pool, resolve_space,
-    script_body,
+    ArtifactCommand, ScriptRun, SpaceOption, TaskCommand, array, id_of, output, resolve_pool,
+    resolve_space, script_body,
 };
 use anyhow::{Context, anyhow};
 use futures_util::StreamExt;
@@ -32,6 +32,36 @@ fn normalize_task_id(text: &str) -> String {
 
 pub async fn task(client: &Client, json: bool, command: TaskCommand) -> anyhow::Result<i32> {
     match command {
+        TaskCommand::Artifacts { task } => {
+            let task = client
+                .get(&format!("/api/tasks/{}", normalize_task_id(&task)))
+                .await?;
+            let (space, id) = (output::text(&task["SpaceId"]), output::text(&task["Id"]));
+            let items = client
+                .get_all_pages(&format!(
+                    "/api/{space}/artifacts?regarding={}&take=100",
+                    encode(&id)
+                ))
+                .await?;
+            if json {
+                output::json(&Value::Array(items));
+                return Ok(0);
+            }
+            let rows = items
+                .iter()
+                .map(|a| {
+                    vec![
+                        output::text(&a["Id"]),
+                        output::text(&a["Filename"]),
+                        output::text(&a["Length"]),
+                        output::text(&a["Source"]),
+                        output::text(&a["Created"]),
+                    ]
+                })
+                .collect();
+            output::table(&["ID", "FILE NAME", "BYTES", "SOURCE", "CREATED"], rows);
+            Ok(0)
+        }
         TaskCommand::List { space, state, take } => {
             let mut path = match space {
                 Some(space) => {
@@ -355,4 +385,85 @@ fn print_line(line: &Value) {
         }
         _ => eprintln!("{text}"),
     }
+}
+
+/// `artifact download`: the file is written as its chunks arrive (to a temporary name beside the
+/// target, renamed once whole), never held whole in memory.
+pub async fn artifact(
+    client: &Client,
+    json: bool,
+    command: ArtifactCommand,
+) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let ArtifactCommand::Download {
+        artifact,
+        space,
+        output: target,
+    } = command;
+    let space = resolve_space(client, &space).await?;
+    let space = id_of(&space);
+    let artifact = artifact.trim();
+    let artifact = if artifact.bytes().all(|b| b.is_ascii_digit()) {
+        format!("Artifacts-{artifact}")
+    } else {
+        artifact.to_string()
+    };
+    let artifact = client
+        .get(&format!("/api/{space}/artifacts/{}", encode(&artifact)))
+        .await?;
+    let id = output::text(&artifact["Id"]);
+    let mut response = client
+        .open(
+            &format!("/api/{space}/artifacts/{id}/content"),
+            "application/octet-stream",
+        )
+        .await?;
+    let to_stdout = target.as_deref() == Some(std::path::Path::new("-"));
+    let target = target.unwrap_or_else(|| {
+        // The server's name has no directories; this keeps it so whatever a server sends.
+        let name = output::text(&artifact["Filename"]);
+        let name = name.rsplit(['/', '\\']).next().unwrap_or_default();
+        match name {
+            "" | "." | ".." => std::path::PathBuf::from(&id),
+            name => std::path::PathBuf::from(name),
+        }
+    });
+    let mut written: u64 = 0;
+    if to_stdout {
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = response.chunk().await? {
+            out.write_all(&chunk)?;
+        }
+        out.flush()?;
+        return Ok(0);
+    }
+    let partial = {
+        let mut name = target.as_os_str().to_owned();
+        name.push(".partial");
+        std::path::PathBuf::from(name)
+    };
+    let result: anyhow::Result<()> = async {
+        let mut file = std::fs::File::create(&partial)
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        while let Some(chunk) = response.chunk().await? {
+            file.write_all(&chunk)
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            written += chunk.len() as u64;
+        }
+        file.sync_all()?;
+        std::fs::rename(&partial, &target)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(error);
+    }
+    if json {
+        output::json(&json!({"Id": id, "File": target.display().to_string(), "Bytes": written}));
+    } else {
+        println!("{id}: {written} bytes written to {}", target.display());
+    }
+    Ok(0)
 }

@@ -16,10 +16,11 @@ pub enum IdKind {
     Runbook,
     RunbookRun,
     Account,
+    Artifact,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 13] = [
+    pub const ALL: [IdKind; 14] = [
         IdKind::Space,
         IdKind::WorkerPool,
         IdKind::Worker,
@@ -33,6 +34,7 @@ impl IdKind {
         IdKind::Runbook,
         IdKind::RunbookRun,
         IdKind::Account,
+        IdKind::Artifact,
     ];
 
     /// The prefix before the dash, spelled as Octopus spells it.
@@ -51,6 +53,7 @@ impl IdKind {
             IdKind::Runbook => "Runbooks",
             IdKind::RunbookRun => "RunbookRuns",
             IdKind::Account => "Accounts",
+            IdKind::Artifact => "Artifacts",
         }
     }
 

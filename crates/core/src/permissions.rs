@@ -30,6 +30,16 @@ pub const SPACE_PERMISSIONS: &[(&str, &str)] = &[
     ("AccountCreate", "Create accounts"),
     ("AccountEdit", "Edit accounts"),
     ("AccountDelete", "Delete accounts"),
+    (
+        "ArtifactView",
+        "View and download the files tasks collected",
+    ),
+    (
+        "ArtifactCreate",
+        "Create artifacts (scripts do, through their task)",
+    ),
+    ("ArtifactEdit", "Edit artifacts"),
+    ("ArtifactDelete", "Delete artifacts"),
 ];
 
 /// A permission over the whole server.
@@ -78,6 +88,10 @@ const ALL_SPACE: &[&str] = &[
     "AccountCreate",
     "AccountEdit",
     "AccountDelete",
+    "ArtifactView",
+    "ArtifactCreate",
+    "ArtifactEdit",
+    "ArtifactDelete",
 ];
 
 pub const SYSTEM_ADMINISTRATOR: &str = "System administrator";
@@ -110,6 +124,7 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
             "AccountCreate",
             "AccountEdit",
             "AccountDelete",
+            "ArtifactView",
         ],
         system: &[],
     },
@@ -125,6 +140,8 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
             "RunbookView",
             "RunbookRunCreate",
             "AccountView",
+            "ArtifactView",
+            "ArtifactDelete",
         ],
         system: &[],
     },
@@ -137,6 +154,7 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
             "TaskView",
             "RunbookView",
             "AccountView",
+            "ArtifactView",
         ],
         system: &[],
     },

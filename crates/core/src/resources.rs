@@ -759,6 +759,42 @@ pub struct ApiKeyRecord {
     pub expires: Option<Timestamp>,
 }
 
+/// A file a task's script announced and the server collected (Octopus's `ArtifactResource`). The
+/// bytes live under the data directory; `Length` is Muster's addition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Artifact {
+    pub id: String,
+    pub space_id: String,
+    pub filename: String,
+    /// Where it came from: the worker that returned it.
+    pub source: Option<String>,
+    pub server_task_id: String,
+    #[serde(with = "date_format")]
+    pub created: Timestamp,
+    pub log_correlation_id: Option<String>,
+    /// The task and the space, as Octopus relates an artifact to documents.
+    pub related_document_ids: Vec<String>,
+    /// Its size in bytes.
+    pub length: u64,
+}
+
+impl Default for Artifact {
+    fn default() -> Self {
+        Artifact {
+            id: String::new(),
+            space_id: String::new(),
+            filename: String::new(),
+            source: None,
+            server_task_id: String::new(),
+            created: crate::time::now(),
+            log_correlation_id: None,
+            related_document_ids: Vec::new(),
+            length: 0,
+        }
+    }
+}
+
 /// A server task, as stored. The resource adds the derived fields (see [`Task::to_resource`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {

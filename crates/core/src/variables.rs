@@ -341,26 +341,109 @@ pub fn parse_set_variable(line: &str) -> Option<OutputVariable> {
     })
 }
 
+/// A file a script announced as an artifact, to be collected once it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnouncedArtifact {
+    /// As the script gave it: absolute (the helpers make it so) or relative to its working
+    /// directory.
+    pub path: String,
+    /// The artifact's file name; the path's last part when the script gave none.
+    pub name: String,
+    /// The size the script saw, in bytes (0: missing); the collected file's own size counts.
+    pub length: u64,
+}
+
+const CREATE_ARTIFACT: &str = "##octopus[createArtifact";
+
+/// Reads Octopus's service message `##octopus[createArtifact path='…' name='…' length='…']`, each
+/// attribute base64 encoded. None: the line is not that message; an error: it is, but unreadable.
+pub fn parse_create_artifact(line: &str) -> Option<Result<AnnouncedArtifact, String>> {
+    let line = line.trim();
+    let rest = line.strip_prefix(CREATE_ARTIFACT)?;
+    if !(rest.is_empty() || rest.starts_with(' ') || rest.starts_with(']')) {
+        return None;
+    }
+    Some(read_create_artifact(rest))
+}
+
+fn read_create_artifact(rest: &str) -> Result<AnnouncedArtifact, String> {
+    let body = rest
+        .strip_suffix(']')
+        .ok_or("the service message does not end with ']'")?;
+    let (mut path, mut name, mut length) = (None, None, None);
+    let mut rest = body.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest
+            .split_once("='")
+            .ok_or("an attribute is not written key='value'")?;
+        let (encoded, after) = after
+            .split_once('\'')
+            .ok_or("an attribute's value is not closed by a quote")?;
+        let key = key.trim();
+        let decoded = BASE64
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| format!("its {key} is not base64 of UTF-8 text"))?;
+        match key {
+            "path" => path = Some(decoded),
+            "name" => name = Some(decoded),
+            "length" => length = Some(decoded),
+            _ => {}
+        }
+        rest = after.trim();
+    }
+    let path = path
+        .filter(|p| !p.trim().is_empty())
+        .ok_or("it names no path")?;
+    if path.contains('\0') {
+        return Err("its path holds a NUL character".into());
+    }
+    let name = name
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            path.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        });
+    let length = match length.as_deref().map(str::trim) {
+        None | Some("") => 0,
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("its length '{text}' is not a number of bytes"))?,
+    };
+    Ok(AnnouncedArtifact { path, name, length })
+}
+
 /// The helpers a script gets before its own first line. To set an output variable:
 /// `set_octopusvariable NAME VALUE [-sensitive]` in Bash, `set_octopusvariable(name, value,
 /// sensitive=False)` in Python and `Set-OctopusVariable -name N -value V [-sensitive]` in
 /// PowerShell. To read a variable from `VARIABLES_ENV`: `get_octopusvariable NAME` in Bash (empty
 /// when unknown, as in Octopus), `get_octopusvariable(name)` in Python (KeyError when unknown) and
-/// the hashtable `$OctopusParameters['Name']` in PowerShell. Names compare without case. The
-/// helpers take one line in Bash and PowerShell and two in Python, so the script's own line
-/// numbers shift by that much only.
+/// the hashtable `$OctopusParameters['Name']` in PowerShell. Names compare without case. To
+/// announce a file as an artifact (collected once the script ends): `new_octopusartifact PATH
+/// [NAME]` in Bash, `new_octopusartifact(path, name=None)` in Python and `New-OctopusArtifact
+/// -path P [-name N]` in PowerShell; the path is made absolute, the name defaults to the file's, the
+/// length is the file's size (0 when it is missing). The helpers take one line in Bash and
+/// PowerShell and three in Python, so the script's own line numbers shift by that much only.
 pub fn prelude(syntax: crate::ScriptSyntax) -> &'static str {
     match syntax {
         crate::ScriptSyntax::Bash => concat!(
             "set_octopusvariable() { local s=''; [ \"${3:-}\" = '-sensitive' ] && s=\" sensitive='VHJ1ZQ=='\"; printf \"##octopus[setVariable name='%s' value='%s'%s]\\n\" \"$(printf %s \"$1\" | base64 -w0)\" \"$(printf %s \"${2:-}\" | base64 -w0)\" \"$s\"; }; ",
+            "new_octopusartifact() { local p n l; case \"$1\" in /*) p=\"$1\";; *) p=\"$PWD/$1\";; esac; n=\"${2:-${p##*/}}\"; l=$(stat -c %s -- \"$p\" 2>/dev/null || echo 0); printf \"##octopus[createArtifact path='%s' name='%s' length='%s']\\n\" \"$(printf %s \"$p\" | base64 -w0)\" \"$(printf %s \"$n\" | base64 -w0)\" \"$(printf %s \"$l\" | base64 -w0)\"; }; ",
             "get_octopusvariable() { local n k v; n=$(printf %s \"${1,,}\" | base64 -w0); while read -r k v; do if [ \"$k\" = \"$n\" ]; then printf %s \"$v\" | base64 -d; return 0; fi; done <<< \"${MUSTER_VARIABLES:-}\"; }\n",
         ),
         crate::ScriptSyntax::Python => concat!(
             "def set_octopusvariable(name, value, sensitive=False): import base64 as _b; _e = lambda t: _b.b64encode(str(t).encode()).decode(); print(\"##octopus[setVariable name='%s' value='%s'%s]\" % (_e(name), _e(value), \" sensitive='VHJ1ZQ=='\" if sensitive else \"\"), flush=True)\n",
+            "def new_octopusartifact(path, name=None): import base64 as _b, os as _o; _e = lambda t: _b.b64encode(str(t).encode()).decode(); _p = _o.path.abspath(str(path)); print(\"##octopus[createArtifact path='%s' name='%s' length='%s']\" % (_e(_p), _e(name or _o.path.basename(_p)), _e(_o.path.getsize(_p) if _o.path.isfile(_p) else 0)), flush=True)\n",
             "def get_octopusvariable(name): import base64 as _b, os as _o; _d = lambda t: _b.b64decode(t).decode(); return dict((_d(k), _d(v)) for k, v in (l.split(\" \", 1) for l in _o.environ.get(\"MUSTER_VARIABLES\", \"\").splitlines() if l))[name.lower()]\n",
         ),
         crate::ScriptSyntax::PowerShell => concat!(
             "function Set-OctopusVariable([string]$name, [string]$value, [switch]$sensitive) { $e = { param($t) [Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($t)) }; $s = ''; if ($sensitive) { $s = \" sensitive='VHJ1ZQ=='\" }; Write-Host (\"##octopus[setVariable name='\" + (& $e $name) + \"' value='\" + (& $e $value) + \"'\" + $s + \"]\") }; ",
+            "function New-OctopusArtifact([string]$path, [string]$name) { $e = { param($t) [Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($t)) }; if (-not [IO.Path]::IsPathRooted($path)) { $path = Join-Path (Get-Location).Path $path }; if (-not $name) { $name = [IO.Path]::GetFileName($path) }; $l = 0; if (Test-Path -LiteralPath $path -PathType Leaf) { $l = (Get-Item -LiteralPath $path).Length }; Write-Host (\"##octopus[createArtifact path='\" + (& $e $path) + \"' name='\" + (& $e $name) + \"' length='\" + (& $e \"$l\") + \"']\") }; ",
             "$OctopusParameters = @{}; foreach ($l in (\"$env:MUSTER_VARIABLES\" -split \"`n\")) { if ($l) { $p = $l -split ' ', 2; $OctopusParameters[[Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($p[0]))] = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($p[1])) } }\n",
         ),
     }
@@ -459,6 +542,44 @@ mod tests {
         assert_eq!(json_escaped("a\x7fb\x01", true, false), r"a\u007fb\u0001");
         // A plain value has no other forms, so masking costs nothing more.
         assert!(escaped_forms("s3cret-Value_1.0~").is_empty());
+    }
+
+    #[test]
+    fn an_artifact_message_is_read_or_refused_with_a_reason() {
+        let message = |path: &str, name: Option<&str>, length: &str| {
+            let name = name
+                .map(|n| format!(" name='{}'", BASE64.encode(n)))
+                .unwrap_or_default();
+            format!(
+                "##octopus[createArtifact path='{}'{name} length='{}']",
+                BASE64.encode(path),
+                BASE64.encode(length)
+            )
+        };
+        assert_eq!(
+            parse_create_artifact(&message("/w/out/report.txt", None, "12")),
+            Some(Ok(AnnouncedArtifact {
+                path: "/w/out/report.txt".into(),
+                name: "report.txt".into(),
+                length: 12
+            }))
+        );
+        let named = parse_create_artifact(&message("a.bin", Some("Nice name"), "0"));
+        assert_eq!(named.unwrap().unwrap().name, "Nice name");
+        assert!(parse_create_artifact("echo hello").is_none());
+        assert!(parse_create_artifact("##octopus[createArtifactX path='']").is_none());
+        assert!(matches!(
+            parse_create_artifact("##octopus[createArtifact path='%%%']"),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            parse_create_artifact(&message("", None, "0")),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            parse_create_artifact(&message("/x", None, "many")),
+            Some(Err(_))
+        ));
     }
 
     #[test]

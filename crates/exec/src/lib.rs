@@ -159,12 +159,108 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Runs the script to its end. Output lines go to `lines` as they are printed (a full channel slows
-/// the script down rather than losing lines). `cancel` resolving kills the process tree.
+/// the script down rather than losing lines). `cancel` resolving kills the process tree. The
+/// working directory is removed when the script ends.
 pub async fn run(
     script: Script,
     lines: mpsc::Sender<Vec<Line>>,
     cancel: impl Future<Output = ()>,
 ) -> Result<Outcome, ExecError> {
+    run_keeping(script, lines, cancel)
+        .await
+        .map(|(outcome, _dir)| outcome)
+}
+
+/// A finished script's working directory, kept so that the files it announced can be collected;
+/// removed when dropped (or, after a crash, by [`clean_work_root`] at the next start).
+pub struct WorkDir {
+    dir: tempfile::TempDir,
+}
+
+impl WorkDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Opens a file the script left, for reading: `path` relative to the directory, or absolute
+    /// and inside it. A path that leads out of it (`..`, a symbolic link, another absolute path)
+    /// is refused, and so is anything but a regular file.
+    pub fn open(&self, path: &str) -> Result<(std::fs::File, u64), FileError> {
+        open_inside(self.path(), path)
+    }
+}
+
+/// Why a file of a script's working directory cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("no such file")]
+    Missing,
+    #[error("the path leads outside the script's working directory")]
+    Outside,
+    #[error("it is not a regular file")]
+    NotAFile,
+    #[error("cannot read it: {0}")]
+    Io(std::io::Error),
+}
+
+/// Opens `path` (relative to `dir`, or absolute and inside it) for reading, once every symbolic
+/// link in it is resolved, only if it stays inside `dir` and is a regular file.
+pub fn open_inside(dir: &Path, path: &str) -> Result<(std::fs::File, u64), FileError> {
+    let dir = std::fs::canonicalize(dir).map_err(FileError::Io)?;
+    let given = Path::new(path);
+    let joined = if given.is_absolute() {
+        given.to_path_buf()
+    } else {
+        dir.join(given)
+    };
+    let real = match std::fs::canonicalize(&joined) {
+        Ok(real) => real,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            // Missing or a dangling link: say which only when the path would be inside.
+            let lexical_inside = joined.starts_with(&dir)
+                && !given
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+            return Err(if lexical_inside {
+                FileError::Missing
+            } else {
+                FileError::Outside
+            });
+        }
+        Err(error) => return Err(FileError::Io(error)),
+    };
+    if !real.starts_with(&dir) || real == dir {
+        return Err(FileError::Outside);
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW on the resolved path: nothing swaps the last part for a link meanwhile.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&real)
+        .map_err(FileError::Io)?;
+    // A process that escaped the script's group could swap a directory of the path for a link
+    // between the check and the open: what was opened is checked again.
+    use std::os::fd::AsRawFd;
+    if let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        && !opened.starts_with(&dir)
+    {
+        return Err(FileError::Outside);
+    }
+    let meta = file.metadata().map_err(FileError::Io)?;
+    if !meta.is_file() {
+        return Err(FileError::NotAFile);
+    }
+    Ok((file, meta.len()))
+}
+
+/// [`run`], keeping the working directory for the caller: the files the script announced are
+/// read from it, and it is removed when the returned [`WorkDir`] is dropped.
+pub async fn run_keeping(
+    script: Script,
+    lines: mpsc::Sender<Vec<Line>>,
+    cancel: impl Future<Output = ()>,
+) -> Result<(Outcome, WorkDir), ExecError> {
     let (program, args, file_name) = script.syntax.interpreter();
     let program_path = find_program(program).ok_or(ExecError::InterpreterMissing(program))?;
 
@@ -286,8 +382,7 @@ pub async fn run(
         }
     }
     drop(record);
-    drop(dir);
-    Ok(outcome)
+    Ok((outcome, WorkDir { dir }))
 }
 
 /// Writes a file only its owner may read (it may hold secrets).
@@ -698,6 +793,51 @@ mod tests {
             lines[0].text, "[hidden]",
             "an agent's scripts inherit its environment"
         );
+    }
+
+    #[tokio::test]
+    async fn a_kept_directory_opens_its_own_files_only_and_goes_when_dropped() {
+        let root = std::env::temp_dir().join("muster-exec-tests");
+        let outside = std::env::temp_dir().join(format!("muster-exec-out-{}", std::process::id()));
+        std::fs::write(&outside, "secret").unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let script = Script {
+            syntax: Syntax::Bash,
+            body: format!(
+                "mkdir sub; printf hello > sub/a.txt; ln -s {} out; ln -s sub/a.txt in; mkfifo pipe",
+                outside.display()
+            ),
+            env: vec![],
+            clean_env: false,
+            timeout: None,
+            work_root: root,
+            run_as: None,
+        };
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let (outcome, dir) = run_keeping(script, tx, std::future::pending())
+            .await
+            .unwrap();
+        drain.await.unwrap();
+        assert_eq!(outcome, Outcome::Exited(0));
+        let (_, length) = dir.open("sub/a.txt").unwrap();
+        assert_eq!(length, 5);
+        let absolute = dir.path().join("sub/a.txt");
+        assert!(dir.open(absolute.to_str().unwrap()).is_ok());
+        assert!(dir.open("in").is_ok(), "a link that stays inside is fine");
+        assert!(matches!(dir.open("out"), Err(FileError::Outside)));
+        assert!(matches!(dir.open("../x"), Err(FileError::Outside)));
+        assert!(matches!(dir.open("sub/../../x"), Err(FileError::Outside)));
+        assert!(matches!(
+            dir.open(outside.to_str().unwrap()),
+            Err(FileError::Outside)
+        ));
+        assert!(matches!(dir.open("nope"), Err(FileError::Missing)));
+        assert!(matches!(dir.open("sub"), Err(FileError::NotAFile)));
+        assert!(matches!(dir.open("pipe"), Err(FileError::NotAFile)));
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        assert!(!path.exists());
+        std::fs::remove_file(outside).unwrap();
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! Scripts are restart-safe (Tentacle's design): `start` is idempotent for a ticket, `status` returns
 //! the lines after a sequence number and waits (long-polls) until there are some or the script ends,
 //! `cancel` stops the script, `complete` frees the ticket (stopping its script if it still runs),
-//! `list` names the tickets the agent holds for the calling server. The agent keeps every line until
+//! `list` names the tickets the agent holds for the calling server, `artifact` streams a file the
+//! ticket's script left in its working directory (kept until `complete`). The agent keeps every line until
 //! `complete`, so a dropped connection or a restarted server loses and duplicates nothing.
 //!
 //! No script outlives its task: the agent remembers every ticket it received (in its home) until it
@@ -73,6 +74,14 @@ pub const PATH_CANCEL: &str = "/v1/scripts/cancel";
 pub const PATH_COMPLETE: &str = "/v1/scripts/complete";
 pub const PATH_LIST: &str = "/v1/scripts/list";
 pub const PATH_HEALTH: &str = "/v1/health";
+/// Streams a file of a finished ticket's working directory ([`ArtifactRequest`]): the answer's body
+/// is the file's bytes, in chunks (HTTP/2 flow control paces them: neither side holds the whole
+/// file), and [`ARTIFACT_LENGTH_HEADER`] its size. A refusal is a 4xx with `{"Error": "…"}`: 404
+/// no such ticket or file, 403 a path outside the working directory, 409 a script still running.
+pub const PATH_ARTIFACT: &str = "/v1/scripts/artifact";
+
+/// The header that gives an artifact's size in bytes before its body.
+pub const ARTIFACT_LENGTH_HEADER: &str = "x-muster-length";
 
 /// How much longer than the server's wait an agent lets a script run without word about its ticket:
 /// the time a dead link takes to be noticed and a status call's long poll.
@@ -110,6 +119,14 @@ pub struct StatusRequest {
     pub after: u64,
     /// How long the agent may wait for news before answering.
     pub wait_ms: u64,
+}
+
+/// A file of a ticket's working directory: `path` relative to it, or absolute and inside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ArtifactRequest {
+    pub ticket: String,
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -174,11 +174,11 @@ async fn ensure_roles_and_administrators(store: &Store, admin: &User) -> anyhow:
         .map(|r| r.id.clone());
     for built_in in BUILT_IN_ROLES {
         if let Some(existing) = roles.iter().find(|r| r.name == built_in.name) {
-            // A data directory from before runbooks or accounts: its built-in roles get the
+            // A data directory from before runbooks, accounts or artifacts: its built-in roles get the
             // permissions of each family they would have had (a role that has any permission of a
             // family is left as it is).
             let mut role = existing.clone();
-            for family in ["Runbook", "Account"] {
+            for family in ["Runbook", "Account", "Artifact"] {
                 let has_any = existing
                     .granted_space_permissions
                     .iter()

@@ -66,6 +66,46 @@ impl Link {
     }
 }
 
+impl Link {
+    /// An RPC whose answer is a stream: a JSON request, then the answer's headers and its body, read
+    /// as the caller wants it (HTTP/2 flow control holds the agent back meanwhile). An error answer
+    /// is `Refused` with the agent's words.
+    pub async fn open<Q: Serialize>(
+        &self,
+        path: &str,
+        body: &Q,
+    ) -> anyhow::Result<(hyper::HeaderMap, hyper::body::Incoming)> {
+        let mut sender = self.sender.clone();
+        sender
+            .ready()
+            .await
+            .context("the agent's connection is closed")?;
+        let request = hyper::Request::post(path)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("the agent did not answer")?;
+        let status = response.status();
+        let (parts, body) = response.into_parts();
+        if !status.is_success() {
+            let bytes = http_body_util::Limited::new(body, 64 * 1024)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let said: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let words = said["Error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(anyhow::Error::new(Refused(words)));
+        }
+        Ok((parts.headers, body))
+    }
+}
+
 /// An agent answered a call with an error: it is there, and said no.
 #[derive(Debug)]
 pub struct Refused(pub String);

@@ -894,8 +894,31 @@ async fn run_script_task(
                 resumable: true,
             };
             let mut stderr_seen = false;
+            let mut announced = Vec::new();
             let logs = &app.logs;
             let mut sink = |line: Line| {
+                // A resumed script's lines up to the last one stored: only what they announced.
+                let replayed =
+                    matches!((line.source_seq, resume), (Some(seq), Some(last)) if seq <= last);
+                if replayed {
+                    stderr_seen |= line.error;
+                    if let Some(Ok(file)) =
+                        muster_core::variables::parse_create_artifact(&line.text)
+                    {
+                        announced.push(file);
+                    }
+                    return;
+                }
+                if let Some(message) = muster_core::variables::parse_create_artifact(&line.text) {
+                    let (category, text) = crate::artifacts::announcement(&message);
+                    stderr_seen |= message.is_err();
+                    match line.source_seq {
+                        Some(seq) => logs.append_from_agent(&id, category, text, seq),
+                        None => logs.append(&id, category, text),
+                    }
+                    announced.extend(message.ok());
+                    return;
+                }
                 stderr_seen |= line.error;
                 let category = if line.error {
                     LogCategory::Error
@@ -910,7 +933,25 @@ async fn run_script_task(
             let end = kind.run(&app, invocation, &stop, &mut sink, resume).await;
             task.has_warnings_or_errors |= stderr_seen;
             match end {
-                Some(end) => end,
+                Some(end) => {
+                    if !announced.is_empty() && !stop.is_shutdown() {
+                        let files = crate::artifacts::Collection {
+                            task_id: id.clone(),
+                            space_id: task.space_id.clone(),
+                            step: 0,
+                            source: task
+                                .worker_name
+                                .clone()
+                                .unwrap_or_else(|| kinds::builtin::BUILTIN_WORKER_NAME.into()),
+                            mask: &|text: &str| text.to_string(),
+                            announced,
+                            warned: Default::default(),
+                        };
+                        kind.collect(&app, &id, &files).await;
+                        task.has_warnings_or_errors |= files.warned();
+                    }
+                    end
+                }
                 None => {
                     detach(&app, &id, kind.as_ref());
                     return;

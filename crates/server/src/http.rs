@@ -27,6 +27,7 @@ pub const SCOPED_COLLECTIONS: &[&str] = &[
     "runbookruns",
     "variables",
     "accounts",
+    "artifacts",
 ];
 
 /// Rewrites a request path to the one form the router knows: lower case (routes are

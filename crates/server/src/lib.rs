@@ -5,6 +5,7 @@
 
 mod access;
 mod api;
+mod artifacts;
 mod auth;
 mod bootstrap;
 mod comms;
@@ -56,6 +57,13 @@ pub struct ServerArgs {
     /// The most a task's stored log keeps, in MiB of output; later lines are dropped with a warning.
     #[arg(long, env = "MUSTER_TASK_LOG_LIMIT_MB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub task_log_limit_mb: u64,
+    /// The largest artifact a script may return, in bytes; a larger one is left behind with a
+    /// warning in the task's log.
+    #[arg(long, env = "MUSTER_ARTIFACT_MAX_BYTES", default_value_t = 100 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub artifact_max_bytes: u64,
+    /// The most bytes of artifacts one task keeps; past it, files are left behind with a warning.
+    #[arg(long, env = "MUSTER_ARTIFACT_TASK_MAX_BYTES", default_value_t = 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub artifact_task_max_bytes: u64,
     /// This node's name in `ServerNode` (default: the host name).
     #[arg(long, env = "MUSTER_NODE_NAME")]
     pub node_name: Option<String>,
@@ -122,6 +130,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         work_dir,
         builtin_run_as,
         task_log_limit: args.task_log_limit_mb * 1024 * 1024,
+        artifact_dir: args.data_dir.join("artifacts"),
+        artifact_max_bytes: args.artifact_max_bytes,
+        artifact_task_max_bytes: args.artifact_task_max_bytes,
     };
     // The built-in worker's scripts died with the last process (their watchdogs kill them); what a
     // crash left is killed, and their directories (script files with secrets) removed, before
@@ -139,6 +150,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ),
     }
     let app = state::AppInner::new(store.clone(), config, setup.installation_id, certificate);
+    // An artifact half written when the last process died has no record: its file goes.
+    app.artifacts.clean();
     // Before anything can open a link (recovery dials listening agents): each opened link is
     // checked, each closed one recorded.
     let links_watcher = tokio::spawn(health::watch_links(

@@ -84,6 +84,17 @@ pub fn task(t: &Task) -> Value {
             "Cancel": format!("/api/tasks/{id}/cancel"),
             "Rerun": format!("/api/tasks/rerun/{id}"),
             "QueuedBehind": format!("/api/tasks/{id}/queued-behind{{?skip,take}}"),
+            "Artifacts": format!("/api/{}/artifacts?regarding={id}", t.space_id),
+        }),
+    )
+}
+
+pub fn artifact(a: &muster_core::resources::Artifact) -> Value {
+    with_links(
+        a,
+        json!({
+            "Self": format!("/api/{}/artifacts/{}", a.space_id, a.id),
+            "Content": format!("/api/{}/artifacts/{}/content", a.space_id, a.id),
         }),
     )
 }

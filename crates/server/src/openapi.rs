@@ -11,7 +11,8 @@ struct Op {
     summary: &'static str,
     query: &'static [&'static str],
     body: Option<&'static str>,
-    /// The schema answered with 200/201, or "text" for text/plain, "events" for server-sent events.
+    /// The schema answered with 200/201, or "text" for text/plain, "events" for server-sent events,
+    /// "bytes" for a file's bytes (application/octet-stream).
     answer: &'static str,
 }
 
@@ -862,6 +863,42 @@ const OPS: &[Op] = &[
     ),
     op(
         "get",
+        "/api/{spaceId}/artifacts",
+        "Artifacts",
+        "The files tasks' scripts announced (new_octopusartifact) and the server collected, newest first, paged; `regarding` a task's id lists that task's.",
+        &["skip", "take", "regarding", "ids", "partialName"],
+        None,
+        "Collection",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/artifacts/{id}",
+        "Artifacts",
+        "One artifact.",
+        &[],
+        None,
+        "Artifact",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/artifacts/{id}/content",
+        "Artifacts",
+        "The artifact's bytes, streamed, with Content-Length and Content-Disposition: attachment; filename=….",
+        &[],
+        None,
+        "bytes",
+    ),
+    op(
+        "delete",
+        "/api/{spaceId}/artifacts/{id}",
+        "Artifacts",
+        "Deletes an artifact: its record and its file.",
+        &[],
+        None,
+        "Empty",
+    ),
+    op(
+        "get",
         "/api/{spaceId}/tasks",
         "Tasks",
         "The space's tasks, newest first, paged.",
@@ -1203,6 +1240,9 @@ fn operation(o: &Op) -> Value {
         "Empty" => json!(null),
         "text" => json!({"text/plain": {"schema": {"type": "string"}}}),
         "events" => json!({"text/event-stream": {"schema": {"type": "string"}}}),
+        "bytes" => {
+            json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
+        }
         schema => json!({"application/json": {"schema": schema_ref(schema)}}),
     };
     let mut ok = json!({"description": "Success"});
@@ -1377,6 +1417,13 @@ fn schemas() -> Value {
             "Links": links
         })),
         "AccountArray": array_of("Account"),
+        "Artifact": object(&["Id", "Filename", "ServerTaskId"], json!({
+            "Id": s, "SpaceId": s, "Filename": s, "Source": sn, "ServerTaskId": s,
+            "Created": {"type": "string", "format": "date-time"}, "LogCorrelationId": sn,
+            "RelatedDocumentIds": ids,
+            "Length": {"type": "integer", "description": "Muster's addition: the file's size in bytes."},
+            "Links": links
+        })),
         "AccountUsage": object(&["Targets"], json!({
             "Targets": {"type": "array", "items": object(&[], json!({"TargetId": s, "TargetName": s, "SpaceId": s}))},
             "DeploymentProcesses": {"type": "array"}, "Releases": {"type": "array"}, "ProjectVariableSets": {"type": "array"},

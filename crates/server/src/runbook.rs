@@ -533,8 +533,9 @@ async fn invoke(
             ),
         );
     }
+    let ticket = format!("{}/{n}/{worker_id}", driver.task.id);
     let invocation = Invocation {
-        ticket: format!("{}/{n}/{worker_id}", driver.task.id),
+        ticket: ticket.clone(),
         syntax,
         body: script,
         env,
@@ -546,7 +547,17 @@ async fn invoke(
     } else {
         String::new()
     };
+    let mut announced = Vec::new();
     let mut sink = |line: Line| {
+        if let Some(message) = variables::parse_create_artifact(&line.text) {
+            let (category, text) = crate::artifacts::announcement(&message);
+            if message.is_err() {
+                driver.shared.lock().expect("run lock").stderr_seen = true;
+            }
+            driver.log(n, category, &format!("{prefix}{text}"));
+            announced.extend(message.ok());
+            return;
+        }
         if let Some(output) = variables::parse_set_variable(&line.text) {
             let text = {
                 let mut shared = driver.shared.lock().expect("run lock");
@@ -583,6 +594,24 @@ async fn invoke(
             "The Muster server shut down while this step was executing.".into(),
         ),
     };
+    // A step's artifacts belong to the run's task; their names are masked like its lines.
+    if !announced.is_empty() && !driver.stop.is_shutdown() {
+        let mask = |text: &str| driver.mask(text);
+        let files = crate::artifacts::Collection {
+            task_id: driver.task.id.clone(),
+            space_id: driver.task.space_id.clone(),
+            step: n,
+            source: worker_name.clone(),
+            mask: &mask,
+            announced,
+            warned: Default::default(),
+        };
+        kind.collect(driver.app, &ticket, &files).await;
+        if files.warned() {
+            driver.shared.lock().expect("run lock").stderr_seen = true;
+        }
+    }
+    kind.release(driver.app, &ticket);
     (worker_name, state, message)
 }
 

@@ -17,6 +17,12 @@ pub struct Config {
     pub builtin_run_as: Option<muster_exec::RunAs>,
     /// The most bytes of messages one task's log keeps.
     pub task_log_limit: u64,
+    /// Where artifacts are kept (`<data-dir>/artifacts`).
+    pub artifact_dir: PathBuf,
+    /// The largest artifact, in bytes.
+    pub artifact_max_bytes: u64,
+    /// The most bytes of artifacts one task keeps.
+    pub artifact_task_max_bytes: u64,
 }
 
 pub struct AppInner {
@@ -25,6 +31,8 @@ pub struct AppInner {
     pub installation_id: String,
     pub certificate: muster_proto::Identity,
     pub logs: LogHub,
+    /// The files scripts announced, collected from their workers.
+    pub artifacts: crate::artifacts::Artifacts,
     pub dispatcher: Dispatcher,
     /// The running tasks' worker leases and task-cap slots (the scheduler's pure rules). The
     /// dispatcher decides with it; a runbook run tells it which child it waits for.
@@ -60,12 +68,18 @@ impl AppInner {
         certificate: muster_proto::Identity,
     ) -> App {
         let logs = LogHub::start(store.clone(), config.task_log_limit);
+        let artifacts = crate::artifacts::Artifacts::new(
+            config.artifact_dir.clone(),
+            config.artifact_max_bytes,
+            config.artifact_task_max_bytes,
+        );
         Arc::new(AppInner {
             store,
             config,
             installation_id,
             certificate,
             logs,
+            artifacts,
             dispatcher: Dispatcher::default(),
             ledger: Default::default(),
             comms: Default::default(),

@@ -3,8 +3,8 @@
 use crate::sealing::Sealer;
 use crate::{Result, Store, StoreError, conflict_or};
 use muster_core::resources::{
-    Account, ApiKeyRecord, MachinePolicy, ScopedUserRole, Space, Team, User, UserRole, Worker,
-    WorkerPool,
+    Account, ApiKeyRecord, Artifact, MachinePolicy, ScopedUserRole, Space, Team, User, UserRole,
+    Worker, WorkerPool,
 };
 use muster_core::runbooks::{Runbook, RunbookRun, Variable};
 use serde::Serialize;
@@ -24,6 +24,7 @@ pub enum DocKind {
     Runbook,
     RunbookRun,
     Account,
+    Artifact,
 }
 
 impl DocKind {
@@ -41,6 +42,7 @@ impl DocKind {
             DocKind::Runbook => "runbook",
             DocKind::RunbookRun => "runbookrun",
             DocKind::Account => "account",
+            DocKind::Artifact => "artifact",
         }
     }
 
@@ -58,6 +60,7 @@ impl DocKind {
             DocKind::Runbook => "runbook",
             DocKind::RunbookRun => "runbook run",
             DocKind::Account => "account",
+            DocKind::Artifact => "artifact",
         }
     }
 }
@@ -293,6 +296,24 @@ impl Document for ScopedUserRole {
     }
     fn ext(&self) -> Option<&str> {
         Some(&self.team_id)
+    }
+}
+
+/// An artifact is found by its task: the extra column holds the task's id. Its file name need not
+/// be unique, so its unique name is its id.
+impl Document for Artifact {
+    const KIND: DocKind = DocKind::Artifact;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        &self.space_id
+    }
+    fn unique_name(&self) -> &str {
+        &self.id
+    }
+    fn ext(&self) -> Option<&str> {
+        Some(&self.server_task_id)
     }
 }
 

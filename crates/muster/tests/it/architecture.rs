@@ -111,7 +111,7 @@ fn server_modules_are_layered() {
     // Bottom first. `state` is the wiring that holds every part, and `lib` the entry point: both
     // may name anything.
     const LAYERS: &[&[&str]] = &[
-        &["logs", "http", "links", "key_failures"],
+        &["logs", "http", "links", "key_failures", "artifacts"],
         &["kinds", "comms"],
         &["runbook", "health"],
         &["dispatch"],

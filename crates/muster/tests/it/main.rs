@@ -4,6 +4,7 @@
 mod accounts;
 mod agent;
 mod architecture;
+mod artifacts;
 mod blog;
 mod cli;
 mod conventions;

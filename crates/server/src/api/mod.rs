@@ -2,6 +2,7 @@
 //! `http::normalize_path`): lower case, space-scoped ones under `/api/s/{space}`.
 
 mod accounts;
+mod artifacts;
 mod policies;
 mod pools;
 mod root;
@@ -123,6 +124,10 @@ fn routes() -> Routes {
         .add(PUT, "/api/s/{space}/accounts/{id}", Space(Some("AccountEdit")), accounts::update)
         .add(DELETE, "/api/s/{space}/accounts/{id}", Space(Some("AccountDelete")), accounts::delete)
         .add(GET, "/api/s/{space}/accounts/{id}/usages", Space(Some("AccountView")), accounts::usages)
+        .add(GET, "/api/s/{space}/artifacts", Space(Some("ArtifactView")), artifacts::list)
+        .add(GET, "/api/s/{space}/artifacts/{id}", Space(Some("ArtifactView")), artifacts::get_one)
+        .add(GET, "/api/s/{space}/artifacts/{id}/content", Space(Some("ArtifactView")), artifacts::content)
+        .add(DELETE, "/api/s/{space}/artifacts/{id}", Space(Some("ArtifactDelete")), artifacts::delete)
         .add(GET, "/api/s/{space}/runbooks", Space(Some("RunbookView")), runbooks::list)
         .add(POST, "/api/s/{space}/runbooks", Space(Some("RunbookEdit")), runbooks::create)
         .add(GET, "/api/s/{space}/runbooks/all", Space(Some("RunbookView")), runbooks::all)

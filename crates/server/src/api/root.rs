@@ -64,6 +64,10 @@ fn scoped_links(space_id: &str) -> Map<String, Value> {
         format!("/api/{s}/accounts{{/id}}{{?skip,take,ids,partialName,accountType}}"),
     );
     add(
+        "Artifacts",
+        format!("/api/{s}/artifacts{{/id}}{{?skip,take,regarding,ids,partialName}}"),
+    );
+    add(
         "Tasks",
         format!(
             "/api/{s}/tasks{{/id}}{{?skip,active,name,node,running,states,hasWarningsOrErrors,take,ids,partialName}}"

@@ -204,5 +204,7 @@ pub async fn delete(State(app): State<App>, Path(id): Path<String>) -> ApiResult
         )));
     }
     app.store.delete_space(&space.id).await?;
+    // Its artifacts' records went with its documents; their files go now.
+    app.artifacts.remove_space(&space.id).await;
     empty_ok()
 }

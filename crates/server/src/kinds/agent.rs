@@ -3,6 +3,7 @@
 //! agent's line after the last one it stored.
 
 use super::{Ended, Facts, Health, Invocation, Line, Sink, Stop, WorkerKind};
+use crate::artifacts::Collection;
 use crate::comms::Link;
 use crate::state::App;
 use futures_util::future::BoxFuture;
@@ -108,9 +109,57 @@ impl WorkerKind for Agent {
         Box::new(crate::comms::hold(app, ticket))
     }
 
+    fn collect<'a>(
+        &'a self,
+        app: &'a App,
+        ticket: &'a str,
+        files: &'a Collection<'_>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            for file in &files.announced {
+                if let Err(why) = fetch(app, &self.worker, ticket, files, file).await {
+                    files.refuse(app, file, &why);
+                }
+            }
+        })
+    }
+
     fn release(&self, app: &App, ticket: &str) {
         complete_ticket(app, &self.worker, ticket);
     }
+}
+
+/// Streams one file of a finished ticket's working directory from the agent into the store.
+async fn fetch(
+    app: &App,
+    worker: &Worker,
+    ticket: &str,
+    files: &Collection<'_>,
+    file: &muster_core::variables::AnnouncedArtifact,
+) -> Result<(), String> {
+    use futures_util::TryStreamExt;
+    use http_body_util::BodyExt;
+    let link = crate::comms::link_for(app, worker)
+        .await
+        .map_err(|e| format!("worker {} cannot be reached: {e:#}", worker.name))?;
+    let request = rpc::ArtifactRequest {
+        ticket: ticket.to_string(),
+        path: file.path.clone(),
+    };
+    let (headers, body) = link.open(rpc::PATH_ARTIFACT, &request).await.map_err(|e| {
+        match e.downcast_ref::<crate::comms::Refused>() {
+            Some(refused) => refused.0.clone(),
+            None => format!("worker {} did not send it: {e:#}", worker.name),
+        }
+    })?;
+    let length: u64 = headers
+        .get(rpc::ARTIFACT_LENGTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("worker {} did not say how large it is", worker.name))?;
+    let chunks = body.into_data_stream().map_err(std::io::Error::other);
+    files.store(app, file, length, chunks).await;
+    Ok(())
 }
 
 fn unreachable_health(summary: String) -> Health {
@@ -183,8 +232,9 @@ fn unreachable_message(worker: &Worker, grace: Duration, error: &anyhow::Error) 
     )
 }
 
-/// Starts the script on the agent (or, `resume` Some, reads on after that line of a script it already
-/// runs; one it never received is started then) and follows it to its end, over a dropped connection
+/// Starts the script on the agent (or, `resume` Some, follows a script it already runs: its lines
+/// from the first again, which the caller logs only after `resume`, so that the artifacts announced
+/// before the restart are found; one it never received is started then) and follows it to its end, over a dropped connection
 /// if the agent comes back within the grace period. None: the server is shutting down and leaves the
 /// (resumable) script running.
 async fn drive_agent(
@@ -212,7 +262,9 @@ async fn drive_agent(
     let id = start.ticket.clone();
     // While this runs, a reconnecting agent's ticket is not an orphan.
     let _hold = crate::comms::hold(app, &id);
-    let mut after = resume.unwrap_or(0);
+    // The agent keeps every line until the ticket is completed: a resumed script is read from its
+    // first line again (the caller skips those it stored).
+    let mut after = 0;
     // Whether the agent has the script: a resumed one is assumed to, until it says otherwise.
     let mut started = resume.is_some();
     let mut start_sent = false;
@@ -367,12 +419,9 @@ async fn drive_agent(
                 ));
             }
             ScriptState::Complete => {
-                // Freeing the ticket is not on the task's path to its end: every line is in. A
-                // resumable task's ticket is freed only once its end is stored, so that a server
-                // that crashes before then finds the script's end again, and never starts it twice.
-                if !resumable {
-                    complete_ticket(app, worker, &id);
-                }
+                // The caller collects the script's artifacts, then releases the ticket (a task's
+                // only once its end is stored, so that a server that crashes before then finds
+                // the script's end again, and never starts it twice).
                 return Some(match (reply.outcome, reply.exit_code) {
                     (Some(Outcome::Exited), Some(0)) => (TaskState::Success, String::new()),
                     (Some(Outcome::Exited), Some(code)) => (TaskState::Failed, format!("The script exited with code {code}.")),

@@ -1,8 +1,10 @@
 //! The built-in worker: scripts run on the server's own machine through `muster_exec`, as the
 //! server's user or `--builtin-worker-user`. A script dies with the server (its watchdog kills it),
-//! so nothing here outlives a restart.
+//! so nothing here outlives a restart. A finished script's working directory is kept until its
+//! ticket is released, so that its artifacts are read from it.
 
 use super::{Ended, Health, Invocation, Line, Sink, Stop, WorkerKind};
+use crate::artifacts::Collection;
 use crate::state::App;
 use futures_util::future::BoxFuture;
 use muster_core::{HealthStatus, ScriptSyntax, TaskState};
@@ -14,7 +16,22 @@ pub const BUILTIN_WORKER_NAME: &str = "Built-in worker";
 /// The key of a need the built-in worker meets (a step or script that runs on the server).
 pub const BUILTIN_KEY: &str = "builtin";
 
-pub struct Builtin;
+#[derive(Default)]
+pub struct Builtin {
+    /// Finished scripts' working directories, by ticket, until released.
+    kept: std::sync::Mutex<std::collections::HashMap<String, muster_exec::WorkDir>>,
+}
+
+impl Builtin {
+    fn take(&self, ticket: &str) -> Option<muster_exec::WorkDir> {
+        self.kept.lock().expect("builtin lock").remove(ticket)
+    }
+}
+
+/// Removes a working directory off the async threads (it may hold large files).
+fn remove(dir: muster_exec::WorkDir) {
+    tokio::task::spawn_blocking(move || drop(dir));
+}
 
 impl WorkerKind for Builtin {
     fn describe(&self, app: &App) -> String {
@@ -60,17 +77,64 @@ impl WorkerKind for Builtin {
         sink: Sink<'a>,
         _resume: Option<u64>,
     ) -> BoxFuture<'a, Option<Ended>> {
-        Box::pin(async move { Some(run(app, invocation, stop, sink).await) })
+        Box::pin(async move {
+            let ticket = invocation.ticket.clone();
+            let (end, dir) = run(app, invocation, stop, sink).await;
+            if let Some(dir) = dir
+                && let Some(old) = self.kept.lock().expect("builtin lock").insert(ticket, dir)
+            {
+                remove(old);
+            }
+            Some(end)
+        })
     }
 
     fn outlives_restart(&self) -> bool {
         false
     }
 
-    fn release(&self, _app: &App, _ticket: &str) {}
+    fn collect<'a>(
+        &'a self,
+        app: &'a App,
+        ticket: &'a str,
+        files: &'a Collection<'_>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(dir) = self.take(ticket) else {
+                for file in &files.announced {
+                    files.refuse(app, file, "the script left no working directory");
+                }
+                return;
+            };
+            for file in &files.announced {
+                match dir.open(&file.path) {
+                    Ok((opened, length)) => {
+                        let chunks = crate::artifacts::file_chunks(
+                            tokio::fs::File::from_std(opened),
+                            length,
+                        );
+                        files.store(app, file, length, chunks).await;
+                    }
+                    Err(error) => files.refuse(app, file, &error.to_string()),
+                }
+            }
+            remove(dir);
+        })
+    }
+
+    fn release(&self, _app: &App, ticket: &str) {
+        if let Some(dir) = self.take(ticket) {
+            remove(dir);
+        }
+    }
 }
 
-async fn run(app: &App, invocation: Invocation, stop: &Stop, sink: Sink<'_>) -> Ended {
+async fn run(
+    app: &App,
+    invocation: Invocation,
+    stop: &Stop,
+    sink: Sink<'_>,
+) -> (Ended, Option<muster_exec::WorkDir>) {
     let script = muster_exec::Script {
         syntax: match invocation.syntax {
             ScriptSyntax::Bash => muster_exec::Syntax::Bash,
@@ -86,7 +150,7 @@ async fn run(app: &App, invocation: Invocation, stop: &Stop, sink: Sink<'_>) -> 
     };
     let (lines_tx, mut lines_rx) = mpsc::channel::<Vec<muster_exec::Line>>(16);
     let cancel = stop.cancel.clone();
-    let exec = muster_exec::run(script, lines_tx, cancel.cancelled_owned());
+    let exec = muster_exec::run_keeping(script, lines_tx, cancel.cancelled_owned());
     let forward = async {
         while let Some(batch) = lines_rx.recv().await {
             for line in batch {
@@ -101,7 +165,11 @@ async fn run(app: &App, invocation: Invocation, stop: &Stop, sink: Sink<'_>) -> 
         }
     };
     let (outcome, ()) = tokio::join!(exec, forward);
-    match outcome {
+    let (outcome, dir) = match outcome {
+        Ok((outcome, dir)) => (Ok(outcome), Some(dir)),
+        Err(error) => (Err(error), None),
+    };
+    let end = match outcome {
         Ok(muster_exec::Outcome::Exited(0)) => (TaskState::Success, String::new()),
         Ok(muster_exec::Outcome::Exited(code)) => (
             TaskState::Failed,
@@ -127,5 +195,6 @@ async fn run(app: &App, invocation: Invocation, stop: &Stop, sink: Sink<'_>) -> 
             ),
         ),
         Err(error) => (TaskState::Failed, error.to_string()),
-    }
+    };
+    (end, dir)
 }

@@ -1,7 +1,8 @@
 //! The kinds of worker, behind one interface: the built-in worker, agents (polling and listening),
 //! and SSH workers. Each kind says what machine the ledger leases, whether it can take work now and
 //! why not, checks its health, runs one script (resuming one that outlived a server restart, with
-//! cancel and timeout) handing each line to a sink, and frees what it kept for a finished script.
+//! cancel and timeout) handing each line to a sink, collects the files the script announced as
+//! artifacts, and frees what it kept for a finished script.
 //!
 //! Architecture invariant: `of` is the only place that picks a kind from a worker's endpoint; the
 //! dispatcher, the runbook driver and the health checks see only `dyn WorkerKind`. A kind calls no
@@ -12,6 +13,7 @@ pub mod agent;
 pub mod builtin;
 pub mod ssh;
 
+use crate::artifacts::Collection;
 use crate::state::App;
 use futures_util::future::BoxFuture;
 use muster_core::resources::{Endpoint, Worker};
@@ -29,9 +31,9 @@ pub struct Invocation {
     pub body: String,
     pub env: Vec<(String, String)>,
     pub timeout: Option<Duration>,
-    /// A task's script, which a restarted server resumes (where the kind `outlives_restart`): the
-    /// caller releases the ticket once the task's end is stored. False (a runbook step): released
-    /// by the kind, and stopped on shutdown.
+    /// A task's script, which a restarted server resumes (where the kind `outlives_restart`).
+    /// False (a runbook step): stopped on shutdown. Either way the caller collects the script's
+    /// artifacts and then releases the ticket.
     pub resumable: bool,
 }
 
@@ -106,7 +108,9 @@ pub trait WorkerKind: Send + Sync {
     fn check_health<'a>(&'a self, app: &'a App, timeout: Duration) -> BoxFuture<'a, Health>;
 
     /// Runs the script to its end and says how it ended; `resume` Some: the worker already runs
-    /// it, so read on after that line (where the kind `outlives_restart`).
+    /// it, so read on after that line (where the kind `outlives_restart`). A kind that still holds
+    /// the earlier lines may hand them over again first, numbered (an agent does, so that the
+    /// artifacts they announced are found): the caller logs only those after `resume`.
     fn run<'a>(
         &'a self,
         app: &'a App,
@@ -124,6 +128,23 @@ pub trait WorkerKind: Send + Sync {
     /// it stops) while the returned value lives.
     fn hold(&self, _app: &App, _ticket: &str) -> Held {
         Box::new(())
+    }
+
+    /// Collects the files a finished script announced (after `run`, before `release`): each goes
+    /// to `files.store` as a stream of chunks (never whole in memory), or is refused with a warning
+    /// line (`files.refuse`: missing, outside the script's working directory, unreadable). A path
+    /// is relative to the script's working directory, or absolute and inside it.
+    fn collect<'a>(
+        &'a self,
+        app: &'a App,
+        _ticket: &'a str,
+        files: &'a Collection<'_>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            for file in &files.announced {
+                files.refuse(app, file, "this kind of worker cannot return artifacts");
+            }
+        })
     }
 
     /// Frees what the worker keeps for a finished script (its ticket, its working directory), in
@@ -154,7 +175,7 @@ pub async fn connect_grace(app: &App, worker: &Worker) -> Duration {
 /// The kind of a worker, from its endpoint: the one place that chooses. None: the built-in worker.
 pub fn of(worker: Option<&Worker>) -> Arc<dyn WorkerKind> {
     match worker {
-        None => Arc::new(builtin::Builtin),
+        None => Arc::new(builtin::Builtin::default()),
         Some(worker) => match &worker.endpoint {
             Some(Endpoint::TentaclePassive(_))
             | Some(Endpoint::TentacleActive(_))

@@ -319,10 +319,10 @@ pub fn file_name(name: &str) -> String {
 }
 
 /// A file's bytes as a stream of chunks of 64 KiB, read as they are wanted.
-pub fn file_chunks(
-    file: tokio::fs::File,
-    length: u64,
-) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+pub fn file_chunks<R>(file: R, length: u64) -> impl Stream<Item = std::io::Result<Bytes>> + Send
+where
+    R: tokio::io::AsyncRead + Unpin + Send,
+{
     use tokio::io::AsyncReadExt;
     const CHUNK: usize = 64 * 1024;
     futures_util::stream::unfold((file, length), |(mut file, left)| async move {

@@ -350,7 +350,8 @@ for d in *; do [ -d "$d" ] || continue; if [ -f "$d/exit" ]; then echo "ended $d
     }
 
     /// Streams a file from a script's working directory (`path` relative to it, without `..`):
-    /// `None` when there is no such file. The bytes are never held whole in memory.
+    /// `None` when there is no such file; [`Error::BadPath`] when it is a symbolic link that leads
+    /// out of the directory. The bytes are never held whole in memory.
     pub async fn read_file(&self, ticket: &str, path: &str) -> Result<Option<RemoteFile>, Error> {
         check_ticket(ticket)?;
         check_path(path)?;
@@ -368,8 +369,10 @@ for d in *; do [ -d "$d" ] || continue; if [ -f "$d/exit" ]; then echo "ended $d
         if read == 0 {
             return Err(self.disconnected());
         }
-        if header.trim() == "missing" {
-            return Ok(None);
+        match header.trim() {
+            "missing" => return Ok(None),
+            "outside" => return Err(Error::BadPath(path.to_string())),
+            _ => {}
         }
         let size = header
             .trim()

@@ -9,7 +9,9 @@
 //! SHA-256 of the same key.
 
 use super::{Ended, Facts, Health, Invocation, Line, Sink, Stop, WorkerKind};
+use crate::artifacts::Collection;
 use crate::state::App;
+use muster_core::variables::AnnouncedArtifact;
 use futures_util::future::BoxFuture;
 use muster_core::resources::{Account, Endpoint, SshEndpoint, Worker};
 use muster_core::{HealthStatus, MachineStatus, ScriptSyntax, TaskState};
@@ -307,6 +309,54 @@ impl Ssh {
     }
 }
 
+impl Ssh {
+    /// Streams one announced file of a finished script's working directory into the store, over
+    /// a channel of its own (the bytes are never whole in memory).
+    async fn fetch(
+        &self,
+        app: &App,
+        ticket: &str,
+        files: &Collection<'_>,
+        file: &AnnouncedArtifact,
+    ) -> Result<(), String> {
+        let relative = inside_work_dir(ticket, &file.path)
+            .ok_or("it is not inside the script's working directory")?;
+        let grace = super::connect_grace(app, &self.worker).await;
+        let (session, _) = self
+            .session(app, grace)
+            .await
+            .map_err(|e| format!("worker {} cannot be reached: {e}", self.worker.name))?;
+        match session.read_file(ticket, relative).await {
+            Ok(Some(remote)) => {
+                let length = remote.size;
+                let chunks = crate::artifacts::file_chunks(remote, length);
+                files.store(app, file, length, chunks).await;
+                Ok(())
+            }
+            Ok(None) => Err("the file does not exist".into()),
+            Err(muster_ssh::Error::BadPath(_)) => {
+                Err("it is not inside the script's working directory".into())
+            }
+            Err(error) => Err(format!("worker {} did not send it: {error}", self.worker.name)),
+        }
+    }
+}
+
+/// The part of an announced path inside the script's working directory on the worker
+/// (`…/.muster/work/<ticket>/<relative>`), or the path itself when relative; None when it
+/// names a place outside it.
+fn inside_work_dir<'p>(ticket: &str, path: &'p str) -> Option<&'p str> {
+    let relative = if path.starts_with('/') {
+        let marker = format!("/.muster/work/{ticket}/");
+        let at = path.find(&marker)?;
+        &path[at + marker.len()..]
+    } else {
+        path
+    };
+    let escapes = relative.is_empty() || relative.split('/').any(|part| part == "..");
+    (!escapes).then_some(relative)
+}
+
 fn same(a: &Session, b: &Session) -> bool {
     std::ptr::eq(a.target(), b.target())
 }
@@ -469,6 +519,22 @@ impl WorkerKind for Ssh {
 
     fn outlives_restart(&self) -> bool {
         true
+    }
+
+    fn collect<'a>(
+        &'a self,
+        app: &'a App,
+        ticket: &'a str,
+        files: &'a Collection<'_>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let ticket = remote_ticket(app, ticket);
+            for file in &files.announced {
+                if let Err(why) = self.fetch(app, &ticket, files, file).await {
+                    files.refuse(app, file, &why);
+                }
+            }
+        })
     }
 
     fn release(&self, app: &App, ticket: &str) {
@@ -802,4 +868,29 @@ fn spawn_kill(session: &Session, ticket: &str, name: &str) {
             tracing::warn!(%ticket, "cannot cancel the script on {name}: {error}");
         }
     });
+}
+
+#[cfg(test)]
+mod collect_tests {
+    use super::inside_work_dir;
+
+    #[test]
+    fn an_announced_path_must_stay_inside_the_working_directory() {
+        let t = "abc-ServerTasks-1";
+        assert_eq!(
+            inside_work_dir(t, "/home/u/.muster/work/abc-ServerTasks-1/out/a.txt"),
+            Some("out/a.txt")
+        );
+        assert_eq!(inside_work_dir(t, "report.html"), Some("report.html"));
+        assert_eq!(inside_work_dir(t, "/etc/passwd"), None);
+        assert_eq!(
+            inside_work_dir(t, "/home/u/.muster/work/abc-ServerTasks-1/../x/secret"),
+            None
+        );
+        assert_eq!(
+            inside_work_dir(t, "/home/u/.muster/work/abc-ServerTasks-12/a"),
+            None
+        );
+        assert_eq!(inside_work_dir(t, "../a"), None);
+    }
 }

@@ -20,7 +20,7 @@ fn messages(lines: &[Value]) -> Vec<String> {
 }
 
 /// The artifacts of a task, newest first.
-fn artifacts_of(server: &Server, space: &str, task: &str) -> Vec<Value> {
+pub(crate) fn artifacts_of(server: &Server, space: &str, task: &str) -> Vec<Value> {
     server.ok(&format!("/api/{space}/artifacts?regarding={task}&take=100"))["Items"]
         .as_array()
         .unwrap()
@@ -28,7 +28,11 @@ fn artifacts_of(server: &Server, space: &str, task: &str) -> Vec<Value> {
 }
 
 /// The bytes of an artifact, with its response headers.
-fn content(server: &Server, space: &str, artifact: &str) -> (reqwest::header::HeaderMap, Vec<u8>) {
+pub(crate) fn content(
+    server: &Server,
+    space: &str,
+    artifact: &str,
+) -> (reqwest::header::HeaderMap, Vec<u8>) {
     let mut response = server
         .request("GET", &format!("/api/{space}/artifacts/{artifact}/content"))
         .send()
@@ -41,13 +45,13 @@ fn content(server: &Server, space: &str, artifact: &str) -> (reqwest::header::He
 }
 
 /// Runs a script to its end and returns (task, log lines).
-fn run(server: &Server, space: &str, arguments: Value) -> (Value, Vec<String>) {
+pub(crate) fn run(server: &Server, space: &str, arguments: Value) -> (Value, Vec<String>) {
     let task = server.run_script(space, arguments);
     let (task, lines) = server.wait_task(&id(&task));
     (task, messages(&lines))
 }
 
-fn has_line(lines: &[String], needle: &str) -> bool {
+pub(crate) fn has_line(lines: &[String], needle: &str) -> bool {
     lines.iter().any(|l| l.contains(needle))
 }
 
@@ -418,7 +422,7 @@ fn sequence(length: usize) -> Vec<u8> {
 
 /// Runs a script that returns a 50 MB artifact while sampling the server's RSS; returns the
 /// artifact's bytes and the largest growth over the RSS before, in KiB.
-fn fifty_megabytes(server: &Server, target: Value) -> (Vec<u8>, u64) {
+pub(crate) fn fifty_megabytes(server: &Server, target: Value) -> (Vec<u8>, u64) {
     const LENGTH: usize = 50 * 1024 * 1024;
     let script =
         format!("seq 1 10000000 | head -c {LENGTH} > big.txt\nnew_octopusartifact big.txt");

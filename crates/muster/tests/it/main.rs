@@ -18,6 +18,7 @@ mod runbooks;
 mod secrets;
 mod sharing;
 mod snapshots;
+mod ssh_artifacts;
 mod ssh_workers;
 /// crates/ssh's real-sshd helper, shared rather than copied.
 #[allow(dead_code)]

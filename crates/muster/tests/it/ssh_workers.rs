@@ -14,7 +14,7 @@ fn id(value: &Value) -> String {
 }
 
 /// A host key's fingerprint as `ssh-keygen -E <hash> -lf` prints it.
-fn fingerprint(public: &Path, hash: &str) -> String {
+pub(crate) fn fingerprint(public: &Path, hash: &str) -> String {
     sshd::run("ssh-keygen", &["-E", hash, "-lf", public.to_str().unwrap()])
         .split_whitespace()
         .nth(1)
@@ -43,15 +43,15 @@ fn ok_cli(server: &Server, args: &[&str]) -> String {
 }
 
 /// A user's key, the sshd that lets it in, and a key-pair account for it made with the CLI.
-struct Host {
-    sshd: Sshd,
+pub(crate) struct Host {
+    pub(crate) sshd: Sshd,
     _keys: tempfile::TempDir,
 }
 
 /// The user the scripts run as: the tests' own local account when the tests run as root (its
 /// shell start-up is Debian's default, where root's may run slow tools such as `pyenv init`, whose
 /// lock a killed login leaves behind), else the current user.
-fn login_user() -> String {
+pub(crate) fn login_user() -> String {
     if sshd::password_user() {
         sshd::PASSWORD_USER.to_string()
     } else {
@@ -59,7 +59,7 @@ fn login_user() -> String {
     }
 }
 
-fn key_host(server: &Server, account: &str) -> Host {
+pub(crate) fn key_host(server: &Server, account: &str) -> Host {
     let keys = tempfile::tempdir().unwrap();
     let key = sshd::keygen(keys.path(), "id", "");
     let sshd = Sshd::start(&[&key]);
@@ -80,7 +80,13 @@ fn key_host(server: &Server, account: &str) -> Host {
 }
 
 /// Registers the sshd as a worker of the default pool (pinned to `fingerprint`) through the API.
-fn add_worker(server: &Server, name: &str, port: u16, account: &str, fingerprint: &str) -> Value {
+pub(crate) fn add_worker(
+    server: &Server,
+    name: &str,
+    port: u16,
+    account: &str,
+    fingerprint: &str,
+) -> Value {
     let account = server
         .ok("/api/Spaces-1/accounts/all")
         .as_array()
@@ -140,7 +146,7 @@ fn processes(needle: &str) -> Vec<i32> {
 /// Waits until the named worker of the default space has this health status; shows it and the
 /// server's log when it does not.
 #[track_caller]
-fn wait_health(server: &Server, name: &str, status: &str) -> Value {
+pub(crate) fn wait_health(server: &Server, name: &str, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let worker = worker_by_name(server, "Spaces-1", name);

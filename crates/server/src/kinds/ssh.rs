@@ -11,9 +11,9 @@
 use super::{Ended, Facts, Health, Invocation, Line, Sink, Stop, WorkerKind};
 use crate::artifacts::Collection;
 use crate::state::App;
-use muster_core::variables::AnnouncedArtifact;
 use futures_util::future::BoxFuture;
 use muster_core::resources::{Account, Endpoint, SshEndpoint, Worker};
+use muster_core::variables::AnnouncedArtifact;
 use muster_core::{HealthStatus, MachineStatus, ScriptSyntax, TaskState};
 use muster_ssh::keys::Fingerprint;
 use muster_ssh::{Auth, HostKey, Session, Target};
@@ -337,7 +337,10 @@ impl Ssh {
             Err(muster_ssh::Error::BadPath(_)) => {
                 Err("it is not inside the script's working directory".into())
             }
-            Err(error) => Err(format!("worker {} did not send it: {error}", self.worker.name)),
+            Err(error) => Err(format!(
+                "worker {} did not send it: {error}",
+                self.worker.name
+            )),
         }
     }
 }
@@ -715,10 +718,6 @@ impl Ssh {
                 }
             }
         };
-        if !resumable {
-            // A step is not resumed by a restarted server: its directory goes now.
-            self.release(app, &invocation.ticket);
-        }
         Some(end)
     }
 

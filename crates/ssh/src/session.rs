@@ -318,6 +318,13 @@ pub(crate) struct Chan {
 /// may source a slow `~/.bashrc`).
 const WARM_PER_PROGRAM: usize = 1;
 
+/// Whether sessions keep warm channels: yes, unless the environment variable
+/// `MUSTER_SSH_WARM_CHANNELS` is `0` (to measure what they save: `muster-bench dispatch`).
+fn warm_channels() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MUSTER_SSH_WARM_CHANNELS").map_or(true, |v| v.trim() != "0"))
+}
+
 /// A program's warm channels, and how many are being opened.
 #[derive(Default)]
 struct Warm {
@@ -540,7 +547,7 @@ impl Session {
         program: &'static str,
         args: &[&str],
     ) -> Result<Chan, Error> {
-        if args.iter().any(|a| a.contains(['\n', '\r'])) {
+        if !warm_channels() || args.iter().any(|a| a.contains(['\n', '\r'])) {
             let chan = self.channel().await?;
             chan.channel.exec(true, sh_command(program, args)).await?;
             return Ok(chan);

@@ -141,12 +141,12 @@ fn check_variable(name: &str) -> Result<(), Error> {
 }
 
 /// Quotes a word for POSIX sh.
-fn quote(word: &str) -> String {
+pub(crate) fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 /// `sh -c PROGRAM muster ARGS…`, as one command line for the login shell.
-fn sh_command(program: &str, args: &[&str]) -> String {
+pub(crate) fn sh_command(program: &str, args: &[&str]) -> String {
     let mut command = format!("sh -c {} muster", quote(program));
     for arg in args {
         command.push(' ');
@@ -203,7 +203,7 @@ impl Session {
         words.extend([file_name, &script_len, &timeout, &grace, program]);
         words.extend(args.iter().copied());
         words.push(file_name);
-        let output = self.run(&sh_command(START_SH, &words), &bundle).await?;
+        let output = self.run_program("start", START_SH, &words, &bundle).await?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         match stdout.trim() {
             "started" if output.success() => Ok(true),
@@ -226,13 +226,13 @@ impl Session {
         lines: mpsc::Sender<Vec<Line>>,
     ) -> Result<Outcome, Error> {
         check_ticket(ticket)?;
+        let after_text = after.to_string();
         let Chan {
             mut channel,
             permit: _permit,
-        } = self.channel().await?;
-        let after_text = after.to_string();
-        channel
-            .exec(true, sh_command(FOLLOW_SH, &[ticket, &after_text]))
+            ..
+        } = self
+            .program_channel("follow", FOLLOW_SH, &[ticket, &after_text])
             .await?;
         let mut splitter = Splitter::new(after);
         let mut stderr = Vec::new();

@@ -2,6 +2,7 @@
 //! then authentication, then a channel per command or script.
 
 use crate::keys::{Fingerprint, PublicKey};
+use crate::remote::{quote, sh_command};
 use crate::{Auth, Error, HostKey, Target};
 use russh::client::{self, Handle};
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
@@ -293,6 +294,8 @@ struct Inner {
     capacity: AtomicUsize,
     /// One new connection at a time (sshd's `MaxStartups` limits unauthenticated ones).
     dialing: tokio::sync::Mutex<()>,
+    /// Channels already running a program's shell, waiting for its arguments (by program).
+    warm: Mutex<std::collections::HashMap<&'static str, Warm>>,
 }
 
 /// One kept connection to a worker (a second one only when more than 8 channels are open at once);
@@ -307,6 +310,26 @@ pub struct Session {
 pub(crate) struct Chan {
     pub channel: Channel<client::Msg>,
     pub permit: OwnedSemaphorePermit,
+    connection: Arc<Connection>,
+}
+
+/// Warm channels kept per program: each has its login shell started and waits for its
+/// arguments, so a script's start and follow do not wait for the user's shell start-up (which
+/// may source a slow `~/.bashrc`).
+const WARM_PER_PROGRAM: usize = 1;
+
+/// Whether sessions keep warm channels: yes, unless the environment variable
+/// `MUSTER_SSH_WARM_CHANNELS` is `0` (to measure what they save: `muster-bench dispatch`).
+fn warm_channels() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MUSTER_SSH_WARM_CHANNELS").map_or(true, |v| v.trim() != "0"))
+}
+
+/// A program's warm channels, and how many are being opened.
+#[derive(Default)]
+struct Warm {
+    ready: Vec<Chan>,
+    opening: usize,
 }
 
 impl Session {
@@ -330,6 +353,7 @@ impl Session {
                 connections: Mutex::new(vec![Connection::new(handle, CHANNELS_PER_CONNECTION)]),
                 capacity: AtomicUsize::new(CHANNELS_PER_CONNECTION),
                 dialing: tokio::sync::Mutex::new(()),
+                warm: Mutex::new(std::collections::HashMap::new()),
             }),
         };
         Ok((session, host_key))
@@ -427,7 +451,7 @@ impl Session {
     /// so the connection now counts one channel fewer; try again.
     async fn open_on(
         &self,
-        connection: &Connection,
+        connection: &Arc<Connection>,
         permit: OwnedSemaphorePermit,
     ) -> Result<Option<Chan>, Error> {
         let target = &self.inner.target;
@@ -443,7 +467,11 @@ impl Session {
                     )
                 })?;
         match opened {
-            Ok(channel) => Ok(Some(Chan { channel, permit })),
+            Ok(channel) => Ok(Some(Chan {
+                channel,
+                permit,
+                connection: connection.clone(),
+            })),
             Err(_) if connection.handle.is_closed() => Err(self.disconnected()),
             Err(russh::Error::ChannelOpenFailure(reason)) => {
                 let capacity = connection.capacity.load(Ordering::SeqCst);
@@ -493,11 +521,96 @@ impl Session {
     }
 
     pub(crate) async fn run(&self, command: &str, stdin: &[u8]) -> Result<Output, Error> {
+        let chan = self.channel().await?;
+        chan.channel.exec(true, command).await?;
+        self.collect(chan, stdin).await
+    }
+
+    /// Runs a POSIX-sh `program` with `args` (as `sh -c PROGRAM muster ARGS…`) and `stdin`, on a
+    /// warm channel when there is one.
+    pub(crate) async fn run_program(
+        &self,
+        name: &'static str,
+        program: &'static str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Result<Output, Error> {
+        let chan = self.program_channel(name, program, args).await?;
+        self.collect(chan, stdin).await
+    }
+
+    /// A channel running `program` with `args`: a warm one (its login shell already started) when
+    /// there is one, and another is warmed in the background for the next call.
+    pub(crate) async fn program_channel(
+        &self,
+        name: &'static str,
+        program: &'static str,
+        args: &[&str],
+    ) -> Result<Chan, Error> {
+        if !warm_channels() || args.iter().any(|a| a.contains(['\n', '\r'])) {
+            let chan = self.channel().await?;
+            chan.channel.exec(true, sh_command(program, args)).await?;
+            return Ok(chan);
+        }
+        let warm = {
+            let mut pools = self.inner.warm.lock().unwrap_or_else(|e| e.into_inner());
+            let pool = pools.entry(name).or_default();
+            pool.ready.retain(|c| !c.connection.handle.is_closed());
+            pool.ready.pop()
+        };
+        let chan = match warm {
+            Some(chan) => chan,
+            None => self.warm_channel(program).await?,
+        };
+        self.warm_up(name, program);
+        let mut line: Vec<String> = args.iter().map(|a| quote(a)).collect::<Vec<_>>();
+        line.push("\n".into());
+        chan.channel.data(line.join(" ").as_bytes()).await?;
+        Ok(chan)
+    }
+
+    /// Opens a channel whose shell waits for `program`'s arguments, one line of sh words.
+    async fn warm_channel(&self, program: &'static str) -> Result<Chan, Error> {
+        let chan = self.channel().await?;
+        let waiting = format!(
+            "IFS= read -r muster_args || exit 125\neval \"set -- $muster_args\"\nunset muster_args\n{program}"
+        );
+        chan.channel.exec(true, sh_command(&waiting, &[])).await?;
+        Ok(chan)
+    }
+
+    /// Keeps a warm channel for `program` ready, in the background.
+    fn warm_up(&self, name: &'static str, program: &'static str) {
+        let session = self.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut pools = self.inner.warm.lock().unwrap_or_else(|e| e.into_inner());
+            let pool = pools.entry(name).or_default();
+            if pool.ready.len() + pool.opening >= WARM_PER_PROGRAM {
+                return;
+            }
+            pool.opening += 1;
+        }
+        runtime.spawn(async move {
+            let opened = session.warm_channel(program).await;
+            let mut pools = session.inner.warm.lock().unwrap_or_else(|e| e.into_inner());
+            let pool = pools.entry(name).or_default();
+            pool.opening -= 1;
+            if let Ok(chan) = opened {
+                pool.ready.push(chan);
+            }
+        });
+    }
+
+    /// Sends `stdin` and collects what the command prints, and how it ended.
+    async fn collect(&self, chan: Chan, stdin: &[u8]) -> Result<Output, Error> {
         let Chan {
             mut channel,
             permit: _permit,
-        } = self.channel().await?;
-        channel.exec(true, command).await?;
+            ..
+        } = chan;
         // A command that does not read its input may end before all of it is sent.
         let _ = channel.data(stdin).await;
         let _ = channel.eof().await;

@@ -942,13 +942,20 @@ impl Server {
         Ok(Agent(child))
     }
 
-    /// Starts a private sshd that lets this user in with a new key, and registers it as an SSH
+    /// Starts a private sshd that lets a user in with a new key, and registers it as an SSH
     /// worker of the default pool (an SshKeyPair account, the host key pinned by discovery).
     fn ssh_worker(&self, dir: &Path, name: &str) -> anyhow::Result<(sshd::Sshd, String)> {
         use base64::Engine as _;
         let key = sshd::keygen(dir, &format!("{name}-key"), "");
         let sshd = sshd::Sshd::start(&[&key]);
-        let username = String::from_utf8(Command::new("id").arg("-un").output()?.stdout)?;
+        // A deploy user with Debian's default shell start-up (made when the bench runs as root, as
+        // in CI): root's own start-up files here run slow tools (`pyenv init`) on every login
+        // shell, which would measure them, not Muster.
+        let username = if sshd::password_user() {
+            sshd::PASSWORD_USER.to_string()
+        } else {
+            String::from_utf8(Command::new("id").arg("-un").output()?.stdout)?
+        };
         let account = self.post(
             "/api/Spaces-1/accounts",
             &json!({"Name": name, "AccountType": "SshKeyPair", "Username": username.trim(),

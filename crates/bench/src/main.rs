@@ -224,9 +224,15 @@ fn seconds_now() -> f64 {
 
 /// From the 201 to the timestamp the script's first line wrote: bash's `$EPOCHREALTIME`, no process.
 fn dispatch(server: &Server, dir: &Path, target: &Value, runs: usize) -> anyhow::Result<Vec<f64>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // An SSH worker's scripts run as another user: it must reach and write the stamps.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+    let stamps = dir.join("stamps");
+    std::fs::create_dir_all(&stamps)?;
+    std::fs::set_permissions(&stamps, std::fs::Permissions::from_mode(0o777))?;
     let mut samples = Vec::with_capacity(runs);
     for run in 0..runs {
-        let file = dir.join(format!("stamp-{run}"));
+        let file = stamps.join(format!("stamp-{run}"));
         let mut arguments = target.clone();
         arguments["ScriptBody"] = json!(format!("echo $EPOCHREALTIME > '{}'", file.display()));
         let body = json!({"Name": "AdHocScript", "Arguments": arguments});

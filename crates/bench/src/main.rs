@@ -954,14 +954,10 @@ impl Server {
         use base64::Engine as _;
         let key = sshd::keygen(dir, &format!("{name}-key"), "");
         let sshd = sshd::Sshd::start(&[&key]);
-        // A deploy user with Debian's default shell start-up (made when the bench runs as root, as
-        // in CI): root's own start-up files here run slow tools (`pyenv init`) on every login
-        // shell, which would measure them, not Muster.
-        let username = if sshd::password_user() {
-            sshd::PASSWORD_USER.to_string()
-        } else {
-            String::from_utf8(Command::new("id").arg("-un").output()?.stdout)?
-        };
+        // When run as root (as in CI), a deploy user with Debian's default shell start-up: root's
+        // own start-up files here run slow tools (`pyenv init`) on every login, which would
+        // measure them, not Muster.
+        let username = sshd::login_user();
         let account = self.post(
             "/api/Spaces-1/accounts",
             &json!({"Name": name, "AccountType": "SshKeyPair", "Username": username.trim(),

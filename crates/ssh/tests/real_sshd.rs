@@ -32,7 +32,7 @@ impl Fixture {
             sshd,
             _keys: keys,
             auth: Auth::Key {
-                username: "root".into(),
+                username: sshd::login_user(),
                 key: Arc::new(key),
             },
             pin,
@@ -143,7 +143,7 @@ async fn key_password_and_encrypted_key_logins() {
         pin,
     };
     let login = |file: &std::path::Path, passphrase: Option<&str>| Auth::Key {
-        username: "root".into(),
+        username: sshd::login_user(),
         key: Arc::new(read_private_key(&std::fs::read(file).unwrap(), passphrase).unwrap()),
     };
 
@@ -152,7 +152,10 @@ async fn key_password_and_encrypted_key_logins() {
         assert_eq!(host_key.sha256, target.pin);
         let output = session.exec("id -un; uname -s").await.unwrap();
         assert!(output.success());
-        assert_eq!(String::from_utf8_lossy(&output.stdout), "root\nLinux\n");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            format!("{}\nLinux\n", sshd::login_user())
+        );
         let failed = session.exec("echo oops >&2; exit 7").await.unwrap();
         assert_eq!(failed.status, Some(7));
         assert_eq!(failed.stderr, b"oops\n");
@@ -268,7 +271,7 @@ async fn a_pin_may_name_any_of_the_hosts_keys() {
     let client = sshd::keygen(keys.path(), "client", "");
     let sshd = Sshd::start_with_host_keys(&[&client], &["ed25519", "ecdsa", "rsa"]);
     let auth = Auth::Key {
-        username: "root".into(),
+        username: sshd::login_user(),
         key: Arc::new(read_private_key(&std::fs::read(&client).unwrap(), None).unwrap()),
     };
     // A scan gets the key the default order prefers.
@@ -618,9 +621,9 @@ async fn a_killed_sshd_gives_a_clear_error_quickly() {
     eprintln!("noticed in {:?}", killed.elapsed());
     assert!(session.is_closed());
     // The script still runs on the machine; clean it up locally (the tests run on that machine).
-    let dir = format!("{}/.muster/work/{id}", std::env::var("HOME").unwrap());
-    let pgid = std::fs::read_to_string(format!("{dir}/pgid")).unwrap();
-    std::fs::write(format!("{dir}/cancel"), "").unwrap();
+    let dir = sshd::work_root().join(&id);
+    let pgid = std::fs::read_to_string(dir.join("pgid")).unwrap();
+    std::fs::write(dir.join("cancel"), "").unwrap();
     sshd::run("kill", &["-KILL", "--", &format!("-{}", pgid.trim())]);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -652,10 +655,7 @@ async fn a_silent_host_is_noticed_by_keep_alives() {
         .unwrap_err();
     assert!(matches!(error, Error::Disconnected { .. }), "{error}");
     eprintln!("a frozen sshd noticed in {:?}", frozen.elapsed());
-    let _ = std::fs::remove_dir_all(format!(
-        "{}/.muster/work/{id}",
-        std::env::var("HOME").unwrap()
-    ));
+    let _ = std::fs::remove_dir_all(sshd::work_root().join(&id));
 }
 
 #[tokio::test]
@@ -810,7 +810,7 @@ async fn a_worker_allowing_fewer_channels_gets_more_connections() {
         pin,
     };
     let auth = Auth::Key {
-        username: "root".into(),
+        username: sshd::login_user(),
         key: Arc::new(read_private_key(&std::fs::read(&client).unwrap(), None).unwrap()),
     };
     let (session, _) = Session::connect(&target, &auth, TIMEOUT).await.unwrap();

@@ -3,7 +3,7 @@
 //! removed once they are collected.
 
 use crate::artifacts::{artifacts_of, content, fifty_megabytes, has_line, run};
-use crate::ssh_workers::{add_worker, fingerprint, key_host, login_user, wait_health};
+use crate::ssh_workers::{add_worker, fingerprint, key_host, wait_health};
 use crate::sshd;
 use crate::support::{Server, eventually};
 use serde_json::json;
@@ -24,7 +24,7 @@ fn an_ssh_worker_returns_artifacts_refuses_paths_outside_and_streams_50_megabyte
          ln -s /etc/hostname link.txt\nnew_octopusartifact link.txt\n\
          new_octopusartifact /etc/passwd\nnew_octopusartifact missing.txt\necho done"
     );
-    let before = tickets(&work_root());
+    let before = tickets(&sshd::work_root());
     let (task, lines) = run(&server, "Spaces-1", arguments);
     assert_eq!(task["State"], "Success", "{lines:#?}");
     assert_eq!(task["HasWarningsOrErrors"], true, "{task}");
@@ -53,7 +53,7 @@ fn an_ssh_worker_returns_artifacts_refuses_paths_outside_and_streams_50_megabyte
 
     // The script's working directory on the worker is gone once its files are collected (other
     // tests' servers leave theirs under the same user, so only this one's new directory counts).
-    let work = work_root();
+    let work = sshd::work_root();
     eventually("the script's directory is removed", || {
         let left: Vec<String> = tickets(&work)
             .into_iter()
@@ -68,16 +68,6 @@ fn an_ssh_worker_returns_artifacts_refuses_paths_outside_and_streams_50_megabyte
         growth < 40 * 1024,
         "the server grew by {growth} KiB while it collected 50 MiB from an SSH worker"
     );
-}
-
-/// Where the login user's scripts keep their working directories.
-fn work_root() -> std::path::PathBuf {
-    let user = login_user();
-    let home = sshd::run(
-        "sh",
-        &["-c", &format!("getent passwd {user} | cut -d: -f6")],
-    );
-    std::path::Path::new(home.trim()).join(".muster/work")
 }
 
 /// The script directories under `work`.

@@ -48,17 +48,6 @@ pub(crate) struct Host {
     _keys: tempfile::TempDir,
 }
 
-/// The user the scripts run as: the tests' own local account when the tests run as root (its
-/// shell start-up is Debian's default, where root's may run slow tools such as `pyenv init`, whose
-/// lock a killed login leaves behind), else the current user.
-pub(crate) fn login_user() -> String {
-    if sshd::password_user() {
-        sshd::PASSWORD_USER.to_string()
-    } else {
-        sshd::run("id", &["-un"]).trim().to_string()
-    }
-}
-
 pub(crate) fn key_host(server: &Server, account: &str) -> Host {
     let keys = tempfile::tempdir().unwrap();
     let key = sshd::keygen(keys.path(), "id", "");
@@ -71,7 +60,7 @@ pub(crate) fn key_host(server: &Server, account: &str) -> Host {
             "ssh-key",
             account,
             "--username",
-            &login_user(),
+            &sshd::login_user(),
             "--key-file",
             key.to_str().unwrap(),
         ],
@@ -234,7 +223,10 @@ fn ssh_key_pair_worker_added_by_the_cli_runs_bash_and_python_with_output_variabl
     assert!(!raw.contains("zqx"), "the secret leaked:\n{raw}");
     assert!(raw.contains("the secret is ********"), "{raw}");
     assert!(raw.contains("color [blue sky]"), "{raw}");
-    assert!(raw.contains(&format!("user {}", login_user())), "{raw}");
+    assert!(
+        raw.contains(&format!("user {}", sshd::login_user())),
+        "{raw}"
+    );
     assert!(raw.contains("python says ********"), "{raw}");
 
     // An ad-hoc Python script on the worker, and its exit code.

@@ -297,3 +297,26 @@ pub fn password_user() -> bool {
     assert!(chpasswd.wait().unwrap().success());
     true
 }
+
+/// The user the tests sign in as: when they run as root, the password tests' local account (its
+/// shell start-up is Debian's default, where root's may run slow tools such as `pyenv init` on
+/// every login, and leave its lock behind when a login is killed); else the current user.
+#[allow(dead_code)]
+pub fn login_user() -> String {
+    if password_user() {
+        PASSWORD_USER.to_string()
+    } else {
+        run("id", &["-un"]).trim().to_string()
+    }
+}
+
+/// Where `login_user`'s scripts keep their working directories on this machine.
+#[allow(dead_code)]
+pub fn work_root() -> PathBuf {
+    let user = login_user();
+    let home = run(
+        "sh",
+        &["-c", &format!("getent passwd {user} | cut -d: -f6")],
+    );
+    Path::new(home.trim()).join(".muster/work")
+}

@@ -3,7 +3,7 @@
 use crate::sealing::Sealer;
 use crate::{Result, Store, StoreError, conflict_or};
 use muster_core::resources::{
-    Account, ApiKeyRecord, Artifact, MachinePolicy, ScopedUserRole, Space, Team, User, UserRole,
+    Account, ApiKeyRecord, Artifact, Event, MachinePolicy, ScopedUserRole, Space, Team, User, UserRole,
     Worker, WorkerPool,
 };
 use muster_core::runbooks::{Runbook, RunbookRun, Variable};
@@ -25,6 +25,7 @@ pub enum DocKind {
     RunbookRun,
     Account,
     Artifact,
+    Event,
 }
 
 impl DocKind {
@@ -43,6 +44,7 @@ impl DocKind {
             DocKind::RunbookRun => "runbookrun",
             DocKind::Account => "account",
             DocKind::Artifact => "artifact",
+            DocKind::Event => "event",
         }
     }
 
@@ -61,6 +63,7 @@ impl DocKind {
             DocKind::RunbookRun => "runbook run",
             DocKind::Account => "account",
             DocKind::Artifact => "artifact",
+            DocKind::Event => "event",
         }
     }
 }
@@ -314,6 +317,21 @@ impl Document for Artifact {
     }
     fn ext(&self) -> Option<&str> {
         Some(&self.server_task_id)
+    }
+}
+
+/// An event (who did what) is kept in its space ('' for a system event: users, keys, sign-ins),
+/// so deleting a space removes its trail with it.
+impl Document for Event {
+    const KIND: DocKind = DocKind::Event;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        self.space_id.as_deref().unwrap_or("")
+    }
+    fn unique_name(&self) -> &str {
+        &self.id
     }
 }
 

@@ -420,18 +420,21 @@ async fn record_change(
             if others != *old {
                 parts.push("its settings changed".to_string());
             }
+            if let Some(variables) = variable_changes(&old.variables, &runbook.variables) {
+                parts.push(format!("variables {variables}"));
+            }
             let text = if parts.is_empty() {
-                format!("Runbook '{}' saved", runbook.name)
+                format!("Runbook '{}' saved unchanged", runbook.name)
             } else {
-                format!("Runbook '{}': {}", runbook.name, parts.join(", "))
+                format!("Runbook '{}': {}", runbook.name, parts.join("; "))
             };
             (events::MODIFIED, text)
         }
     };
-    let empty = Vec::new();
-    let old_variables = existing.map_or(&empty, |r| &r.variables);
-    if let Some(variables) = variable_changes(old_variables, &runbook.variables) {
-        message.push_str(&format!("; variables {variables}"));
+    if existing.is_none()
+        && let Some(variables) = variable_changes(&[], &runbook.variables)
+    {
+        message.push_str(&format!(" with variables {variables}"));
     }
     events::record(
         app,

@@ -3,8 +3,8 @@
 use crate::sealing::Sealer;
 use crate::{Result, Store, StoreError, conflict_or};
 use muster_core::resources::{
-    Account, ApiKeyRecord, Artifact, Event, MachinePolicy, ScopedUserRole, Space, Team, User, UserRole,
-    Worker, WorkerPool,
+    Account, ApiKeyRecord, Artifact, Event, MachinePolicy, ScopedUserRole, Space, Team, User,
+    UserRole, Worker, WorkerPool,
 };
 use muster_core::runbooks::{Runbook, RunbookRun, Variable};
 use serde::Serialize;

@@ -180,18 +180,48 @@ fn a_workflow_leaves_its_events_and_each_reader_sees_only_their_spaces() {
     assert_eq!(all["ItemType"], "Event");
     let events = summary(&all);
     has(&events, "Created", "alice", "Worker 'web-1' registered");
-    has(&events, "Modified", "alice", "Worker 'web-01' (was 'web-1') changed");
+    has(
+        &events,
+        "Modified",
+        "alice",
+        "Worker 'web-01' (was 'web-1') changed",
+    );
     has(&events, "Created", "admin", "shared into space 'Blue'");
     has(&events, "Created", "alice", "queued: sleepy");
     has(&events, "Canceled", "alice", "canceled: sleepy");
     has(&events, "Created", "alice", "Runbook 'Deploy' created");
-    has(&events, "Modified", "alice", "variables added Password, Region");
+    has(
+        &events,
+        "Modified",
+        "alice",
+        "variables added Password, Region",
+    );
     has(&events, "Modified", "alice", "variables changed Region");
-    has(&events, "Created", "admin", "Role 'Task runner' granted to team");
+    has(
+        &events,
+        "Created",
+        "admin",
+        "Role 'Task runner' granted to team",
+    );
     has(&events, "Created", "admin", "User 'carol' created");
-    has(&events, "Created", "admin", "('ci') created for user 'carol'");
-    has(&events, "Deleted", "admin", "('ci') of user 'carol' revoked");
-    has(&events, "LoginFailed", "-", "from 127.0.0.3 3 times within a minute");
+    has(
+        &events,
+        "Created",
+        "admin",
+        "('ci') created for user 'carol'",
+    );
+    has(
+        &events,
+        "Deleted",
+        "admin",
+        "('ci') of user 'carol' revoked",
+    );
+    has(
+        &events,
+        "LoginFailed",
+        "-",
+        "from 127.0.0.3 3 times within a minute",
+    );
     has(&events, "Deleted", "alice", "Worker 'web-01' deleted");
     assert_eq!(
         events.iter().filter(|e| e.0 == "LoginFailed").count(),
@@ -250,12 +280,18 @@ fn a_workflow_leaves_its_events_and_each_reader_sees_only_their_spaces() {
     }
     let theirs = summary(alices);
     has(&theirs, "Created", "admin", "shared into space 'Blue'");
-    assert!(!theirs.iter().any(|e| e.0 == "LoginFailed" || e.2.contains("User '")));
+    assert!(
+        !theirs
+            .iter()
+            .any(|e| e.0 == "LoginFailed" || e.2.contains("User '"))
+    );
     server
         .as_user(&alice, "GET", &format!("/api/{b}/events"), None)
         .assert_error(404);
     assert_eq!(
-        server.as_user(&alice, "GET", &format!("/api/events?spaces={b}"), None).body["TotalResults"],
+        server
+            .as_user(&alice, "GET", &format!("/api/events?spaces={b}"), None)
+            .body["TotalResults"],
         0
     );
     let system = all["Items"]
@@ -275,7 +311,12 @@ fn a_workflow_leaves_its_events_and_each_reader_sees_only_their_spaces() {
     let blue = server.as_user(&bob, "GET", &format!("/api/{b}/events"), None);
     let blue = summary(blue.assert_status(200));
     has(&blue, "Created", "admin", "shared into space 'Blue'");
-    has(&blue, "Created", "admin", "Role 'Task runner' granted to team");
+    has(
+        &blue,
+        "Created",
+        "admin",
+        "Role 'Task runner' granted to team",
+    );
     let bobs = server.as_user(&bob, "GET", "/api/events?take=1000", None);
     for event in bobs.assert_status(200)["Items"].as_array().unwrap() {
         assert_eq!(event["SpaceId"], json!(b), "{event}");
@@ -344,7 +385,12 @@ fn machines_answer_as_an_octopus_without_deployment_targets() {
         .as_user(&nobody, "GET", "/api/Spaces-1/machines", None)
         .assert_error(404);
     // machines/discover is workers/discover: the same answers.
-    for query in ["", "?host=", "?host=127.0.0.1&type=Cloud", "?host=127.0.0.1&port=1"] {
+    for query in [
+        "",
+        "?host=",
+        "?host=127.0.0.1&type=Cloud",
+        "?host=127.0.0.1&port=1",
+    ] {
         let workers = server.get(&format!("/api/Spaces-1/workers/discover{query}"));
         let machines = server.get(&format!("/api/Spaces-1/machines/discover{query}"));
         assert_eq!(machines.status, workers.status, "{query}");

@@ -311,7 +311,10 @@ mod tests {
 
     #[test]
     fn html_is_escaped_and_the_space_is_related_once() {
-        assert_eq!(escape_html("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape_html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
         assert_eq!(
             with_space(vec!["Workers-1".into()], Some("Spaces-1")),
             ["Workers-1", "Spaces-1"]

@@ -400,7 +400,10 @@ async fn record_change(
     runbook: &Runbook,
 ) {
     let (category, mut message) = match existing {
-        None => (events::CREATED, format!("Runbook '{}' created", runbook.name)),
+        None => (
+            events::CREATED,
+            format!("Runbook '{}' created", runbook.name),
+        ),
         Some(old) => {
             let mut parts = Vec::new();
             if old.name != runbook.name {

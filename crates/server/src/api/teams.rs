@@ -165,7 +165,11 @@ pub async fn create_team(
     team.last_modified_on = Some(now());
     team.last_modified_by = Some(access.user.username.clone());
     app.store.put(&team).await?;
-    let message = format!("Team '{}' created{}", team.name, members_change(&app, &[], &team.member_user_ids).await);
+    let message = format!(
+        "Team '{}' created{}",
+        team.name,
+        members_change(&app, &[], &team.member_user_ids).await
+    );
     record_team(&app, &access, &team, events::CREATED, message).await;
     created(&team_resource(&team))
 }
@@ -269,8 +273,17 @@ async fn members_change(app: &App, before: &[String], after: &[String]) -> Strin
     };
     let mut parts = Vec::new();
     for (what, ids) in [
-        ("added", after.iter().filter(|m| !before.contains(m)).collect::<Vec<_>>()),
-        ("removed", before.iter().filter(|m| !after.contains(m)).collect()),
+        (
+            "added",
+            after
+                .iter()
+                .filter(|m| !before.contains(m))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "removed",
+            before.iter().filter(|m| !after.contains(m)).collect(),
+        ),
     ] {
         if !ids.is_empty() {
             let mut names = Vec::new();

@@ -1,9 +1,7 @@
 //! Workers (contract 2.4). Names are unique per space; pools must be static pools of the same space;
 //! a null policy means the space's default policy.
 
-use super::{
-    actor, check_space_id, empty_ok, events, filter_named, page, path_id, resolve_space,
-};
+use super::{actor, check_space_id, empty_ok, events, filter_named, page, path_id, resolve_space};
 use crate::access::Access;
 use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
@@ -744,9 +742,17 @@ pub async fn share(
     worker.last_modified_by = actor(&user);
     app.store.put(&worker).await?;
     app.signals.dispatch.notify_one();
-    let what = if is_new { "shared into" } else { "changed its share in" };
+    let what = if is_new {
+        "shared into"
+    } else {
+        "changed its share in"
+    };
     let message = format!("Worker '{}' {what} space '{}'", home.name, target.name);
-    let category = if is_new { events::CREATED } else { events::MODIFIED };
+    let category = if is_new {
+        events::CREATED
+    } else {
+        events::MODIFIED
+    };
     record_share(&app, &user, &home, &worker, category, message).await;
     let body = resource(&app, worker).await?;
     if is_new { created(&body) } else { ok(&body) }

@@ -179,6 +179,8 @@ fn a_workflow_leaves_its_events_and_each_reader_sees_only_their_spaces() {
     let all = server.ok("/api/events?take=1000");
     assert_eq!(all["ItemType"], "Event");
     let events = summary(&all);
+    has(&events, "Created", "admin", "Space 'Blue' created");
+    has(&events, "Created", "alice", "Worker pool 'Agents' created");
     has(&events, "Created", "alice", "Worker 'web-1' registered");
     has(
         &events,

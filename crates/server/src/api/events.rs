@@ -71,6 +71,33 @@ pub async fn record(
     }
 }
 
+/// The event of a resource created, changed or deleted by `user`: "Worker pool 'Agents' created".
+pub async fn resource(
+    app: &App,
+    user: &User,
+    space_id: Option<&str>,
+    category: &str,
+    noun: &str,
+    name: &str,
+    id: &str,
+) {
+    let verb = match category {
+        CREATED => "created",
+        DELETED => "deleted",
+        _ => "changed",
+    };
+    let message = format!("{noun} '{name}' {verb}");
+    record(
+        app,
+        Some(user),
+        space_id,
+        category,
+        message,
+        vec![id.to_string()],
+    )
+    .await;
+}
+
 /// The related documents, the space last (Octopus relates an event to its space too).
 fn with_space(mut related: Vec<String>, space_id: Option<&str>) -> Vec<String> {
     if let Some(space) = space_id

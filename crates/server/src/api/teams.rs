@@ -434,6 +434,16 @@ pub async fn create_role(
     role.last_modified_on = Some(now());
     role.last_modified_by = Some(access.user.username.clone());
     app.store.put(&role).await?;
+    events::resource(
+        &app,
+        &access.user,
+        None,
+        events::CREATED,
+        "User role",
+        &role.name,
+        &role.id,
+    )
+    .await;
     created(&role_resource(&role))
 }
 
@@ -475,10 +485,24 @@ pub async fn update_role(
     role.last_modified_on = Some(now());
     role.last_modified_by = Some(access.user.username.clone());
     app.store.put(&role).await?;
+    events::resource(
+        &app,
+        &access.user,
+        None,
+        events::MODIFIED,
+        "User role",
+        &role.name,
+        &role.id,
+    )
+    .await;
     ok(&role_resource(&role))
 }
 
-pub async fn delete_role(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+pub async fn delete_role(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let role = find_role(&app, &id).await?;
     if !role.can_be_deleted {
         return Err(ApiError::bad_request(format!(
@@ -499,6 +523,16 @@ pub async fn delete_role(State(app): State<App>, Path(id): Path<String>) -> ApiR
         )));
     }
     app.store.delete::<UserRole>(&role.id).await?;
+    events::resource(
+        &app,
+        &access.user,
+        None,
+        events::DELETED,
+        "User role",
+        &role.name,
+        &role.id,
+    )
+    .await;
     empty_ok()
 }
 

@@ -45,18 +45,7 @@ pub async fn record(
     let result = async {
         let event = Event {
             id: app.store.next_id(IdKind::Event).await?,
-            space_id: space_id.map(str::to_string),
-            category: category.to_string(),
-            user_id: user.map(|u| u.id.clone()),
-            username: user.map(|u| u.username.clone()),
-            is_service: user.is_some_and(|u| u.is_service),
-            identity_established_with: user.map(|_| "API key".to_string()),
-            occurred: muster_core::time::now(),
-            message_html: escape_html(&message),
-            message,
-            related_document_ids: with_space(related, space_id),
-            comments: None,
-            details: None,
+            ..new(user, space_id, category, message, related)
         };
         app.store.put(&event).await?;
         Ok::<_, muster_store::StoreError>(event.id)
@@ -68,6 +57,31 @@ pub async fn record(
             tracing::warn!("cannot record an event ({category}): {error}");
             None
         }
+    }
+}
+
+/// An event not yet given its id: for a change whose commit writes its event too (a new task).
+pub fn new(
+    user: Option<&User>,
+    space_id: Option<&str>,
+    category: &str,
+    message: String,
+    related: Vec<String>,
+) -> Event {
+    Event {
+        id: String::new(),
+        space_id: space_id.map(str::to_string),
+        category: category.to_string(),
+        user_id: user.map(|u| u.id.clone()),
+        username: user.map(|u| u.username.clone()),
+        is_service: user.is_some_and(|u| u.is_service),
+        identity_established_with: user.map(|_| "API key".to_string()),
+        occurred: muster_core::time::now(),
+        message_html: escape_html(&message),
+        message,
+        related_document_ids: with_space(related, space_id),
+        comments: None,
+        details: None,
     }
 }
 

@@ -273,9 +273,11 @@ async fn create(app: &App, user: &CurrentUser, space: &Space, body: &Value) -> A
         worker_name: None,
         worker_id: None,
     };
-    app.store.insert_new_task(&mut task).await?;
+    // The task and the event that records it are one commit.
+    app.store
+        .insert_new_task(&mut task, |task| queued_event(user, task))
+        .await?;
     app.signals.dispatch.notify_one();
-    task_created(app, user, &task).await;
     created(&links::task(&task))
 }
 
@@ -781,13 +783,25 @@ pub async fn rerun(
 }
 
 /// The event of a task queued by a user.
-pub async fn task_created(app: &App, user: &CurrentUser, task: &Task) {
-    events::record(
-        app,
+fn queued_event(user: &CurrentUser, task: &Task) -> muster_core::resources::Event {
+    events::new(
         Some(&user.0),
         Some(&task.space_id),
         events::CREATED,
         format!("Task {} queued: {}", task.id, task.description),
+        vec![task.id.clone()],
+    )
+}
+
+/// Records the event of a task queued by a user, after its commit (a runbook run's task).
+pub async fn task_created(app: &App, user: &CurrentUser, task: &Task) {
+    let event = queued_event(user, task);
+    events::record(
+        app,
+        Some(&user.0),
+        event.space_id.as_deref(),
+        &event.category,
+        event.message,
         vec![task.id.clone()],
     )
     .await;

@@ -448,6 +448,55 @@ impl Store {
             .collect()
     }
 
+    /// One page of a kind's documents in some spaces ('' for system-level ones; None: all),
+    /// newest (highest id number) first, and how many there are in all: a log that only grows
+    /// (events) is paged by the database, not read whole.
+    pub async fn page_newest<D: Document>(
+        &self,
+        spaces: Option<&[String]>,
+        skip: u64,
+        take: u64,
+    ) -> Result<(u64, Vec<D>)> {
+        if spaces.is_some_and(|s| s.is_empty()) {
+            return Ok((0, Vec::new()));
+        }
+        let filter = match spaces {
+            None => String::new(),
+            Some(spaces) => {
+                let marks: Vec<String> = (0..spaces.len()).map(|i| format!("?{}", i + 2)).collect();
+                format!(" AND space_id IN ({})", marks.join(", "))
+            }
+        };
+        let count_sql = format!("SELECT COUNT(*) FROM documents WHERE kind = ?1{filter}");
+        let mut count =
+            sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql)).bind(D::KIND.as_str());
+        for space in spaces.unwrap_or_default() {
+            count = count.bind(space);
+        }
+        let (total,) = count.fetch_one(&self.pool).await?;
+        let n = spaces.map_or(0, <[String]>::len);
+        let page_sql = format!(
+            "SELECT body FROM documents WHERE kind = ?1{filter} ORDER BY length(id) DESC, id DESC LIMIT ?{} OFFSET ?{}",
+            n + 2,
+            n + 3
+        );
+        let mut page =
+            sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(page_sql)).bind(D::KIND.as_str());
+        for space in spaces.unwrap_or_default() {
+            page = page.bind(space);
+        }
+        let rows = page
+            .bind(i64::try_from(take).unwrap_or(i64::MAX))
+            .bind(i64::try_from(skip).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let docs = rows
+            .iter()
+            .map(|(body,)| decode(body, &self.sealer))
+            .collect::<Result<Vec<D>>>()?;
+        Ok((u64::try_from(total).unwrap_or(0), docs))
+    }
+
     /// The documents of a kind whose extra column equals `ext` (slug, thumbprint, key hash).
     pub async fn find_by_ext<D: Document>(&self, ext: &str) -> Result<Vec<D>> {
         let rows: Vec<(String,)> = sqlx::query_as(

@@ -261,6 +261,30 @@ fn a_workflow_leaves_its_events_and_each_reader_sees_only_their_spaces() {
     assert_eq!(page["Items"][1]["Id"], all["Items"][2]["Id"]);
     assert!(page["Links"]["Page.Next"].is_string());
 
+    let system = all["Items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["SpaceId"].is_null())
+        .count() as u64;
+    let spaces_only = server.ok("/api/events?take=1000&includeSystem=false");
+    assert_eq!(spaces_only["TotalResults"], total - system);
+    assert!(
+        spaces_only["Items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["SpaceId"].is_string())
+    );
+    let blue_only = server.ok(&format!("/api/events?take=1000&spaces={b}"));
+    assert!(
+        blue_only["Items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["SpaceId"] == json!(b))
+    );
+
     // Filters: regarding, users, categories, from/to.
     let regarding = server.ok(&format!("/api/events?regarding={}", id(&task)));
     assert_eq!(regarding["TotalResults"], 2, "{regarding}");

@@ -9,7 +9,7 @@
 //! A space's events are visible to whoever sees the space; system events (users, keys, sign-ins) to
 //! administrators only. Listed newest first.
 
-use super::{page, path_id};
+use super::path_id;
 use crate::access::{Access, SpaceScope};
 use crate::http::{ApiError, ApiResult, Params, ok};
 use crate::links;
@@ -17,7 +17,7 @@ use crate::state::App;
 use axum::Extension;
 use axum::extract::{Path, State};
 use muster_core::IdKind;
-use muster_core::resources::{Event, User};
+use muster_core::resources::{Event, Space, User};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
@@ -257,6 +257,43 @@ fn filter(mut events: Vec<Event>, params: &Params) -> Result<Vec<Event>, ApiErro
     Ok(events)
 }
 
+/// The filters read from each event; without them a page is read from the database alone.
+const FILTERS: &[&str] = &["ids", "regarding", "users", "eventcategories", "from", "to"];
+
+/// A page of the events of `spaces` ('' for system events; None: every event), newest first.
+async fn respond(app: &App, params: &Params, spaces: Option<Vec<String>>, path: &str) -> ApiResult {
+    let request = params.page(30)?;
+    let (total, events) = if FILTERS.iter().any(|name| params.get(name).is_some()) {
+        let events: Vec<Event> = match &spaces {
+            None => app.store.list_all().await?,
+            Some(spaces) => {
+                let mut events = Vec::new();
+                for space in spaces {
+                    events.extend(app.store.list::<Event>(space).await?);
+                }
+                events
+            }
+        };
+        let events = filter(events, params)?;
+        let range = request.range(events.len());
+        (events.len() as u64, events[range].to_vec())
+    } else {
+        app.store
+            .page_newest::<Event>(spaces.as_deref(), request.skip, request.take)
+            .await?
+    };
+    let items: Vec<serde_json::Value> = events.iter().map(links::event).collect();
+    ok(&muster_core::paging::envelope(
+        "Event",
+        &items,
+        total,
+        request,
+        path,
+        TEMPLATE,
+        &params.filters(),
+    ))
+}
+
 /// `GET /api/events`: the events of every space the user sees (`spaces` narrows them), and
 /// system events for administrators (`includeSystem=false` leaves them out).
 pub async fn list_all(
@@ -264,7 +301,7 @@ pub async fn list_all(
     Extension(access): Extension<Access>,
     params: Params,
 ) -> ApiResult {
-    let spaces: Option<Vec<String>> = params.list("spaces").map(|ids| {
+    let asked: Option<Vec<String>> = params.list("spaces").map(|ids| {
         ids.iter()
             .map(|id| {
                 muster_core::ids::canonical_id(IdKind::Space, id).unwrap_or_else(|| id.clone())
@@ -272,23 +309,23 @@ pub async fn list_all(
             .collect()
     });
     let include_system = params.bool("includesystem")?.unwrap_or(true);
-    let mut events: Vec<Event> = app.store.list_all().await?;
-    events.retain(|e| {
-        visible(&access, e)
-            && match e.space_id.as_deref() {
-                Some(space) => spaces.as_ref().is_none_or(|s| s.iter().any(|s| s == space)),
-                None => include_system && spaces.is_none(),
-            }
-    });
-    let events = filter(events, &params)?;
-    page(
-        "Event",
-        events.iter().map(links::event).collect(),
-        &params,
-        "/api/events",
-        TEMPLATE,
-        30,
-    )
+    let spaces = match asked {
+        Some(asked) => Some(asked.into_iter().filter(|s| access.sees_space(s)).collect()),
+        None if access.admin && include_system => None,
+        None => {
+            // Every space the reader sees; an administrator's without the system events.
+            let seen = app
+                .store
+                .list::<Space>("")
+                .await?
+                .into_iter()
+                .map(|s| s.id)
+                .filter(|s| access.sees_space(s))
+                .collect();
+            Some(seen)
+        }
+    };
+    respond(&app, &params, spaces, "/api/events").await
 }
 
 /// `GET /api/{space}/events`: the space's events.
@@ -297,15 +334,8 @@ pub async fn list_in_space(
     SpaceScope(space): SpaceScope,
     params: Params,
 ) -> ApiResult {
-    let events = filter(app.store.list(&space.id).await?, &params)?;
-    page(
-        "Event",
-        events.iter().map(links::event).collect(),
-        &params,
-        &format!("/api/{}/events", space.id),
-        TEMPLATE,
-        30,
-    )
+    let path = format!("/api/{}/events", space.id);
+    respond(&app, &params, Some(vec![space.id]), &path).await
 }
 
 pub async fn get_any(

@@ -2,6 +2,7 @@
 
 mod accounts;
 pub mod client;
+mod events;
 mod output;
 mod runbooks;
 mod sharing;
@@ -65,6 +66,8 @@ pub enum Command {
     /// Artifacts: the files tasks' scripts returned.
     #[command(subcommand)]
     Artifact(ArtifactCommand),
+    /// Who did what: the audit trail of changes, task runs and failed sign-ins, newest first.
+    Events(events::EventsArgs),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -343,6 +346,7 @@ pub async fn run(connection: Connection, command: Command) -> anyhow::Result<i32
         Command::Runbook(c) => runbooks::runbook(&client, json, c).await,
         Command::Account(c) => accounts::account(&client, json, c).await,
         Command::Artifact(c) => tasks::artifact(&client, json, c).await,
+        Command::Events(args) => events::events(&client, json, args).await,
     }
 }
 

@@ -17,10 +17,11 @@ pub enum IdKind {
     RunbookRun,
     Account,
     Artifact,
+    Event,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 14] = [
+    pub const ALL: [IdKind; 15] = [
         IdKind::Space,
         IdKind::WorkerPool,
         IdKind::Worker,
@@ -35,6 +36,7 @@ impl IdKind {
         IdKind::RunbookRun,
         IdKind::Account,
         IdKind::Artifact,
+        IdKind::Event,
     ];
 
     /// The prefix before the dash, spelled as Octopus spells it.
@@ -54,6 +56,7 @@ impl IdKind {
             IdKind::RunbookRun => "RunbookRuns",
             IdKind::Account => "Accounts",
             IdKind::Artifact => "Artifacts",
+            IdKind::Event => "Events",
         }
     }
 

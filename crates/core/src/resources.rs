@@ -795,6 +795,53 @@ impl Default for Artifact {
     }
 }
 
+/// Who did what (Octopus's `EventResource`): written by the server right after each change it
+/// audits. `SpaceId` is null for a system event (users, API keys, sign-ins). A message names what
+/// changed, never a value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Event {
+    pub id: String,
+    pub space_id: Option<String>,
+    /// Octopus's event category: `Created`, `Modified`, `Deleted`, `Canceled`, `LoginFailed`.
+    pub category: String,
+    /// The user who made the change; null for a failed sign-in.
+    pub user_id: Option<String>,
+    pub username: Option<String>,
+    pub is_service: bool,
+    /// How the user was identified: `API key`.
+    pub identity_established_with: Option<String>,
+    #[serde(with = "date_format")]
+    pub occurred: Timestamp,
+    pub message: String,
+    /// The message with HTML's special characters escaped.
+    pub message_html: String,
+    /// The documents the event is about: the changed resource, its space, related ones.
+    pub related_document_ids: Vec<String>,
+    pub comments: Option<String>,
+    pub details: Option<String>,
+}
+
+impl Default for Event {
+    fn default() -> Self {
+        Event {
+            id: String::new(),
+            space_id: None,
+            category: String::new(),
+            user_id: None,
+            username: None,
+            is_service: false,
+            identity_established_with: None,
+            occurred: crate::time::now(),
+            message: String::new(),
+            message_html: String::new(),
+            related_document_ids: Vec::new(),
+            comments: None,
+            details: None,
+        }
+    }
+}
+
 /// A server task, as stored. The resource adds the derived fields (see [`Task::to_resource`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {

@@ -96,6 +96,9 @@ pub async fn authenticate(State(app): State<App>, mut request: Request, next: Ne
         Err(error) => {
             if tried && error.status == axum::http::StatusCode::UNAUTHORIZED {
                 key_failed(&app, peer, &error.message);
+                if let Some(peer) = peer {
+                    crate::api::events::sign_in_failed(&app, peer.ip()).await;
+                }
             }
             return error.into_response();
         }

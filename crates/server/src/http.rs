@@ -21,6 +21,7 @@ pub const DEFAULT_SPACE: &str = "~default";
 pub const SCOPED_COLLECTIONS: &[&str] = &[
     "workerpools",
     "workers",
+    "machines",
     "machinepolicies",
     "runbooks",
     "runbookprocesses",

@@ -60,7 +60,7 @@ impl KeyFailures {
 }
 
 /// What failures count against: an IPv6 client commonly holds a whole /64, so it counts as one.
-fn bucket(address: IpAddr) -> IpAddr {
+pub fn bucket(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V4(_) => address,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -99,6 +99,10 @@ pub fn artifact(a: &muster_core::resources::Artifact) -> Value {
     )
 }
 
+pub fn event(e: &muster_core::resources::Event) -> Value {
+    with_links(e, json!({ "Self": format!("/api/events/{}", e.id) }))
+}
+
 pub fn user(u: &User) -> Value {
     with_links(
         u,

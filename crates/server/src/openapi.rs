@@ -63,6 +63,19 @@ const TASK_FILTERS: &[&str] = &[
     "spaces",
 ];
 
+const EVENT_FILTERS: &[&str] = &[
+    "skip",
+    "take",
+    "ids",
+    "regarding",
+    "users",
+    "from",
+    "to",
+    "eventCategories",
+    "spaces",
+    "includeSystem",
+];
+
 const OPS: &[Op] = &[
     op(
         "get",
@@ -899,6 +912,87 @@ const OPS: &[Op] = &[
     ),
     op(
         "get",
+        "/api/events",
+        "Events",
+        "Who did what, newest first, paged: the events of every space the key sees, and system events (users, API keys, failed sign-ins) for administrators. `regarding`, `users`, `eventCategories` and `spaces` take comma-joined ids (any of them); `from` and `to` are dates (inclusive); `includeSystem=false` leaves system events out.",
+        EVENT_FILTERS,
+        None,
+        "Collection",
+    ),
+    op(
+        "get",
+        "/api/events/categories",
+        "Events",
+        "The categories Muster records: Created, Modified, Deleted, Canceled, LoginFailed.",
+        &[],
+        None,
+        "EventCategoryArray",
+    ),
+    op(
+        "get",
+        "/api/events/{id}",
+        "Events",
+        "One event, if the key sees its space (a system event: administrators).",
+        &[],
+        None,
+        "Event",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/events",
+        "Events",
+        "The space's events, newest first, paged; filters as /api/events.",
+        EVENT_FILTERS,
+        None,
+        "Collection",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/events/{id}",
+        "Events",
+        "One event of the space.",
+        &[],
+        None,
+        "Event",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/machines",
+        "Machines",
+        "Deployment targets: Muster has none, so this is always an empty page (ItemType DeploymentTarget); Octopus clients that list machines work.",
+        PAGING,
+        None,
+        "Collection",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/machines/all",
+        "Machines",
+        "Every deployment target: always an empty array.",
+        &["ids"],
+        None,
+        "MachineArray",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/machines/discover",
+        "Machines",
+        "The same as /api/{spaceId}/workers/discover: an unsaved worker with the thumbprint or host key read.",
+        &["host", "port", "type"],
+        None,
+        "Worker",
+    ),
+    op(
+        "get",
+        "/api/{spaceId}/machines/{id}",
+        "Machines",
+        "A deployment target: always 404, with the contract's error body.",
+        &[],
+        None,
+        "Error",
+    ),
+    op(
+        "get",
         "/api/{spaceId}/tasks",
         "Tasks",
         "The space's tasks, newest first, paged.",
@@ -1478,6 +1572,16 @@ fn schemas() -> Value {
             "ProjectId": sn, "MultiTenancyMode": s, "EnvironmentScope": s, "Links": links
         })),
         "RunbookArray": array_of("Runbook"),
+        "Event": object(&["Id", "Category", "Message", "Occurred"], json!({
+            "Id": s, "SpaceId": {"type": "string", "nullable": true, "description": "Null for a system event (users, API keys, sign-ins)."},
+            "Category": {"type": "string", "enum": ["Created", "Modified", "Deleted", "Canceled", "LoginFailed"]},
+            "UserId": {"type": "string", "nullable": true, "description": "Who; null for a failed sign-in."}, "Username": sn,
+            "IsService": b, "IdentityEstablishedWith": sn, "Occurred": s,
+            "Message": {"type": "string", "description": "What changed, by name; never a variable's or a secret's value. A LoginFailed event counts the refused keys of one address within a minute."},
+            "MessageHtml": s, "RelatedDocumentIds": ids, "Comments": sn, "Details": sn, "Links": links
+        })),
+        "EventCategoryArray": {"type": "array", "items": object(&["Id", "Name"], json!({"Id": s, "Name": s}))},
+        "MachineArray": {"type": "array", "maxItems": 0, "items": {"type": "object"}, "description": "Always empty: Muster has no deployment targets."},
         "RunbookProcess": object(&["Steps"], json!({
             "Id": s, "RunbookId": s, "SpaceId": s, "Version": i, "Steps": {"type": "array", "items": schema_ref("Step")}, "Links": links
         })),

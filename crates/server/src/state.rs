@@ -46,6 +46,8 @@ pub struct AppInner {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Failed API keys by address, to slow down guessing.
     pub key_failures: crate::key_failures::KeyFailures,
+    /// The current minute's `LoginFailed` event of each address.
+    pub failed_sign_ins: crate::api::events::FailedSignIns,
 }
 
 pub type App = Arc<AppInner>;
@@ -87,6 +89,7 @@ impl AppInner {
             signals: Default::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
             key_failures: Default::default(),
+            failed_sign_ins: Default::default(),
         })
     }
 }

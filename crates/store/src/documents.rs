@@ -3,8 +3,8 @@
 use crate::sealing::Sealer;
 use crate::{Result, Store, StoreError, conflict_or};
 use muster_core::resources::{
-    Account, ApiKeyRecord, Artifact, MachinePolicy, ScopedUserRole, Space, Team, User, UserRole,
-    Worker, WorkerPool,
+    Account, ApiKeyRecord, Artifact, Event, MachinePolicy, ScopedUserRole, Space, Team, User,
+    UserRole, Worker, WorkerPool,
 };
 use muster_core::runbooks::{Runbook, RunbookRun, Variable};
 use serde::Serialize;
@@ -25,6 +25,7 @@ pub enum DocKind {
     RunbookRun,
     Account,
     Artifact,
+    Event,
 }
 
 impl DocKind {
@@ -43,6 +44,7 @@ impl DocKind {
             DocKind::RunbookRun => "runbookrun",
             DocKind::Account => "account",
             DocKind::Artifact => "artifact",
+            DocKind::Event => "event",
         }
     }
 
@@ -61,6 +63,7 @@ impl DocKind {
             DocKind::RunbookRun => "runbook run",
             DocKind::Account => "account",
             DocKind::Artifact => "artifact",
+            DocKind::Event => "event",
         }
     }
 }
@@ -317,6 +320,21 @@ impl Document for Artifact {
     }
 }
 
+/// An event (who did what) is kept in its space ('' for a system event: users, keys, sign-ins),
+/// so deleting a space removes its trail with it.
+impl Document for Event {
+    const KIND: DocKind = DocKind::Event;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        self.space_id.as_deref().unwrap_or("")
+    }
+    fn unique_name(&self) -> &str {
+        &self.id
+    }
+}
+
 /// How a document's body is written: with its sensitive values sealed.
 type Body = Box<dyn Fn(&Sealer) -> String + Send + Sync>;
 
@@ -428,6 +446,55 @@ impl Store {
         rows.iter()
             .map(|(body,)| decode(body, &self.sealer))
             .collect()
+    }
+
+    /// One page of a kind's documents in some spaces ('' for system-level ones; None: all),
+    /// newest (highest id number) first, and how many there are in all: a log that only grows
+    /// (events) is paged by the database, not read whole.
+    pub async fn page_newest<D: Document>(
+        &self,
+        spaces: Option<&[String]>,
+        skip: u64,
+        take: u64,
+    ) -> Result<(u64, Vec<D>)> {
+        if spaces.is_some_and(|s| s.is_empty()) {
+            return Ok((0, Vec::new()));
+        }
+        let filter = match spaces {
+            None => String::new(),
+            Some(spaces) => {
+                let marks: Vec<String> = (0..spaces.len()).map(|i| format!("?{}", i + 2)).collect();
+                format!(" AND space_id IN ({})", marks.join(", "))
+            }
+        };
+        let count_sql = format!("SELECT COUNT(*) FROM documents WHERE kind = ?1{filter}");
+        let mut count =
+            sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql)).bind(D::KIND.as_str());
+        for space in spaces.unwrap_or_default() {
+            count = count.bind(space);
+        }
+        let (total,) = count.fetch_one(&self.pool).await?;
+        let n = spaces.map_or(0, <[String]>::len);
+        let page_sql = format!(
+            "SELECT body FROM documents WHERE kind = ?1{filter} ORDER BY length(id) DESC, id DESC LIMIT ?{} OFFSET ?{}",
+            n + 2,
+            n + 3
+        );
+        let mut page =
+            sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(page_sql)).bind(D::KIND.as_str());
+        for space in spaces.unwrap_or_default() {
+            page = page.bind(space);
+        }
+        let rows = page
+            .bind(i64::try_from(take).unwrap_or(i64::MAX))
+            .bind(i64::try_from(skip).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let docs = rows
+            .iter()
+            .map(|(body,)| decode(body, &self.sealer))
+            .collect::<Result<Vec<D>>>()?;
+        Ok((u64::try_from(total).unwrap_or(0), docs))
     }
 
     /// The documents of a kind whose extra column equals `ext` (slug, thumbprint, key hash).

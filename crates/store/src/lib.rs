@@ -213,6 +213,61 @@ fn conflict_or(error: sqlx::Error, what: impl FnOnce() -> String) -> StoreError 
 mod tests {
     use super::*;
 
+    /// Events are paged by the database, newest first (Events-10 after Events-9), in the spaces
+    /// asked for.
+    #[tokio::test]
+    async fn a_page_of_the_newest_documents_in_some_spaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("muster.db"))
+            .await
+            .unwrap();
+        for n in 1..=12 {
+            let event = muster_core::resources::Event {
+                id: format!("Events-{n}"),
+                space_id: match n % 3 {
+                    0 => None,
+                    1 => Some("Spaces-1".into()),
+                    _ => Some("Spaces-2".into()),
+                },
+                ..Default::default()
+            };
+            store.put(&event).await.unwrap();
+        }
+        let ids = |page: Vec<muster_core::resources::Event>| {
+            page.into_iter().map(|e| e.id).collect::<Vec<_>>()
+        };
+        let (total, page) = store
+            .page_newest::<muster_core::resources::Event>(None, 1, 3)
+            .await
+            .unwrap();
+        assert_eq!(total, 12);
+        assert_eq!(ids(page), ["Events-11", "Events-10", "Events-9"]);
+        let spaces = ["Spaces-1".to_string(), String::new()];
+        let (total, page) = store
+            .page_newest::<muster_core::resources::Event>(Some(&spaces), 0, 100)
+            .await
+            .unwrap();
+        assert_eq!(total, 8);
+        assert_eq!(
+            ids(page),
+            [
+                "Events-12",
+                "Events-10",
+                "Events-9",
+                "Events-7",
+                "Events-6",
+                "Events-4",
+                "Events-3",
+                "Events-1"
+            ]
+        );
+        let (total, page) = store
+            .page_newest::<muster_core::resources::Event>(Some(&[]), 0, 100)
+            .await
+            .unwrap();
+        assert_eq!((total, page.len()), (0, 0));
+    }
+
     /// A data directory of schema v3 keeps its task logs through the move to chunks (v4): every
     /// line, in order, with its step and its agent sequence number.
     #[tokio::test]

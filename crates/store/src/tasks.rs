@@ -1,7 +1,7 @@
 //! Server tasks and their log lines.
 
 use crate::{Result, Store, StoreError};
-use muster_core::resources::{LogLine, Task};
+use muster_core::resources::{Event, LogLine, Task};
 use muster_core::time::{format_date, parse_date};
 use muster_core::{IdKind, LogCategory, TaskState, parse_id};
 use sqlx::Row as _;
@@ -80,15 +80,16 @@ fn read_task(row: &SqliteRow) -> Result<Task> {
 impl Store {
     /// Gives a new task its id and commits it, in one transaction (one disk sync on the way to
     /// the client's 201); it exists for clients once this returns.
-    pub async fn insert_new_task(&self, task: &mut Task) -> Result<()> {
+    ///
+    /// `event` is the event that records it (who queued it), written in the same commit with an id
+    /// of its own.
+    pub async fn insert_new_task(
+        &self,
+        task: &mut Task,
+        event: impl FnOnce(&Task) -> Event,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let (num,): (i64,) = sqlx::query_as(
-            "INSERT INTO id_counters (kind, next) VALUES (?1, 1) \
-             ON CONFLICT (kind) DO UPDATE SET next = next + 1 RETURNING next",
-        )
-        .bind(IdKind::ServerTask.prefix())
-        .fetch_one(&mut *tx)
-        .await?;
+        let num = next_number(&mut tx, IdKind::ServerTask).await?;
         task.id = IdKind::ServerTask.format(num);
         let sql = format!(
             "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
@@ -96,6 +97,9 @@ impl Store {
         bind_task(sqlx::query(sqlx::AssertSqlSafe(sql)), num, task)
             .execute(&mut *tx)
             .await?;
+        let mut event = event(task);
+        event.id = IdKind::Event.format(next_number(&mut tx, IdKind::Event).await?);
+        crate::Row::of(&event).write(&mut tx, &self.sealer).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -636,4 +640,16 @@ fn bind_task<'q>(
         .bind(task.queue_reason.clone())
         .bind(task.worker_name.clone())
         .bind(task.worker_id.clone())
+}
+
+/// The next number of a kind's id counter, within a transaction.
+async fn next_number(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, kind: IdKind) -> Result<i64> {
+    let (next,): (i64,) = sqlx::query_as(
+        "INSERT INTO id_counters (kind, next) VALUES (?1, 1) \
+         ON CONFLICT (kind) DO UPDATE SET next = next + 1 RETURNING next",
+    )
+    .bind(kind.prefix())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(next)
 }

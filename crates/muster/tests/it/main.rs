@@ -9,6 +9,7 @@ mod blog;
 mod cli;
 mod conventions;
 mod crash;
+mod events;
 mod logs;
 mod openapi;
 mod permissions;

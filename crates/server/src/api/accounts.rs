@@ -2,7 +2,7 @@
 //! `SshKeyPair` or `UsernamePassword`. Their secrets are sensitive values: written through
 //! `NewValue`, sealed at rest by the store, never read back (`HasValue` only).
 
-use super::{actor, check_space_id, empty_ok, filter_named, page, path_id};
+use super::{actor, check_space_id, empty_ok, events, filter_named, page, path_id};
 use crate::access::{Access, SpaceScope};
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -270,6 +270,16 @@ pub async fn create(
     account.last_modified_on = Some(muster_core::time::now());
     account.last_modified_by = actor(&user);
     app.store.put(&account).await?;
+    events::resource(
+        &app,
+        &user.0,
+        Some(&space.id),
+        events::CREATED,
+        "Account",
+        &account.name,
+        &account.id,
+    )
+    .await;
     created(&links::account(&account))
 }
 
@@ -291,6 +301,16 @@ pub async fn update(
     account.last_modified_on = Some(muster_core::time::now());
     account.last_modified_by = actor(&user);
     app.store.put(&account).await?;
+    events::resource(
+        &app,
+        &user.0,
+        Some(&space.id),
+        events::MODIFIED,
+        "Account",
+        &account.name,
+        &account.id,
+    )
+    .await;
     ok(&links::account(&account))
 }
 
@@ -306,6 +326,7 @@ async fn users_of(app: &App, account: &Account) -> Result<Vec<Worker>, ApiError>
 
 pub async fn delete(
     State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
     SpaceScope(space): SpaceScope,
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
@@ -323,6 +344,16 @@ pub async fn delete(
         )]));
     }
     app.store.delete::<Account>(&account.id).await?;
+    events::resource(
+        &app,
+        &user.0,
+        Some(&space.id),
+        events::DELETED,
+        "Account",
+        &account.name,
+        &account.id,
+    )
+    .await;
     empty_ok()
 }
 

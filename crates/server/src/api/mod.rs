@@ -3,6 +3,8 @@
 
 mod accounts;
 mod artifacts;
+pub mod events;
+mod machines;
 mod policies;
 mod pools;
 mod root;
@@ -108,6 +110,10 @@ fn routes() -> Routes {
         .add(GET, "/api/s/{space}/workers/{id}/shares", Space(Some("WorkerView")), workers::list_shares)
         .add(POST, "/api/s/{space}/workers/{id}/shares", Space(Some("WorkerEdit")), workers::share)
         .add(DELETE, "/api/s/{space}/workers/{id}/shares/{target}", Space(Some("WorkerEdit")), workers::unshare)
+        .add(GET, "/api/s/{space}/machines", Space(Some("WorkerView")), machines::list)
+        .add(GET, "/api/s/{space}/machines/all", Space(Some("WorkerView")), machines::all)
+        .add(GET, "/api/s/{space}/machines/discover", Space(Some("WorkerEdit")), workers::discover)
+        .add(GET, "/api/s/{space}/machines/{id}", Space(Some("WorkerView")), machines::get_one)
         .add(GET, "/api/s/{space}/machinepolicies", Space(Some("MachinePolicyView")), policies::list)
         .add(POST, "/api/s/{space}/machinepolicies", Space(Some("MachinePolicyEdit")), policies::create)
         .add(GET, "/api/s/{space}/machinepolicies/all", Space(Some("MachinePolicyView")), policies::all)
@@ -149,6 +155,11 @@ fn routes() -> Routes {
         .add(POST, "/api/s/{space}/tasks/{id}/cancel", Space(Some("TaskCancel")), tasks::cancel_in_space)
         .add(GET, "/api/s/{space}/tasks/{id}/stream", Space(Some("TaskView")), tasks::stream_in_space)
         .add(GET, "/api/s/{space}/tasks/{id}/queued-behind", Space(Some("TaskView")), tasks::queued_behind_in_space)
+        .add(GET, "/api/events", User, events::list_all)
+        .add(GET, "/api/events/categories", User, events::categories)
+        .add(GET, "/api/events/{id}", User, events::get_any)
+        .add(GET, "/api/s/{space}/events", Space(None), events::list_in_space)
+        .add(GET, "/api/s/{space}/events/{id}", Space(None), events::get_in_space)
         .add(GET, "/api/tasks", User, tasks::list_all)
         .add(POST, "/api/tasks", User, tasks::create_default)
         .add(GET, "/api/tasks/tasktypes", User, tasks::task_types)

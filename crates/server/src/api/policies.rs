@@ -1,6 +1,6 @@
 //! Machine policies (contract 2.5). The default policy of a space cannot be deleted.
 
-use super::{actor, check_space_id, empty_ok, filter_named, page, path_id};
+use super::{actor, check_space_id, empty_ok, events, filter_named, page, path_id};
 use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -127,6 +127,16 @@ pub async fn create(
     policy.last_modified_on = Some(muster_core::time::now());
     policy.last_modified_by = actor(&user);
     write(&app, &policy).await?;
+    events::resource(
+        &app,
+        &user.0,
+        Some(&space.id),
+        events::CREATED,
+        "Machine policy",
+        &policy.name,
+        &policy.id,
+    )
+    .await;
     created(&links::policy(&policy))
 }
 
@@ -150,11 +160,22 @@ pub async fn update(
     policy.last_modified_on = Some(muster_core::time::now());
     policy.last_modified_by = actor(&user);
     write(&app, &policy).await?;
+    events::resource(
+        &app,
+        &user.0,
+        Some(&space.id),
+        events::MODIFIED,
+        "Machine policy",
+        &policy.name,
+        &policy.id,
+    )
+    .await;
     ok(&links::policy(&policy))
 }
 
 pub async fn delete(
     State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
     SpaceScope(space): SpaceScope,
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
@@ -180,6 +201,16 @@ pub async fn delete(
         )]));
     }
     app.store.delete::<MachinePolicy>(&policy.id).await?;
+    events::resource(
+        &app,
+        &user.0,
+        Some(&space.id),
+        events::DELETED,
+        "Machine policy",
+        &policy.name,
+        &policy.id,
+    )
+    .await;
     empty_ok()
 }
 

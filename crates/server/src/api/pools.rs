@@ -1,6 +1,6 @@
 //! Worker pools (contract 2.3). A space has exactly one default pool, which cannot be deleted.
 
-use super::{actor, check_space_id, empty_ok, filter_named, page, path_id};
+use super::{actor, check_space_id, empty_ok, events, filter_named, page, path_id};
 use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -164,6 +164,16 @@ pub async fn create(
     pool.last_modified_on = Some(muster_core::time::now());
     pool.last_modified_by = actor(&user);
     write(&app, &pool).await?;
+    events::resource(
+        &app,
+        &user.0,
+        Some(&space.id),
+        events::CREATED,
+        "Worker pool",
+        &pool.name,
+        &pool.id,
+    )
+    .await;
     created(&links::pool(&pool))
 }
 
@@ -192,11 +202,22 @@ pub async fn update(
     pool.last_modified_on = Some(muster_core::time::now());
     pool.last_modified_by = actor(&user);
     write(&app, &pool).await?;
+    events::resource(
+        &app,
+        &user.0,
+        Some(&space.id),
+        events::MODIFIED,
+        "Worker pool",
+        &pool.name,
+        &pool.id,
+    )
+    .await;
     ok(&links::pool(&pool))
 }
 
 pub async fn delete(
     State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
     SpaceScope(space): SpaceScope,
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
@@ -222,6 +243,16 @@ pub async fn delete(
         )]));
     }
     app.store.delete::<WorkerPool>(&pool.id).await?;
+    events::resource(
+        &app,
+        &user.0,
+        Some(&space.id),
+        events::DELETED,
+        "Worker pool",
+        &pool.name,
+        &pool.id,
+    )
+    .await;
     empty_ok()
 }
 

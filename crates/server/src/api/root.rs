@@ -68,6 +68,20 @@ fn scoped_links(space_id: &str) -> Map<String, Value> {
         format!("/api/{s}/artifacts{{/id}}{{?skip,take,regarding,ids,partialName}}"),
     );
     add(
+        "Machines",
+        format!(
+            "/api/{s}/machines{{/id}}{{?skip,take,name,ids,partialName,roles,isDisabled,healthStatuses,commStyles,thumbprint,shellNames}}"
+        ),
+    );
+    add(
+        "DiscoverMachine",
+        format!("/api/{s}/machines/discover{{?host,port,type,proxyId}}"),
+    );
+    add(
+        "Events",
+        format!("/api/{s}/events{{/id}}{{?skip,take,ids,regarding,users,from,to,eventCategories}}"),
+    );
+    add(
         "Tasks",
         format!(
             "/api/{s}/tasks{{/id}}{{?skip,active,name,node,running,states,hasWarningsOrErrors,take,ids,partialName}}"
@@ -96,12 +110,17 @@ pub async fn root(State(app): State<App>) -> ApiResult {
     );
     links.insert("TaskTypes".into(), json!("/api/tasks/taskTypes"));
     links.insert(
+        "Events".into(),
+        json!("/api/events{/id}{?skip,take,ids,regarding,users,from,to,eventCategories,spaces,includeSystem}"),
+    );
+    links.insert("EventCategories".into(), json!("/api/events/categories"));
+    links.insert(
         "CertificateConfiguration".into(),
         json!("/api/configuration/certificates{/id}{?skip,take,ids,partialName}"),
     );
     links.insert("OpenApi".into(), json!("/api/openapi.json"));
     for (name, value) in scoped_links(&default_space.id) {
-        if name != "Tasks" {
+        if name != "Tasks" && name != "Events" {
             links.insert(name, value);
         }
     }

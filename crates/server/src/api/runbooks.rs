@@ -3,7 +3,7 @@
 //! process and the variable set are views of it. A run freezes the runbook as it was and queues a
 //! `RunbookRun` task.
 
-use super::{actor, check_space_id, empty_ok, filter_named, page, path_id};
+use super::{actor, check_space_id, empty_ok, events, filter_named, page, path_id};
 use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -392,6 +392,97 @@ async fn save(app: &App, user: &CurrentUser, runbook: &mut Runbook) -> Result<()
     Ok(())
 }
 
+/// The event of a runbook created or changed: what changed, and of its variables only their names.
+async fn record_change(
+    app: &App,
+    user: &CurrentUser,
+    existing: Option<&Runbook>,
+    runbook: &Runbook,
+) {
+    let (category, mut message) = match existing {
+        None => (
+            events::CREATED,
+            format!("Runbook '{}' created", runbook.name),
+        ),
+        Some(old) => {
+            let mut parts = Vec::new();
+            if old.name != runbook.name {
+                parts.push(format!("renamed from '{}'", old.name));
+            }
+            if old.steps != runbook.steps {
+                parts.push("its process changed".to_string());
+            }
+            let others = Runbook {
+                name: old.name.clone(),
+                steps: old.steps.clone(),
+                variables: old.variables.clone(),
+                last_modified_on: old.last_modified_on,
+                last_modified_by: old.last_modified_by.clone(),
+                ..runbook.clone()
+            };
+            if others != *old {
+                parts.push("its settings changed".to_string());
+            }
+            if let Some(variables) = variable_changes(&old.variables, &runbook.variables) {
+                parts.push(format!("variables {variables}"));
+            }
+            let text = if parts.is_empty() {
+                format!("Runbook '{}' saved unchanged", runbook.name)
+            } else {
+                format!("Runbook '{}': {}", runbook.name, parts.join("; "))
+            };
+            (events::MODIFIED, text)
+        }
+    };
+    if existing.is_none()
+        && let Some(variables) = variable_changes(&[], &runbook.variables)
+    {
+        message.push_str(&format!(" with variables {variables}"));
+    }
+    events::record(
+        app,
+        Some(&user.0),
+        Some(&runbook.space_id),
+        category,
+        message,
+        vec![runbook.id.clone()],
+    )
+    .await;
+}
+
+/// Which variables were added, changed or removed, by name only (never a value); None when none.
+fn variable_changes(old: &[Variable], new: &[Variable]) -> Option<String> {
+    let of = |list: &[Variable], name: &str| -> Vec<Variable> {
+        list.iter()
+            .filter(|v| v.name.eq_ignore_ascii_case(name))
+            .map(|v| Variable {
+                id: String::new(),
+                ..v.clone()
+            })
+            .collect()
+    };
+    let mut names: Vec<&str> = old.iter().chain(new).map(|v| v.name.as_str()).collect();
+    names.sort_by_key(|n| n.to_lowercase());
+    names.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+    for name in names {
+        let (before, after) = (of(old, name), of(new, name));
+        if before.is_empty() {
+            added.push(name);
+        } else if after.is_empty() {
+            removed.push(name);
+        } else if before != after {
+            changed.push(name);
+        }
+    }
+    let parts: Vec<String> = [("added", added), ("changed", changed), ("removed", removed)]
+        .into_iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(what, names)| format!("{what} {}", names.join(", ")))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 pub async fn create(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
@@ -404,6 +495,7 @@ pub async fn create(
     runbook.id = app.store.next_id(IdKind::Runbook).await?;
     runbook.runbook_process_id = format!("{PROCESS_PREFIX}{}", runbook.id);
     save(&app, &user, &mut runbook).await?;
+    record_change(&app, &user, None, &runbook).await;
     created(&links::runbook(&runbook))
 }
 
@@ -420,11 +512,13 @@ pub async fn update(
     let mut runbook = read_runbook(&app, &space, &existing, body).await?;
     runbook.runbook_process_id = existing.runbook_process_id.clone();
     save(&app, &user, &mut runbook).await?;
+    record_change(&app, &user, Some(&existing), &runbook).await;
     ok(&links::runbook(&runbook))
 }
 
 pub async fn delete(
     State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
     SpaceScope(space): SpaceScope,
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
@@ -443,6 +537,15 @@ pub async fn delete(
         )));
     }
     app.store.delete::<Runbook>(&runbook.id).await?;
+    events::record(
+        &app,
+        Some(&user.0),
+        Some(&space.id),
+        events::DELETED,
+        format!("Runbook '{}' deleted", runbook.name),
+        vec![runbook.id.clone()],
+    )
+    .await;
     empty_ok()
 }
 
@@ -472,6 +575,7 @@ pub async fn update_process(
     };
     let mut runbook = read_runbook(&app, &space, &existing, &json!({"Steps": steps})).await?;
     save(&app, &user, &mut runbook).await?;
+    record_change(&app, &user, Some(&existing), &runbook).await;
     ok(&links::runbook_process(&runbook))
 }
 
@@ -502,6 +606,7 @@ pub async fn update_variables(
     let mut runbook =
         read_runbook(&app, &space, &existing, &json!({"Variables": variables})).await?;
     save(&app, &user, &mut runbook).await?;
+    record_change(&app, &user, Some(&existing), &runbook).await;
     ok(&links::variable_set(&runbook))
 }
 
@@ -674,6 +779,7 @@ fn prompted_names(runbook: &Runbook) -> String {
 /// run, whose `TaskId` is the task to follow.
 pub async fn create_run(
     State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
     SpaceScope(space): SpaceScope,
     body: JsonBody,
 ) -> ApiResult {
@@ -726,8 +832,9 @@ pub async fn create_run(
             runbook.name
         )));
     }
-    let (run, _task) = runbook::queue_run(&app, &runbook, form_values, comments, None)
+    let (run, task) = runbook::queue_run(&app, &runbook, form_values, comments, None)
         .await
         .map_err(ApiError::internal)?;
+    super::tasks::task_created(&app, &user, &task).await;
     created(&links::runbook_run(&run))
 }

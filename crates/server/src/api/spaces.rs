@@ -1,7 +1,7 @@
 //! Spaces (contract 2.1). Every new space gets its own default worker pool and machine policy, and
 //! exactly one space is the default.
 
-use super::{actor, empty_ok, filter_named, page, path_id};
+use super::{actor, empty_ok, events, filter_named, page, path_id};
 use crate::access::Access;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -153,6 +153,16 @@ pub async fn create(
         space.is_default = true;
         write_with_default(&app, &space).await?;
     }
+    events::resource(
+        &app,
+        &user.0,
+        None,
+        events::CREATED,
+        "Space",
+        &space.name,
+        &space.id,
+    )
+    .await;
     created(&links::space(&space))
 }
 
@@ -176,10 +186,24 @@ pub async fn update(
     write_with_default(&app, &space).await?;
     // A restarted task queue may let tasks start.
     app.signals.dispatch.notify_one();
+    events::resource(
+        &app,
+        &user.0,
+        Some(&space.id),
+        events::MODIFIED,
+        "Space",
+        &space.name,
+        &space.id,
+    )
+    .await;
     ok(&links::space(&space))
 }
 
-pub async fn delete(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+pub async fn delete(
+    State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let space = find(&app, &id).await?;
     if space.is_default {
         return Err(ApiError::bad_request(
@@ -206,5 +230,16 @@ pub async fn delete(State(app): State<App>, Path(id): Path<String>) -> ApiResult
     app.store.delete_space(&space.id).await?;
     // Its artifacts' records went with its documents; their files go now.
     app.artifacts.remove_space(&space.id).await;
+    // A system event: the space's own events went with it.
+    events::resource(
+        &app,
+        &user.0,
+        None,
+        events::DELETED,
+        "Space",
+        &space.name,
+        &space.id,
+    )
+    .await;
     empty_ok()
 }

@@ -1,7 +1,7 @@
 //! Server tasks (contract 2.6): the queue as clients see it, logs in three forms (raw text, activity
 //! details, and a live stream), and cancel. Unprefixed `/api/tasks` spans every space.
 
-use super::{check_space_id, path_id, resolve_space};
+use super::{check_space_id, events, path_id, resolve_space};
 use crate::access::Access;
 use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
@@ -189,7 +189,7 @@ async fn find_any(
 }
 
 /// Reads, checks and normalizes a new task; it is committed before the 201.
-async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
+async fn create(app: &App, user: &CurrentUser, space: &Space, body: &Value) -> ApiResult {
     check_space_id(body, space)?;
     let mut errors = Vec::new();
     let task_type = match body.get("Name") {
@@ -273,7 +273,10 @@ async fn create(app: &App, space: &Space, body: &Value) -> ApiResult {
         worker_name: None,
         worker_id: None,
     };
-    app.store.insert_new_task(&mut task).await?;
+    // The task and the event that records it are one commit.
+    app.store
+        .insert_new_task(&mut task, |task| queued_event(user, task))
+        .await?;
     app.signals.dispatch.notify_one();
     created(&links::task(&task))
 }
@@ -386,15 +389,16 @@ async fn check_health_arguments(
 
 pub async fn create_in_space(
     State(app): State<App>,
-    Extension(_user): Extension<CurrentUser>,
+    Extension(user): Extension<CurrentUser>,
     SpaceScope(space): SpaceScope,
     body: JsonBody,
 ) -> ApiResult {
-    create(&app, &space, body.object()?).await
+    create(&app, &user, &space, body.object()?).await
 }
 
 pub async fn create_default(
     State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
     Extension(access): Extension<Access>,
     body: JsonBody,
 ) -> ApiResult {
@@ -424,7 +428,7 @@ pub async fn create_default(
         });
     }
     access.require(&space, "TaskCreate")?;
-    create(&app, &space, body).await
+    create(&app, &user, &space, body).await
 }
 
 pub async fn get_in_space(
@@ -687,34 +691,49 @@ pub async fn raw_any(
     raw(&app, task).await
 }
 
-async fn cancel(app: &App, task: Task) -> ApiResult {
+async fn cancel(app: &App, user: &CurrentUser, task: Task) -> ApiResult {
+    let before = task.state;
     let task = dispatch::cancel(app, &task.id)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(&task.id))?;
+    if !before.is_completed() && task.state != before {
+        events::record(
+            app,
+            Some(&user.0),
+            Some(&task.space_id),
+            events::CANCELED,
+            format!("Task {} canceled: {}", task.id, task.description),
+            vec![task.id.clone()],
+        )
+        .await;
+    }
     ok(&links::task(&task))
 }
 
 pub async fn cancel_in_space(
     State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
     SpaceScope(space): SpaceScope,
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
     let task = find_in_space(&app, &space, &id).await?;
-    cancel(&app, task).await
+    cancel(&app, &user, task).await
 }
 
 pub async fn cancel_any(
     State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> ApiResult {
     let task = find_any(&app, &access, &id, "TaskCancel").await?;
-    cancel(&app, task).await
+    cancel(&app, &user, task).await
 }
 
 pub async fn rerun(
     State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
     Extension(access): Extension<Access>,
     Path(id): Path<String>,
 ) -> ApiResult {
@@ -754,12 +773,38 @@ pub async fn rerun(
             crate::runbook::queue_run(&app, &runbook, form_values, run.comments.clone(), None)
                 .await
                 .map_err(ApiError::internal)?;
+        task_created(&app, &user, &task).await;
         return created(&links::task(&task));
     }
     let space = resolve_space(&app, &task.space_id.to_ascii_lowercase()).await?;
     let body =
         json!({"Name": task.name, "Description": task.description, "Arguments": task.arguments});
-    create(&app, &space, &body).await
+    create(&app, &user, &space, &body).await
+}
+
+/// The event of a task queued by a user.
+fn queued_event(user: &CurrentUser, task: &Task) -> muster_core::resources::Event {
+    events::new(
+        Some(&user.0),
+        Some(&task.space_id),
+        events::CREATED,
+        format!("Task {} queued: {}", task.id, task.description),
+        vec![task.id.clone()],
+    )
+}
+
+/// Records the event of a task queued by a user, after its commit (a runbook run's task).
+pub async fn task_created(app: &App, user: &CurrentUser, task: &Task) {
+    let event = queued_event(user, task);
+    events::record(
+        app,
+        Some(&user.0),
+        event.space_id.as_deref(),
+        &event.category,
+        event.message,
+        vec![task.id.clone()],
+    )
+    .await;
 }
 
 pub async fn task_types() -> ApiResult {

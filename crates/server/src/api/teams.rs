@@ -2,7 +2,7 @@
 //! permissions of the roles scoped to the team, each in one space, or system-wide for system roles.
 //! Only administrators reach these routes (see `access::check_route`).
 
-use super::{empty_ok, filter_named, page, path_id};
+use super::{empty_ok, events, filter_named, page, path_id};
 use crate::access::Access;
 use crate::access::SpaceScope;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -165,6 +165,12 @@ pub async fn create_team(
     team.last_modified_on = Some(now());
     team.last_modified_by = Some(access.user.username.clone());
     app.store.put(&team).await?;
+    let message = format!(
+        "Team '{}' created{}",
+        team.name,
+        members_change(&app, &[], &team.member_user_ids).await
+    );
+    record_team(&app, &access, &team, events::CREATED, message).await;
     created(&team_resource(&team))
 }
 
@@ -213,11 +219,23 @@ pub async fn update_team(
     team.last_modified_on = Some(now());
     team.last_modified_by = Some(access.user.username.clone());
     app.store.put(&team).await?;
+    if team != existing {
+        let message = format!(
+            "Team '{}' changed{}",
+            team.name,
+            members_change(&app, &existing.member_user_ids, &team.member_user_ids).await
+        );
+        record_team(&app, &access, &team, events::MODIFIED, message).await;
+    }
     ok(&team_resource(&team))
 }
 
 /// Deletes a team and the roles scoped to it.
-pub async fn delete_team(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+pub async fn delete_team(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let team = find_team(&app, &id).await?;
     if !team.can_be_deleted {
         return Err(ApiError::bad_request(format!(
@@ -229,7 +247,92 @@ pub async fn delete_team(State(app): State<App>, Path(id): Path<String>) -> ApiR
         app.store.delete::<ScopedUserRole>(&scoped.id).await?;
     }
     app.store.delete::<Team>(&team.id).await?;
+    let message = format!("Team '{}' deleted, with its roles", team.name);
+    record_team(&app, &access, &team, events::DELETED, message).await;
     empty_ok()
+}
+
+/// A team's event: in its space, or a system event for a team of the whole server.
+async fn record_team(app: &App, access: &Access, team: &Team, category: &str, message: String) {
+    events::record(
+        app,
+        Some(&access.user),
+        team.space_id.as_deref().filter(|s| !s.is_empty()),
+        category,
+        message,
+        vec![team.id.clone()],
+    )
+    .await;
+}
+
+/// "; members added alice; removed bob", by username; empty when the members did not change.
+async fn members_change(app: &App, before: &[String], after: &[String]) -> String {
+    let name = async |id: &String| match app.store.get::<User>(id).await {
+        Ok(Some(user)) => format!("'{}'", user.username),
+        _ => id.clone(),
+    };
+    let mut parts = Vec::new();
+    for (what, ids) in [
+        (
+            "added",
+            after
+                .iter()
+                .filter(|m| !before.contains(m))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "removed",
+            before.iter().filter(|m| !after.contains(m)).collect(),
+        ),
+    ] {
+        if !ids.is_empty() {
+            let mut names = Vec::new();
+            for id in ids {
+                names.push(name(id).await);
+            }
+            parts.push(format!("members {what} {}", names.join(", ")));
+        }
+    }
+    parts.iter().map(|p| format!("; {p}")).collect()
+}
+
+/// A role granted, changed or revoked: in the grant's space, or a system event.
+async fn record_grant(
+    app: &App,
+    access: &Access,
+    scoped: &ScopedUserRole,
+    category: &str,
+    verb: &str,
+) {
+    let role = match app.store.get::<UserRole>(&scoped.user_role_id).await {
+        Ok(Some(role)) => role.name,
+        _ => scoped.user_role_id.clone(),
+    };
+    let team = match app.store.get::<Team>(&scoped.team_id).await {
+        Ok(Some(team)) => team.name,
+        _ => scoped.team_id.clone(),
+    };
+    let space_id = scoped.space_id.as_deref().filter(|s| !s.is_empty());
+    let whereabouts = match space_id {
+        Some(space) => match app.store.get::<Space>(space).await {
+            Ok(Some(space)) => format!("in space '{}'", space.name),
+            _ => format!("in space {space}"),
+        },
+        None => "on the whole server".to_string(),
+    };
+    events::record(
+        app,
+        Some(&access.user),
+        space_id,
+        category,
+        format!("Role '{role}' {verb} team '{team}' {whereabouts}"),
+        vec![
+            scoped.id.clone(),
+            scoped.team_id.clone(),
+            scoped.user_role_id.clone(),
+        ],
+    )
+    .await;
 }
 
 pub async fn team_scoped_roles(
@@ -331,6 +434,16 @@ pub async fn create_role(
     role.last_modified_on = Some(now());
     role.last_modified_by = Some(access.user.username.clone());
     app.store.put(&role).await?;
+    events::resource(
+        &app,
+        &access.user,
+        None,
+        events::CREATED,
+        "User role",
+        &role.name,
+        &role.id,
+    )
+    .await;
     created(&role_resource(&role))
 }
 
@@ -372,10 +485,24 @@ pub async fn update_role(
     role.last_modified_on = Some(now());
     role.last_modified_by = Some(access.user.username.clone());
     app.store.put(&role).await?;
+    events::resource(
+        &app,
+        &access.user,
+        None,
+        events::MODIFIED,
+        "User role",
+        &role.name,
+        &role.id,
+    )
+    .await;
     ok(&role_resource(&role))
 }
 
-pub async fn delete_role(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+pub async fn delete_role(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let role = find_role(&app, &id).await?;
     if !role.can_be_deleted {
         return Err(ApiError::bad_request(format!(
@@ -396,6 +523,16 @@ pub async fn delete_role(State(app): State<App>, Path(id): Path<String>) -> ApiR
         )));
     }
     app.store.delete::<UserRole>(&role.id).await?;
+    events::resource(
+        &app,
+        &access.user,
+        None,
+        events::DELETED,
+        "User role",
+        &role.name,
+        &role.id,
+    )
+    .await;
     empty_ok()
 }
 
@@ -534,6 +671,7 @@ async fn create_scoped_from(app: &App, access: &Access, body: &Value) -> ApiResu
     scoped.last_modified_on = Some(now());
     scoped.last_modified_by = Some(access.user.username.clone());
     app.store.put(&scoped).await?;
+    record_grant(app, access, &scoped, events::CREATED, "granted to").await;
     created(&scoped_resource(&scoped))
 }
 
@@ -572,10 +710,18 @@ pub async fn update_scoped(
     scoped.last_modified_on = Some(now());
     scoped.last_modified_by = Some(access.user.username.clone());
     app.store.put(&scoped).await?;
+    if scoped.user_role_id != existing.user_role_id || scoped.space_id != existing.space_id {
+        record_grant(&app, &access, &existing, events::DELETED, "revoked from").await;
+        record_grant(&app, &access, &scoped, events::CREATED, "granted to").await;
+    }
     ok(&scoped_resource(&scoped))
 }
 
-pub async fn delete_scoped(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
+pub async fn delete_scoped(
+    State(app): State<App>,
+    Extension(access): Extension<Access>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let scoped = find_scoped(&app, &id).await?;
     let team = app.store.get::<Team>(&scoped.team_id).await?;
     if team.as_ref().is_some_and(|t| !t.can_change_roles) {
@@ -585,5 +731,6 @@ pub async fn delete_scoped(State(app): State<App>, Path(id): Path<String>) -> Ap
         )));
     }
     app.store.delete::<ScopedUserRole>(&scoped.id).await?;
+    record_grant(&app, &access, &scoped, events::DELETED, "revoked from").await;
     empty_ok()
 }

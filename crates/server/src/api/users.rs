@@ -1,6 +1,6 @@
 //! The current user, users, and API keys (contract 2.2).
 
-use super::{empty_ok, filter_named, page, path_id};
+use super::{empty_ok, events, filter_named, page, path_id};
 use crate::access::Access;
 use crate::auth;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -168,6 +168,20 @@ pub async fn create_key(
         record.expires = expires;
         app.store.put(&record).await?;
     }
+    events::record(
+        &app,
+        Some(&access.user),
+        None,
+        events::CREATED,
+        format!(
+            "API key {} ({}) created for user '{}'",
+            record.id,
+            key_purpose(&record),
+            user.username
+        ),
+        vec![record.id.clone(), user.id.clone()],
+    )
+    .await;
     created(&links::api_key(&record, Some(&key)))
 }
 
@@ -183,9 +197,9 @@ pub async fn revoke_key(
         .get::<ApiKeyRecord>(&key_id)
         .await?
         .filter(|k| k.user_id == user.id);
-    if record.is_none() {
+    let Some(record) = record else {
         return Err(ApiError::not_found(&key_id));
-    }
+    };
     let remaining = app
         .store
         .list::<ApiKeyRecord>("")
@@ -202,7 +216,30 @@ pub async fn revoke_key(
         ));
     }
     app.store.delete::<ApiKeyRecord>(&key_id).await?;
+    events::record(
+        &app,
+        Some(&access.user),
+        None,
+        events::DELETED,
+        format!(
+            "API key {} ({}) of user '{}' revoked",
+            record.id,
+            key_purpose(&record),
+            user.username
+        ),
+        vec![record.id.clone(), user.id.clone()],
+    )
+    .await;
     empty_ok()
+}
+
+/// A key's purpose as an event names it.
+fn key_purpose(record: &ApiKeyRecord) -> String {
+    if record.purpose.is_empty() {
+        "no purpose given".to_string()
+    } else {
+        format!("'{}'", record.purpose)
+    }
 }
 
 /// Checks a user's fields; the username is required and unique (the store says so).
@@ -254,6 +291,15 @@ pub async fn create(
     user.last_modified_on = Some(muster_core::time::now());
     user.last_modified_by = Some(access.user.username.clone());
     app.store.put(&user).await?;
+    events::record(
+        &app,
+        Some(&access.user),
+        None,
+        events::CREATED,
+        format!("User '{}' created", user.username),
+        vec![user.id.clone()],
+    )
+    .await;
     created(&links::user(&user))
 }
 
@@ -281,6 +327,27 @@ pub async fn update(
     user.last_modified_on = Some(muster_core::time::now());
     user.last_modified_by = Some(access.user.username.clone());
     app.store.put(&user).await?;
+    if user != existing {
+        let change = match (existing.is_active, user.is_active) {
+            (true, false) => " deactivated",
+            (false, true) => " reactivated",
+            _ => " changed",
+        };
+        let renamed = if user.username == existing.username {
+            String::new()
+        } else {
+            format!(" (was '{}')", existing.username)
+        };
+        events::record(
+            &app,
+            Some(&access.user),
+            None,
+            events::MODIFIED,
+            format!("User '{}'{renamed}{change}", user.username),
+            vec![user.id.clone()],
+        )
+        .await;
+    }
     ok(&links::user(&user))
 }
 
@@ -317,6 +384,15 @@ pub async fn delete(
         app.store.delete::<ApiKeyRecord>(&key.id).await?;
     }
     app.store.delete::<User>(&user.id).await?;
+    events::record(
+        &app,
+        Some(&access.user),
+        None,
+        events::DELETED,
+        format!("User '{}' deleted", user.username),
+        vec![user.id.clone()],
+    )
+    .await;
     empty_ok()
 }
 

@@ -1,7 +1,7 @@
 //! Workers (contract 2.4). Names are unique per space; pools must be static pools of the same space;
 //! a null policy means the space's default policy.
 
-use super::{actor, check_space_id, empty_ok, filter_named, page, path_id, resolve_space};
+use super::{actor, check_space_id, empty_ok, events, filter_named, page, path_id, resolve_space};
 use crate::access::Access;
 use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
@@ -465,6 +465,15 @@ pub async fn create(
     app.store.put(&worker).await?;
     app.signals.dispatch.notify_one();
     app.signals.health.notify_one();
+    events::record(
+        &app,
+        Some(&user.0),
+        Some(&space.id),
+        events::CREATED,
+        format!("Worker '{}' registered", worker.name),
+        vec![worker.id.clone()],
+    )
+    .await;
     created(&resource(&app, worker).await?)
 }
 
@@ -522,11 +531,26 @@ pub async fn update(
     }
     app.signals.dispatch.notify_one();
     app.signals.health.notify_one();
+    let renamed = if worker.name == existing.name {
+        String::new()
+    } else {
+        format!(" (was '{}')", existing.name)
+    };
+    events::record(
+        &app,
+        Some(&user.0),
+        Some(&space.id),
+        events::MODIFIED,
+        format!("Worker '{}'{renamed} changed", worker.name),
+        vec![worker.id.clone()],
+    )
+    .await;
     ok(&resource(&app, worker).await?)
 }
 
 pub async fn delete(
     State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
     SpaceScope(space): SpaceScope,
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
@@ -539,6 +563,15 @@ pub async fn delete(
     }
     app.store.delete::<Worker>(&worker.id).await?;
     app.signals.dispatch.notify_one();
+    events::record(
+        &app,
+        Some(&user.0),
+        Some(&space.id),
+        events::DELETED,
+        format!("Worker '{}' deleted", worker.name),
+        vec![worker.id.clone()],
+    )
+    .await;
     empty_ok()
 }
 
@@ -709,6 +742,18 @@ pub async fn share(
     worker.last_modified_by = actor(&user);
     app.store.put(&worker).await?;
     app.signals.dispatch.notify_one();
+    let what = if is_new {
+        "shared into"
+    } else {
+        "changed its share in"
+    };
+    let message = format!("Worker '{}' {what} space '{}'", home.name, target.name);
+    let category = if is_new {
+        events::CREATED
+    } else {
+        events::MODIFIED
+    };
+    record_share(&app, &user, &home, &worker, category, message).await;
     let body = resource(&app, worker).await?;
     if is_new { created(&body) } else { ok(&body) }
 }
@@ -717,6 +762,7 @@ pub async fn share(
 /// running tasks finish; no new ones are routed to it.
 pub async fn unshare(
     State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
     SpaceScope(space): SpaceScope,
     Path((_, id, target)): Path<(String, String, String)>,
 ) -> ApiResult {
@@ -729,7 +775,39 @@ pub async fn unshare(
         .ok_or_else(|| ApiError::not_found(&target))?;
     app.store.delete::<Worker>(&share.id).await?;
     app.signals.dispatch.notify_one();
+    let target_name = app
+        .store
+        .get::<Space>(&share.space_id)
+        .await?
+        .map_or_else(|| share.space_id.clone(), |s| s.name);
+    let message = format!(
+        "Worker '{}' no longer shared into space '{target_name}'",
+        home.name
+    );
+    record_share(&app, &user, &home, &share, events::DELETED, message).await;
     empty_ok()
+}
+
+/// A share's event, in the home space and in the space it shares into: both spaces' members see it.
+async fn record_share(
+    app: &App,
+    user: &CurrentUser,
+    home: &Worker,
+    share: &Worker,
+    category: &str,
+    message: String,
+) {
+    for space in [&home.space_id, &share.space_id] {
+        events::record(
+            app,
+            Some(&user.0),
+            Some(space),
+            category,
+            message.clone(),
+            vec![home.id.clone(), share.id.clone(), share.space_id.clone()],
+        )
+        .await;
+    }
 }
 
 /// How long SSH discovery waits for a host's key: a closed port answers at once, a silent host or a

@@ -227,9 +227,10 @@ fn dispatch(server: &Server, dir: &Path, target: &Value, runs: usize) -> anyhow:
     use std::os::unix::fs::PermissionsExt as _;
     // An SSH worker's scripts run as another user: it must reach and write the stamps.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
-    let stamps = dir.join("stamps");
-    std::fs::create_dir_all(&stamps)?;
-    std::fs::set_permissions(&stamps, std::fs::Permissions::from_mode(0o777))?;
+    // Each kind its own stamps, so a stamp left by the kind before is never read as this one's.
+    let stamps = tempfile::tempdir_in(dir)?;
+    let stamps = stamps.path();
+    std::fs::set_permissions(stamps, std::fs::Permissions::from_mode(0o777))?;
     let mut samples = Vec::with_capacity(runs);
     for run in 0..runs {
         let file = stamps.join(format!("stamp-{run}"));
@@ -248,7 +249,10 @@ fn dispatch(server: &Server, dir: &Path, target: &Value, runs: usize) -> anyhow:
         }
         let task: Value = reply.json()?;
         let id = task["Id"].as_str().unwrap_or_default().to_string();
-        server.wait_done(&id)?;
+        let state = server.wait_done(&id)?;
+        if state != "Success" {
+            bail!("task {id} ended {state}");
+        }
         let stamp: f64 = std::fs::read_to_string(&file)
             .with_context(|| format!("task {id} wrote no timestamp"))?
             .trim()

@@ -62,6 +62,17 @@ fn an_ssh_worker_returns_artifacts_refuses_paths_outside_and_streams_50_megabyte
         left.is_empty().then_some(())
     });
 
+    // The SSH machine counts in the usage report by its host key, with the task it ran.
+    let usage = server.ok("/api/Spaces-1/workers/usage?hours=1");
+    let machine = usage["Agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["Thumbprint"] == pin.as_str())
+        .unwrap_or_else(|| panic!("the SSH machine is in the usage report: {usage}"));
+    assert_eq!(machine["Name"], "box");
+    assert!(machine["Tasks"].as_u64().unwrap() >= 1, "{machine}");
+
     let (_, growth) = fifty_megabytes(&server, target);
     eprintln!("server RSS growth while collecting 50 MiB over SSH: {growth} KiB");
     assert!(

@@ -1,4 +1,4 @@
-//! Utilization: how busy each agent was over a window, per agent and per space, from the tasks that
+//! Utilization: how busy each agent (or SSH machine: its machine key) was over a window, per agent and per space, from the tasks that
 //! ran on it, and what sharing saved compared with dedicated workers per space (the blog's first
 //! setup, whose workers "sat idle 99% of the day"). Nothing is recorded for it: task start and end
 //! times are the record.
@@ -86,20 +86,20 @@ async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) ->
         workers
             .iter()
             .find(|w| w.id == worker_id)
-            .and_then(|w| w.thumbprint.clone())
+            .and_then(|w| w.machine_key().map(str::to_string))
             .unwrap_or_else(|| format!("(deleted {worker_id})"))
     };
     // The agents that serve each space now, and each agent's home worker.
     let mut serving: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut home: HashMap<String, &Worker> = HashMap::new();
     for worker in workers.iter().filter(|w| space_ids.contains(&w.space_id)) {
-        if let Some(t) = &worker.thumbprint {
+        if let Some(t) = worker.machine_key() {
             serving
                 .entry(worker.space_id.clone())
                 .or_default()
-                .insert(t.clone());
+                .insert(t.to_string());
             if worker.home_worker_id.is_none() || !home.contains_key(t) {
-                home.insert(t.clone(), worker);
+                home.insert(t.to_string(), worker);
             }
         }
     }

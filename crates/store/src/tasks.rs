@@ -97,6 +97,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.committed_new_task(task);
         Ok(())
     }
 
@@ -120,6 +121,7 @@ impl Store {
         for kind in kinds {
             self.bump_workers_generation(kind);
         }
+        self.committed_new_task(task);
         Ok(())
     }
 

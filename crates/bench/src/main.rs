@@ -467,10 +467,21 @@ fn backlog(bin: &Path, counts: &[usize]) -> anyhow::Result<()> {
         start["TaskQueueStopped"] = json!(false);
         let started = Instant::now();
         server.put("/api/spaces/Spaces-1", &start)?;
+        // When a tenth and when nine tenths of the backlog had ended: the rate over the first
+        // tenth (the whole backlog still queued) and over the next-to-last (most of it gone).
+        let mut marks: [Option<f64>; 4] = [None; 4];
+        let at = [0.0, 0.1, 0.8, 0.9];
         loop {
             let open =
                 server.get("/api/Spaces-1/tasks?states=Queued,Executing,Cancelling&take=1")?;
-            if open["TotalResults"] == 0 {
+            let open = open["TotalResults"].as_u64().unwrap_or(0) as f64;
+            let done = 1.0 - open / tasks as f64;
+            for (mark, share) in marks.iter_mut().zip(at) {
+                if mark.is_none() && done >= share {
+                    *mark = Some(started.elapsed().as_secs_f64());
+                }
+            }
+            if open == 0.0 {
                 break;
             }
             if started.elapsed() > Duration::from_secs(1800) {
@@ -479,6 +490,10 @@ fn backlog(bin: &Path, counts: &[usize]) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
         let seconds = started.elapsed().as_secs_f64();
+        let tenth = tasks as f64 / 10.0;
+        let first_rate = tenth / marks[1].unwrap_or(seconds).max(1e-3);
+        let late_rate =
+            tenth / (marks[3].unwrap_or(seconds) - marks[2].unwrap_or(0.0)).max(1e-3);
         let done = server.get("/api/Spaces-1/tasks?states=Success&take=1")?;
         let succeeded = done["TotalResults"].as_u64().unwrap_or(0);
         if succeeded != tasks as u64 {
@@ -490,6 +505,8 @@ fn backlog(bin: &Path, counts: &[usize]) -> anyhow::Result<()> {
             tasks,
             queue_seconds,
             seconds,
+            first_rate,
+            late_rate,
             idle_kb,
             queued_kb,
             after_kb,
@@ -498,23 +515,25 @@ fn backlog(bin: &Path, counts: &[usize]) -> anyhow::Result<()> {
         server.stop()?;
     }
     println!(
-        "{:<8} {:>7} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "{:<8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8}",
         "SCENARIO",
         "QUEUED",
         "QUEUE s",
         "DRAIN s",
         "TASKS/S",
+        "1st 10%/s",
+        "9th 10%/s",
         "IDLE MB",
         "QUEUED MB",
         "AFTER MB",
         "PEAK MB"
     );
     let mut results = Vec::new();
-    for (tasks, queue_seconds, seconds, idle, queued, after, peak) in rows {
+    for (tasks, queue_seconds, seconds, first, late, idle, queued, after, peak) in rows {
         let rate = tasks as f64 / seconds;
         let mb = |kb: u64| kb as f64 / 1024.0;
         println!(
-            "{:<8} {tasks:>7} {queue_seconds:>10.2} {seconds:>10.2} {rate:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            "{:<8} {tasks:>7} {queue_seconds:>8.2} {seconds:>8.2} {rate:>8.0} {first:>9.0} {late:>9.0} {:>8.1} {:>9.1} {:>9.1} {:>8.1}",
             "backlog",
             mb(idle),
             mb(queued),
@@ -522,7 +541,7 @@ fn backlog(bin: &Path, counts: &[usize]) -> anyhow::Result<()> {
             mb(peak)
         );
         results.push(json!({"queued": tasks, "queue_seconds": queue_seconds, "drain_seconds": seconds,
-            "tasks_per_second": rate, "rss_idle_mb": mb(idle), "rss_queued_mb": mb(queued),
+            "tasks_per_second": rate, "first_tenth_per_second": first, "ninth_tenth_per_second": late, "rss_idle_mb": mb(idle), "rss_queued_mb": mb(queued),
             "rss_after_mb": mb(after), "rss_peak_mb": mb(peak)}));
     }
     println!("{}", json!({"scenario": "backlog", "results": results}));

@@ -672,9 +672,13 @@ fn prompted_names(runbook: &Runbook) -> String {
 
 /// `POST /api/{s}/runbookRuns` `{RunbookId, FormValues?, Comments?}`: queues a run; 201 with the
 /// run, whose `TaskId` is the task to follow.
+/// The header a running task's script sends its `MUSTER_TASK_TOKEN` in.
+pub const TASK_TOKEN_HEADER: &str = "x-muster-task-token";
+
 pub async fn create_run(
     State(app): State<App>,
     SpaceScope(space): SpaceScope,
+    headers: axum::http::HeaderMap,
     body: JsonBody,
 ) -> ApiResult {
     let body = body.object()?;
@@ -726,7 +730,16 @@ pub async fn create_run(
             runbook.name
         )));
     }
-    let (run, _task) = runbook::queue_run(&app, &runbook, form_values, comments, None)
+    // A running task's script that sends its token makes the run that task's child.
+    let origin = match headers.get(TASK_TOKEN_HEADER) {
+        None => None,
+        Some(token) => Some(
+            runbook::token_origin(&app, &space.id, token.to_str().unwrap_or_default())
+                .await
+                .map_err(ApiError::bad_request)?,
+        ),
+    };
+    let (run, _task) = runbook::queue_run(&app, &runbook, form_values, comments, origin)
         .await
         .map_err(ApiError::internal)?;
     created(&links::runbook_run(&run))

@@ -492,8 +492,7 @@ fn backlog(bin: &Path, counts: &[usize]) -> anyhow::Result<()> {
         let seconds = started.elapsed().as_secs_f64();
         let tenth = tasks as f64 / 10.0;
         let first_rate = tenth / marks[1].unwrap_or(seconds).max(1e-3);
-        let late_rate =
-            tenth / (marks[3].unwrap_or(seconds) - marks[2].unwrap_or(0.0)).max(1e-3);
+        let late_rate = tenth / (marks[3].unwrap_or(seconds) - marks[2].unwrap_or(0.0)).max(1e-3);
         let done = server.get("/api/Spaces-1/tasks?states=Success&take=1")?;
         let succeeded = done["TotalResults"].as_u64().unwrap_or(0);
         if succeeded != tasks as u64 {

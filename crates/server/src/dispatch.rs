@@ -81,7 +81,6 @@ impl Dispatcher {
             tokens.by_token.remove(&token);
         }
     }
-
 }
 
 /// `MUSTER_TASK_TOKEN`: 32 random bytes given to a task's scripts while it runs, kept only in this
@@ -481,11 +480,20 @@ impl Pass<'_> {
         if let Planned::Request(request) = &planned {
             self.pending.insert(task.id.clone(), request.clone());
         }
-        Ok(Some((task, planned, matches!(kind, TaskKind::RunbookRun(_)))))
+        Ok(Some((
+            task,
+            planned,
+            matches!(kind, TaskKind::RunbookRun(_)),
+        )))
     }
 
     /// Decides a planned task: readies its start, or notes why it waits, or fails it.
-    async fn decide(&mut self, mut task: Task, planned: Planned, is_run: bool) -> anyhow::Result<()> {
+    async fn decide(
+        &mut self,
+        mut task: Task,
+        planned: Planned,
+        is_run: bool,
+    ) -> anyhow::Result<()> {
         let app = self.app;
         let request = match planned {
             Planned::Fail(message) => {
@@ -685,7 +693,11 @@ async fn write_reasons(app: &App, tasks: Vec<Task>) -> anyhow::Result<()> {
     let written = match tasks.as_slice() {
         [] => return Ok(()),
         [one] => vec![app.store.transition_task(one, TaskState::Queued).await?],
-        _ => app.store.transition_tasks(&tasks, TaskState::Queued).await?,
+        _ => {
+            app.store
+                .transition_tasks(&tasks, TaskState::Queued)
+                .await?
+        }
     };
     for (task, written) in tasks.iter().zip(written) {
         if written {

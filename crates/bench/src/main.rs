@@ -42,6 +42,9 @@ struct Args {
     /// health: how many health checks of every worker are timed per number of connections.
     #[arg(long, default_value_t = 5)]
     checks: usize,
+    /// backlog: how many tasks are queued before the queue is released, one measure per number.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![500, 20000])]
+    queued: Vec<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,6 +65,9 @@ enum Scenario {
     Swarm,
     /// A `Health` task over `--connections` connected workers: time until every result is recorded.
     Health,
+    /// `--queued` tasks wait behind a stopped queue, then drain on the built-in worker (task cap
+    /// 50): tasks per second, and the server's RSS before and after.
+    Backlog,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -89,6 +95,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Log => return log(&bin, args.megabytes),
         Scenario::Swarm => return swarm_scenario(&bin, &args.connections, args.rest_seconds),
         Scenario::Health => return health(&bin, &args.connections, args.checks),
+        Scenario::Backlog => return backlog(&bin, &args.queued),
         Scenario::Dispatch | Scenario::Roundtrip => {}
     }
     let temp = tempfile::tempdir()?;
@@ -413,6 +420,140 @@ fn throughput(bin: &Path, tasks: usize, agents: usize) -> anyhow::Result<()> {
         json!({"scenario": "throughput", "tasks": succeeded, "agents": agents, "seconds": seconds, "tasks_per_second": rate})
     );
     drop(running);
+    Ok(())
+}
+
+/// Queues `tasks` tasks from 4 client threads (so queueing is not what is measured).
+fn queue_tasks(server: &Server, tasks: usize, body: &Value) -> anyhow::Result<()> {
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut threads = Vec::new();
+        for t in 0..4 {
+            threads.push(scope.spawn(move || -> anyhow::Result<()> {
+                for _ in (t..tasks).step_by(4) {
+                    let reply = server
+                        .http
+                        .post(format!("{}/api/Spaces-1/tasks", server.url))
+                        .header("X-Octopus-ApiKey", KEY)
+                        .json(body)
+                        .send()?;
+                    if reply.status().as_u16() != 201 {
+                        bail!("a task was not created: {}", reply.text()?);
+                    }
+                }
+                Ok(())
+            }));
+        }
+        for thread in threads {
+            thread
+                .join()
+                .map_err(|_| anyhow!("a client thread panicked"))??;
+        }
+        Ok(())
+    })
+}
+
+/// For each number: a fresh server (task cap 50, the built-in worker), that many `true` tasks
+/// queued while the space's queue is stopped, then the queue started and timed until none is
+/// Queued or Executing. The server's RSS is read with the backlog queued, and after the drain.
+fn backlog(bin: &Path, counts: &[usize]) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for &tasks in counts {
+        let temp = tempfile::tempdir()?;
+        let server = Server::start(bin, temp.path())?;
+        let pid = server.child.id();
+        let idle_kb = rss_kb(pid, "VmRSS")?;
+        let space = server.get("/api/spaces/Spaces-1")?;
+        let mut stopped = space.clone();
+        stopped["TaskQueueStopped"] = json!(true);
+        server.put("/api/spaces/Spaces-1", &stopped)?;
+        let queueing = Instant::now();
+        let body = json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": "true"}});
+        queue_tasks(&server, tasks, &body)?;
+        let queue_seconds = queueing.elapsed().as_secs_f64();
+        // Settled: the dispatcher has seen every queued task.
+        std::thread::sleep(Duration::from_secs(2));
+        let queued_kb = rss_kb(pid, "VmRSS")?;
+        let mut start = space.clone();
+        start["TaskQueueStopped"] = json!(false);
+        let started = Instant::now();
+        server.put("/api/spaces/Spaces-1", &start)?;
+        // When a tenth and when nine tenths of the backlog had ended: the rate over the first
+        // tenth (the whole backlog still queued) and over the next-to-last (most of it gone).
+        let mut marks: [Option<f64>; 4] = [None; 4];
+        let at = [0.0, 0.1, 0.8, 0.9];
+        loop {
+            let open =
+                server.get("/api/Spaces-1/tasks?states=Queued,Executing,Cancelling&take=1")?;
+            let open = open["TotalResults"].as_u64().unwrap_or(0) as f64;
+            let done = 1.0 - open / tasks as f64;
+            for (mark, share) in marks.iter_mut().zip(at) {
+                if mark.is_none() && done >= share {
+                    *mark = Some(started.elapsed().as_secs_f64());
+                }
+            }
+            if open == 0.0 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(1800) {
+                bail!("the backlog did not drain in 30 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let tenth = tasks as f64 / 10.0;
+        let first_rate = tenth / marks[1].unwrap_or(seconds).max(1e-3);
+        let late_rate = tenth / (marks[3].unwrap_or(seconds) - marks[2].unwrap_or(0.0)).max(1e-3);
+        let done = server.get("/api/Spaces-1/tasks?states=Success&take=1")?;
+        let succeeded = done["TotalResults"].as_u64().unwrap_or(0);
+        if succeeded != tasks as u64 {
+            bail!("{succeeded} of {tasks} tasks succeeded");
+        }
+        let after_kb = rss_kb(pid, "VmRSS")?;
+        let peak_kb = rss_kb(pid, "VmHWM")?;
+        rows.push((
+            tasks,
+            queue_seconds,
+            seconds,
+            first_rate,
+            late_rate,
+            idle_kb,
+            queued_kb,
+            after_kb,
+            peak_kb,
+        ));
+        server.stop()?;
+    }
+    println!(
+        "{:<8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9} {:>8}",
+        "SCENARIO",
+        "QUEUED",
+        "QUEUE s",
+        "DRAIN s",
+        "TASKS/S",
+        "1st 10%/s",
+        "9th 10%/s",
+        "IDLE MB",
+        "QUEUED MB",
+        "AFTER MB",
+        "PEAK MB"
+    );
+    let mut results = Vec::new();
+    for (tasks, queue_seconds, seconds, first, late, idle, queued, after, peak) in rows {
+        let rate = tasks as f64 / seconds;
+        let mb = |kb: u64| kb as f64 / 1024.0;
+        println!(
+            "{:<8} {tasks:>7} {queue_seconds:>8.2} {seconds:>8.2} {rate:>8.0} {first:>9.0} {late:>9.0} {:>8.1} {:>9.1} {:>9.1} {:>8.1}",
+            "backlog",
+            mb(idle),
+            mb(queued),
+            mb(after),
+            mb(peak)
+        );
+        results.push(json!({"queued": tasks, "queue_seconds": queue_seconds, "drain_seconds": seconds,
+            "tasks_per_second": rate, "first_tenth_per_second": first, "ninth_tenth_per_second": late, "rss_idle_mb": mb(idle), "rss_queued_mb": mb(queued),
+            "rss_after_mb": mb(after), "rss_peak_mb": mb(peak)}));
+    }
+    println!("{}", json!({"scenario": "backlog", "results": results}));
     Ok(())
 }
 

@@ -10,6 +10,9 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     api_key: Option<String>,
+    /// `MUSTER_TASK_TOKEN` when run by a task's script: sent as `X-Muster-Task-Token`, so a run
+    /// it creates is that task's child.
+    task_token: Option<String>,
 }
 
 impl Client {
@@ -25,11 +28,24 @@ impl Client {
             .read_timeout(std::time::Duration::from_secs(60))
             .build()
             .context("cannot set up the HTTP client")?;
+        let task_token = std::env::var("MUSTER_TASK_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
         Ok(Client {
             http,
             base,
             api_key,
+            task_token,
         })
+    }
+
+    /// The same client without the task token: what it creates is not the task's child (a run
+    /// the script does not wait for must not borrow its task's leases).
+    pub fn without_task_token(&self) -> Client {
+        Client {
+            task_token: None,
+            ..self.clone()
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -40,6 +56,9 @@ impl Client {
         let mut request = self.http.request(method, self.url(path));
         if let Some(key) = &self.api_key {
             request = request.header("X-Octopus-ApiKey", key);
+        }
+        if let Some(token) = &self.task_token {
+            request = request.header("X-Muster-Task-Token", token);
         }
         request
     }

@@ -235,6 +235,13 @@ pub async fn runbook(client: &Client, json: bool, command: RunbookCommand) -> an
             comments,
             wait: _,
         } => {
+            // Run by a task's script and waited for, the run is that task's child (the CLI sends
+            // MUSTER_TASK_TOKEN); not waited for, it is not.
+            let client = &if no_wait {
+                client.without_task_token()
+            } else {
+                client.clone()
+            };
             let space = resolve_space(client, &space).await?;
             let runbook = find(client, &space, &runbook).await?;
             let mut form_values = Map::new();

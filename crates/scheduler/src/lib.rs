@@ -192,6 +192,14 @@ impl Ledger {
         }
     }
 
+    /// The children that running tasks wait for now.
+    pub fn waited_for(&self) -> Vec<String> {
+        self.holdings
+            .values()
+            .filter_map(|h| h.waiting_for.clone())
+            .collect()
+    }
+
     pub fn waiting_for(&self, task_id: &str) -> Option<&str> {
         self.holdings.get(task_id)?.waiting_for.as_deref()
     }

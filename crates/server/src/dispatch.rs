@@ -18,7 +18,7 @@ use muster_core::tasks::{ScriptArguments, TaskKind, parent_of};
 use muster_core::time::{Timestamp, format_date, now};
 use muster_core::{LogCategory, ScriptTarget, TaskState, WorkerPoolType};
 use muster_scheduler::{BUILTIN_AGENT, Decision, Lease, Need, Request, Slot};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -31,9 +31,10 @@ pub struct Dispatcher {
     ended: Notify,
     /// The space that started a task most recently: it goes last in the next pass.
     last_space: Mutex<Option<String>>,
-    /// The queued tasks last told that the task cap is full: while it still is, a pass does not
-    /// weigh them again.
-    capped: Mutex<std::collections::HashSet<String>>,
+    /// The queued tasks.
+    queue: Mutex<Queue>,
+    /// The task tokens of the tasks running on this node, only in memory.
+    tokens: Mutex<TaskTokens>,
     /// What passes read of each space, with the store's workers generation it was read at: a
     /// pass reads a space again only after a space, pool or worker was written.
     views: Mutex<HashMap<String, (u64, std::sync::Arc<SpaceView>)>>,
@@ -52,13 +53,42 @@ impl Dispatcher {
         self.running.lock().expect("dispatcher lock").len()
     }
 
-    /// Whether the task was last told that the task cap is full.
-    fn told_capped(&self, task_id: &str) -> bool {
-        self.capped
+    /// The task token of a running task, made when first asked for.
+    pub fn token_of(&self, task_id: &str) -> String {
+        let mut tokens = self.tokens.lock().expect("dispatcher lock");
+        if let Some(token) = tokens.by_task.get(task_id) {
+            return token.clone();
+        }
+        let token = format!("MTT-{}", hex::encode(rand::random::<[u8; 32]>()));
+        tokens.by_task.insert(task_id.to_string(), token.clone());
+        tokens.by_token.insert(token.clone(), task_id.to_string());
+        token
+    }
+
+    /// The running task a token was given to, or None (never given, or its task has ended).
+    pub fn task_of_token(&self, token: &str) -> Option<String> {
+        self.tokens
             .lock()
             .expect("dispatcher lock")
-            .contains(task_id)
+            .by_token
+            .get(token)
+            .cloned()
     }
+
+    fn revoke_token(&self, task_id: &str) {
+        let mut tokens = self.tokens.lock().expect("dispatcher lock");
+        if let Some(token) = tokens.by_task.remove(task_id) {
+            tokens.by_token.remove(&token);
+        }
+    }
+}
+
+/// `MUSTER_TASK_TOKEN`: 32 random bytes given to a task's scripts while it runs, kept only in this
+/// server's memory (a restart invalidates them all). A run created with one is that task's child.
+#[derive(Default)]
+struct TaskTokens {
+    by_task: HashMap<String, String>,
+    by_token: HashMap<String, String>,
 }
 
 /// What one dispatch pass reads of a space, once.
@@ -223,47 +253,179 @@ pub async fn run(app: App) {
     }
 }
 
-/// One look at the queue: start what can start, and write down why the rest waits. Children that
-/// their parents wait for go first (they run in their parents' slots and unblock them), then the
-/// others in fair order. Returns when the next scheduled task becomes due.
-async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
-    let queued = app.store.tasks_in_states(&[TaskState::Queued]).await?;
-    let last_space = app
-        .dispatcher
-        .last_space
-        .lock()
-        .expect("dispatcher lock")
-        .clone();
-    let (children, others): (Vec<Task>, Vec<Task>) = {
-        let ledger = app.ledger();
-        queued.into_iter().partition(|task| {
-            parent_of(task).is_some_and(|p| ledger.waiting_for(&p) == Some(task.id.as_str()))
-        })
-    };
-    // While the cap is full, a task already told so is not planned again: with thousands queued,
-    // each pass would otherwise redo every task's plan to reach the same answer.
-    let cap_reason = cap_reason(app);
-    app.dispatcher
-        .capped
-        .lock()
-        .expect("dispatcher lock")
-        .retain(|id| children.iter().chain(&others).any(|t| &t.id == id));
-    let cap_full = app.ledger().capped_count() >= app.config.task_cap;
-    let children_count = children.len();
-    let ordered: Vec<Task> = children
-        .into_iter()
-        .chain(muster_scheduler::fair_order(
-            others,
-            |t| t.space_id.as_str(),
-            |s| muster_core::parse_id(muster_core::IdKind::Space, s).unwrap_or(0),
-            last_space.as_deref(),
-        ))
-        .collect();
-    let mut next_timer: Option<Timestamp> = None;
-    let mut spaces: HashMap<String, std::sync::Arc<SpaceView>> = HashMap::new();
-    // First what each task needs, so a deadlock can be traced through the other queued tasks.
-    let mut plans: Vec<(Task, Planned, bool, bool)> = Vec::new();
-    for (index, mut task) in ordered.into_iter().enumerate() {
+/// What the dispatcher last answered a queued task, while that answer stays true without looking
+/// again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Settled {
+    /// Told that the task cap is full: true while it stays full.
+    Capped,
+    /// Told that its space's queue is stopped: true until a space, pool or worker is written.
+    Stopped,
+}
+
+struct QueuedTask {
+    task: Task,
+    settled: Option<Settled>,
+}
+
+/// The queued tasks, kept in memory: read from the store once, then told of each new task by the
+/// store (`take_new_tasks`) and of each task that leaves the queue by the dispatcher. A pass looks
+/// only at the tasks whose answer may have changed, so it costs what it starts and what changed,
+/// not the length of the queue.
+#[derive(Default)]
+struct Queue {
+    loaded: bool,
+    /// The store's workers generation the settled answers were reached at.
+    generation: u64,
+    tasks: HashMap<String, QueuedTask>,
+    /// Each space's queued tasks, oldest first (by the number in their id).
+    spaces: HashMap<String, BTreeMap<i64, String>>,
+    /// The queued tasks with no settled answer, oldest first: every pass looks at each.
+    unsettled: BTreeMap<i64, String>,
+    /// The queued tasks with a QueueTimeExpiry: every pass looks at each.
+    expiring: BTreeMap<i64, String>,
+}
+
+fn task_num(id: &str) -> i64 {
+    muster_core::parse_id(muster_core::IdKind::ServerTask, id).unwrap_or(0)
+}
+
+impl Queue {
+    fn add(&mut self, task: Task) {
+        if task.state != TaskState::Queued || self.tasks.contains_key(&task.id) {
+            return;
+        }
+        let num = task_num(&task.id);
+        self.spaces
+            .entry(task.space_id.clone())
+            .or_default()
+            .insert(num, task.id.clone());
+        self.unsettled.insert(num, task.id.clone());
+        if task.queue_time_expiry.is_some() {
+            self.expiring.insert(num, task.id.clone());
+        }
+        self.tasks.insert(
+            task.id.clone(),
+            QueuedTask {
+                task,
+                settled: None,
+            },
+        );
+    }
+
+    fn remove(&mut self, id: &str) {
+        let Some(queued) = self.tasks.remove(id) else {
+            return;
+        };
+        let num = task_num(id);
+        if let Some(space) = self.spaces.get_mut(&queued.task.space_id) {
+            space.remove(&num);
+            if space.is_empty() {
+                self.spaces.remove(&queued.task.space_id);
+            }
+        }
+        self.unsettled.remove(&num);
+        self.expiring.remove(&num);
+    }
+
+    fn settle(&mut self, task: &Task, settled: Option<Settled>) {
+        let Some(queued) = self.tasks.get_mut(&task.id) else {
+            return;
+        };
+        queued.settled = settled;
+        queued.task.queue_reason = task.queue_reason.clone();
+        let num = task_num(&task.id);
+        match settled {
+            Some(_) => self.unsettled.remove(&num),
+            None => self.unsettled.insert(num, task.id.clone()),
+        };
+    }
+
+    fn unsettle_all(&mut self) {
+        for (id, queued) in &mut self.tasks {
+            queued.settled = None;
+            self.unsettled.insert(task_num(id), id.clone());
+        }
+    }
+}
+
+/// What one pass has read and decided so far.
+struct Pass<'a> {
+    app: &'a App,
+    spaces: HashMap<String, std::sync::Arc<SpaceView>>,
+    /// The requests of the children their parents wait for, and of the tasks looked at: the
+    /// ledger traces a cycle of waits through them.
+    pending: HashMap<String, Request>,
+    looked: HashSet<String>,
+    claims: Claims<'a>,
+    /// Queue reasons to write, in one commit at the end of the pass.
+    reasons: Vec<Task>,
+    next_timer: Option<Timestamp>,
+    cap_reason: String,
+}
+
+impl Pass<'_> {
+    fn cap_full(&self) -> bool {
+        self.app.ledger().capped_count() >= self.app.config.task_cap
+    }
+
+    fn forget_queued(&self, id: &str) {
+        self.app
+            .dispatcher
+            .queue
+            .lock()
+            .expect("dispatcher lock")
+            .remove(id);
+    }
+
+    /// Notes a queued task's answer: written at the end of the pass if its reason changed.
+    fn answer(&mut self, mut task: Task, reason: String, settled: Option<Settled>) {
+        let changed = task.queue_reason.as_deref() != Some(reason.as_str());
+        if changed {
+            task.queue_reason = Some(reason);
+        }
+        self.app
+            .dispatcher
+            .queue
+            .lock()
+            .expect("dispatcher lock")
+            .settle(&task, settled);
+        if changed {
+            self.reasons.push(task);
+        }
+    }
+
+    async fn view(&mut self, space_id: &str) -> anyhow::Result<std::sync::Arc<SpaceView>> {
+        if let Some(view) = self.spaces.get(space_id) {
+            return Ok(view.clone());
+        }
+        let view = space_view(self.app, space_id).await?;
+        self.spaces.insert(space_id.to_string(), view.clone());
+        Ok(view)
+    }
+
+    /// Looks at a queued task: ends it if it expired, starts a health check, or plans what it
+    /// needs. Returns the plan to decide, or None when the task was answered already.
+    async fn look(
+        &mut self,
+        id: &str,
+        child: bool,
+    ) -> anyhow::Result<Option<(Task, Planned, bool)>> {
+        if !self.looked.insert(id.to_string()) {
+            return Ok(None);
+        }
+        let app = self.app;
+        let Some((mut task, settled)) = app
+            .dispatcher
+            .queue
+            .lock()
+            .expect("dispatcher lock")
+            .tasks
+            .get(id)
+            .map(|q| (q.task.clone(), q.settled))
+        else {
+            return Ok(None);
+        };
         let at = now();
         if task.queue_time_expiry.is_some_and(|expiry| expiry <= at) {
             task.state = TaskState::Canceled;
@@ -272,110 +434,283 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
                 "The task did not start before its QueueTimeExpiry.",
             );
             app.store.transition_task(&task, TaskState::Queued).await?;
+            self.forget_queued(&task.id);
             app.logs.changed(&task.id);
-            continue;
+            return Ok(None);
         }
         if task.queue_time > at {
-            next_timer = Some(next_timer.map_or(task.queue_time, |t| t.min(task.queue_time)));
+            self.next_timer = Some(
+                self.next_timer
+                    .map_or(task.queue_time, |t| t.min(task.queue_time)),
+            );
             let reason = format!("Scheduled to start at {}.", format_date(&task.queue_time));
-            set_reason(app, &mut task, reason).await?;
-            continue;
+            self.answer(task, reason, None);
+            return Ok(None);
         }
-        if !spaces.contains_key(&task.space_id) {
-            let view = space_view(app, &task.space_id).await?;
-            spaces.insert(task.space_id.clone(), view);
+        // While the cap is full, a task already told so is not planned again: with thousands
+        // queued, each pass would otherwise redo every task's plan to reach the same answer.
+        if !child && settled == Some(Settled::Capped) && self.cap_full() {
+            return Ok(None);
         }
-        let view = &spaces[&task.space_id];
+        let view = self.view(&task.space_id).await?;
         if let Some(space) = view.space.as_ref().filter(|s| s.task_queue_stopped) {
             let reason = format!(
                 "The task queue of space '{}' is stopped (TaskQueueStopped).",
                 space.name
             );
-            set_reason(app, &mut task, reason).await?;
-            continue;
+            self.answer(task, reason, Some(Settled::Stopped));
+            return Ok(None);
         }
         let kind = match TaskKind::of(&task) {
             Ok(kind) => kind,
             Err(error) => {
                 fail_queued(app, &mut task, &error).await?;
-                continue;
+                self.forget_queued(&task.id);
+                return Ok(None);
             }
         };
         if let TaskKind::Health(_) = kind {
-            start_health(app, task).await?;
-            continue;
+            let id = task.id.clone();
+            let started = start_health(app, task).await;
+            self.forget_queued(&id);
+            started?;
+            return Ok(None);
         }
-        if cap_full && index >= children_count && app.dispatcher.told_capped(&task.id) {
-            continue;
+        let planned = plan(app, &task, &kind, &view).await;
+        if let Planned::Request(request) = &planned {
+            self.pending.insert(task.id.clone(), request.clone());
         }
-        let planned = plan(app, &task, &kind, view).await;
-        let is_run = matches!(kind, TaskKind::RunbookRun(_));
-        plans.push((task, planned, index < children_count, is_run));
+        Ok(Some((
+            task,
+            planned,
+            matches!(kind, TaskKind::RunbookRun(_)),
+        )))
     }
-    let mut pending: HashMap<String, Request> = plans
-        .iter()
-        .filter_map(|(task, planned, _, _)| match planned {
-            Planned::Request(request) => Some((task.id.clone(), request.clone())),
-            _ => None,
-        })
-        .collect();
-    // Counted in the ledger from here on: if the pass fails before their claim, they are
-    // forgotten (the guard), never left holding a slot and leases.
-    let mut claims = Claims {
-        app,
-        claims: Vec::new(),
-    };
-    for (mut task, planned, child, is_run) in plans {
+
+    /// Decides a planned task: readies its start, or notes why it waits, or fails it.
+    async fn decide(
+        &mut self,
+        mut task: Task,
+        planned: Planned,
+        is_run: bool,
+    ) -> anyhow::Result<()> {
+        let app = self.app;
         let request = match planned {
             Planned::Fail(message) => {
                 fail_queued(app, &mut task, &message).await?;
-                continue;
+                self.forget_queued(&task.id);
+                return Ok(());
             }
             Planned::Wait(reason) => {
-                set_reason(app, &mut task, reason).await?;
-                continue;
+                self.answer(task, reason, None);
+                return Ok(());
             }
             Planned::Request(request) => request,
         };
-        // Once the cap fills during the pass, a task already told so keeps that answer: deciding
-        // it again reaches the same one, at the cost of weighing every worker, for each of
-        // thousands of queued tasks, on every pass.
-        if !child
-            && app.dispatcher.told_capped(&task.id)
-            && app.ledger().capped_count() >= app.config.task_cap
-        {
-            continue;
-        }
-        let decision = app.ledger().decide(&request, app.config.task_cap, &pending);
+        let decision = app
+            .ledger()
+            .decide(&request, app.config.task_cap, &self.pending);
         match decision {
             Decision::Start { leases, capped } => {
-                pending.remove(&task.id);
-                let workers = spaces
+                self.pending.remove(&task.id);
+                let workers = self
+                    .spaces
                     .get(&task.space_id)
                     .map(|v| v.workers.as_slice())
                     .unwrap_or_default();
                 let claim = prepare_start(app, task, &request, leases, capped, workers, is_run);
-                claims.claims.push(claim);
+                self.claims.claims.push(claim);
             }
             Decision::CapReached { .. } => {
-                set_reason(app, &mut task, cap_reason.clone()).await?;
-                app.dispatcher
-                    .capped
-                    .lock()
-                    .expect("dispatcher lock")
-                    .insert(task.id.clone());
+                let reason = self.cap_reason.clone();
+                self.answer(task, reason, Some(Settled::Capped));
             }
-            Decision::Wait(reason) => set_reason(app, &mut task, reason).await?,
+            Decision::Wait(reason) => self.answer(task, reason, None),
             Decision::Deadlock(message) => {
                 // Failed, it is no longer a task the others wait through.
-                pending.remove(&task.id);
+                self.pending.remove(&task.id);
                 fail_queued(app, &mut task, &message).await?;
+                self.forget_queued(&task.id);
             }
         }
+        Ok(())
     }
-    let claims = std::mem::take(&mut claims.claims);
+}
+
+/// Brings the in-memory queue up to date: read whole at the first pass (after a start, so restart
+/// recovery sees every task left queued), then the tasks committed since; every answer is looked
+/// at again after a space, pool or worker was written.
+async fn sync_queue(app: &App) -> anyhow::Result<()> {
+    let loaded = app.dispatcher.queue.lock().expect("dispatcher lock").loaded;
+    if !loaded {
+        app.store.watch_new_tasks();
+        let queued = app.store.tasks_in_states(&[TaskState::Queued]).await?;
+        let mut queue = app.dispatcher.queue.lock().expect("dispatcher lock");
+        for task in queued {
+            queue.add(task);
+        }
+        queue.loaded = true;
+    }
+    let new = app.store.take_new_tasks();
+    let generation = app.store.workers_generation();
+    let mut queue = app.dispatcher.queue.lock().expect("dispatcher lock");
+    for task in new {
+        queue.add(task);
+    }
+    if queue.generation != generation {
+        queue.generation = generation;
+        queue.unsettle_all();
+    }
+    Ok(())
+}
+
+/// One look at the queue: start what can start, and write down why the rest waits. Children that
+/// their parents wait for go first (they run in their parents' slots and unblock them), then the
+/// others in fair order until the task cap is full, then the tasks whose answer may have changed.
+/// Returns when the next scheduled task becomes due.
+async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
+    sync_queue(app).await?;
+    let last_space = app
+        .dispatcher
+        .last_space
+        .lock()
+        .expect("dispatcher lock")
+        .clone();
+    let mut pass = Pass {
+        app,
+        spaces: HashMap::new(),
+        pending: HashMap::new(),
+        looked: HashSet::new(),
+        // Counted in the ledger from their decision on: if the pass fails before their claim,
+        // they are forgotten (the guard), never left holding a slot and leases.
+        claims: Claims {
+            app,
+            claims: Vec::new(),
+        },
+        reasons: Vec::new(),
+        next_timer: None,
+        cap_reason: cap_reason(app),
+    };
+    // The children their parents wait for: planned first, so a deadlock can be traced through
+    // them, then decided.
+    let mut children: Vec<String> = {
+        let queue = app.dispatcher.queue.lock().expect("dispatcher lock");
+        app.ledger()
+            .waited_for()
+            .into_iter()
+            .filter(|id| queue.tasks.contains_key(id))
+            .collect()
+    };
+    children.sort_by_key(|id| task_num(id));
+    let mut planned = Vec::new();
+    for id in &children {
+        if let Some(plan) = pass.look(id, true).await? {
+            planned.push(plan);
+        }
+    }
+    for (task, plan, is_run) in planned {
+        pass.decide(task, plan, is_run).await?;
+    }
+    // Then the others in fair order, the spaces taking turns, while the task cap has room. A
+    // stopped space's tasks are left to the settled answer they already have.
+    let mut turns: Vec<String> = {
+        let queue = app.dispatcher.queue.lock().expect("dispatcher lock");
+        queue.spaces.keys().cloned().collect()
+    };
+    turns.sort_by_key(|s| {
+        (
+            muster_core::parse_id(muster_core::IdKind::Space, s).unwrap_or(0),
+            s.clone(),
+        )
+    });
+    if let Some(last) = last_space.as_deref()
+        && let Some(at) = turns.iter().position(|s| s == last)
+    {
+        turns.rotate_left(at + 1);
+    }
+    let mut open = Vec::new();
+    for space in turns {
+        let view = pass.view(&space).await?;
+        if !view.space.as_ref().is_some_and(|s| s.task_queue_stopped) {
+            open.push((space, i64::MIN));
+        }
+    }
+    while !open.is_empty() && !pass.cap_full() {
+        let mut still = Vec::new();
+        for (space, after) in std::mem::take(&mut open) {
+            if pass.cap_full() {
+                break;
+            }
+            let next = app
+                .dispatcher
+                .queue
+                .lock()
+                .expect("dispatcher lock")
+                .spaces
+                .get(&space)
+                .and_then(|tasks| {
+                    tasks
+                        .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                        .next()
+                        .map(|(num, id)| (*num, id.clone()))
+                });
+            let Some((num, id)) = next else {
+                continue;
+            };
+            still.push((space, num));
+            if let Some((task, plan, is_run)) = pass.look(&id, false).await? {
+                pass.decide(task, plan, is_run).await?;
+            }
+        }
+        open = still;
+    }
+    // Then every task whose answer may have changed: new ones, those that wait for a worker, and
+    // those that may expire.
+    let rest: Vec<String> = {
+        let queue = app.dispatcher.queue.lock().expect("dispatcher lock");
+        queue
+            .unsettled
+            .values()
+            .chain(queue.expiring.values())
+            .filter(|id| !pass.looked.contains(*id))
+            .cloned()
+            .collect()
+    };
+    for id in rest {
+        if let Some((task, plan, is_run)) = pass.look(&id, false).await? {
+            pass.decide(task, plan, is_run).await?;
+        }
+    }
+    let claims = std::mem::take(&mut pass.claims.claims);
     claim_and_launch(app, claims).await?;
-    Ok(next_timer)
+    write_reasons(app, std::mem::take(&mut pass.reasons)).await?;
+    Ok(pass.next_timer)
+}
+
+/// Writes the queue reasons of a pass in one commit; a task that left the queue meanwhile (it was
+/// canceled) is not written, and leaves the in-memory queue.
+async fn write_reasons(app: &App, tasks: Vec<Task>) -> anyhow::Result<()> {
+    let written = match tasks.as_slice() {
+        [] => return Ok(()),
+        [one] => vec![app.store.transition_task(one, TaskState::Queued).await?],
+        _ => {
+            app.store
+                .transition_tasks(&tasks, TaskState::Queued)
+                .await?
+        }
+    };
+    for (task, written) in tasks.iter().zip(written) {
+        if written {
+            app.logs.changed(&task.id);
+        } else {
+            app.dispatcher
+                .queue
+                .lock()
+                .expect("dispatcher lock")
+                .remove(&task.id);
+        }
+    }
+    Ok(())
 }
 
 /// A space, its pools and its workers: from the last pass when none of them changed since, or
@@ -421,20 +756,6 @@ async fn fail_queued(app: &App, task: &mut Task, message: &str) -> anyhow::Resul
         app.logs.append(&task.id, LogCategory::Error, message);
         app.logs.flush().await;
         app.logs.close(&task.id);
-    }
-    Ok(())
-}
-
-async fn set_reason(app: &App, task: &mut Task, reason: String) -> anyhow::Result<()> {
-    app.dispatcher
-        .capped
-        .lock()
-        .expect("dispatcher lock")
-        .remove(&task.id);
-    if task.queue_reason.as_deref() != Some(reason.as_str()) {
-        task.queue_reason = Some(reason);
-        app.store.transition_task(task, TaskState::Queued).await?;
-        app.logs.changed(&task.id);
     }
     Ok(())
 }
@@ -792,6 +1113,12 @@ async fn claim_and_launch(app: &App, claims: Vec<Claim>) -> anyhow::Result<()> {
             worker,
             is_run,
         } = claim;
+        // Started here, or ended elsewhere meanwhile: either way no longer queued.
+        app.dispatcher
+            .queue
+            .lock()
+            .expect("dispatcher lock")
+            .remove(&task.id);
         if !claimed {
             // Its slot and leases were counted against the tasks decided after it: look again.
             forget(app, &task.id);
@@ -851,6 +1178,7 @@ async fn start_health(app: &App, mut task: Task) -> anyhow::Result<()> {
 
 /// Frees what a task held on this node: its leases, its slot, its stop handle.
 fn forget(app: &App, task_id: &str) {
+    app.dispatcher.revoke_token(task_id);
     app.ledger().end(task_id);
     app.dispatcher
         .running
@@ -875,6 +1203,15 @@ async fn run_script_task(
         let line = format!("Running on {}", kind.describe(&app));
         app.logs.append(&id, LogCategory::Verbose, line);
     }
+    // Masked in every line, as a sensitive value is.
+    let token = app.dispatcher.token_of(&id);
+    let mask = |text: String| -> String {
+        if text.contains(token.as_str()) {
+            text.replace(token.as_str(), muster_core::variables::MASK)
+        } else {
+            text
+        }
+    };
     let (final_state, message) = match TaskKind::of(&task) {
         Ok(TaskKind::AdHocScript(arguments)) => {
             let invocation = Invocation {
@@ -889,6 +1226,7 @@ async fn run_script_task(
                 env: vec![
                     ("MUSTER_TASK_ID".into(), id.clone()),
                     ("MUSTER_SPACE_ID".into(), task.space_id.clone()),
+                    ("MUSTER_TASK_TOKEN".into(), token.clone()),
                 ],
                 timeout: arguments.timeout,
                 resumable: true,
@@ -925,9 +1263,10 @@ async fn run_script_task(
                 } else {
                     LogCategory::Info
                 };
+                let text = mask(line.text);
                 match line.source_seq {
-                    Some(seq) => logs.append_from_agent(&id, category, line.text, seq),
-                    None => logs.append(&id, category, line.text),
+                    Some(seq) => logs.append_from_agent(&id, category, text, seq),
+                    None => logs.append(&id, category, text),
                 }
             };
             let end = kind.run(&app, invocation, &stop, &mut sink, resume).await;
@@ -1014,6 +1353,11 @@ pub async fn cancel(app: &App, task_id: &str) -> anyhow::Result<Option<Task>> {
                 task.state = TaskState::Canceled;
                 finish(&mut task, "The task was canceled before it started.");
                 if app.store.transition_task(&task, TaskState::Queued).await? {
+                    app.dispatcher
+                        .queue
+                        .lock()
+                        .expect("dispatcher lock")
+                        .remove(&task.id);
                     app.logs.changed(&task.id);
                     app.signals.dispatch.notify_one();
                     return Ok(Some(task));

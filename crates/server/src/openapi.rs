@@ -1256,7 +1256,7 @@ const OPS: &[Op] = &[
         "post",
         "/api/{spaceId}/runbookRuns",
         "Runbooks",
-        "Runs a runbook (RunbookRunCreate): a RunbookRun task is queued; follow TaskId.",
+        "Runs a runbook (RunbookRunCreate): a RunbookRun task is queued; follow TaskId. A running task's script may send its MUSTER_TASK_TOKEN in the header X-Muster-Task-Token (beside its API key): the run is then that task's child, which borrows its leases and task-cap slot while the task waits; an unknown or ended task's token is a 400.",
         &[],
         Some("RunbookRunCreate"),
         "RunbookRun",

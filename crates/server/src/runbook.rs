@@ -80,6 +80,48 @@ pub fn location_key(location: &Location, default_pool: Option<&str>) -> String {
     }
 }
 
+/// The parent a run is created for by a caller that sent `X-Muster-Task-Token`: the running task
+/// the token was given to, in the same space. Its child, as a native "Run a runbook" step's that
+/// waits: the parent lends it its leases and task-cap slot, and a cycle of waits is named.
+pub async fn token_origin(app: &App, space_id: &str, token: &str) -> Result<Origin, String> {
+    let invalid = || {
+        "The task token (X-Muster-Task-Token) is not valid: its task has ended, or this server did not give it (tokens do not survive a restart).".to_string()
+    };
+    let task_id = app
+        .dispatcher
+        .task_of_token(token.trim())
+        .ok_or_else(invalid)?;
+    let parent = app
+        .store
+        .get_task(&task_id)
+        .await
+        .map_err(|e| format!("Cannot read the task of the task token: {e}"))?
+        .ok_or_else(invalid)?;
+    if parent.state.is_completed() {
+        return Err(invalid());
+    }
+    if !parent.space_id.eq_ignore_ascii_case(space_id) {
+        return Err(format!(
+            "The task token belongs to a task of space {}; a task's child runs in its space.",
+            parent.space_id
+        ));
+    }
+    let depth = match run_of(app, &parent).await {
+        Ok(Some(run)) => run.depth + 1,
+        _ => 1,
+    };
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "Runbook runs nest at most {MAX_DEPTH} deep; this one would be {depth} deep."
+        ));
+    }
+    Ok(Origin {
+        parent_task_id: parent.id,
+        depth,
+        wait: true,
+    })
+}
+
 /// A run started by another run's step.
 pub struct Origin {
     pub parent_task_id: String,
@@ -257,6 +299,7 @@ async fn execute(driver: &Driver<'_>, leases: &[Lease]) -> anyhow::Result<(TaskS
     let default_pool = pools.iter().find(|p| p.is_default).map(|p| p.id.clone());
     {
         let mut shared = driver.shared.lock().expect("run lock");
+        shared.masker.add(&app.dispatcher.token_of(&task.id));
         for (name, value, sensitive) in run_variables(&run) {
             if sensitive {
                 shared.masker.add(&value);
@@ -518,6 +561,10 @@ async fn invoke(
     let mut env = vec![
         ("MUSTER_TASK_ID".into(), driver.task.id.clone()),
         ("MUSTER_SPACE_ID".into(), driver.task.space_id.clone()),
+        (
+            "MUSTER_TASK_TOKEN".into(),
+            driver.app.dispatcher.token_of(&driver.task.id),
+        ),
     ];
     // The helpers read the values from the environment, where one string may hold 128 KiB.
     if values_env.len() <= MAX_VARIABLES_ENV {

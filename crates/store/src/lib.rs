@@ -54,6 +54,9 @@ pub struct Store {
     workers_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Seals sensitive values before they are written and opens them when read.
     sealer: std::sync::Arc<sealing::Sealer>,
+    /// The tasks committed since the dispatcher last took them (None: nobody watches), so it
+    /// keeps its queue without reading every queued task again.
+    new_tasks: std::sync::Arc<std::sync::Mutex<Option<Vec<muster_core::resources::Task>>>>,
 }
 
 impl Store {
@@ -102,6 +105,7 @@ impl Store {
             pool,
             workers_generation: Default::default(),
             sealer: std::sync::Arc::new(sealer),
+            new_tasks: Default::default(),
         };
         store.migrate().await?;
         if check.is_none() {
@@ -127,6 +131,31 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// From now on, keeps each task committed as new for `take_new_tasks`. Call it before reading
+    /// the queued tasks once: a task committed meanwhile is then in one or both, never in neither.
+    pub fn watch_new_tasks(&self) {
+        let mut new = self.new_tasks.lock().expect("new tasks lock");
+        if new.is_none() {
+            *new = Some(Vec::new());
+        }
+    }
+
+    /// The tasks committed as new since the last call, oldest first.
+    pub fn take_new_tasks(&self) -> Vec<muster_core::resources::Task> {
+        self.new_tasks
+            .lock()
+            .expect("new tasks lock")
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn committed_new_task(&self, task: &muster_core::resources::Task) {
+        if let Some(new) = self.new_tasks.lock().expect("new tasks lock").as_mut() {
+            new.push(task.clone());
+        }
     }
 
     /// Changes whenever a space, worker pool or worker has been written or deleted since.

@@ -101,6 +101,7 @@ impl Store {
         event.id = IdKind::Event.format(next_number(&mut tx, IdKind::Event).await?);
         crate::Row::of(&event).write(&mut tx, &self.sealer).await?;
         tx.commit().await?;
+        self.committed_new_task(task);
         Ok(())
     }
 
@@ -124,6 +125,7 @@ impl Store {
         for kind in kinds {
             self.bump_workers_generation(kind);
         }
+        self.committed_new_task(task);
         Ok(())
     }
 

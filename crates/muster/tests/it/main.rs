@@ -26,6 +26,7 @@ mod ssh_workers;
 #[path = "../../../ssh/tests/sshd/mod.rs"]
 mod sshd;
 mod support;
+mod task_token;
 mod tasks;
 mod walls;
 mod workers_live;

@@ -775,12 +775,16 @@ fn prompted_names(runbook: &Runbook) -> String {
     }
 }
 
+/// The header a running task's script sends its `MUSTER_TASK_TOKEN` in.
+pub const TASK_TOKEN_HEADER: &str = "x-muster-task-token";
+
 /// `POST /api/{s}/runbookRuns` `{RunbookId, FormValues?, Comments?}`: queues a run; 201 with the
 /// run, whose `TaskId` is the task to follow.
 pub async fn create_run(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
     SpaceScope(space): SpaceScope,
+    headers: axum::http::HeaderMap,
     body: JsonBody,
 ) -> ApiResult {
     let body = body.object()?;
@@ -832,7 +836,16 @@ pub async fn create_run(
             runbook.name
         )));
     }
-    let (run, task) = runbook::queue_run(&app, &runbook, form_values, comments, None)
+    // A running task's script that sends its token makes the run that task's child.
+    let origin = match headers.get(TASK_TOKEN_HEADER) {
+        None => None,
+        Some(token) => Some(
+            runbook::token_origin(&app, &space.id, token.to_str().unwrap_or_default())
+                .await
+                .map_err(ApiError::bad_request)?,
+        ),
+    };
+    let (run, task) = runbook::queue_run(&app, &runbook, form_values, comments, origin)
         .await
         .map_err(ApiError::internal)?;
     super::tasks::task_created(&app, &user, &task).await;

@@ -180,9 +180,13 @@ pub enum WorkerCommand {
         /// The space whose workers are shared (default: the default space).
         #[arg(long = "from")]
         from: Option<String>,
-        /// At most this many of each other space's tasks at once on each worker.
+        /// At most this many of each other space's tasks at once on each worker (default: keep each
+        /// share's limit; a new share has none).
         #[arg(long)]
         task_limit: Option<i64>,
+        /// Remove the shares' task limits.
+        #[arg(long, conflicts_with = "task_limit")]
+        no_task_limit: bool,
     },
     /// How busy the agents were (per agent and per space), and what sharing saved.
     Usage {
@@ -690,12 +694,16 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
             spaces,
             from,
             task_limit,
+            no_task_limit,
         } => {
             let from = SpaceOption { space: from };
-            return sharing::share(
-                client, json, &pool_name, &from, all_spaces, &spaces, task_limit,
-            )
-            .await;
+            let limit = match (task_limit, no_task_limit) {
+                (Some(n), _) => sharing::TaskLimit::Set(n),
+                (None, true) => sharing::TaskLimit::Remove,
+                (None, false) => sharing::TaskLimit::Keep,
+            };
+            return sharing::share(client, json, &pool_name, &from, all_spaces, &spaces, limit)
+                .await;
         }
         WorkerCommand::Usage { space, hours } => {
             return sharing::usage(client, json, space.as_deref(), hours).await;

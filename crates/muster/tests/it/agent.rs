@@ -261,3 +261,32 @@ fn configure_checks_what_it_is_given() {
         "the home holds a private key"
     );
 }
+
+#[test]
+fn a_deleted_workers_agent_says_why_it_was_refused_and_backs_off() {
+    let server = Server::start();
+    let mut doomed = server.polling_agent("doomed");
+    let worker = server.wait_health("doomed", "Healthy");
+    server
+        .delete(&format!("/api/Spaces-1/workers/{}", worker["Id"].as_str().unwrap()))
+        .assert_status(200);
+    // The agent dials again (as after its own or the server's restart), and is refused.
+    doomed.kill();
+    let again = crate::support::Agent::start(&server.dir.join("agent-doomed"));
+    let refused = again.wait_for("refused this agent");
+    assert!(
+        refused.contains("this worker was deleted from the server")
+            && refused.contains("muster-agent register-worker"),
+        "{refused}"
+    );
+    let lines = again.lines_for(std::time::Duration::from_secs(5));
+    assert!(
+        !lines.iter().any(|l| l.contains("is connected")),
+        "never connected: {lines:?}"
+    );
+    let dials = lines.iter().filter(|l| l.contains("refused")).count();
+    assert!(
+        (1..=3).contains(&dials),
+        "backs off (1 s, 2 s, 4 s, … up to a minute): {lines:?}"
+    );
+}

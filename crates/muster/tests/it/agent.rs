@@ -150,6 +150,17 @@ fn registering_twice_needs_force_and_never_duplicates() {
         "{}",
         text(&again)
     );
+    // A second agent on the machine (another home) with the same name: --force would take the
+    // first one's worker, so the message suggests --name.
+    let other = run(&server.dir.join("other-home"), &args);
+    assert_eq!(other.status.code(), Some(1));
+    assert!(
+        text(&other).contains("for another agent")
+            && text(&other).contains("--name NAME")
+            && !text(&other).contains("--force"),
+        "{}",
+        text(&other)
+    );
     let pool = server
         .post(
             "/api/Spaces-1/workerpools",

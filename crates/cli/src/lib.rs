@@ -265,11 +265,15 @@ pub enum TaskCommand {
     Show {
         task: String,
     },
-    /// A task's log; --follow streams it until the task ends.
+    /// A task's log, printed as `script run` prints it, exiting by the task's state once it has
+    /// ended (0 Success, 1 Failed, 124 TimedOut, 130 Canceled); --follow streams it until it ends.
     Log {
         task: String,
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "raw")]
         follow: bool,
+        /// The server's raw log: every line with its time and category.
+        #[arg(long)]
+        raw: bool,
     },
     Cancel {
         task: String,
@@ -308,6 +312,9 @@ pub struct ScriptRun {
     /// Queue the task and print its id without waiting for it.
     #[arg(long)]
     pub no_wait: bool,
+    /// The task's description (default: the script's first line).
+    #[arg(long)]
+    pub description: Option<String>,
     /// The script, after `--`.
     #[arg(last = true)]
     pub script: Vec<String>,

@@ -61,8 +61,12 @@ fn script_run_prints_the_output_and_exits_by_the_task_state() {
     assert!(task_id.starts_with("ServerTasks-"), "{task_id}");
     let followed = cli(&server, &["task", "log", "--follow", &task_id]);
     assert_eq!(stdout(&followed), "later\n");
-    let raw = cli(&server, &["task", "log", &task_id]);
+    let plain = cli(&server, &["task", "log", &task_id]);
+    assert_eq!(stdout(&plain), "later\n", "the same as --follow");
+    let raw = cli(&server, &["task", "log", "--raw", &task_id]);
     assert!(stdout(&raw).contains("| later"));
+    let described = server.ok(&format!("/api/tasks/{task_id}"));
+    assert_eq!(described["Description"], "echo later", "the script's first line");
     let shown = cli(&server, &["task", "show", &task_id]);
     assert!(stdout(&shown).contains("Success"));
     let listed = cli(&server, &["task", "list", "--state", "Success"]);
@@ -70,6 +74,25 @@ fn script_run_prints_the_output_and_exits_by_the_task_state() {
     let as_json = cli(&server, &["--json", "task", "list"]);
     let parsed: Value = serde_json::from_str(&stdout(&as_json)).expect("--json prints JSON");
     assert_eq!(parsed["ItemType"], "Task");
+
+    // A failed task's log prints alike and exits alike, followed or not.
+    let failing = cli(
+        &server,
+        &["script", "run", "--no-wait", "--description", "Breaks on purpose", "--", "#!/bin/bash\necho before; echo oops >&2; exit 3"],
+    );
+    let failing = stdout(&failing).trim().to_string();
+    assert_eq!(
+        server.ok(&format!("/api/tasks/{failing}"))["Description"],
+        "Breaks on purpose"
+    );
+    let followed = cli(&server, &["task", "log", "--follow", &failing]);
+    let plain = cli(&server, &["task", "log", &failing]);
+    assert_eq!(followed.status.code(), Some(1), "{}", stderr(&followed));
+    assert_eq!(plain.status.code(), followed.status.code());
+    assert_eq!(stdout(&plain), stdout(&followed));
+    assert_eq!(stdout(&plain), "before\n");
+    assert_eq!(stderr(&plain), stderr(&followed));
+    assert!(stderr(&plain).contains("oops") && stderr(&plain).contains("Failed"), "{}", stderr(&plain));
 
     let none = cli(&server, &["script", "run"]);
     assert_eq!(none.status.code(), Some(1));

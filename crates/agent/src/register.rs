@@ -183,6 +183,7 @@ pub async fn register(home: &Home, r: Registration) -> anyhow::Result<Value> {
             "--comms-style must be TentacleActive (polling) or TentaclePassive (listening), got '{other}'"
         ),
     };
+    config.registered_with = Some(r.server.trim_end_matches('/').to_string());
     home.save(&config)?;
 
     let body = json!({

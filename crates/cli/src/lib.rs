@@ -93,7 +93,9 @@ pub struct SpaceOption {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum SpaceCommand {
+    /// Lists the spaces you may see.
     List,
+    /// Creates a space, with its default worker pool and machine policy.
     Create {
         name: String,
         #[arg(long)]
@@ -107,10 +109,12 @@ pub enum SpaceCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum PoolCommand {
+    /// Lists a space's worker pools and how many workers each has.
     List {
         #[command(flatten)]
         space: SpaceOption,
     },
+    /// Creates a worker pool.
     Create {
         name: String,
         #[command(flatten)]
@@ -124,6 +128,7 @@ pub enum PoolCommand {
         #[arg(long, requires = "dynamic")]
         worker_type: Option<String>,
     },
+    /// Deletes a worker pool (not the space's default one).
     Delete {
         pool: String,
         #[command(flatten)]
@@ -133,6 +138,7 @@ pub enum PoolCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum WorkerCommand {
+    /// Lists a space's workers: health, state, endpoint and pools.
     List {
         #[command(flatten)]
         space: SpaceOption,
@@ -140,11 +146,13 @@ pub enum WorkerCommand {
         #[arg(long)]
         pool: Option<String>,
     },
+    /// Shows one worker (name, slug or id).
     Show {
         worker: String,
         #[command(flatten)]
         space: SpaceOption,
     },
+    /// Deletes a worker (a shared one: the space stops using it).
     Delete {
         worker: String,
         #[command(flatten)]
@@ -243,6 +251,7 @@ pub enum WorkerCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum PolicyCommand {
+    /// Lists a space's machine policies.
     List {
         #[command(flatten)]
         space: SpaceOption,
@@ -251,6 +260,7 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum TaskCommand {
+    /// Lists tasks, newest first.
     List {
         /// Only this space's tasks (default: every space).
         #[arg(long)]
@@ -275,6 +285,7 @@ pub enum TaskCommand {
         #[arg(long)]
         raw: bool,
     },
+    /// Cancels a queued or running task.
     Cancel {
         task: String,
     },

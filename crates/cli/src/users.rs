@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum UserCommand {
+    /// Lists the users.
     List,
     /// Creates a user and prints a new API key for them (shown once).
     Create {

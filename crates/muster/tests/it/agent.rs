@@ -220,9 +220,8 @@ fn registering_twice_needs_force_and_never_duplicates() {
     let removed = run(
         &home,
         &[
+            // The server is the one the agent registered with.
             "deregister-worker",
-            "--server",
-            &server.url,
             "--apiKey",
             KEY,
         ],
@@ -300,4 +299,17 @@ fn a_deleted_workers_agent_says_why_it_was_refused_and_backs_off() {
         (1..=3).contains(&dials),
         "backs off (1 s, 2 s, 4 s, … up to a minute): {lines:?}"
     );
+}
+
+#[test]
+fn show_thumbprint_creates_no_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("never-made");
+    let shown = run(&home, &["show-thumbprint"]);
+    assert_eq!(shown.status.code(), Some(1));
+    assert!(text(&shown).contains("new-certificate"), "{}", text(&shown));
+    assert!(!home.exists(), "showing created nothing");
+    let unregistered = run(&home, &["deregister-worker", "--api-key", "API-X"]);
+    assert_eq!(unregistered.status.code(), Some(1));
+    assert!(text(&unregistered).contains("--server"), "{}", text(&unregistered));
 }

@@ -102,9 +102,7 @@ pub enum SpaceCommand {
         description: Option<String>,
     },
     /// Stops the space's task queue, then deletes the space with everything in it.
-    Delete {
-        space: String,
-    },
+    Delete { space: String },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -272,9 +270,7 @@ pub enum TaskCommand {
         take: u64,
     },
     /// A task's state, and why it is still queued if it is.
-    Show {
-        task: String,
-    },
+    Show { task: String },
     /// A task's log, printed as `script run` prints it, exiting by the task's state once it has
     /// ended (0 Success, 1 Failed, 124 TimedOut, 130 Canceled); --follow streams it until it ends.
     Log {
@@ -286,13 +282,9 @@ pub enum TaskCommand {
         raw: bool,
     },
     /// Cancels a queued or running task.
-    Cancel {
-        task: String,
-    },
+    Cancel { task: String },
     /// The files a task's scripts returned (download one with `muster artifact download`).
-    Artifacts {
-        task: String,
-    },
+    Artifacts { task: String },
 }
 
 #[derive(Debug, Clone, Subcommand)]

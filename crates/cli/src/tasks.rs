@@ -247,8 +247,12 @@ pub async fn script_run(client: &Client, json: bool, args: ScriptRun) -> anyhow:
     if let Some(timeout) = &args.timeout {
         arguments["Timeout"] = json!(timeout);
     }
-    let description = args.description.clone().unwrap_or_else(|| default_description(&body));
-    let request = json!({"Name": "AdHocScript", "Description": description, "Arguments": arguments});
+    let description = args
+        .description
+        .clone()
+        .unwrap_or_else(|| default_description(&body));
+    let request =
+        json!({"Name": "AdHocScript", "Description": description, "Arguments": arguments});
     if args.no_wait {
         let task = client
             .send(

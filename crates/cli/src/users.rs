@@ -40,9 +40,7 @@ pub enum UserCommand {
         space: SpaceOption,
     },
     /// What a user may do, per space.
-    Permissions {
-        username: String,
-    },
+    Permissions { username: String },
 }
 
 async fn find_user(client: &Client, username: &str) -> anyhow::Result<Value> {

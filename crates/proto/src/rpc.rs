@@ -55,7 +55,8 @@ pub fn reconnect_delay(failures: u32) -> Duration {
 /// How long a polling agent waits before dialling again after the server refused it `refusals`
 /// times in a row: 1 s doubling to [`MAX_REFUSED_DELAY`], with the same jitter.
 pub fn refused_delay(refusals: u32) -> Duration {
-    let base = Duration::from_secs(1u64 << refusals.clamp(1, 7).saturating_sub(1)).min(MAX_REFUSED_DELAY);
+    let base =
+        Duration::from_secs(1u64 << refusals.clamp(1, 7).saturating_sub(1)).min(MAX_REFUSED_DELAY);
     let jitter = rand::random_range(0..=base.as_millis() as u64 / 4);
     base + Duration::from_millis(jitter)
 }
@@ -109,7 +110,9 @@ async fn read_answer(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::i
     loop {
         let byte = stream.read_u8().await?;
         if byte == b'\n' || line.len() >= 1024 {
-            return Ok(String::from_utf8_lossy(&line).trim_end_matches('\r').to_string());
+            return Ok(String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string());
         }
         line.push(byte);
     }

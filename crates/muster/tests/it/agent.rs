@@ -278,7 +278,10 @@ fn a_deleted_workers_agent_says_why_it_was_refused_and_backs_off() {
     let mut doomed = server.polling_agent("doomed");
     let worker = server.wait_health("doomed", "Healthy");
     server
-        .delete(&format!("/api/Spaces-1/workers/{}", worker["Id"].as_str().unwrap()))
+        .delete(&format!(
+            "/api/Spaces-1/workers/{}",
+            worker["Id"].as_str().unwrap()
+        ))
         .assert_status(200);
     // The agent dials again (as after its own or the server's restart), and is refused.
     doomed.kill();
@@ -311,5 +314,9 @@ fn show_thumbprint_creates_no_home() {
     assert!(!home.exists(), "showing created nothing");
     let unregistered = run(&home, &["deregister-worker", "--api-key", "API-X"]);
     assert_eq!(unregistered.status.code(), Some(1));
-    assert!(text(&unregistered).contains("--server"), "{}", text(&unregistered));
+    assert!(
+        text(&unregistered).contains("--server"),
+        "{}",
+        text(&unregistered)
+    );
 }

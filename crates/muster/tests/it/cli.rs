@@ -66,7 +66,10 @@ fn script_run_prints_the_output_and_exits_by_the_task_state() {
     let raw = cli(&server, &["task", "log", "--raw", &task_id]);
     assert!(stdout(&raw).contains("| later"));
     let described = server.ok(&format!("/api/tasks/{task_id}"));
-    assert_eq!(described["Description"], "echo later", "the script's first line");
+    assert_eq!(
+        described["Description"], "echo later",
+        "the script's first line"
+    );
     let shown = cli(&server, &["task", "show", &task_id]);
     assert!(stdout(&shown).contains("Success"));
     let listed = cli(&server, &["task", "list", "--state", "Success"]);
@@ -78,7 +81,15 @@ fn script_run_prints_the_output_and_exits_by_the_task_state() {
     // A failed task's log prints alike and exits alike, followed or not.
     let failing = cli(
         &server,
-        &["script", "run", "--no-wait", "--description", "Breaks on purpose", "--", "#!/bin/bash\necho before; echo oops >&2; exit 3"],
+        &[
+            "script",
+            "run",
+            "--no-wait",
+            "--description",
+            "Breaks on purpose",
+            "--",
+            "#!/bin/bash\necho before; echo oops >&2; exit 3",
+        ],
     );
     let failing = stdout(&failing).trim().to_string();
     assert_eq!(
@@ -92,7 +103,11 @@ fn script_run_prints_the_output_and_exits_by_the_task_state() {
     assert_eq!(stdout(&plain), stdout(&followed));
     assert_eq!(stdout(&plain), "before\n");
     assert_eq!(stderr(&plain), stderr(&followed));
-    assert!(stderr(&plain).contains("oops") && stderr(&plain).contains("Failed"), "{}", stderr(&plain));
+    assert!(
+        stderr(&plain).contains("oops") && stderr(&plain).contains("Failed"),
+        "{}",
+        stderr(&plain)
+    );
 
     let none = cli(&server, &["script", "run"]);
     assert_eq!(none.status.code(), Some(1));
@@ -235,7 +250,10 @@ fn worker_share_says_what_it_changed_and_keeps_a_limit_it_was_not_told_to_change
         .to_string();
     let _agent = server.polling_agent("sharer");
     let home = server.wait_health("sharer", "Healthy");
-    let shares = format!("/api/Spaces-1/workers/{}/shares", home["Id"].as_str().unwrap());
+    let shares = format!(
+        "/api/Spaces-1/workers/{}/shares",
+        home["Id"].as_str().unwrap()
+    );
     let stored_limit = || {
         server
             .ok(&shares)
@@ -247,7 +265,14 @@ fn worker_share_says_what_it_changed_and_keeps_a_limit_it_was_not_told_to_change
             .expect("shared into B")
     };
     let share = |extra: &[&str]| {
-        let mut args = vec!["worker", "share", "--pool-name", "Default Worker Pool", "--space", "B"];
+        let mut args = vec![
+            "worker",
+            "share",
+            "--pool-name",
+            "Default Worker Pool",
+            "--space",
+            "B",
+        ];
         args.extend_from_slice(extra);
         let output = cli(&server, &args);
         assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
@@ -255,7 +280,10 @@ fn worker_share_says_what_it_changed_and_keeps_a_limit_it_was_not_told_to_change
     };
 
     let first = share(&["--task-limit", "2"]);
-    assert!(first.contains("sharer → B / Default Worker Pool: shared with task limit 2"), "{first}");
+    assert!(
+        first.contains("sharer → B / Default Worker Pool: shared with task limit 2"),
+        "{first}"
+    );
     assert_eq!(stored_limit(), 2);
     let share_events = || {
         server.ok("/api/events?take=1000")["Items"]
@@ -269,7 +297,10 @@ fn worker_share_says_what_it_changed_and_keeps_a_limit_it_was_not_told_to_change
 
     // Running it again, with or without the same limit, changes nothing and says so.
     for again in [share(&[]), share(&["--task-limit", "2"])] {
-        assert!(again.contains("already shared with task limit 2, nothing changed"), "{again}");
+        assert!(
+            again.contains("already shared with task limit 2, nothing changed"),
+            "{again}"
+        );
         assert!(again.contains("0 share(s) changed"), "{again}");
         assert_eq!(stored_limit(), 2, "a limit is kept unless told otherwise");
     }
@@ -288,7 +319,17 @@ fn worker_share_says_what_it_changed_and_keeps_a_limit_it_was_not_told_to_change
 
     let both = cli(
         &server,
-        &["worker", "share", "--pool-name", "Default Worker Pool", "--space", "B", "--task-limit", "2", "--no-task-limit"],
+        &[
+            "worker",
+            "share",
+            "--pool-name",
+            "Default Worker Pool",
+            "--space",
+            "B",
+            "--task-limit",
+            "2",
+            "--no-task-limit",
+        ],
     );
     assert_eq!(both.status.code(), Some(2), "clap refuses both");
 }

@@ -42,7 +42,11 @@ fn a_404_never_echoes_a_huge_id() {
     ] {
         let reply = server.get(&path);
         reply.assert_error(404);
-        assert!(reply.text.len() < 1_000, "{path}: {} bytes", reply.text.len());
+        assert!(
+            reply.text.len() < 1_000,
+            "{path}: {} bytes",
+            reply.text.len()
+        );
         assert!(
             reply.text.to_ascii_uppercase().contains(&"W".repeat(100)),
             "{}",
@@ -69,6 +73,10 @@ fn a_body_with_a_key_twice_is_refused() {
         "nothing was created"
     );
     server
-        .post_raw("/api/spaces", r#"{"Name": "one", "Nested": [{"A": 1}, {"A": 2}]}"#, "application/json")
+        .post_raw(
+            "/api/spaces",
+            r#"{"Name": "one", "Nested": [{"A": 1}, {"A": 2}]}"#,
+            "application/json",
+        )
         .assert_status(201);
 }

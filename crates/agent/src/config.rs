@@ -18,6 +18,9 @@ pub struct AgentConfig {
     /// Where a polling agent dials: the server's REST address and its comms port.
     pub server: Option<String>,
     pub server_comms_port: Option<u16>,
+    /// The server's REST address this agent last registered with (polling or listening), which
+    /// `deregister-worker` uses when it is not given `--server`.
+    pub registered_with: Option<String>,
     /// A polling agent's subscription id, `poll://…/`, made at its first registration.
     pub subscription_id: Option<String>,
     /// Where the agent's scripts get their working directories.

@@ -58,8 +58,9 @@ enum Command {
     RegisterWorker(RegisterArgs),
     /// Removes the workers that carry this agent's thumbprint.
     DeregisterWorker {
+        /// The server's REST address (default: the one this agent registered with).
         #[arg(long)]
-        server: String,
+        server: Option<String>,
         #[arg(
             long,
             alias = "apiKey",
@@ -186,7 +187,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 identity.thumbprint()
             );
         }
-        Command::ShowThumbprint => println!("{}", home.identity()?.thumbprint()),
+        Command::ShowThumbprint => {
+            // Showing creates nothing: no home, no certificate.
+            if !home.has_certificate() {
+                anyhow::bail!(
+                    "{} holds no certificate yet: `muster-agent new-certificate` (or register-worker) creates one",
+                    home.dir.display()
+                );
+            }
+            println!("{}", home.identity()?.thumbprint());
+        }
         Command::Configure {
             listen_port,
             no_listen,
@@ -262,6 +272,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             space,
             ..
         } => {
+            let config = home.load()?;
+            let Some(server) = server.or(config.registered_with).or(config.server) else {
+                anyhow::bail!(
+                    "this agent's configuration names no server (it was never registered): give --server"
+                );
+            };
             let removed = register::deregister(&home, &server, &api_key, space.as_deref()).await?;
             if removed.is_empty() {
                 println!("No worker of this agent was registered there");

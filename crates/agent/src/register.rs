@@ -100,11 +100,22 @@ pub async fn register(home: &Home, r: Registration) -> anyhow::Result<Value> {
     let existing = existing
         .into_iter()
         .find(|w| matches_name(w, "Name", &r.name));
-    if existing.is_some() && !r.force {
+    if let Some(worker) = existing.as_ref().filter(|_| !r.force) {
+        let space_name = space["Name"].as_str().unwrap_or(&space_id);
+        let ours = worker["Thumbprint"]
+            .as_str()
+            .is_some_and(|t| t.eq_ignore_ascii_case(&identity.thumbprint()));
+        // --force re-points the worker at this agent: right for this agent's own worker, wrong for
+        // another agent's (such as a second agent on this machine, which has the same default name).
+        if ours {
+            bail!(
+                "this agent is already registered as worker '{}' in space {space_name}; use --force to update it",
+                r.name
+            );
+        }
         bail!(
-            "a worker named '{}' is already registered in space {}; use --force to update it",
-            r.name,
-            space["Name"].as_str().unwrap_or(&space_id)
+            "a worker named '{}' is already registered in space {space_name} for another agent (agents default to the host name); give this one its own name with --name NAME",
+            r.name
         );
     }
 
@@ -172,6 +183,7 @@ pub async fn register(home: &Home, r: Registration) -> anyhow::Result<Value> {
             "--comms-style must be TentacleActive (polling) or TentaclePassive (listening), got '{other}'"
         ),
     };
+    config.registered_with = Some(r.server.trim_end_matches('/').to_string());
     home.save(&config)?;
 
     let body = json!({

@@ -614,12 +614,26 @@ async fn poll(
         }
     };
     let mut failures: u32 = 0;
+    let mut refusals: u32 = 0;
     loop {
         let started = tokio::time::Instant::now();
         match rpc::dial_polling(&connector, &host, port, &subscription).await {
             Ok(stream) => {
+                refusals = 0;
                 println!("muster-agent is connected to {host}:{port} as {subscription}");
                 serve(stream, scripts.clone()).await;
+            }
+            // The server refused this agent: say why, and wait longer each time (up to a minute),
+            // since only its operator can mend it.
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                refusals = refusals.saturating_add(1);
+                let delay = rpc::refused_delay(refusals);
+                eprintln!(
+                    "muster-agent: the server at {host}:{port} refused this agent: {error}; trying again in {}s",
+                    delay.as_secs()
+                );
+                tokio::time::sleep(delay).await;
+                continue;
             }
             Err(error) => eprintln!("muster-agent: cannot connect to {host}:{port}: {error:#}"),
         }

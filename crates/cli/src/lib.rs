@@ -93,24 +93,26 @@ pub struct SpaceOption {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum SpaceCommand {
+    /// Lists the spaces you may see.
     List,
+    /// Creates a space, with its default worker pool and machine policy.
     Create {
         name: String,
         #[arg(long)]
         description: Option<String>,
     },
     /// Stops the space's task queue, then deletes the space with everything in it.
-    Delete {
-        space: String,
-    },
+    Delete { space: String },
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum PoolCommand {
+    /// Lists a space's worker pools and how many workers each has.
     List {
         #[command(flatten)]
         space: SpaceOption,
     },
+    /// Creates a worker pool.
     Create {
         name: String,
         #[command(flatten)]
@@ -124,6 +126,7 @@ pub enum PoolCommand {
         #[arg(long, requires = "dynamic")]
         worker_type: Option<String>,
     },
+    /// Deletes a worker pool (not the space's default one).
     Delete {
         pool: String,
         #[command(flatten)]
@@ -133,6 +136,7 @@ pub enum PoolCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum WorkerCommand {
+    /// Lists a space's workers: health, state, endpoint and pools.
     List {
         #[command(flatten)]
         space: SpaceOption,
@@ -140,11 +144,13 @@ pub enum WorkerCommand {
         #[arg(long)]
         pool: Option<String>,
     },
+    /// Shows one worker (name, slug or id).
     Show {
         worker: String,
         #[command(flatten)]
         space: SpaceOption,
     },
+    /// Deletes a worker (a shared one: the space stops using it).
     Delete {
         worker: String,
         #[command(flatten)]
@@ -180,9 +186,13 @@ pub enum WorkerCommand {
         /// The space whose workers are shared (default: the default space).
         #[arg(long = "from")]
         from: Option<String>,
-        /// At most this many of each other space's tasks at once on each worker.
+        /// At most this many of each other space's tasks at once on each worker (default: keep each
+        /// share's limit; a new share has none).
         #[arg(long)]
         task_limit: Option<i64>,
+        /// Remove the shares' task limits.
+        #[arg(long, conflicts_with = "task_limit")]
+        no_task_limit: bool,
     },
     /// How busy the agents were (per agent and per space), and what sharing saved.
     Usage {
@@ -239,6 +249,7 @@ pub enum WorkerCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum PolicyCommand {
+    /// Lists a space's machine policies.
     List {
         #[command(flatten)]
         space: SpaceOption,
@@ -247,6 +258,7 @@ pub enum PolicyCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum TaskCommand {
+    /// Lists tasks, newest first.
     List {
         /// Only this space's tasks (default: every space).
         #[arg(long)]
@@ -258,22 +270,21 @@ pub enum TaskCommand {
         take: u64,
     },
     /// A task's state, and why it is still queued if it is.
-    Show {
-        task: String,
-    },
-    /// A task's log; --follow streams it until the task ends.
+    Show { task: String },
+    /// A task's log, printed as `script run` prints it, exiting by the task's state once it has
+    /// ended (0 Success, 1 Failed, 124 TimedOut, 130 Canceled); --follow streams it until it ends.
     Log {
         task: String,
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "raw")]
         follow: bool,
+        /// The server's raw log: every line with its time and category.
+        #[arg(long)]
+        raw: bool,
     },
-    Cancel {
-        task: String,
-    },
+    /// Cancels a queued or running task.
+    Cancel { task: String },
     /// The files a task's scripts returned (download one with `muster artifact download`).
-    Artifacts {
-        task: String,
-    },
+    Artifacts { task: String },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -304,6 +315,9 @@ pub struct ScriptRun {
     /// Queue the task and print its id without waiting for it.
     #[arg(long)]
     pub no_wait: bool,
+    /// The task's description (default: the script's first line).
+    #[arg(long)]
+    pub description: Option<String>,
     /// The script, after `--`.
     #[arg(last = true)]
     pub script: Vec<String>,
@@ -690,12 +704,16 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
             spaces,
             from,
             task_limit,
+            no_task_limit,
         } => {
             let from = SpaceOption { space: from };
-            return sharing::share(
-                client, json, &pool_name, &from, all_spaces, &spaces, task_limit,
-            )
-            .await;
+            let limit = match (task_limit, no_task_limit) {
+                (Some(n), _) => sharing::TaskLimit::Set(n),
+                (None, true) => sharing::TaskLimit::Remove,
+                (None, false) => sharing::TaskLimit::Keep,
+            };
+            return sharing::share(client, json, &pool_name, &from, all_spaces, &spaces, limit)
+                .await;
         }
         WorkerCommand::Usage { space, hours } => {
             return sharing::usage(client, json, space.as_deref(), hours).await;

@@ -44,6 +44,7 @@ pub enum RunbookCommand {
         #[arg(long)]
         update: bool,
     },
+    /// Lists a space's runbooks.
     List {
         #[command(flatten)]
         space: SpaceOption,
@@ -72,6 +73,7 @@ pub enum RunbookCommand {
         #[arg(long)]
         comments: Option<String>,
     },
+    /// Deletes a runbook.
     Delete {
         runbook: String,
         #[command(flatten)]

@@ -8,6 +8,15 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
+/// What `worker share` does to a share's task limit.
+#[derive(Debug, Clone, Copy)]
+pub enum TaskLimit {
+    /// Keep the limit a share has (none for a new share).
+    Keep,
+    Set(i64),
+    Remove,
+}
+
 /// Shares the workers of a pool in one space into the pool of the same name in other spaces.
 pub async fn share(
     client: &Client,
@@ -16,7 +25,7 @@ pub async fn share(
     from: &SpaceOption,
     all_spaces: bool,
     spaces: &[String],
-    task_limit: Option<i64>,
+    limit: TaskLimit,
 ) -> anyhow::Result<i32> {
     let source = resolve_space(client, from).await?;
     let source_pool = resolve_pool(client, &source, pool_name).await?;
@@ -64,26 +73,64 @@ pub async fn share(
         );
     }
     let mut results = Vec::new();
+    let mut changed = 0;
     for worker in &workers {
         let shares_url = format!("/api/{}/workers/{}/shares", id_of(&source), id_of(worker));
         let existing = array(&client.get(&shares_url).await?);
         for (space, pool) in &targets {
+            let share = existing.iter().find(|w| w["SpaceId"] == space["Id"]);
             // Keep the pools the share already has: sharing adds, never takes away.
-            let mut pools: Vec<Value> = existing
-                .iter()
-                .find(|w| w["SpaceId"] == space["Id"])
+            let mut pools: Vec<Value> = share
                 .map(|w| array(&w["WorkerPoolIds"]))
                 .unwrap_or_default();
-            let already = pools.contains(&pool["Id"]);
-            if !already {
+            let in_pool = pools.contains(&pool["Id"]);
+            if !in_pool {
                 pools.push(pool["Id"].clone());
             }
-            let mut body = json!({"SpaceId": space["Id"], "WorkerPoolIds": pools});
-            if let Some(limit) = task_limit {
-                body["TaskLimit"] = json!(limit);
+            // A limit is kept unless this run names one (or removes it with --no-task-limit).
+            let before = share.and_then(|w| w["ShareTaskLimit"].as_i64());
+            let after = match limit {
+                TaskLimit::Keep => before,
+                TaskLimit::Set(n) => Some(n),
+                TaskLimit::Remove => None,
+            };
+            let mut changes = Vec::new();
+            match share {
+                None => changes.push(match after {
+                    Some(n) => format!("shared with task limit {n}"),
+                    None => "shared".to_string(),
+                }),
+                Some(_) => {
+                    if !in_pool {
+                        changes.push("added to the pool".to_string());
+                    }
+                    match (before, after) {
+                        (Some(b), Some(a)) if b != a => {
+                            changes.push(format!("task limit changed {b} → {a}"))
+                        }
+                        (None, Some(a)) => changes.push(format!("task limit set to {a}")),
+                        (Some(b), None) => changes.push(format!("task limit removed (was {b})")),
+                        _ => {}
+                    }
+                }
             }
-            let shared = client.send(Method::POST, &shares_url, Some(&body)).await?;
-            let state = if already { "already shared" } else { "shared" };
+            let state = if changes.is_empty() {
+                results.push(share.cloned().unwrap_or(Value::Null));
+                match after {
+                    Some(n) => format!("already shared with task limit {n}, nothing changed"),
+                    None => "already shared, nothing changed".to_string(),
+                }
+            } else {
+                let mut body = json!({"SpaceId": space["Id"], "WorkerPoolIds": pools});
+                match limit {
+                    TaskLimit::Keep => {}
+                    TaskLimit::Set(n) => body["TaskLimit"] = json!(n),
+                    TaskLimit::Remove => body["TaskLimit"] = Value::Null,
+                }
+                results.push(client.send(Method::POST, &shares_url, Some(&body)).await?);
+                changed += 1;
+                changes.join(", ")
+            };
             if !json {
                 println!(
                     "{} → {} / {}: {state}",
@@ -92,14 +139,13 @@ pub async fn share(
                     output::text(&pool["Name"])
                 );
             }
-            results.push(shared);
         }
     }
     if json {
         output::json(&Value::Array(results));
     } else {
         println!(
-            "{} worker(s) of {} serve {} other space(s).",
+            "{} worker(s) of {} serve {} other space(s); {changed} share(s) changed.",
             workers.len(),
             output::text(&source["Name"]),
             targets.len()

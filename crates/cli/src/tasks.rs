@@ -145,8 +145,7 @@ pub async fn task(client: &Client, json: bool, command: TaskCommand) -> anyhow::
             Ok(0)
         }
         TaskCommand::Log {
-            task,
-            follow: false,
+            task, raw: true, ..
         } => {
             let text = client
                 .get_text(&format!("/api/tasks/{}/raw", normalize_task_id(&task)))
@@ -154,8 +153,23 @@ pub async fn task(client: &Client, json: bool, command: TaskCommand) -> anyhow::
             print!("{text}");
             Ok(0)
         }
-        TaskCommand::Log { task, follow: true } => {
-            let task = follow(client, &normalize_task_id(&task)).await?;
+        TaskCommand::Log { task, follow, .. } => {
+            let id = normalize_task_id(&task);
+            // An ended task's log is the same with or without --follow: the stream gives every
+            // line and then the end. A task still running is shown so far, and says so.
+            if !follow {
+                let task = client.get(&format!("/api/tasks/{id}")).await?;
+                if task["IsCompleted"] != json!(true) {
+                    let text = client.get_text(&format!("/api/tasks/{id}/raw")).await?;
+                    print!("{text}");
+                    eprintln!(
+                        "{id} is {}; `muster task log --follow {id}` follows it to its end.",
+                        output::text(&task["State"])
+                    );
+                    return Ok(0);
+                }
+            }
+            let task = self::follow(client, &id).await?;
             report_end(&task);
             Ok(exit_code(&task))
         }
@@ -195,6 +209,20 @@ fn report_end(task: &Value) {
     }
 }
 
+/// A script's first line that says something (a shebang does not), shortened to fit a task list.
+fn default_description(body: &str) -> String {
+    let line = body
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("#!"))
+        .unwrap_or("Script run from the muster CLI");
+    let mut text: String = line.chars().take(100).collect();
+    if line.chars().count() > 100 {
+        text.push('…');
+    }
+    text
+}
+
 pub async fn script_run(client: &Client, json: bool, args: ScriptRun) -> anyhow::Result<i32> {
     let body = script_body(&args)?;
     let space = resolve_space(client, &args.space).await?;
@@ -219,7 +247,12 @@ pub async fn script_run(client: &Client, json: bool, args: ScriptRun) -> anyhow:
     if let Some(timeout) = &args.timeout {
         arguments["Timeout"] = json!(timeout);
     }
-    let request = json!({"Name": "AdHocScript", "Description": "Script run from the muster CLI", "Arguments": arguments});
+    let description = args
+        .description
+        .clone()
+        .unwrap_or_else(|| default_description(&body));
+    let request =
+        json!({"Name": "AdHocScript", "Description": description, "Arguments": arguments});
     if args.no_wait {
         let task = client
             .send(

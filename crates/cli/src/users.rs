@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum UserCommand {
+    /// Lists the users.
     List,
     /// Creates a user and prints a new API key for them (shown once).
     Create {
@@ -39,9 +40,7 @@ pub enum UserCommand {
         space: SpaceOption,
     },
     /// What a user may do, per space.
-    Permissions {
-        username: String,
-    },
+    Permissions { username: String },
 }
 
 async fn find_user(client: &Client, username: &str) -> anyhow::Result<Value> {

@@ -87,6 +87,8 @@ pub fn canonical_id(kind: IdKind, text: &str) -> Option<String> {
 pub fn check_name(name: &str) -> Option<String> {
     if name.trim().is_empty() {
         Some("Name is required.".into())
+    } else if !name.chars().any(|c| !c.is_whitespace() && !is_invisible(c)) {
+        Some("Name must contain a visible character, not only spaces or invisible ones.".into())
     } else if name.chars().count() > 200 {
         Some("Name must be at most 200 characters.".into())
     } else if name
@@ -97,6 +99,16 @@ pub fn check_name(name: &str) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Characters that print as nothing: zero-width spaces and joiners, the byte order mark, the soft
+/// hyphen, fillers and blanks that are not whitespace to Unicode.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FEFF}' | '\u{FFA0}' | '\u{E0000}'..='\u{E007F}')
 }
 
 /// A slug: lower case, runs of anything but letters and digits folded to one dash.

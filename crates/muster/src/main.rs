@@ -45,6 +45,8 @@ fn main() {
                             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
                     )
                     .with_writer(std::io::stderr)
+                    // Colour codes only for a person at a terminal, never into a file or a journal.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .init();
                 muster_server::run(args).await.map(|()| 0)
             }
@@ -62,5 +64,27 @@ fn main() {
             eprintln!("error: {message}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand, at every depth, says what it does in `--help`.
+    #[test]
+    fn every_subcommand_has_a_description() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "muster", &mut missing);
+        assert!(missing.is_empty(), "without a description: {missing:?}");
     }
 }

@@ -21,6 +21,16 @@ use std::time::Duration;
 /// What a polling agent writes first on its TLS connection: `MUSTER-SUBSCRIBER 1 poll://…/`.
 pub const SUBSCRIBER_PREFACE: &str = "MUSTER-SUBSCRIBER 1";
 
+/// The server's answer to a polling agent's preface, one line: this, and the link is the agent's...
+pub const SUBSCRIBER_ACCEPTED: &str = "MUSTER-ACCEPTED";
+/// ...or this, a space and the reason it was refused (for the agent to print), and the server
+/// closes the connection.
+pub const SUBSCRIBER_REFUSED: &str = "MUSTER-REFUSED";
+
+/// The longest a polling agent that the server refused waits between dials: it needs its operator
+/// (a worker registered again), not a quick retry.
+pub const MAX_REFUSED_DELAY: Duration = Duration::from_secs(60);
+
 /// HTTP/2 keep-alive on every link, both sides: a ping after this long without news from the peer...
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(4);
 /// ...and the link is closed when it is not answered in this long. So a dropped link is noticed
@@ -42,8 +52,18 @@ pub fn reconnect_delay(failures: u32) -> Duration {
     base / 2 + Duration::from_millis(jitter)
 }
 
+/// How long a polling agent waits before dialling again after the server refused it `refusals`
+/// times in a row: 1 s doubling to [`MAX_REFUSED_DELAY`], with the same jitter.
+pub fn refused_delay(refusals: u32) -> Duration {
+    let base =
+        Duration::from_secs(1u64 << refusals.clamp(1, 7).saturating_sub(1)).min(MAX_REFUSED_DELAY);
+    let jitter = rand::random_range(0..=base.as_millis() as u64 / 4);
+    base + Duration::from_millis(jitter)
+}
+
 /// A polling agent's dial: TCP to the server's comms port, the TLS handshake (`connector` pins the
-/// server), then the subscriber preface. Each step has 10 seconds.
+/// server), then the subscriber preface and the server's answer. Each step has 10 seconds. A
+/// refusal is an error of kind `PermissionDenied` whose text is the server's reason.
 pub async fn dial_polling(
     connector: &tokio_rustls::TlsConnector,
     host: &str,
@@ -65,7 +85,37 @@ pub async fn dial_polling(
         .write_all(format!("{SUBSCRIBER_PREFACE} {subscription}\n").as_bytes())
         .await?;
     stream.flush().await?;
-    Ok(stream)
+    let answer = tokio::time::timeout(step, read_answer(&mut stream))
+        .await
+        .map_err(|_| timed_out("the server did not answer the subscription in time"))??;
+    if answer == SUBSCRIBER_ACCEPTED {
+        return Ok(stream);
+    }
+    match answer.strip_prefix(SUBSCRIBER_REFUSED) {
+        Some(reason) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            reason.trim().to_string(),
+        )),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the server answered the subscription with '{answer}'"),
+        )),
+    }
+}
+
+/// One line of the server's answer, byte by byte so that nothing after it is read.
+async fn read_answer(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::new();
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' || line.len() >= 1024 {
+            return Ok(String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string());
+        }
+        line.push(byte);
+    }
 }
 
 pub const PATH_START: &str = "/v1/scripts/start";
@@ -207,5 +257,12 @@ mod tests {
         }
         assert!(reconnect_delay(1) <= Duration::from_millis(200));
         assert!(reconnect_delay(20) >= MAX_RECONNECT_DELAY / 2);
+        assert!(refused_delay(1) >= Duration::from_secs(1));
+        assert!(refused_delay(1) < Duration::from_secs(2));
+        assert!(refused_delay(3) >= Duration::from_secs(4));
+        for refusals in 0..100 {
+            assert!(refused_delay(refusals) <= MAX_REFUSED_DELAY * 5 / 4);
+        }
+        assert!(refused_delay(100) >= MAX_REFUSED_DELAY);
     }
 }

@@ -459,10 +459,27 @@ async fn authenticate(
         _ => false,
     });
     let Some(worker) = registered else {
+        // Tell the agent why, so that its operator need not read this server's log.
+        let reason = if workers.is_empty() {
+            format!(
+                "this worker was deleted from the server, or never registered (its certificate's thumbprint {presented} is no longer registered); register it again with `muster-agent register-worker`"
+            )
+        } else {
+            format!(
+                "this agent's certificate is registered on the server, but not for subscription {subscription}; register it again with `muster-agent register-worker`"
+            )
+        };
+        let answer = format!("{} {reason}\n", rpc::SUBSCRIBER_REFUSED);
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
         return Err(anyhow!(
             "certificate {presented} is not registered for subscription {subscription}"
         ));
     };
+    stream
+        .write_all(format!("{}\n", rpc::SUBSCRIBER_ACCEPTED).as_bytes())
+        .await?;
+    stream.flush().await?;
     Ok(Some((
         stream,
         worker.thumbprint.clone().unwrap_or_default(),

@@ -152,7 +152,15 @@ impl ApiError {
         }
     }
 
+    /// A 404 naming what was asked for, shortened past 100 characters: an id of 20,000 characters
+    /// is not echoed back.
     pub fn not_found(what: impl std::fmt::Display) -> Self {
+        const SHOWN: usize = 100;
+        let what = what.to_string();
+        let what = match what.char_indices().nth(SHOWN) {
+            Some((end, _)) => format!("{}…", &what[..end]),
+            None => what,
+        };
         Self::new(
             StatusCode::NOT_FOUND,
             format!("The resource '{what}' was not found."),
@@ -248,8 +256,67 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
             ApiError::bad_request(format!("The request body is not valid JSON: {e}"))
         })?;
+        // serde_json keeps the last of a repeated key; a body that says two things is refused
+        // (keys are compared without case, as the API reads them).
+        if let Err(e) = serde_json::from_slice::<NoDuplicateKeys>(bytes) {
+            return Err(ApiError::bad_request(format!(
+                "The request body is not valid JSON: {e}"
+            )));
+        }
         muster_core::casing::canonicalize(&mut value);
         Ok(JsonBody(value))
+    }
+}
+
+/// Reads a JSON document only to refuse an object that has a key twice.
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.to_lowercase()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key '{}' appears twice in one object",
+                    key.chars().take(100).collect::<String>()
+                )));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(self)
     }
 }
 

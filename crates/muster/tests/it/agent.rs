@@ -150,6 +150,17 @@ fn registering_twice_needs_force_and_never_duplicates() {
         "{}",
         text(&again)
     );
+    // A second agent on the machine (another home) with the same name: --force would take the
+    // first one's worker, so the message suggests --name.
+    let other = run(&server.dir.join("other-home"), &args);
+    assert_eq!(other.status.code(), Some(1));
+    assert!(
+        text(&other).contains("for another agent")
+            && text(&other).contains("--name NAME")
+            && !text(&other).contains("--force"),
+        "{}",
+        text(&other)
+    );
     let pool = server
         .post(
             "/api/Spaces-1/workerpools",
@@ -209,9 +220,8 @@ fn registering_twice_needs_force_and_never_duplicates() {
     let removed = run(
         &home,
         &[
+            // The server is the one the agent registered with.
             "deregister-worker",
-            "--server",
-            &server.url,
             "--apiKey",
             KEY,
         ],
@@ -259,5 +269,54 @@ fn configure_checks_what_it_is_given() {
         std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
         0o700,
         "the home holds a private key"
+    );
+}
+
+#[test]
+fn a_deleted_workers_agent_says_why_it_was_refused_and_backs_off() {
+    let server = Server::start();
+    let mut doomed = server.polling_agent("doomed");
+    let worker = server.wait_health("doomed", "Healthy");
+    server
+        .delete(&format!(
+            "/api/Spaces-1/workers/{}",
+            worker["Id"].as_str().unwrap()
+        ))
+        .assert_status(200);
+    // The agent dials again (as after its own or the server's restart), and is refused.
+    doomed.kill();
+    let again = crate::support::Agent::start(&server.dir.join("agent-doomed"));
+    let refused = again.wait_for("refused this agent");
+    assert!(
+        refused.contains("this worker was deleted from the server")
+            && refused.contains("muster-agent register-worker"),
+        "{refused}"
+    );
+    let lines = again.lines_for(std::time::Duration::from_secs(5));
+    assert!(
+        !lines.iter().any(|l| l.contains("is connected")),
+        "never connected: {lines:?}"
+    );
+    let dials = lines.iter().filter(|l| l.contains("refused")).count();
+    assert!(
+        (1..=3).contains(&dials),
+        "backs off (1 s, 2 s, 4 s, … up to a minute): {lines:?}"
+    );
+}
+
+#[test]
+fn show_thumbprint_creates_no_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("never-made");
+    let shown = run(&home, &["show-thumbprint"]);
+    assert_eq!(shown.status.code(), Some(1));
+    assert!(text(&shown).contains("new-certificate"), "{}", text(&shown));
+    assert!(!home.exists(), "showing created nothing");
+    let unregistered = run(&home, &["deregister-worker", "--api-key", "API-X"]);
+    assert_eq!(unregistered.status.code(), Some(1));
+    assert!(
+        text(&unregistered).contains("--server"),
+        "{}",
+        text(&unregistered)
     );
 }

@@ -61,8 +61,15 @@ fn script_run_prints_the_output_and_exits_by_the_task_state() {
     assert!(task_id.starts_with("ServerTasks-"), "{task_id}");
     let followed = cli(&server, &["task", "log", "--follow", &task_id]);
     assert_eq!(stdout(&followed), "later\n");
-    let raw = cli(&server, &["task", "log", &task_id]);
+    let plain = cli(&server, &["task", "log", &task_id]);
+    assert_eq!(stdout(&plain), "later\n", "the same as --follow");
+    let raw = cli(&server, &["task", "log", "--raw", &task_id]);
     assert!(stdout(&raw).contains("| later"));
+    let described = server.ok(&format!("/api/tasks/{task_id}"));
+    assert_eq!(
+        described["Description"], "echo later",
+        "the script's first line"
+    );
     let shown = cli(&server, &["task", "show", &task_id]);
     assert!(stdout(&shown).contains("Success"));
     let listed = cli(&server, &["task", "list", "--state", "Success"]);
@@ -70,6 +77,37 @@ fn script_run_prints_the_output_and_exits_by_the_task_state() {
     let as_json = cli(&server, &["--json", "task", "list"]);
     let parsed: Value = serde_json::from_str(&stdout(&as_json)).expect("--json prints JSON");
     assert_eq!(parsed["ItemType"], "Task");
+
+    // A failed task's log prints alike and exits alike, followed or not.
+    let failing = cli(
+        &server,
+        &[
+            "script",
+            "run",
+            "--no-wait",
+            "--description",
+            "Breaks on purpose",
+            "--",
+            "#!/bin/bash\necho before; echo oops >&2; exit 3",
+        ],
+    );
+    let failing = stdout(&failing).trim().to_string();
+    assert_eq!(
+        server.ok(&format!("/api/tasks/{failing}"))["Description"],
+        "Breaks on purpose"
+    );
+    let followed = cli(&server, &["task", "log", "--follow", &failing]);
+    let plain = cli(&server, &["task", "log", &failing]);
+    assert_eq!(followed.status.code(), Some(1), "{}", stderr(&followed));
+    assert_eq!(plain.status.code(), followed.status.code());
+    assert_eq!(stdout(&plain), stdout(&followed));
+    assert_eq!(stdout(&plain), "before\n");
+    assert_eq!(stderr(&plain), stderr(&followed));
+    assert!(
+        stderr(&plain).contains("oops") && stderr(&plain).contains("Failed"),
+        "{}",
+        stderr(&plain)
+    );
 
     let none = cli(&server, &["script", "run"]);
     assert_eq!(none.status.code(), Some(1));
@@ -199,4 +237,99 @@ fn errors_are_one_line_without_a_backtrace() {
         .unwrap();
     assert!(stderr(&bad_key).contains("API key"), "{}", stderr(&bad_key));
     assert!(!stderr(&bad_key).contains("panicked"));
+}
+
+#[test]
+fn worker_share_says_what_it_changed_and_keeps_a_limit_it_was_not_told_to_change() {
+    let server = Server::start();
+    let b = server
+        .post("/api/spaces", &json!({"Name": "B"}))
+        .assert_status(201)["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let _agent = server.polling_agent("sharer");
+    let home = server.wait_health("sharer", "Healthy");
+    let shares = format!(
+        "/api/Spaces-1/workers/{}/shares",
+        home["Id"].as_str().unwrap()
+    );
+    let stored_limit = || {
+        server
+            .ok(&shares)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["SpaceId"] == b.as_str())
+            .map(|w| w["ShareTaskLimit"].clone())
+            .expect("shared into B")
+    };
+    let share = |extra: &[&str]| {
+        let mut args = vec![
+            "worker",
+            "share",
+            "--pool-name",
+            "Default Worker Pool",
+            "--space",
+            "B",
+        ];
+        args.extend_from_slice(extra);
+        let output = cli(&server, &args);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        stdout(&output)
+    };
+
+    let first = share(&["--task-limit", "2"]);
+    assert!(
+        first.contains("sharer → B / Default Worker Pool: shared with task limit 2"),
+        "{first}"
+    );
+    assert_eq!(stored_limit(), 2);
+    let share_events = || {
+        server.ok("/api/events?take=1000")["Items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["Message"].as_str().unwrap().contains("space 'B'"))
+            .count()
+    };
+    let events = share_events();
+
+    // Running it again, with or without the same limit, changes nothing and says so.
+    for again in [share(&[]), share(&["--task-limit", "2"])] {
+        assert!(
+            again.contains("already shared with task limit 2, nothing changed"),
+            "{again}"
+        );
+        assert!(again.contains("0 share(s) changed"), "{again}");
+        assert_eq!(stored_limit(), 2, "a limit is kept unless told otherwise");
+    }
+    assert_eq!(share_events(), events, "no change, no event");
+
+    let raised = share(&["--task-limit", "3"]);
+    assert!(raised.contains("task limit changed 2 → 3"), "{raised}");
+    assert_eq!(stored_limit(), 3);
+
+    let removed = share(&["--no-task-limit"]);
+    assert!(removed.contains("task limit removed (was 3)"), "{removed}");
+    assert_eq!(stored_limit(), Value::Null);
+    let again = share(&[]);
+    assert!(again.contains("already shared, nothing changed"), "{again}");
+    assert_eq!(stored_limit(), Value::Null);
+
+    let both = cli(
+        &server,
+        &[
+            "worker",
+            "share",
+            "--pool-name",
+            "Default Worker Pool",
+            "--space",
+            "B",
+            "--task-limit",
+            "2",
+            "--no-task-limit",
+        ],
+    );
+    assert_eq!(both.status.code(), Some(2), "clap refuses both");
 }

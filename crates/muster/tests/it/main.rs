@@ -10,6 +10,7 @@ mod cli;
 mod conventions;
 mod crash;
 mod events;
+mod inputs;
 mod logs;
 mod openapi;
 mod permissions;

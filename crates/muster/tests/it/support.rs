@@ -530,6 +530,23 @@ impl Agent {
         self.child.id()
     }
 
+    /// Every line the agent prints during the next `span`.
+    pub fn lines_for(&self, span: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + span;
+        let mut lines = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(left);
+                    break;
+                }
+            }
+        }
+        lines
+    }
+
     /// SIGKILL: the agent dies as in a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -250,6 +250,18 @@ fn a_listening_agent_refuses_a_server_it_does_not_trust() {
         &agent()
             .arg("--home")
             .arg(&home)
+            .args(["new-certificate", "--if-blank"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    assert!(!thumbprint.is_empty());
+    let thumbprint = String::from_utf8_lossy(
+        &agent()
+            .arg("--home")
+            .arg(&home)
             .arg("show-thumbprint")
             .output()
             .unwrap()

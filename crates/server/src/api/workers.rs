@@ -662,9 +662,11 @@ pub async fn share(
             "The worker is already in that space: it is the agent's home.",
         ));
     }
+    // Absent keeps the share's limit, null removes it: running the same share again changes nothing.
     let limit = match body.get("TaskLimit") {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(value) => Some(Some(
             value
                 .as_i64()
                 .filter(|n| (1..=i64::from(i32::MAX)).contains(n))
@@ -674,7 +676,7 @@ pub async fn share(
                         i32::MAX
                     ))
                 })?,
-        ),
+        )),
     };
     let pools: Vec<WorkerPool> = app.store.list(&target.id).await?;
     let mut pool_ids = Vec::new();
@@ -729,8 +731,23 @@ pub async fn share(
             ..Default::default()
         },
     };
+    // The same pools and limit again: nothing to write, and no event for a change that did not happen.
+    let unchanged = !is_new && {
+        let (mut before, mut after) = (worker.worker_pool_ids.clone(), pool_ids.clone());
+        before.sort();
+        after.sort();
+        before.dedup();
+        after.dedup();
+        before == after && limit.is_none_or(|l| l == worker.share_task_limit)
+    };
+    if unchanged {
+        let body = resource(&app, worker).await?;
+        return ok(&body);
+    }
     worker.worker_pool_ids = pool_ids;
-    worker.share_task_limit = limit;
+    if let Some(limit) = limit {
+        worker.share_task_limit = limit;
+    }
     worker.machine_policy_id = worker.machine_policy_id.filter(|p| !p.is_empty());
     validate(&app, &target, &mut worker).await?;
     if is_new {

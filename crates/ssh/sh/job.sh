@@ -15,7 +15,11 @@ tag() {
   else exec awk -v p="$1" "$prog" >> output
   fi
 }
+# The outer group is a subshell of the pipeline, where a caught signal is reset: it catches TERM too,
+# or the script's own `kill -TERM 0` below would end it before the 'E ' tagger has written the
+# script's last error lines, and the keeper's KILL of the group would then lose them.
 {
+  trap ':' TERM
   {
     trap ':' TERM
     if command -v "$1" >/dev/null 2>&1; then

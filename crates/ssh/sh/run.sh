@@ -28,7 +28,10 @@ if [ "$timeout" -gt 0 ]; then
 fi
 wait "$job"
 if [ -n "$timer" ]; then kill "$timer" 2>/dev/null; fi
-# Nothing the script started outlives it.
+# The taggers drain what the script printed last (its other processes got TERM from job.sh); then
+# nothing the script started outlives it.
+i=0
+while [ "$i" -lt 100 ] && kill -0 -"$job" 2>/dev/null; do sleep 0.01; i=$((i + 1)); done
 kill -KILL -"$job" 2>/dev/null
 if [ -f cancel ]; then end=canceled
 elif [ -f timedout ]; then end=timedout

@@ -18,8 +18,12 @@
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// What a polling agent writes first on its TLS connection: `MUSTER-SUBSCRIBER 1 poll://…/`.
-pub const SUBSCRIBER_PREFACE: &str = "MUSTER-SUBSCRIBER 1";
+/// What a polling agent writes first on its TLS connection: `MUSTER-SUBSCRIBER 2 poll://…/`. Version
+/// 2 agents read the server's one-line answer ([`SUBSCRIBER_ACCEPTED`] or [`SUBSCRIBER_REFUSED`]);
+/// a version 1 agent (older) is answered nothing, as before.
+pub const SUBSCRIBER_PREFACE: &str = "MUSTER-SUBSCRIBER 2";
+/// The preface of an agent from before the server answered.
+pub const SUBSCRIBER_PREFACE_V1: &str = "MUSTER-SUBSCRIBER 1";
 
 /// The server's answer to a polling agent's preface, one line: this, and the link is the agent's...
 pub const SUBSCRIBER_ACCEPTED: &str = "MUSTER-ACCEPTED";
@@ -98,7 +102,10 @@ pub async fn dial_polling(
         )),
         None => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("the server answered the subscription with '{answer}'"),
+            format!(
+                "the server answered the subscription with '{}' (is it older than this agent?)",
+                answer.chars().take(100).collect::<String>()
+            ),
         )),
     }
 }

@@ -424,10 +424,15 @@ async fn authenticate(
 ) -> anyhow::Result<Option<(tokio_rustls::server::TlsStream<TcpStream>, String)>> {
     let mut stream = acceptor.accept(tcp).await?;
     let line = read_line(&mut stream).await?;
-    let Some(subscription) = line
-        .strip_prefix(rpc::SUBSCRIBER_PREFACE)
-        .map(|s| s.trim().to_ascii_lowercase())
-    else {
+    // A version 2 agent is told whether it was accepted (and why not); a version 1 agent is not.
+    let (subscription, answers) = match (
+        line.strip_prefix(rpc::SUBSCRIBER_PREFACE),
+        line.strip_prefix(rpc::SUBSCRIBER_PREFACE_V1),
+    ) {
+        (Some(rest), _) => (Some(rest), true),
+        (None, rest) => (rest, false),
+    };
+    let Some(subscription) = subscription.map(|s| s.trim().to_ascii_lowercase()) else {
         let page = "<html><body><p>Muster communications port</p></body></html>";
         let answer = format!(
             "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
@@ -469,17 +474,21 @@ async fn authenticate(
                 "this agent's certificate is registered on the server, but not for subscription {subscription}; register it again with `muster-agent register-worker`"
             )
         };
-        let answer = format!("{} {reason}\n", rpc::SUBSCRIBER_REFUSED);
-        let _ = stream.write_all(answer.as_bytes()).await;
-        let _ = stream.shutdown().await;
+        if answers {
+            let answer = format!("{} {reason}\n", rpc::SUBSCRIBER_REFUSED);
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
         return Err(anyhow!(
             "certificate {presented} is not registered for subscription {subscription}"
         ));
     };
-    stream
-        .write_all(format!("{}\n", rpc::SUBSCRIBER_ACCEPTED).as_bytes())
-        .await?;
-    stream.flush().await?;
+    if answers {
+        stream
+            .write_all(format!("{}\n", rpc::SUBSCRIBER_ACCEPTED).as_bytes())
+            .await?;
+        stream.flush().await?;
+    }
     Ok(Some((
         stream,
         worker.thumbprint.clone().unwrap_or_default(),

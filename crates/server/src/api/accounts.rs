@@ -2,7 +2,7 @@
 //! `SshKeyPair` or `UsernamePassword`. Their secrets are sensitive values: written through
 //! `NewValue`, sealed at rest by the store, never read back (`HasValue` only).
 
-use super::{actor, check_space_id, empty_ok, events, filter_named, page, path_id};
+use super::{actor, check_space_id, empty_ok, events, filter_named, page};
 use crate::access::{Access, SpaceScope};
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -45,12 +45,7 @@ async fn filtered(app: &App, space: &Space, params: &Params) -> Result<Vec<Accou
 }
 
 pub async fn find(app: &App, space: &Space, id: &str) -> Result<Account, ApiError> {
-    let id = path_id(IdKind::Account, id)?;
-    app.store
-        .get::<Account>(&id)
-        .await?
-        .filter(|a| a.space_id == space.id)
-        .ok_or_else(|| ApiError::not_found(&id))
+    super::find_in_space(app, space, IdKind::Account, id).await
 }
 
 pub async fn list(

@@ -2,7 +2,7 @@
 //! server collected (see `crate::artifacts`). Listed newest first, read, downloaded as a stream and
 //! deleted; they are created only by scripts, through their task.
 
-use super::{empty_ok, filter_named, page, path_id};
+use super::{empty_ok, filter_named, page};
 use crate::access::SpaceScope;
 use crate::http::{ApiError, ApiResult, Params, ok};
 use crate::links;
@@ -14,12 +14,7 @@ use muster_core::IdKind;
 use muster_core::resources::{Artifact, Space};
 
 async fn find(app: &App, space: &Space, id: &str) -> Result<Artifact, ApiError> {
-    let id = path_id(IdKind::Artifact, id)?;
-    app.store
-        .get::<Artifact>(&id)
-        .await?
-        .filter(|a| a.space_id == space.id)
-        .ok_or_else(|| ApiError::not_found(&id))
+    super::find_in_space(app, space, IdKind::Artifact, id).await
 }
 
 /// `regarding` (a task's id, or any id an artifact relates to), `ids` and `partialName` (of the

@@ -248,6 +248,22 @@ pub fn path_id(kind: IdKind, text: &str) -> Result<String, ApiError> {
 }
 
 /// Keeps the items that match `ids`, `name` (exact, any case) and `partialName` (contains, any case).
+/// A document of `space` by its id in a path: 404 when it is missing or another space's (a
+/// document of an unseen space is not found, never forbidden).
+pub async fn find_in_space<T: muster_store::Document>(
+    app: &crate::state::App,
+    space: &muster_core::resources::Space,
+    kind: muster_core::IdKind,
+    id: &str,
+) -> Result<T, ApiError> {
+    let id = path_id(kind, id)?;
+    app.store
+        .get::<T>(&id)
+        .await?
+        .filter(|d| d.space_id() == space.id)
+        .ok_or_else(|| ApiError::not_found(&id))
+}
+
 pub fn filter_named<T>(
     items: Vec<T>,
     params: &Params,

@@ -1,6 +1,6 @@
 //! Machine policies (contract 2.5). The default policy of a space cannot be deleted.
 
-use super::{actor, check_space_id, empty_ok, events, filter_named, page, path_id};
+use super::{actor, check_space_id, empty_ok, events, filter_named, page};
 use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -19,12 +19,7 @@ async fn sorted_policies(app: &App, space: &Space) -> Result<Vec<MachinePolicy>,
 }
 
 async fn find(app: &App, space: &Space, id: &str) -> Result<MachinePolicy, ApiError> {
-    let id = path_id(IdKind::MachinePolicy, id)?;
-    app.store
-        .get::<MachinePolicy>(&id)
-        .await?
-        .filter(|p| p.space_id == space.id)
-        .ok_or_else(|| ApiError::not_found(&id))
+    super::find_in_space(app, space, IdKind::MachinePolicy, id).await
 }
 
 pub async fn list(

@@ -1,6 +1,6 @@
 //! Worker pools (contract 2.3). A space has exactly one default pool, which cannot be deleted.
 
-use super::{actor, check_space_id, empty_ok, events, filter_named, page, path_id};
+use super::{actor, check_space_id, empty_ok, events, filter_named, page};
 use crate::access::SpaceScope;
 use crate::auth::CurrentUser;
 use crate::http::{ApiError, ApiResult, JsonBody, Params, created, ok};
@@ -30,12 +30,7 @@ pub async fn sorted_pools(app: &App, space: &Space) -> Result<Vec<WorkerPool>, A
 }
 
 pub async fn find(app: &App, space: &Space, id: &str) -> Result<WorkerPool, ApiError> {
-    let id = path_id(IdKind::WorkerPool, id)?;
-    app.store
-        .get::<WorkerPool>(&id)
-        .await?
-        .filter(|p| p.space_id == space.id)
-        .ok_or_else(|| ApiError::not_found(&id))
+    super::find_in_space(app, space, IdKind::WorkerPool, id).await
 }
 
 pub async fn list(

@@ -29,12 +29,7 @@ pub async fn sorted(app: &App, space: &Space) -> Result<Vec<Runbook>, ApiError> 
 }
 
 async fn find(app: &App, space: &Space, id: &str) -> Result<Runbook, ApiError> {
-    let id = path_id(IdKind::Runbook, id)?;
-    app.store
-        .get::<Runbook>(&id)
-        .await?
-        .filter(|r| r.space_id == space.id)
-        .ok_or_else(|| ApiError::not_found(&id))
+    super::find_in_space(app, space, IdKind::Runbook, id).await
 }
 
 /// `RunbookProcess-Runbooks-1` or `variableset-Runbooks-1` → the runbook.

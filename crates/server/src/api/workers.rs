@@ -126,12 +126,7 @@ async fn resource(app: &App, worker: Worker) -> Result<Value, ApiError> {
 }
 
 pub async fn find(app: &App, space: &Space, id: &str) -> Result<Worker, ApiError> {
-    let id = path_id(IdKind::Worker, id)?;
-    app.store
-        .get::<Worker>(&id)
-        .await?
-        .filter(|w| w.space_id == space.id)
-        .ok_or_else(|| ApiError::not_found(&id))
+    super::find_in_space(app, space, IdKind::Worker, id).await
 }
 
 pub async fn list(

@@ -345,6 +345,10 @@ fn push_line(script: &Script, error: bool, text: String) {
 
 /// Keeps a batch of a script's lines, numbered, and wakes the server's waiting status call once.
 fn push_lines(script: &Script, batch: Vec<muster_exec::Line>) {
+    let time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok());
     let mut inner = script.inner.lock().expect("script lock");
     for line in batch {
         let seq = inner.lines.len() as u64 + 1;
@@ -352,6 +356,7 @@ fn push_lines(script: &Script, batch: Vec<muster_exec::Line>) {
             seq,
             error: line.stream == muster_exec::Stream::Stderr,
             text: line.text,
+            time_ms,
         });
     }
     drop(inner);

@@ -231,6 +231,10 @@ pub struct ScriptLine {
     /// True for stderr.
     pub error: bool,
     pub text: String,
+    /// When the agent read the line, in milliseconds since the Unix epoch: lines printed while the
+    /// server was away keep their own time. None from agents before this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

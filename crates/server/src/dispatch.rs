@@ -1251,7 +1251,9 @@ async fn run_script_task(
                     let (category, text) = crate::artifacts::announcement(&message);
                     stderr_seen |= message.is_err();
                     match line.source_seq {
-                        Some(seq) => logs.append_from_agent(&id, category, text, seq),
+                        Some(seq) => {
+                            logs.append_from_agent(&id, category, text, seq, line.occurred_at)
+                        }
                         None => logs.append(&id, category, text),
                     }
                     announced.extend(message.ok());
@@ -1265,7 +1267,7 @@ async fn run_script_task(
                 };
                 let text = mask(line.text);
                 match line.source_seq {
-                    Some(seq) => logs.append_from_agent(&id, category, text, seq),
+                    Some(seq) => logs.append_from_agent(&id, category, text, seq, line.occurred_at),
                     None => logs.append(&id, category, text),
                 }
             };

@@ -3,6 +3,7 @@
 //! followers. A line is published only once committed, so a line any follower saw survives a crash.
 
 use muster_core::LogCategory;
+use muster_core::time::Timestamp;
 use muster_core::resources::{LogLine, Task};
 use muster_store::Store;
 use std::collections::HashMap;
@@ -102,12 +103,12 @@ impl LogHub {
     }
 
     pub fn append(&self, task_id: &str, category: LogCategory, text: impl Into<String>) {
-        self.append_line(task_id, None, category, text.into(), None, false);
+        self.append_line(task_id, None, category, text.into(), None, None, false);
     }
 
     /// Appends a task's final message, which the log limit never drops.
     pub fn append_final(&self, task_id: &str, category: LogCategory, text: impl Into<String>) {
-        self.append_line(task_id, None, category, text.into(), None, true);
+        self.append_line(task_id, None, category, text.into(), None, None, true);
     }
 
     /// Appends a line of one step of a runbook run (its activity node, from 1).
@@ -118,18 +119,22 @@ impl LogHub {
         category: LogCategory,
         text: impl Into<String>,
     ) {
-        self.append_line(task_id, Some(step), category, text.into(), None, false);
+        self.append_line(task_id, Some(step), category, text.into(), None, None, false);
     }
 
-    /// Appends a line an agent sent, stored with the agent's sequence number of it.
+    /// Appends a line an agent sent, stored with the agent's sequence number of it and, where the
+    /// worker said, the time it read it: lines printed while the server was away keep their time.
+    /// A time ahead of the server's clock (a skewed worker) is taken as now.
     pub fn append_from_agent(
         &self,
         task_id: &str,
         category: LogCategory,
         text: String,
         agent_seq: u64,
+        occurred_at: Option<Timestamp>,
     ) {
-        self.append_line(task_id, None, category, text, Some(agent_seq), false);
+        let at = occurred_at.map(|at| at.min(muster_core::time::now()));
+        self.append_line(task_id, None, category, text, Some(agent_seq), at, false);
     }
 
     /// Appends a line; `always` lines (a task's final message) pass the log limit.
@@ -140,6 +145,7 @@ impl LogHub {
         category: LogCategory,
         text: String,
         agent_seq: Option<u64>,
+        occurred_at: Option<Timestamp>,
         always: bool,
     ) {
         let mut live = self.live.lock().expect("log hub lock");
@@ -164,12 +170,12 @@ impl LogHub {
                     self.limit / (1024 * 1024)
                 );
                 drop(live);
-                return self.append_line(task_id, step, LogCategory::Warning, notice, None, true);
+                return self.append_line(task_id, step, LogCategory::Warning, notice, None, None, true);
             }
         }
         let line = LogLine {
             seq: entry.next_seq,
-            occurred_at: muster_core::time::now(),
+            occurred_at: occurred_at.unwrap_or_else(muster_core::time::now),
             category,
             message_text: text,
             step,

@@ -439,3 +439,49 @@ fn an_agent_stops_a_script_the_server_stopped_asking_about() {
         "{message}"
     );
 }
+
+/// Lines an agent's script printed while the server was down keep the agent's time of each line,
+/// not the moment the restarted server read them all at once.
+#[test]
+fn lines_printed_while_the_server_was_down_keep_their_own_time() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = Server::start_in(temp.path(), &[]).unwrap();
+    let comms = format!("127.0.0.1:{}", server.comms_port);
+    let _poller = server.polling_agent("poller");
+    server.wait_health("poller", "Healthy");
+    let task = server.run_script(
+        "Spaces-1",
+        json!({
+            "TargetType": "Workers",
+            "MachineIds": [worker_id(&server, "poller")],
+            "ScriptBody": "echo started\nfor i in $(seq 1 20); do echo \"line $i\"; sleep 0.1; done",
+        }),
+    );
+    let task_id = id(&task);
+    wait_started(&server, &task_id);
+    server.kill();
+    // The script prints the rest of its lines (about 2 s of them) while no server reads them.
+    std::thread::sleep(Duration::from_secs(3));
+    let server = Server::start_in(temp.path(), &["--comms-listen", &comms]).unwrap();
+    let (task, lines) = server.wait_task(&task_id);
+    assert_eq!(task["State"], "Success", "{task}");
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = lines
+        .iter()
+        .filter(|l| l["MessageText"].as_str().unwrap().starts_with("line "))
+        .map(|l| chrono::DateTime::parse_from_rfc3339(l["OccurredAt"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(times.len(), 20, "{lines:?}");
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "in order: {times:?}");
+    // Printed 0.1 s apart: stamped when the restarted server read them, they would jump by the
+    // 3 s it was down and then share one instant.
+    let largest_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        largest_gap < chrono::Duration::milliseconds(1000),
+        "a gap of {largest_gap:?}: {times:?}"
+    );
+    let spread = times[19] - times[0];
+    assert!(
+        spread >= chrono::Duration::milliseconds(1500),
+        "the lines' own times span {spread:?}: {times:?}"
+    );
+}

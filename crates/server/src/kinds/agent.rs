@@ -373,6 +373,9 @@ async fn drive_agent(
                 error: line.error,
                 text: line.text,
                 source_seq: Some(line.seq),
+                occurred_at: line
+                    .time_ms
+                    .and_then(chrono::DateTime::from_timestamp_millis),
             });
         }
         app.logs.wait_for_room().await;

@@ -158,6 +158,7 @@ async fn run(
                     error: line.stream == muster_exec::Stream::Stderr,
                     text: line.text,
                     source_seq: None,
+                    occurred_at: None,
                 });
             }
             // The script waits (its pipe fills) while the log writer catches up.

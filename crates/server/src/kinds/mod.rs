@@ -43,6 +43,9 @@ pub struct Line {
     pub error: bool,
     pub text: String,
     pub source_seq: Option<u64>,
+    /// When the worker read the line, where it says (an agent does): a line printed while the
+    /// server was away keeps its time. None: the server stamps it as it stores it.
+    pub occurred_at: Option<muster_core::time::Timestamp>,
 }
 
 /// How a running task is stopped: canceled by a user, or by the server shutting down.

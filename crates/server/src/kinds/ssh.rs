@@ -775,6 +775,7 @@ impl Ssh {
                     error: line.stream == muster_exec::Stream::Stderr,
                     text: line.text,
                     source_seq: Some(line.offset),
+                    occurred_at: None,
                 });
             }
         };

@@ -15,6 +15,9 @@ use client::{Client, encode};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+/// The heading under which `--help` lists the options every client command takes.
+pub const CLIENT_OPTIONS: &str = "Client options";
+
 /// Where the server is and who we are: every command takes these.
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
@@ -23,14 +26,22 @@ pub struct Connection {
         long,
         global = true,
         env = "MUSTER_SERVER",
-        default_value = "http://127.0.0.1:8080"
+        default_value = "http://127.0.0.1:8080",
+        help_heading = CLIENT_OPTIONS
     )]
     pub server: String,
     /// An API key (API-…); the server prints the administrator's at its first start.
-    #[arg(long, global = true, env = "MUSTER_API_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "MUSTER_API_KEY",
+        hide_env_values = true,
+        help_heading = CLIENT_OPTIONS
+    )]
     pub api_key: Option<String>,
-    /// Print the API's JSON instead of tables.
-    #[arg(long, global = true)]
+    /// Print JSON instead of tables: a list prints a JSON array of the API's resources, one
+    /// resource prints that resource, and an action prints the resource it made or changed.
+    #[arg(long, global = true, help_heading = CLIENT_OPTIONS)]
     pub json: bool,
 }
 

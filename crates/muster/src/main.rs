@@ -1,6 +1,6 @@
 //! `muster`: the server (`muster server`) and the client commands in one binary.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -18,13 +18,39 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the Muster server on its embedded store.
+    #[command(after_help = SERVER_ENVIRONMENT)]
     Server(muster_server::ServerArgs),
     #[command(flatten)]
     Client(muster_cli::Command),
 }
 
+const SERVER_ENVIRONMENT: &str = "\
+Environment:
+  MUSTER_BOOTSTRAP_API_KEY  At the first start only: the administrator's API key (API- and 26 or
+                            more upper-case letters or digits), instead of a new random one
+  MUSTER_LOG                What the server logs to stderr, as a tracing filter (default: warn)";
+
+/// The command line. The client options are global, but `muster server` takes none of them: it
+/// gets hidden ones of the same ids, which clap then does not propagate into it.
+fn command() -> clap::Command {
+    Cli::command().mut_subcommand("server", |server| {
+        server
+            .arg(clap::Arg::new("server").long("server").hide(true))
+            .arg(clap::Arg::new("api_key").long("api-key").hide(true))
+            .arg(
+                clap::Arg::new("json")
+                    .long("json")
+                    .action(clap::ArgAction::SetTrue)
+                    .hide(true),
+            )
+    })
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -69,7 +95,7 @@ fn main() {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, FromArgMatches};
 
     /// Every subcommand, at every depth, says what it does in `--help`.
     #[test]
@@ -86,5 +112,40 @@ mod tests {
         let mut missing = Vec::new();
         walk(&super::Cli::command(), "muster", &mut missing);
         assert!(missing.is_empty(), "without a description: {missing:?}");
+    }
+
+    fn help(args: &[&str]) -> String {
+        let error = super::command()
+            .try_get_matches_from(args)
+            .expect_err("--help ends parsing");
+        assert_eq!(error.kind(), clap::error::ErrorKind::DisplayHelp);
+        error.render().to_string()
+    }
+
+    /// `muster server --help` shows the server's options and environment, none of the client's.
+    #[test]
+    fn the_servers_help_shows_only_server_options() {
+        let text = help(&["muster", "server", "--help"]);
+        assert!(text.contains("--comms-listen"), "{text}");
+        assert!(text.contains("MUSTER_BOOTSTRAP_API_KEY"), "{text}");
+        for client in ["--api-key", "--json", "--server ", "Client options"] {
+            assert!(!text.contains(client), "{client} in: {text}");
+        }
+    }
+
+    /// A client command lists its own options apart from the options every client command takes.
+    #[test]
+    fn client_options_are_listed_apart() {
+        let text = help(&["muster", "worker", "list", "--help"]);
+        let (own, client) = text.split_once("Client options:").expect(&text);
+        assert!(own.contains("--pool") && !own.contains("--api-key"), "{text}");
+        assert!(client.contains("--api-key") && client.contains("--server"), "{text}");
+        // They still go anywhere on the line.
+        let cli = super::Cli::from_arg_matches(&super::command().get_matches_from([
+            "muster", "worker", "list", "--json", "--server", "http://127.0.0.1:1",
+        ]))
+        .unwrap();
+        assert!(cli.connection.json);
+        assert_eq!(cli.connection.server, "http://127.0.0.1:1");
     }
 }

@@ -44,7 +44,7 @@ pub async fn events(client: &Client, json: bool, args: EventsArgs) -> anyhow::Re
     }
     let page = client.get(&path).await?;
     if json {
-        output::json(&page);
+        output::json(&page["Items"]);
         return Ok(0);
     }
     let rows = array(&page["Items"])

@@ -3,6 +3,7 @@
 mod accounts;
 pub mod client;
 mod events;
+mod names;
 mod output;
 mod runbooks;
 mod sharing;
@@ -510,7 +511,9 @@ async fn space(client: &Client, json: bool, command: SpaceCommand) -> anyhow::Re
                 }
                 return Err(error);
             }
-            if !json {
+            if json {
+                output::json(&found);
+            } else {
                 println!(
                     "Deleted space {} ({})",
                     output::text(&found["Name"]),
@@ -603,7 +606,9 @@ async fn pool(client: &Client, json: bool, command: PoolCommand) -> anyhow::Resu
                     None,
                 )
                 .await?;
-            if !json {
+            if json {
+                output::json(&found);
+            } else {
                 println!(
                     "Deleted worker pool {} ({})",
                     output::text(&found["Name"]),
@@ -638,6 +643,7 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
                 output::json(&Value::Array(workers));
                 return Ok(0);
             }
+            let pools = names::Names::pools(client, &id_of(&space)).await;
             let rows = workers
                 .iter()
                 .map(|w| {
@@ -651,7 +657,7 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
                             "enabled".into()
                         },
                         endpoint_text(w),
-                        output::text(&w["WorkerPoolIds"]),
+                        pools.name(&w["WorkerPoolIds"]),
                     ]
                 })
                 .collect();
@@ -666,14 +672,29 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
             if json {
                 output::json(&found);
             } else {
+                let mut found = found;
+                found["Space"] = json!(output::text(&space["Name"]));
+                found["WorkerPools"] = json!(
+                    names::Names::pools(client, &id_of(&space))
+                        .await
+                        .name(&found["WorkerPoolIds"])
+                );
+                found["MachinePolicy"] = json!(
+                    names::Names::of(
+                        client,
+                        &format!("/api/{}/machinepolicies/all", id_of(&space))
+                    )
+                    .await
+                    .name(&found["MachinePolicyId"])
+                );
                 output::fields(
                     &found,
                     &[
                         "Id",
                         "Name",
-                        "SpaceId",
-                        "WorkerPoolIds",
-                        "MachinePolicyId",
+                        "Space",
+                        "WorkerPools",
+                        "MachinePolicy",
                         "IsDisabled",
                         "HealthStatus",
                         "StatusSummary",
@@ -771,7 +792,9 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
                     None,
                 )
                 .await?;
-            if !json {
+            if json {
+                output::json(&found);
+            } else {
                 println!(
                     "Deleted worker {} ({})",
                     output::text(&found["Name"]),

@@ -155,7 +155,9 @@ pub async fn runbook(client: &Client, json: bool, command: RunbookCommand) -> an
                 output::json(&runbook);
                 return Ok(0);
             }
-            output::fields(&runbook, &["Id", "Name", "Description", "SpaceId"]);
+            let mut runbook = runbook;
+            runbook["Space"] = json!(output::text(&space["Name"]));
+            output::fields(&runbook, &["Id", "Name", "Description", "Space"]);
             println!();
             // Steps name pools and runbooks by id; show their names.
             let mut names: Vec<(String, String)> = Vec::new();

@@ -2,6 +2,7 @@
 //! spaces" and "wait for workers to register", each one idempotent command with a real exit code.
 
 use crate::client::Client;
+use crate::names::Names;
 use crate::{SpaceOption, array, id_of, matches, output, resolve_pool, resolve_space};
 use anyhow::{anyhow, bail};
 use reqwest::Method;
@@ -277,16 +278,13 @@ pub async fn usage(
         return Ok(0);
     }
     let percent = |v: &Value| format!("{:.1}%", v.as_f64().unwrap_or(0.0) * 100.0);
+    let spaces = Names::spaces(client).await;
     let rows = array(&usage["Agents"])
         .iter()
         .map(|a| {
             vec![
                 output::text(&a["Name"]),
-                array(&a["SpaceIds"])
-                    .iter()
-                    .map(output::text)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                spaces.name(&a["SpaceIds"]),
                 output::text(&a["Tasks"]),
                 format!("{:.0}s", a["BusySeconds"].as_f64().unwrap_or(0.0)),
                 format!("{:.0}s", a["IdleSeconds"].as_f64().unwrap_or(0.0)),

@@ -2,6 +2,7 @@
 //! shows as soon as the script prints it.
 
 use crate::client::{Client, encode};
+use crate::names::Names;
 use crate::{
     ArtifactCommand, ScriptRun, SpaceOption, TaskCommand, array, id_of, output, resolve_pool,
     resolve_space, script_body,
@@ -75,15 +76,16 @@ pub async fn task(client: &Client, json: bool, command: TaskCommand) -> anyhow::
             }
             let page = client.get(&path).await?;
             if json {
-                output::json(&page);
+                output::json(&page["Items"]);
                 return Ok(0);
             }
+            let spaces = Names::spaces(client).await;
             let rows = array(&page["Items"])
                 .iter()
                 .map(|t| {
                     vec![
                         output::text(&t["Id"]),
-                        output::text(&t["SpaceId"]),
+                        spaces.name(&t["SpaceId"]),
                         output::text(&t["State"]),
                         output::text(&t["Description"]),
                         output::text(&t["QueueTime"]),
@@ -112,11 +114,13 @@ pub async fn task(client: &Client, json: bool, command: TaskCommand) -> anyhow::
                 output::json(&task);
                 return Ok(0);
             }
+            let mut task = task;
+            task["Space"] = json!(Names::spaces(client).await.name(&task["SpaceId"]));
             output::fields(
                 &task,
                 &[
                     "Id",
-                    "SpaceId",
+                    "Space",
                     "Name",
                     "Description",
                     "State",

@@ -3,6 +3,7 @@
 //! teams stay readable in the API.
 
 use crate::client::Client;
+use crate::names::Names;
 use crate::{SpaceOption, array, id_of, matches, output, resolve_space};
 use anyhow::{anyhow, bail};
 use clap::Subcommand;
@@ -178,7 +179,7 @@ pub async fn user(client: &Client, json: bool, command: UserCommand) -> anyhow::
                 .ok_or_else(|| anyhow!("the team has no member list"))?;
             if !members.contains(&user["Id"]) {
                 members.push(user["Id"].clone());
-                client
+                team = client
                     .send(
                         Method::PUT,
                         &format!("/api/teams/{}", id_of(&team)),
@@ -186,7 +187,9 @@ pub async fn user(client: &Client, json: bool, command: UserCommand) -> anyhow::
                     )
                     .await?;
             }
-            if !json {
+            if json {
+                output::json(&team);
+            } else {
                 println!(
                     "{} is a {} in {} (team '{}').",
                     output::text(&user["Username"]),
@@ -217,13 +220,16 @@ pub async fn user(client: &Client, json: bool, command: UserCommand) -> anyhow::
             if let Some(members) = team["MemberUserIds"].as_array_mut() {
                 members.retain(|m| *m != user["Id"]);
             }
-            client
+            let saved = client
                 .send(
                     Method::PUT,
                     &format!("/api/teams/{}", id_of(&team)),
                     Some(&team),
                 )
                 .await?;
+            if json {
+                output::json(&saved);
+            }
         }
         UserCommand::Permissions { username } => {
             let user = find_user(client, &username).await?;
@@ -241,11 +247,12 @@ pub async fn user(client: &Client, json: bool, command: UserCommand) -> anyhow::
                 );
             }
             let mut rows = Vec::new();
+            let names = Names::spaces(client).await;
             if let Some(map) = permissions["SpacePermissions"].as_object() {
                 for (permission, holders) in map {
                     let spaces: Vec<String> = array(holders)
                         .iter()
-                        .map(|h| output::text(&h["SpaceId"]))
+                        .map(|h| names.name(&h["SpaceId"]))
                         .collect();
                     rows.push(vec![permission.clone(), spaces.join(", ")]);
                 }

@@ -51,6 +51,9 @@ fn main() {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
+    if !matches!(cli.command, Command::Server(_)) {
+        die_quietly_on_a_closed_pipe();
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -90,6 +93,17 @@ fn main() {
             eprintln!("error: {message}");
             std::process::exit(1);
         }
+    }
+}
+
+/// A client command piped into `head` ends quietly when the reader goes, as other Unix tools do,
+/// instead of panicking on the failed write (Rust ignores SIGPIPE by default; the server needs
+/// that, a client command does not).
+#[allow(unsafe_code)]
+fn die_quietly_on_a_closed_pipe() {
+    // SAFETY: called before any other thread exists; it only restores the default disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -138,11 +152,22 @@ mod tests {
     fn client_options_are_listed_apart() {
         let text = help(&["muster", "worker", "list", "--help"]);
         let (own, client) = text.split_once("Client options:").expect(&text);
-        assert!(own.contains("--pool") && !own.contains("--api-key"), "{text}");
-        assert!(client.contains("--api-key") && client.contains("--server"), "{text}");
+        assert!(
+            own.contains("--pool") && !own.contains("--api-key"),
+            "{text}"
+        );
+        assert!(
+            client.contains("--api-key") && client.contains("--server"),
+            "{text}"
+        );
         // They still go anywhere on the line.
         let cli = super::Cli::from_arg_matches(&super::command().get_matches_from([
-            "muster", "worker", "list", "--json", "--server", "http://127.0.0.1:1",
+            "muster",
+            "worker",
+            "list",
+            "--json",
+            "--server",
+            "http://127.0.0.1:1",
         ]))
         .unwrap();
         assert!(cli.connection.json);

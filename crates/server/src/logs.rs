@@ -3,8 +3,8 @@
 //! followers. A line is published only once committed, so a line any follower saw survives a crash.
 
 use muster_core::LogCategory;
-use muster_core::time::Timestamp;
 use muster_core::resources::{LogLine, Task};
+use muster_core::time::Timestamp;
 use muster_store::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,7 +119,15 @@ impl LogHub {
         category: LogCategory,
         text: impl Into<String>,
     ) {
-        self.append_line(task_id, Some(step), category, text.into(), None, None, false);
+        self.append_line(
+            task_id,
+            Some(step),
+            category,
+            text.into(),
+            None,
+            None,
+            false,
+        );
     }
 
     /// Appends a line an agent sent, stored with the agent's sequence number of it and, where the
@@ -170,7 +178,15 @@ impl LogHub {
                     self.limit / (1024 * 1024)
                 );
                 drop(live);
-                return self.append_line(task_id, step, LogCategory::Warning, notice, None, None, true);
+                return self.append_line(
+                    task_id,
+                    step,
+                    LogCategory::Warning,
+                    notice,
+                    None,
+                    None,
+                    true,
+                );
             }
         }
         let line = LogLine {

@@ -76,7 +76,10 @@ fn script_run_prints_the_output_and_exits_by_the_task_state() {
     assert!(stdout(&listed).contains(&task_id));
     let as_json = cli(&server, &["--json", "task", "list"]);
     let parsed: Value = serde_json::from_str(&stdout(&as_json)).expect("--json prints JSON");
-    assert_eq!(parsed["ItemType"], "Task");
+    let listed = parsed
+        .as_array()
+        .expect("a list prints an array of resources");
+    assert!(listed.iter().any(|t| t["Id"] == json!(task_id)), "{parsed}");
 
     // A failed task's log prints alike and exits alike, followed or not.
     let failing = cli(
@@ -332,4 +335,33 @@ fn worker_share_says_what_it_changed_and_keeps_a_limit_it_was_not_told_to_change
         ],
     );
     assert_eq!(both.status.code(), Some(2), "clap refuses both");
+}
+
+/// `muster task log … | head` ends quietly when `head` has read enough: no panic, no backtrace.
+#[test]
+fn a_command_whose_reader_goes_away_ends_quietly() {
+    let server = Server::start();
+    let task = server.run_script("Spaces-1", json!({"ScriptBody": "seq 1 50000"}));
+    let task_id = task["Id"].as_str().unwrap().to_string();
+    server.wait_task(&task_id);
+    let mut child = muster()
+        .args(["task", "log", &task_id])
+        .env("MUSTER_SERVER", &server.url)
+        .env("MUSTER_API_KEY", KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader takes one line and goes, long before the log's 290 KB are written.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert_eq!(first.trim(), "1");
+    let output = child.wait_with_output().unwrap();
+    let errors = stderr(&output);
+    assert!(!errors.contains("panicked"), "{errors}");
+    assert!(!output.status.success(), "ended by the closed pipe");
 }

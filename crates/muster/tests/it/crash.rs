@@ -471,7 +471,10 @@ fn lines_printed_while_the_server_was_down_keep_their_own_time() {
         .map(|l| chrono::DateTime::parse_from_rfc3339(l["OccurredAt"].as_str().unwrap()).unwrap())
         .collect();
     assert_eq!(times.len(), 20, "{lines:?}");
-    assert!(times.windows(2).all(|w| w[0] <= w[1]), "in order: {times:?}");
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "in order: {times:?}"
+    );
     // Printed 0.1 s apart: stamped when the restarted server read them, they would jump by the
     // 3 s it was down and then share one instant.
     let largest_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();

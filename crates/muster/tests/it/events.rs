@@ -366,9 +366,9 @@ fn a_workflow_leaves_its_events_and_each_reader_sees_only_their_spaces() {
     assert!(text.contains("alice"), "{text}");
     let out = cli(&server, &["events", "--space", "Blue", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
-        page["Items"]
+        listed
             .as_array()
             .unwrap()
             .iter()

@@ -369,6 +369,10 @@ pub struct Worker {
     pub is_shared: bool,
     /// Muster, read-only, on the home worker: the spaces the agent is shared into.
     pub shared_with_space_ids: Vec<String>,
+    /// Muster, read-only: when this worker was registered (or shared into its space). None on
+    /// workers registered before Muster kept it.
+    #[serde(with = "date_format::option")]
+    pub created_on: Option<Timestamp>,
     #[serde(with = "date_format::option")]
     pub last_modified_on: Option<Timestamp>,
     pub last_modified_by: Option<String>,

@@ -1483,6 +1483,7 @@ fn schemas() -> Value {
             "ShareTaskLimit": {"type": "integer", "nullable": true, "description": "Muster: on a shared worker, at most this many of this space's tasks at once."},
             "IsShared": {"type": "boolean", "description": "Muster, read-only: the agent serves workers in several spaces."},
             "SharedWithSpaceIds": {"type": "array", "items": s, "description": "Muster, read-only, on the home worker: the spaces it is shared into."},
+            "CreatedOn": {"type": "string", "nullable": true, "description": "Muster, read-only: when the worker was registered, or shared into its space."},
             "Links": links
         })),
         "WorkerArray": array_of("Worker"),

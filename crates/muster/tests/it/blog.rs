@@ -340,6 +340,13 @@ fn the_blogs_shared_workers_run_every_spaces_tasks() {
             < summary["Utilization"].as_f64().unwrap(),
         "shared agents are busier than dedicated ones would be: {summary}"
     );
+    // The agents were registered moments ago: idle only since then, not for the whole hour.
+    for agent in usage["Agents"].as_array().unwrap() {
+        let existed = agent["ExistedSeconds"].as_f64().unwrap();
+        let idle = agent["IdleSeconds"].as_f64().unwrap();
+        assert!(existed < 600.0 && idle <= existed, "{agent}");
+        assert!(agent["Utilization"].as_f64().unwrap() > 0.0001, "{agent}");
+    }
     for space in usage["Spaces"].as_array().unwrap() {
         assert_eq!(space["Tasks"], 3, "{space}");
         assert!(space["BusySeconds"].as_f64().unwrap() > 0.0);

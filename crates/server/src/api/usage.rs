@@ -130,13 +130,25 @@ async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) ->
             .push((start, end));
     }
     let agents: BTreeSet<String> = serving.values().flatten().cloned().collect();
+    // An agent is idle only while it exists: from its registration (when within the window).
+    let existed = |agent: &String| -> f64 {
+        let since = home
+            .get(agent)
+            .and_then(|w| w.created_on)
+            .map_or(from, |created| created.max(from));
+        ((to - since).num_milliseconds() as f64 / 1000.0).max(0.0)
+    };
     let mut agent_rows = Vec::new();
     let mut total_busy = 0.0;
+    let mut total_existed = 0.0;
     for agent in &agents {
         let by_space = spans.get(agent).cloned().unwrap_or_default();
         let all: Vec<(Timestamp, Timestamp)> = by_space.values().flatten().cloned().collect();
         let busy = covered_seconds(all.clone());
+        // Tasks of a worker registered again count too: it existed while it ran them.
+        let existed = existed(agent).max(busy);
         total_busy += busy;
+        total_existed += existed;
         let served: Vec<&String> = serving
             .iter()
             .filter(|(_, set)| set.contains(agent))
@@ -149,9 +161,10 @@ async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) ->
             "HomeSpaceId": worker.map(|w| w.home_space_id.clone().unwrap_or_else(|| w.space_id.clone())),
             "SpaceIds": served,
             "Tasks": all.len(),
+            "ExistedSeconds": round(existed),
             "BusySeconds": round(busy),
-            "IdleSeconds": round((window - busy).max(0.0)),
-            "Utilization": ratio(busy / window),
+            "IdleSeconds": round((existed - busy).max(0.0)),
+            "Utilization": if existed > 0.0 { ratio(busy / existed) } else { 0.0 },
             "Spaces": by_space.iter().map(|(space, s)| json!({
                 "SpaceId": space, "Tasks": s.len(), "BusySeconds": round(covered_seconds(s.clone())),
             })).collect::<Vec<_>>(),
@@ -160,6 +173,7 @@ async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) ->
     let mut space_rows = Vec::new();
     let mut dedicated_agents = 0usize;
     let mut dedicated_busy = 0.0;
+    let mut dedicated_existed = 0.0;
     for space in &spaces {
         let count = serving.get(&space.id).map_or(0, BTreeSet::len);
         let busy: f64 = spans
@@ -172,8 +186,17 @@ async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) ->
             .filter_map(|by_space| by_space.get(&space.id))
             .map(Vec::len)
             .sum();
+        // Had this space its own copy of each agent serving it, for as long as that agent existed.
+        let existed: f64 = serving
+            .get(&space.id)
+            .into_iter()
+            .flatten()
+            .map(|agent| existed(agent))
+            .sum::<f64>()
+            .max(busy);
         dedicated_agents += count;
         dedicated_busy += busy;
+        dedicated_existed += existed;
         space_rows.push(json!({
             "SpaceId": space.id,
             "Name": space.name,
@@ -181,18 +204,18 @@ async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) ->
             "Tasks": tasks,
             "BusySeconds": round(busy),
             // Had this space its own copy of each agent serving it: how busy those would have been.
-            "DedicatedUtilization": if count == 0 { 0.0 } else { ratio(busy / (count as f64 * window)) },
+            "DedicatedUtilization": if existed > 0.0 { ratio(busy / existed) } else { 0.0 },
         }));
     }
-    let shared_utilization = if agents.is_empty() {
-        0.0
+    let shared_utilization = if total_existed > 0.0 {
+        ratio(total_busy / total_existed)
     } else {
-        ratio(total_busy / (agents.len() as f64 * window))
+        0.0
     };
-    let dedicated_utilization = if dedicated_agents == 0 {
-        0.0
+    let dedicated_utilization = if dedicated_existed > 0.0 {
+        ratio(dedicated_busy / dedicated_existed)
     } else {
-        ratio(dedicated_busy / (dedicated_agents as f64 * window))
+        0.0
     };
     ok(&json!({
         "From": format_date(&from),

@@ -354,6 +354,7 @@ fn keep_server_fields(worker: &mut Worker, from: &Worker) {
     worker.architecture = from.architecture.clone();
     worker.home_worker_id = from.home_worker_id.clone();
     worker.home_space_id = from.home_space_id.clone();
+    worker.created_on = from.created_on;
     worker.is_shared = false;
     worker.shared_with_space_ids = Vec::new();
 }
@@ -455,7 +456,8 @@ pub async fn create(
     }
     check_share_limit(&worker)?;
     worker.id = app.store.next_id(IdKind::Worker).await?;
-    worker.last_modified_on = Some(muster_core::time::now());
+    worker.created_on = Some(muster_core::time::now());
+    worker.last_modified_on = worker.created_on;
     worker.last_modified_by = actor(&user);
     app.store.put(&worker).await?;
     app.signals.dispatch.notify_one();
@@ -748,6 +750,7 @@ pub async fn share(
     if is_new {
         link_to_home(&app, &access, &mut worker).await?;
         worker.id = app.store.next_id(IdKind::Worker).await?;
+        worker.created_on = Some(muster_core::time::now());
     }
     check_share_limit(&worker)?;
     worker.last_modified_on = Some(muster_core::time::now());

@@ -395,16 +395,32 @@ fn matches(resource: &Value, key: &str) -> bool {
 /// A space by name, slug or id; the default space when none is given.
 pub(crate) async fn resolve_space(client: &Client, option: &SpaceOption) -> anyhow::Result<Value> {
     let spaces = array(&client.get("/api/spaces/all").await?);
-    let found = match &option.space {
-        None => spaces.into_iter().find(|s| s["IsDefault"] == json!(true)),
-        Some(key) => spaces.into_iter().find(|s| matches(s, key)),
-    };
-    found.ok_or_else(|| {
-        anyhow!(
-            "no space named '{}'",
-            option.space.as_deref().unwrap_or("(default)")
-        )
-    })
+    let visible: Vec<String> = spaces.iter().map(|s| output::text(&s["Name"])).collect();
+    match &option.space {
+        None => spaces
+            .into_iter()
+            .find(|s| s["IsDefault"] == json!(true))
+            .ok_or_else(|| match visible.as_slice() {
+                [] => anyhow!(
+                    "you hold no role in any space: ask an administrator for one \
+                     (muster user grant USER --role ROLE --space SPACE)"
+                ),
+                _ => anyhow!(
+                    "you hold no role in the default space; name one of yours with --space ({})",
+                    visible.join(", ")
+                ),
+            }),
+        Some(key) => spaces.into_iter().find(|s| matches(s, key)).ok_or_else(|| {
+            anyhow!(
+                "no space named '{key}' that you may see (yours: {})",
+                if visible.is_empty() {
+                    "none".to_string()
+                } else {
+                    visible.join(", ")
+                }
+            )
+        }),
+    }
 }
 
 pub(crate) async fn resolve_pool(

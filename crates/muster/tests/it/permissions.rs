@@ -444,7 +444,10 @@ fn the_cli_creates_users_and_grants_roles_in_spaces() {
     assert_eq!(out.trim(), "hello from erin");
     let (code, _, err) = cli(&erin_key, &["script", "run", "--builtin", "--", "true"]);
     assert_ne!(code, Some(0), "erin has no role in the default space");
-    assert!(!err.is_empty());
+    assert!(
+        err.contains("no role in the default space") && err.contains("Team B"),
+        "says why and names her spaces: {err}"
+    );
     let (_, out, _) = cli(KEY, &["user", "permissions", "erin"]);
     assert!(out.contains("TaskCreate"), "{out}");
 

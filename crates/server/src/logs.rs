@@ -103,12 +103,12 @@ impl LogHub {
     }
 
     pub fn append(&self, task_id: &str, category: LogCategory, text: impl Into<String>) {
-        self.append_line(task_id, None, category, text.into(), None, None, false);
+        self.append_line(task_id, None, category, text.into(), None, false);
     }
 
     /// Appends a task's final message, which the log limit never drops.
     pub fn append_final(&self, task_id: &str, category: LogCategory, text: impl Into<String>) {
-        self.append_line(task_id, None, category, text.into(), None, None, true);
+        self.append_line(task_id, None, category, text.into(), None, true);
     }
 
     /// Appends a line of one step of a runbook run (its activity node, from 1).
@@ -119,15 +119,7 @@ impl LogHub {
         category: LogCategory,
         text: impl Into<String>,
     ) {
-        self.append_line(
-            task_id,
-            Some(step),
-            category,
-            text.into(),
-            None,
-            None,
-            false,
-        );
+        self.append_line(task_id, Some(step), category, text.into(), None, false);
     }
 
     /// Appends a line an agent sent, stored with the agent's sequence number of it and, where the
@@ -142,7 +134,7 @@ impl LogHub {
         occurred_at: Option<Timestamp>,
     ) {
         let at = occurred_at.map(|at| at.min(muster_core::time::now()));
-        self.append_line(task_id, None, category, text, Some(agent_seq), at, false);
+        self.append_line(task_id, None, category, text, Some((agent_seq, at)), false);
     }
 
     /// Appends a line; `always` lines (a task's final message) pass the log limit.
@@ -152,10 +144,14 @@ impl LogHub {
         step: Option<i64>,
         category: LogCategory,
         text: String,
-        agent_seq: Option<u64>,
-        occurred_at: Option<Timestamp>,
+        // An agent's line: its sequence number, and its time where the agent said.
+        from_agent: Option<(u64, Option<Timestamp>)>,
         always: bool,
     ) {
+        let (agent_seq, occurred_at) = match from_agent {
+            Some((seq, at)) => (Some(seq), at),
+            None => (None, None),
+        };
         let mut live = self.live.lock().expect("log hub lock");
         let Some(entry) = live.get_mut(task_id) else {
             tracing::warn!(
@@ -178,15 +174,7 @@ impl LogHub {
                     self.limit / (1024 * 1024)
                 );
                 drop(live);
-                return self.append_line(
-                    task_id,
-                    step,
-                    LogCategory::Warning,
-                    notice,
-                    None,
-                    None,
-                    true,
-                );
+                return self.append_line(task_id, step, LogCategory::Warning, notice, None, true);
             }
         }
         let line = LogLine {

@@ -191,7 +191,7 @@ async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) ->
             .get(&space.id)
             .into_iter()
             .flatten()
-            .map(|agent| existed(agent))
+            .map(&existed)
             .sum::<f64>()
             .max(busy);
         dedicated_agents += count;

@@ -40,6 +40,9 @@ pub enum StoreError {
     Key(String),
     #[error("the database's files: {0}")]
     Files(String),
+    /// Another server holds the database.
+    #[error("{0}")]
+    InUse(String),
     /// `--database` names no engine this store has.
     #[error("{0}")]
     Url(String),
@@ -89,7 +92,8 @@ impl Store {
 
     /// Opens the PostgreSQL database at `url` and brings its schema up to date. Sensitive values
     /// are sealed with the key file `key_file` (made at the first start when the database holds
-    /// no sealed value yet; every node that shares the database needs a copy of it).
+    /// no sealed value yet). The store claims the database until it is closed: a second store on
+    /// it is refused (`StoreError::InUse`).
     pub async fn open_postgres(url: &str, key_file: &Path) -> Result<Store> {
         let engine = engine::postgres::Postgres::connect(url).await?;
         Store::start(Engines::Postgres(engine), key_file).await
@@ -117,6 +121,9 @@ impl Store {
                 "{} is not the key this database's values were sealed with",
                 key.display()
             )));
+        }
+        if let Engines::Postgres(postgres) = &engine {
+            postgres.claim().await?;
         }
         let store = Store {
             engine: Arc::new(engine),

@@ -782,6 +782,27 @@ async fn sensitive_values_are_sealed_and_only_their_key_opens_them(opened: &Open
     opened.reopen(None).await.unwrap().close().await;
 }
 
+mod postgres_only {
+    use crate::testing::TestDatabase;
+    use crate::{Store, StoreError};
+
+    /// One database serves one server: a second store on it is refused until the first closes.
+    #[tokio::test]
+    async fn a_database_in_use_is_refused() {
+        let database = TestDatabase::create();
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(database.url(), dir.path()).await.unwrap();
+        let second = Store::open(database.url(), dir.path()).await.err().unwrap();
+        assert!(matches!(second, StoreError::InUse(_)), "{second}");
+        first.close().await;
+        Store::open(database.url(), dir.path())
+            .await
+            .unwrap()
+            .close()
+            .await;
+    }
+}
+
 mod sqlite_only {
     use crate::Store;
     use crate::engine::sqlite::MIGRATIONS;

@@ -28,7 +28,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
 
 pub(crate) struct Postgres {
     pub(crate) pool: PgPool,
+    /// The connection that holds this server's claim on the database (`claim`), for its life.
+    claim: tokio::sync::Mutex<Option<sqlx::postgres::PgConnection>>,
 }
+
+/// The advisory lock a server holds on its database: one database, one server (for now; several
+/// nodes on one database will share it by other rules).
+const SERVER_LOCK: i64 = 0x6d75_7374_6572; // "muster"
 
 impl Postgres {
     /// Connects to the database at `url` (`postgres://user:password@host:port/database`).
@@ -39,7 +45,35 @@ impl Postgres {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
-        Ok(Postgres { pool })
+        Ok(Postgres {
+            pool,
+            claim: Default::default(),
+        })
+    }
+
+    /// Claims the database for this server, as `muster.lock` claims a data directory: a session
+    /// advisory lock on a connection of its own, held until `close` (or until the process or its
+    /// connection dies). A server that stopped a moment ago may still hold it, so the claim is
+    /// tried for a few seconds before it is refused.
+    pub(crate) async fn claim(&self) -> Result<()> {
+        let mut connection = self.pool.acquire().await?.detach();
+        for attempt in 0.. {
+            let (claimed,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                .bind(SERVER_LOCK)
+                .fetch_one(&mut connection)
+                .await?;
+            if claimed {
+                *self.claim.lock().await = Some(connection);
+                return Ok(());
+            }
+            if attempt == 50 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(StoreError::InUse(
+            "another Muster server uses this database; a database serves one server".into(),
+        ))
     }
 }
 
@@ -120,6 +154,10 @@ impl Engine for Postgres {
     }
 
     async fn close(&self) {
+        if let Some(connection) = self.claim.lock().await.take() {
+            use sqlx::Connection as _;
+            let _ = connection.close().await;
+        }
         self.pool.close().await;
     }
 

@@ -217,20 +217,18 @@ impl Store {
         let mut cursor = after;
         loop {
             let chunk = on_engine!(&*self.engine, e => e.chunk_after(num, cursor).await)?;
-            let Some(chunk) = chunk else {
+            let Some((last, text)) = chunk else {
                 return Ok(());
             };
-            for (last, text) in [&chunk] {
-                let lines: Vec<StoredLine<'_>> = serde_json::from_str(text)
-                    .map_err(|e| StoreError::Corrupt(format!("a log chunk does not read: {e}")))?;
-                let count = lines.len();
-                for (index, line) in lines.iter().enumerate().filter(|(_, l)| l.0 > cursor) {
-                    if !each(line, index + 1 == count)? {
-                        return Ok(());
-                    }
+            let lines: Vec<StoredLine<'_>> = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("a log chunk does not read: {e}")))?;
+            let count = lines.len();
+            for (index, line) in lines.iter().enumerate().filter(|(_, l)| l.0 > cursor) {
+                if !each(line, index + 1 == count)? {
+                    return Ok(());
                 }
-                cursor = *last;
             }
+            cursor = last;
         }
     }
 

@@ -782,6 +782,31 @@ async fn sensitive_values_are_sealed_and_only_their_key_opens_them(opened: &Open
     opened.reopen(None).await.unwrap().close().await;
 }
 
+/// `Store::open` takes a URL: PostgreSQL's, or `sqlite:PATH`; anything else is refused without
+/// showing a password.
+#[tokio::test]
+async fn a_database_url_chooses_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    let store = Store::open(&format!("sqlite:{}", path.display()), dir.path())
+        .await
+        .unwrap();
+    assert_eq!(store.engine_name(), "sqlite");
+    store.close().await;
+    assert!(path.exists());
+    let store = Store::open(&format!("sqlite://{}", path.display()), dir.path())
+        .await
+        .unwrap();
+    store.close().await;
+    let refused = Store::open("mysql://me:hunter2@db/muster", dir.path())
+        .await
+        .err()
+        .unwrap();
+    let message = refused.to_string();
+    assert!(message.contains("mysql://me:***@db/muster"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
 mod postgres_only {
     use crate::testing::TestDatabase;
     use crate::{Store, StoreError};

@@ -99,9 +99,14 @@ impl Store {
         Store::start(Engines::Postgres(engine), key_file).await
     }
 
-    /// Migrates, proves that `key` is the key of this database's sealed values (a new database
-    /// records a value sealed with it), and seals values stored in the clear.
+    /// Claims the database (PostgreSQL), migrates, proves that `key` is the key of this database's
+    /// sealed values (a new database records a value sealed with it), and seals values stored in
+    /// the clear.
     async fn start(engine: Engines, key: &Path) -> Result<Store> {
+        // A database another server uses is refused before anything is read or migrated.
+        if let Engines::Postgres(postgres) = &engine {
+            postgres.claim().await?;
+        }
         on_engine!(&engine, e => e.migrate().await)?;
         let mut check = on_engine!(&engine, e => e.meta("sealing_check").await)?;
         let sealer = sealing::Sealer::load_or_create(key, check.is_none())?;
@@ -121,9 +126,6 @@ impl Store {
                 "{} is not the key this database's values were sealed with",
                 key.display()
             )));
-        }
-        if let Engines::Postgres(postgres) = &engine {
-            postgres.claim().await?;
         }
         let store = Store {
             engine: Arc::new(engine),

@@ -65,4 +65,14 @@ fn a_script_task_runs_to_success_on_postgres_and_survives_a_restart() {
     assert_eq!(failed["State"], "Failed");
     let list = server.ok("/api/Spaces-1/tasks?states=Success,Failed");
     assert_eq!(list["TotalResults"], 2, "{list}");
+
+    // One database, one server: another data directory does not make a second one welcome.
+    let other = tempfile::tempdir().unwrap();
+    let refused = Server::start_in(other.path(), &args)
+        .err()
+        .expect("refused");
+    assert!(
+        refused.contains("another Muster server uses this database"),
+        "{refused}"
+    );
 }

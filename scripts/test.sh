@@ -29,6 +29,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The store's tests (and a server smoke test) run on PostgreSQL as well as SQLite: a cluster on this
+# machine, installed and started when needed, with a test role (see scripts/test-postgres.sh).
+if [ -z "${MUSTER_TEST_POSTGRES_URL:-}" ]; then
+  MUSTER_TEST_POSTGRES_URL=$(scripts/test-postgres.sh)
+fi
+export MUSTER_TEST_POSTGRES_URL
+
 if cargo fmt --version >/dev/null 2>&1; then
   cargo fmt --all -- --check
 else

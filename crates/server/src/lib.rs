@@ -37,9 +37,15 @@ pub struct ServerArgs {
     /// Address of the REST API.
     #[arg(long, env = "MUSTER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where the SQLite database, the server certificate and task working directories live.
+    /// Where the SQLite database, the key of sensitive values, the server certificate and task
+    /// working directories live (with --database, all but the database).
     #[arg(long, env = "MUSTER_DATA_DIR", default_value = "./muster-data")]
     pub data_dir: PathBuf,
+    /// The database: `postgres://user:password@host:port/name` keeps the store in PostgreSQL.
+    /// Without it, the store is SQLite in the data directory (`muster.db`). Prefer the environment
+    /// variable: a command line's password is visible to every user of the machine.
+    #[arg(long, env = "MUSTER_DATABASE_URL")]
+    pub database: Option<String>,
     /// How many tasks this node runs at once; more wait Queued.
     #[arg(long, env = "MUSTER_TASK_CAP", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub task_cap: u32,
@@ -106,9 +112,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             })?;
     }
     let _lock = state::lock_data_dir(&args.data_dir)?;
-    let store = muster_store::Store::open_sqlite(&args.data_dir.join("muster.db"))
-        .await
-        .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
+    let store = match args.database.as_deref().filter(|d| !d.is_empty()) {
+        Some(database) => muster_store::Store::open(database, &args.data_dir)
+            .await
+            .context("cannot open the database")?,
+        None => muster_store::Store::open_sqlite(&args.data_dir.join("muster.db"))
+            .await
+            .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?,
+    };
     let certificate = muster_proto::Identity::load_or_create(
         &args.data_dir.join("server-certificate"),
         "Muster Server",
@@ -165,8 +176,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     println!("Muster comms port for polling agents is listening on {comms_address}");
     println!(
-        "Muster is listening on http://{address}/ (data in {})",
-        args.data_dir.display()
+        "Muster is listening on http://{address}/ (data in {}, store on {})",
+        args.data_dir.display(),
+        store.engine_name()
     );
 
     let dispatcher = tokio::spawn(dispatch::run(app.clone()));

@@ -1,5 +1,6 @@
 //! Configuration resources as JSON documents.
 
+use crate::engine::{DocumentRow, Engine as _, EngineTx, on_engine};
 use crate::sealing::Sealer;
 use crate::{Result, Store, StoreError, conflict_or};
 use muster_core::resources::{
@@ -29,7 +30,7 @@ pub enum DocKind {
 }
 
 impl DocKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DocKind::Space => "space",
             DocKind::WorkerPool => "workerpool",
@@ -376,29 +377,24 @@ impl Row {
 
 impl Row {
     /// Inserts or replaces the document within a transaction.
-    pub(crate) async fn write(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        sealer: &Sealer,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO documents (kind, id, space_id, name, ext, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (kind, id) DO UPDATE SET space_id = ?3, name = ?4, ext = ?5, body = ?6",
-        )
-        .bind(self.kind.as_str())
-        .bind(&self.id)
-        .bind(&self.space_id)
-        .bind(&self.name)
-        .bind(&self.ext)
-        .bind((self.body)(sealer))
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| {
+    pub(crate) async fn write<T: EngineTx>(&self, tx: &mut T, sealer: &Sealer) -> Result<()> {
+        let row = DocumentRow {
+            kind: self.kind.as_str(),
+            id: &self.id,
+            space_id: &self.space_id,
+            name: &self.name,
+            ext: self.ext.as_deref(),
+            body: (self.body)(sealer),
+        };
+        tx.write_document(&row).await.map_err(|e| {
             conflict_or(e, || {
-                format!("A {} named '{}' already exists here", self.kind.noun(), self.name)
+                format!(
+                    "A {} named '{}' already exists here",
+                    self.kind.noun(),
+                    self.name
+                )
             })
-        })?;
-        Ok(())
+        })
     }
 }
 
@@ -412,40 +408,29 @@ fn decode<D: Document>(body: &str, sealer: &Sealer) -> Result<D> {
 }
 
 impl Store {
+    fn decode_all<D: Document>(&self, bodies: Vec<String>) -> Result<Vec<D>> {
+        bodies
+            .iter()
+            .map(|body| decode(body, &self.sealer))
+            .collect()
+    }
+
     pub async fn get<D: Document>(&self, id: &str) -> Result<Option<D>> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT body FROM documents WHERE kind = ?1 AND id = ?2")
-                .bind(D::KIND.as_str())
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|(body,)| decode(&body, &self.sealer)).transpose()
+        let body = on_engine!(&*self.engine, e => e.document(D::KIND.as_str(), id).await)?;
+        body.map(|body| decode(&body, &self.sealer)).transpose()
     }
 
     /// Every document of a kind in one space ('' for system-level kinds), in id order.
     pub async fn list<D: Document>(&self, space_id: &str) -> Result<Vec<D>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT body FROM documents WHERE kind = ?1 AND space_id = ?2 ORDER BY length(id), id",
-        )
-        .bind(D::KIND.as_str())
-        .bind(space_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|(body,)| decode(body, &self.sealer))
-            .collect()
+        let bodies =
+            on_engine!(&*self.engine, e => e.documents(D::KIND.as_str(), Some(space_id)).await)?;
+        self.decode_all(bodies)
     }
 
     /// Every document of a kind in all spaces.
     pub async fn list_all<D: Document>(&self) -> Result<Vec<D>> {
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT body FROM documents WHERE kind = ?1 ORDER BY length(id), id")
-                .bind(D::KIND.as_str())
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|(body,)| decode(body, &self.sealer))
-            .collect()
+        let bodies = on_engine!(&*self.engine, e => e.documents(D::KIND.as_str(), None).await)?;
+        self.decode_all(bodies)
     }
 
     /// One page of a kind's documents in some spaces ('' for system-level ones; None: all),
@@ -460,55 +445,17 @@ impl Store {
         if spaces.is_some_and(|s| s.is_empty()) {
             return Ok((0, Vec::new()));
         }
-        let filter = match spaces {
-            None => String::new(),
-            Some(spaces) => {
-                let marks: Vec<String> = (0..spaces.len()).map(|i| format!("?{}", i + 2)).collect();
-                format!(" AND space_id IN ({})", marks.join(", "))
-            }
-        };
-        let count_sql = format!("SELECT COUNT(*) FROM documents WHERE kind = ?1{filter}");
-        let mut count =
-            sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql)).bind(D::KIND.as_str());
-        for space in spaces.unwrap_or_default() {
-            count = count.bind(space);
-        }
-        let (total,) = count.fetch_one(&self.pool).await?;
-        let n = spaces.map_or(0, <[String]>::len);
-        let page_sql = format!(
-            "SELECT body FROM documents WHERE kind = ?1{filter} ORDER BY length(id) DESC, id DESC LIMIT ?{} OFFSET ?{}",
-            n + 2,
-            n + 3
-        );
-        let mut page =
-            sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(page_sql)).bind(D::KIND.as_str());
-        for space in spaces.unwrap_or_default() {
-            page = page.bind(space);
-        }
-        let rows = page
-            .bind(i64::try_from(take).unwrap_or(i64::MAX))
-            .bind(i64::try_from(skip).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        let docs = rows
-            .iter()
-            .map(|(body,)| decode(body, &self.sealer))
-            .collect::<Result<Vec<D>>>()?;
-        Ok((u64::try_from(total).unwrap_or(0), docs))
+        let (total, bodies) = on_engine!(&*self.engine, e => {
+            e.page_newest(D::KIND.as_str(), spaces, skip, take).await
+        })?;
+        Ok((total, self.decode_all(bodies)?))
     }
 
     /// The documents of a kind whose extra column equals `ext` (slug, thumbprint, key hash).
     pub async fn find_by_ext<D: Document>(&self, ext: &str) -> Result<Vec<D>> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT body FROM documents WHERE kind = ?1 AND ext = ?2 ORDER BY length(id), id",
-        )
-        .bind(D::KIND.as_str())
-        .bind(ext)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|(body,)| decode(body, &self.sealer))
-            .collect()
+        let bodies =
+            on_engine!(&*self.engine, e => e.documents_by_ext(D::KIND.as_str(), ext).await)?;
+        self.decode_all(bodies)
     }
 
     pub async fn put<D: Document>(&self, doc: &D) -> Result<()> {
@@ -517,11 +464,13 @@ impl Store {
 
     /// Writes (inserts or replaces) several documents in one transaction.
     pub async fn put_rows(&self, rows: Vec<Row>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for row in &rows {
-            row.write(&mut tx, &self.sealer).await?;
-        }
-        tx.commit().await?;
+        on_engine!(&*self.engine, e => {
+            let mut tx = e.begin().await?;
+            for row in &rows {
+                row.write(&mut tx, &self.sealer).await?;
+            }
+            tx.commit().await?;
+        });
         for row in &rows {
             self.bump_workers_generation(row.kind);
         }
@@ -529,19 +478,15 @@ impl Store {
     }
 
     /// Seals the sensitive values stored before values were sealed (once per database), then
-    /// rewrites the database and empties its WAL, so no old page keeps them in the clear.
+    /// has the engine drop every old copy of the rows, so none keeps them in the clear.
     pub(crate) async fn seal_plaintext(&self) -> Result<()> {
         if self.meta("sealed_at_rest").await?.is_some() {
             return Ok(());
         }
         let mut rows = Vec::new();
         for kind in [DocKind::Runbook, DocKind::RunbookRun] {
-            let bodies: Vec<(String,)> =
-                sqlx::query_as("SELECT body FROM documents WHERE kind = ?1")
-                    .bind(kind.as_str())
-                    .fetch_all(&self.pool)
-                    .await?;
-            for (body,) in bodies {
+            let bodies = on_engine!(&*self.engine, e => e.documents(kind.as_str(), None).await)?;
+            for body in bodies {
                 match kind {
                     DocKind::Runbook => rows.extend(unsealed::<Runbook>(&body, &self.sealer)?),
                     _ => rows.extend(unsealed::<RunbookRun>(&body, &self.sealer)?),
@@ -550,47 +495,22 @@ impl Store {
         }
         if !rows.is_empty() {
             self.put_rows(rows).await?;
-            sqlx::raw_sql("VACUUM").execute(&self.pool).await?;
-            sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&self.pool)
-                .await?;
+            on_engine!(&*self.engine, e => e.forget_old_rows().await)?;
         }
         self.set_meta("sealed_at_rest", "1").await
     }
 
     /// Deletes one document; true if it existed.
     pub async fn delete<D: Document>(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM documents WHERE kind = ?1 AND id = ?2")
-            .bind(D::KIND.as_str())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let existed =
+            on_engine!(&*self.engine, e => e.delete_document(D::KIND.as_str(), id).await)?;
         self.bump_workers_generation(D::KIND);
-        Ok(done.rows_affected() > 0)
+        Ok(existed)
     }
 
     /// Deletes a space with everything in it: its documents, its tasks and their logs.
     pub async fn delete_space(&self, space_id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM documents WHERE space_id = ?1")
-            .bind(space_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM documents WHERE kind = 'space' AND id = ?1")
-            .bind(space_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "DELETE FROM task_log_chunk WHERE task_num IN (SELECT num FROM tasks WHERE space_id = ?1)",
-        )
-        .bind(space_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM tasks WHERE space_id = ?1")
-            .bind(space_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        on_engine!(&*self.engine, e => e.delete_space(space_id).await)?;
         self.bump_workers_generation(DocKind::Space);
         Ok(())
     }

@@ -1,11 +1,10 @@
 //! Server tasks and their log lines.
 
+use crate::engine::{Chunk, Engine as _, EngineTx, on_engine};
 use crate::{Result, Store, StoreError};
 use muster_core::resources::{Event, LogLine, Task};
 use muster_core::time::{format_date, parse_date};
 use muster_core::{IdKind, LogCategory, TaskState, parse_id};
-use sqlx::Row as _;
-use sqlx::sqlite::SqliteRow;
 
 /// A filtered, paged read of tasks, newest first.
 #[derive(Debug, Default, Clone)]
@@ -21,60 +20,12 @@ pub struct TaskQuery {
     pub take: u64,
 }
 
-/// Writes every field of a task that is still in the state ?18.
-const UPDATE_TASK_FROM: &str = "UPDATE tasks SET space_id = ?2, name = ?3, description = ?4, arguments = ?5, state = ?6, \
-    error_message = ?7, queue_time = ?8, queue_time_expiry = ?9, start_time = ?10, completed_time = ?11, \
-    last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16, \
-    worker_id = ?17 WHERE num = ?1 AND state = ?18";
-
-/// Writes every field of a task that is still running (Executing or Cancelling).
-const UPDATE_TASK_FROM_RUNNING: &str = "UPDATE tasks SET space_id = ?2, name = ?3, description = ?4, arguments = ?5, state = ?6, \
-    error_message = ?7, queue_time = ?8, queue_time_expiry = ?9, start_time = ?10, completed_time = ?11, \
-    last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16, \
-    worker_id = ?17 WHERE num = ?1 AND state IN ('Executing', 'Cancelling')";
-
-const TASK_COLUMNS: &str = "num, space_id, name, description, arguments, state, error_message, queue_time, \
-    queue_time_expiry, start_time, completed_time, last_updated_time, server_node, has_warnings, queue_reason, worker_name, worker_id";
-
 fn task_num(id: &str) -> Option<i64> {
     parse_id(IdKind::ServerTask, id)
 }
 
-fn date_column(row: &SqliteRow, column: &str) -> Result<Option<muster_core::time::Timestamp>> {
-    let text: Option<String> = row.try_get(column)?;
-    match text {
-        None => Ok(None),
-        Some(text) => parse_date(&text)
-            .map(Some)
-            .ok_or_else(|| StoreError::Corrupt(format!("bad date {text}"))),
-    }
-}
-
-fn read_task(row: &SqliteRow) -> Result<Task> {
-    let num: i64 = row.try_get("num")?;
-    let arguments: String = row.try_get("arguments")?;
-    let state: String = row.try_get("state")?;
-    Ok(Task {
-        id: IdKind::ServerTask.format(num),
-        space_id: row.try_get("space_id")?,
-        name: row.try_get("name")?,
-        description: row.try_get("description")?,
-        arguments: serde_json::from_str(&arguments)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        state: TaskState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("bad task state {state}")))?,
-        error_message: row.try_get("error_message")?,
-        queue_time: date_column(row, "queue_time")?.unwrap_or_default(),
-        queue_time_expiry: date_column(row, "queue_time_expiry")?,
-        start_time: date_column(row, "start_time")?,
-        completed_time: date_column(row, "completed_time")?,
-        last_updated_time: date_column(row, "last_updated_time")?.unwrap_or_default(),
-        server_node: row.try_get("server_node")?,
-        has_warnings_or_errors: row.try_get::<i64, _>("has_warnings")? != 0,
-        queue_reason: row.try_get("queue_reason")?,
-        worker_name: row.try_get("worker_name")?,
-        worker_id: row.try_get("worker_id")?,
-    })
+fn num_of(task: &Task) -> Result<i64> {
+    task_num(&task.id).ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))
 }
 
 impl Store {
@@ -88,19 +39,16 @@ impl Store {
         task: &mut Task,
         event: impl FnOnce(&Task) -> Event,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let num = next_number(&mut tx, IdKind::ServerTask).await?;
-        task.id = IdKind::ServerTask.format(num);
-        let sql = format!(
-            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-        );
-        bind_task(sqlx::query(sqlx::AssertSqlSafe(sql)), num, task)
-            .execute(&mut *tx)
-            .await?;
-        let mut event = event(task);
-        event.id = IdKind::Event.format(next_number(&mut tx, IdKind::Event).await?);
-        crate::Row::of(&event).write(&mut tx, &self.sealer).await?;
-        tx.commit().await?;
+        on_engine!(&*self.engine, e => {
+            let mut tx = e.begin().await?;
+            let num = tx.next_number(IdKind::ServerTask.prefix()).await?;
+            task.id = IdKind::ServerTask.format(num);
+            tx.insert_task(num, task).await?;
+            let mut event = event(task);
+            event.id = IdKind::Event.format(tx.next_number(IdKind::Event.prefix()).await?);
+            crate::Row::of(&event).write(&mut tx, &self.sealer).await?;
+            tx.commit().await?;
+        });
         self.committed_new_task(task);
         Ok(())
     }
@@ -108,20 +56,16 @@ impl Store {
     /// Commits a new task together with documents that belong to it (a runbook run and its
     /// task): both exist, or neither.
     pub async fn insert_task_with(&self, task: &Task, rows: Vec<crate::Row>) -> Result<()> {
-        let num = task_num(&task.id)
-            .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
-        let mut tx = self.pool.begin().await?;
-        for row in &rows {
-            row.write(&mut tx, &self.sealer).await?;
-        }
+        let num = num_of(task)?;
+        on_engine!(&*self.engine, e => {
+            let mut tx = e.begin().await?;
+            for row in &rows {
+                row.write(&mut tx, &self.sealer).await?;
+            }
+            tx.insert_task(num, task).await?;
+            tx.commit().await?;
+        });
         let kinds: Vec<crate::DocKind> = rows.iter().map(|r| r.kind).collect();
-        let sql = format!(
-            "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-        );
-        bind_task(sqlx::query(sqlx::AssertSqlSafe(sql)), num, task)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         for kind in kinds {
             self.bump_workers_generation(kind);
         }
@@ -131,75 +75,38 @@ impl Store {
 
     /// Writes every field of a task.
     pub async fn update_task(&self, task: &Task) -> Result<()> {
-        let num = task_num(&task.id)
-            .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
-        let sql = "UPDATE tasks SET space_id = ?2, name = ?3, description = ?4, arguments = ?5, state = ?6, \
-            error_message = ?7, queue_time = ?8, queue_time_expiry = ?9, start_time = ?10, completed_time = ?11, \
-            last_updated_time = ?12, server_node = ?13, has_warnings = ?14, queue_reason = ?15, worker_name = ?16, \
-            worker_id = ?17 WHERE num = ?1";
-        bind_task(sqlx::query(sql), num, task)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let num = num_of(task)?;
+        on_engine!(&*self.engine, e => e.update_task(num, task).await)
     }
 
     /// `transition_task` for many tasks in one transaction (one disk sync): a dispatch pass claims
     /// every task it starts at once. Returns, for each, whether it moved.
     pub async fn transition_tasks(&self, tasks: &[Task], from: TaskState) -> Result<Vec<bool>> {
-        let mut tx = self.pool.begin().await?;
-        let mut moved = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            let num = task_num(&task.id)
-                .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
-            let done = bind_task(sqlx::query(UPDATE_TASK_FROM), num, task)
-                .bind(from.as_str())
-                .execute(&mut *tx)
-                .await?;
-            moved.push(done.rows_affected() == 1);
-        }
-        tx.commit().await?;
-        Ok(moved)
+        let numbered = tasks
+            .iter()
+            .map(|task| Ok((num_of(task)?, task)))
+            .collect::<Result<Vec<_>>>()?;
+        on_engine!(&*self.engine, e => e.transition_tasks(&numbered, from).await)
     }
 
     /// Moves a task from `from` to the task's state, and writes it, only if it is still in `from`.
     /// This is how a task is claimed: two claimers cannot both win.
     pub async fn transition_task(&self, task: &Task, from: TaskState) -> Result<bool> {
-        let num = task_num(&task.id)
-            .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
-        let done = bind_task(sqlx::query(UPDATE_TASK_FROM), num, task)
-            .bind(from.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        let numbered = [(num_of(task)?, task)];
+        let moved = on_engine!(&*self.engine, e => e.transition_tasks(&numbered, from).await)?;
+        Ok(moved == [true])
     }
 
     pub async fn get_task(&self, id: &str) -> Result<Option<Task>> {
         let Some(num) = task_num(id) else {
             return Ok(None);
         };
-        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE num = ?1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(num)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(read_task).transpose()
+        on_engine!(&*self.engine, e => e.task(num).await)
     }
 
     /// Tasks in the given states, oldest first (the order the queue is served in).
     pub async fn tasks_in_states(&self, states: &[TaskState]) -> Result<Vec<Task>> {
-        let placeholders = (1..=states.len())
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ({placeholders}) ORDER BY num"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for state in states {
-            query = query.bind(state.as_str());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(read_task).collect()
+        on_engine!(&*self.engine, e => e.tasks_in_states(states).await)
     }
 
     /// The tasks that ran on external workers at some time between `from` and `to`, for utilization.
@@ -208,90 +115,13 @@ impl Store {
         from: &muster_core::time::Timestamp,
         to: &muster_core::time::Timestamp,
     ) -> Result<Vec<Task>> {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE worker_id IS NOT NULL AND start_time IS NOT NULL \
-             AND start_time < ?1 AND (completed_time IS NULL OR completed_time > ?2) ORDER BY num"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(format_date(to))
-            .bind(format_date(from))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(read_task).collect()
+        let (from, to) = (format_date(from), format_date(to));
+        on_engine!(&*self.engine, e => e.tasks_on_workers_between(&from, &to).await)
     }
 
     /// A page of tasks, newest first, and the number that match.
     pub async fn list_tasks(&self, q: &TaskQuery) -> Result<(u64, Vec<Task>)> {
-        let mut clauses: Vec<String> = Vec::new();
-        let mut binds: Vec<String> = Vec::new();
-        let mut list = |clauses: &mut Vec<String>, column: &str, values: Vec<String>| {
-            let start = binds.len();
-            let marks: Vec<String> = (0..values.len())
-                .map(|i| format!("?{}", start + i + 1))
-                .collect();
-            binds.extend(values);
-            clauses.push(if marks.is_empty() {
-                "0".into()
-            } else {
-                format!("{column} IN ({})", marks.join(", "))
-            });
-        };
-        if let Some(spaces) = &q.space_ids {
-            list(&mut clauses, "space_id", spaces.clone());
-        }
-        if let Some(states) = &q.states {
-            list(
-                &mut clauses,
-                "state",
-                states.iter().map(|s| s.as_str().to_string()).collect(),
-            );
-        }
-        if let Some(ids) = &q.ids {
-            list(
-                &mut clauses,
-                "CAST(num AS TEXT)",
-                ids.iter()
-                    .filter_map(|id| task_num(id))
-                    .map(|n| n.to_string())
-                    .collect(),
-            );
-        }
-        if let Some(name) = &q.name {
-            binds.push(name.clone());
-            clauses.push(format!("name = ?{} COLLATE NOCASE", binds.len()));
-        }
-        if let Some(partial) = &q.partial_name {
-            binds.push(partial.to_lowercase());
-            clauses.push(format!("instr(lower(name), ?{}) > 0", binds.len()));
-        }
-        if let Some(flag) = q.has_warnings_or_errors {
-            clauses.push(format!("has_warnings = {}", i64::from(flag)));
-        }
-        let filter = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
-        let count_sql = format!("SELECT COUNT(*) FROM tasks {filter}");
-        let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql));
-        for b in &binds {
-            count = count.bind(b);
-        }
-        let (total,) = count.fetch_one(&self.pool).await?;
-        let page_sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks {filter} ORDER BY num DESC LIMIT {} OFFSET {}",
-            q.take.min(i64::MAX as u64),
-            q.skip.min(i64::MAX as u64)
-        );
-        let mut page = sqlx::query(sqlx::AssertSqlSafe(page_sql));
-        for b in &binds {
-            page = page.bind(b);
-        }
-        let rows = page.fetch_all(&self.pool).await?;
-        Ok((
-            total as u64,
-            rows.iter().map(read_task).collect::<Result<_>>()?,
-        ))
+        on_engine!(&*self.engine, e => e.list_tasks(q).await)
     }
 
     /// Appends log lines of any tasks in one transaction: the log writer batches lines this way so
@@ -361,28 +191,15 @@ impl Store {
         if chunks.is_empty() && ended.is_empty() {
             return Ok(Vec::new());
         }
-        // One statement needs no transaction around it: a task that ends with its lines already
-        // stored, or one task's lines, cost one round trip to SQLite.
-        if chunks.len() + ended.len() == 1 {
-            if let Some((num, group)) = chunks.first() {
-                chunk_insert(*num, group)?.execute(&self.pool).await?;
-                return Ok(Vec::new());
-            }
-            let task = &ended[0];
-            let done = end_update(task)?.execute(&self.pool).await?;
-            return Ok(vec![done.rows_affected() == 1]);
-        }
-        let mut tx = self.pool.begin().await?;
-        for (num, group) in &chunks {
-            chunk_insert(*num, group)?.execute(&mut *tx).await?;
-        }
-        let mut written = Vec::with_capacity(ended.len());
-        for task in ended {
-            let done = end_update(task)?.execute(&mut *tx).await?;
-            written.push(done.rows_affected() == 1);
-        }
-        tx.commit().await?;
-        Ok(written)
+        let chunks = chunks
+            .iter()
+            .map(|(num, group)| chunk_of(*num, group))
+            .collect::<Result<Vec<_>>>()?;
+        let ended = ended
+            .iter()
+            .map(|task| Ok((num_of(task)?, task)))
+            .collect::<Result<Vec<_>>>()?;
+        on_engine!(&*self.engine, e => e.append_chunks_and_end(&chunks, &ended).await)
     }
 
     /// Calls `each` with the task's stored lines after sequence number `after`, in order (and
@@ -399,28 +216,19 @@ impl Store {
         };
         let mut cursor = after;
         loop {
-            let rows: Vec<(i64, String)> = sqlx::query_as(
-                "SELECT last_seq, lines FROM task_log_chunk WHERE task_num = ?1 AND last_seq > ?2 \
-                 ORDER BY last_seq LIMIT 1",
-            )
-            .bind(num)
-            .bind(cursor)
-            .fetch_all(&self.pool)
-            .await?;
-            if rows.is_empty() {
+            let chunk = on_engine!(&*self.engine, e => e.chunk_after(num, cursor).await)?;
+            let Some((last, text)) = chunk else {
                 return Ok(());
-            }
-            for (last, text) in &rows {
-                let lines: Vec<StoredLine<'_>> = serde_json::from_str(text)
-                    .map_err(|e| StoreError::Corrupt(format!("a log chunk does not read: {e}")))?;
-                let count = lines.len();
-                for (index, line) in lines.iter().enumerate().filter(|(_, l)| l.0 > cursor) {
-                    if !each(line, index + 1 == count)? {
-                        return Ok(());
-                    }
+            };
+            let lines: Vec<StoredLine<'_>> = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("a log chunk does not read: {e}")))?;
+            let count = lines.len();
+            for (index, line) in lines.iter().enumerate().filter(|(_, l)| l.0 > cursor) {
+                if !each(line, index + 1 == count)? {
+                    return Ok(());
                 }
-                cursor = *last;
             }
+            cursor = last;
         }
     }
 
@@ -458,14 +266,7 @@ impl Store {
         let mut bytes = 0;
         let mut before = i64::MAX;
         'chunks: while newest_first.len() < limit {
-            let row: Option<(i64, String)> = sqlx::query_as(
-                "SELECT first_seq, lines FROM task_log_chunk WHERE task_num = ?1 AND first_seq < ?2 \
-                 ORDER BY first_seq DESC LIMIT 1",
-            )
-            .bind(num)
-            .bind(before)
-            .fetch_optional(&self.pool)
-            .await?;
+            let row = on_engine!(&*self.engine, e => e.chunk_before(num, before).await)?;
             let Some((first, text)) = row else { break };
             before = first;
             let lines: Vec<StoredLine<'_>> = serde_json::from_str(&text)
@@ -520,43 +321,25 @@ impl Store {
 
     /// About how many bytes a task's stored log takes (its chunks' text).
     pub async fn log_bytes(&self, task_id: &str) -> Result<i64> {
-        let Some(num) = task_num(task_id) else {
-            return Ok(0);
-        };
-        let (bytes,): (Option<i64>,) =
-            // octet_length reads a value's size from its record, not its (overflow) pages.
-            sqlx::query_as("SELECT SUM(octet_length(lines)) FROM task_log_chunk WHERE task_num = ?1")
-                .bind(num)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(bytes.unwrap_or(0))
+        Ok(self.log_summary(task_id).await?.bytes)
     }
 
     /// The highest sequence number logged for a task (0 when none).
     pub async fn last_log_seq(&self, task_id: &str) -> Result<i64> {
-        let Some(num) = task_num(task_id) else {
-            return Ok(0);
-        };
-        let (seq,): (Option<i64>,) =
-            sqlx::query_as("SELECT MAX(last_seq) FROM task_log_chunk WHERE task_num = ?1")
-                .bind(num)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(seq.unwrap_or(0))
+        Ok(self.log_summary(task_id).await?.last_seq)
     }
 
     /// The agent's sequence number of the last stored line that came from an agent (0 when none):
     /// where a re-attached server resumes reading the script's output.
     pub async fn last_source_seq(&self, task_id: &str) -> Result<u64> {
+        Ok(self.log_summary(task_id).await?.last_source_seq.max(0) as u64)
+    }
+
+    async fn log_summary(&self, task_id: &str) -> Result<crate::engine::LogSummary> {
         let Some(num) = task_num(task_id) else {
-            return Ok(0);
+            return Ok(Default::default());
         };
-        let (seq,): (Option<i64>,) =
-            sqlx::query_as("SELECT MAX(max_source_seq) FROM task_log_chunk WHERE task_num = ?1")
-                .bind(num)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(seq.unwrap_or(0).max(0) as u64)
+        on_engine!(&*self.engine, e => e.log_summary(num).await)
     }
 }
 
@@ -577,30 +360,16 @@ fn log_line(line: &StoredLine<'_>) -> Result<LogLine> {
 /// About how many bytes of messages one chunk holds at most.
 const CHUNK_BYTES: usize = 1024 * 1024;
 
-type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
-
-/// The insert of one chunk: a run of one task's lines.
-fn chunk_insert<'q>(num: i64, group: &[StoredLineOut<'_>]) -> Result<Query<'q>> {
-    let (first, last) = (group[0].0, group[group.len() - 1].0);
-    let max_source = group.iter().filter_map(|l| l.4).max();
-    let body = serde_json::to_string(group).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(sqlx::query(
-        "INSERT OR IGNORE INTO task_log_chunk (task_num, first_seq, last_seq, max_source_seq, line_count, lines) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .bind(num)
-    .bind(first)
-    .bind(last)
-    .bind(max_source)
-    .bind(group.len() as i64)
-    .bind(body))
-}
-
-/// The write of a task's final state, if it is still running.
-fn end_update<'q>(task: &Task) -> Result<Query<'q>> {
-    let num = task_num(&task.id)
-        .ok_or_else(|| StoreError::Corrupt(format!("bad task id {}", task.id)))?;
-    Ok(bind_task(sqlx::query(UPDATE_TASK_FROM_RUNNING), num, task))
+/// One chunk: a run of one task's lines.
+fn chunk_of(num: i64, group: &[StoredLineOut<'_>]) -> Result<Chunk> {
+    Ok(Chunk {
+        task_num: num,
+        first_seq: group[0].0,
+        last_seq: group[group.len() - 1].0,
+        max_source_seq: group.iter().filter_map(|l| l.4).max(),
+        line_count: group.len() as i64,
+        lines: serde_json::to_string(group).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+    })
 }
 
 /// A log line as a chunk stores it: [seq, occurred_at, category, step, source_seq, message].
@@ -617,41 +386,3 @@ struct StoredLine<'a>(
     #[allow(dead_code)] Option<i64>,
     #[serde(borrow)] std::borrow::Cow<'a, str>,
 );
-
-fn bind_task<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    num: i64,
-    task: &Task,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    let fmt = |t: &Option<muster_core::time::Timestamp>| t.as_ref().map(format_date);
-    query
-        .bind(num)
-        .bind(task.space_id.clone())
-        .bind(task.name.clone())
-        .bind(task.description.clone())
-        .bind(serde_json::Value::Object(task.arguments.clone()).to_string())
-        .bind(task.state.as_str())
-        .bind(task.error_message.clone())
-        .bind(format_date(&task.queue_time))
-        .bind(fmt(&task.queue_time_expiry))
-        .bind(fmt(&task.start_time))
-        .bind(fmt(&task.completed_time))
-        .bind(format_date(&task.last_updated_time))
-        .bind(task.server_node.clone())
-        .bind(i64::from(task.has_warnings_or_errors))
-        .bind(task.queue_reason.clone())
-        .bind(task.worker_name.clone())
-        .bind(task.worker_id.clone())
-}
-
-/// The next number of a kind's id counter, within a transaction.
-async fn next_number(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, kind: IdKind) -> Result<i64> {
-    let (next,): (i64,) = sqlx::query_as(
-        "INSERT INTO id_counters (kind, next) VALUES (?1, 1) \
-         ON CONFLICT (kind) DO UPDATE SET next = next + 1 RETURNING next",
-    )
-    .bind(kind.prefix())
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(next)
-}

@@ -14,6 +14,7 @@ mod inputs;
 mod logs;
 mod openapi;
 mod permissions;
+mod postgres;
 mod readme;
 mod resilience;
 mod resources;

@@ -154,6 +154,7 @@ impl Server {
             .args(args)
             .env_remove("MUSTER_LISTEN")
             .env_remove("MUSTER_DATA_DIR")
+            .env_remove("MUSTER_DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

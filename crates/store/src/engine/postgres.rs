@@ -1,0 +1,512 @@
+//! The PostgreSQL engine, chosen with `--database postgres://…`. Its migrations are embedded in
+//! the binary (`migrations/postgres/`) and applied by sqlx's migrator, which records them in
+//! `_sqlx_migrations` and holds an advisory lock meanwhile, so nodes that start together migrate
+//! once.
+//!
+//! Where it differs from SQLite: parameters are `$N`; a name is unique without case through an
+//! index on `lower(name)` (SQLite: `COLLATE NOCASE`; PostgreSQL's `lower` folds every letter,
+//! SQLite's NOCASE only ASCII ones); "insert unless present" is `ON CONFLICT DO NOTHING`;
+//! `has_warnings` is a BOOLEAN; integers are BIGINT (Rust's i64). Conditional updates
+//! (`UPDATE … WHERE state = $18`) re-check their condition on the locked row under READ
+//! COMMITTED, so two writers cannot both win a claim here either.
+
+use super::{Chunk, Dialect, DocumentRow, Engine, EngineTx, LogSummary, TaskFilter};
+use super::{TASK_COLUMNS, bind_task, page_bounds, read_task};
+use crate::{Result, StoreError, TaskQuery};
+use muster_core::TaskState;
+use muster_core::resources::Task;
+use sqlx::SqlSafeStr as _;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::time::Duration;
+
+/// The schema, one file per version, applied in order by sqlx's migrator.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "schema",
+    include_str!("../../migrations/postgres/0001_schema.sql"),
+)];
+
+pub(crate) struct Postgres {
+    pub(crate) pool: PgPool,
+    /// The connection that holds this server's claim on the database (`claim`), for its life.
+    claim: tokio::sync::Mutex<Option<sqlx::postgres::PgConnection>>,
+}
+
+/// The advisory lock a server holds on its database: one database, one server (for now; several
+/// nodes on one database will share it by other rules).
+const SERVER_LOCK: i64 = 0x6d75_7374_6572; // "muster"
+
+impl Postgres {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`).
+    pub(crate) async fn connect(url: &str) -> Result<Postgres> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        Ok(Postgres {
+            pool,
+            claim: Default::default(),
+        })
+    }
+
+    /// Claims the database for this server, as `muster.lock` claims a data directory: a session
+    /// advisory lock on a connection of its own, held until `close` (or until the process or its
+    /// connection dies). A server that stopped a moment ago may still hold it, so the claim is
+    /// tried for a few seconds before it is refused.
+    pub(crate) async fn claim(&self) -> Result<()> {
+        let mut connection = self.pool.acquire().await?.detach();
+        for attempt in 0.. {
+            let (claimed,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                .bind(SERVER_LOCK)
+                .fetch_one(&mut connection)
+                .await?;
+            if claimed {
+                *self.claim.lock().await = Some(connection);
+                return Ok(());
+            }
+            if attempt == 50 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(StoreError::InUse(
+            "another Muster server uses this database; a database serves one server".into(),
+        ))
+    }
+}
+
+const DIALECT: Dialect = Dialect {
+    mark: |n| format!("${n}"),
+    never: "FALSE",
+    name_equals: |n| format!("lower(name) = lower(${n})"),
+    name_contains: |n| format!("strpos(lower(name), ${n}) > 0"),
+    has_warnings: |flag| {
+        if flag {
+            "has_warnings"
+        } else {
+            "NOT has_warnings"
+        }
+    },
+};
+
+/// Writes every field of a task that is still in the state $18.
+const UPDATE_TASK_FROM: &str = "UPDATE tasks SET space_id = $2, name = $3, description = $4, arguments = $5, state = $6, \
+    error_message = $7, queue_time = $8, queue_time_expiry = $9, start_time = $10, completed_time = $11, \
+    last_updated_time = $12, server_node = $13, has_warnings = $14, queue_reason = $15, worker_name = $16, \
+    worker_id = $17 WHERE num = $1 AND state = $18";
+
+/// Writes every field of a task that is still running (Executing or Cancelling).
+const UPDATE_TASK_FROM_RUNNING: &str = "UPDATE tasks SET space_id = $2, name = $3, description = $4, arguments = $5, state = $6, \
+    error_message = $7, queue_time = $8, queue_time_expiry = $9, start_time = $10, completed_time = $11, \
+    last_updated_time = $12, server_node = $13, has_warnings = $14, queue_reason = $15, worker_name = $16, \
+    worker_id = $17 WHERE num = $1 AND state IN ('Executing', 'Cancelling')";
+
+const UPDATE_TASK: &str = "UPDATE tasks SET space_id = $2, name = $3, description = $4, arguments = $5, state = $6, \
+    error_message = $7, queue_time = $8, queue_time_expiry = $9, start_time = $10, completed_time = $11, \
+    last_updated_time = $12, server_node = $13, has_warnings = $14, queue_reason = $15, worker_name = $16, \
+    worker_id = $17 WHERE num = $1";
+
+const INSERT_TASK: &str = "INSERT INTO tasks (num, space_id, name, description, arguments, state, error_message, queue_time, \
+    queue_time_expiry, start_time, completed_time, last_updated_time, server_node, has_warnings, queue_reason, worker_name, worker_id) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+
+const NEXT_NUMBER: &str = "INSERT INTO id_counters (kind, next) VALUES ($1, 1) \
+    ON CONFLICT (kind) DO UPDATE SET next = id_counters.next + 1 RETURNING next";
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// The insert of one chunk; a chunk already stored (the same first line) is left as it is.
+fn chunk_insert<'q>(chunk: &Chunk) -> Query<'q> {
+    sqlx::query(
+        "INSERT INTO task_log_chunk (task_num, first_seq, last_seq, max_source_seq, line_count, lines) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(chunk.task_num)
+    .bind(chunk.first_seq)
+    .bind(chunk.last_seq)
+    .bind(chunk.max_source_seq)
+    .bind(chunk.line_count)
+    .bind(chunk.lines.clone())
+}
+
+impl Engine for Postgres {
+    type Tx = PostgresTx;
+
+    async fn migrate(&self) -> Result<()> {
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                sqlx::migrate::Migration::new(
+                    *version,
+                    std::borrow::Cow::Borrowed(*description),
+                    sqlx::migrate::MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        sqlx::migrate::Migrator::with_migrations(migrations)
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Database(e.into()))
+    }
+
+    async fn close(&self) {
+        if let Some(connection) = self.claim.lock().await.take() {
+            use sqlx::Connection as _;
+            let _ = connection.close().await;
+        }
+        self.pool.close().await;
+    }
+
+    async fn begin(&self) -> Result<PostgresTx> {
+        Ok(PostgresTx(self.pool.begin().await?))
+    }
+
+    async fn meta(&self, key: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(v,)| v))
+    }
+
+    async fn set_meta(&self, key: &str, value: &str, replace: bool) -> Result<()> {
+        let sql = if replace {
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+        } else {
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING"
+        };
+        sqlx::query(sql)
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn next_id(&self, kind: &str) -> Result<i64> {
+        let (next,): (i64,) = sqlx::query_as(NEXT_NUMBER)
+            .bind(kind)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(next)
+    }
+
+    async fn document(&self, kind: &str, id: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT body FROM documents WHERE kind = $1 AND id = $2")
+                .bind(kind)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(body,)| body))
+    }
+
+    async fn documents(&self, kind: &str, space_id: Option<&str>) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = match space_id {
+            Some(space_id) => sqlx::query_as(
+                "SELECT body FROM documents WHERE kind = $1 AND space_id = $2 ORDER BY length(id), id",
+            )
+            .bind(kind)
+            .bind(space_id)
+            .fetch_all(&self.pool)
+            .await?,
+            None => {
+                sqlx::query_as("SELECT body FROM documents WHERE kind = $1 ORDER BY length(id), id")
+                    .bind(kind)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows.into_iter().map(|(body,)| body).collect())
+    }
+
+    async fn documents_by_ext(&self, kind: &str, ext: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT body FROM documents WHERE kind = $1 AND ext = $2 ORDER BY length(id), id",
+        )
+        .bind(kind)
+        .bind(ext)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(body,)| body).collect())
+    }
+
+    async fn page_newest(
+        &self,
+        kind: &str,
+        spaces: Option<&[String]>,
+        skip: u64,
+        take: u64,
+    ) -> Result<(u64, Vec<String>)> {
+        // One array parameter holds the spaces, however many.
+        let filter = if spaces.is_some() {
+            " AND space_id = ANY($2)"
+        } else {
+            ""
+        };
+        let count_sql = format!("SELECT COUNT(*) FROM documents WHERE kind = $1{filter}");
+        let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql)).bind(kind);
+        if let Some(spaces) = spaces {
+            count = count.bind(spaces);
+        }
+        let (total,) = count.fetch_one(&self.pool).await?;
+        let limit_mark = if spaces.is_some() { 3 } else { 2 };
+        let page_sql = format!(
+            "SELECT body FROM documents WHERE kind = $1{filter} ORDER BY length(id) DESC, id DESC LIMIT ${limit_mark} OFFSET ${}",
+            limit_mark + 1
+        );
+        let mut page = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(page_sql)).bind(kind);
+        if let Some(spaces) = spaces {
+            page = page.bind(spaces);
+        }
+        let (limit, offset) = page_bounds(skip, take);
+        let rows = page.bind(limit).bind(offset).fetch_all(&self.pool).await?;
+        Ok((
+            u64::try_from(total).unwrap_or(0),
+            rows.into_iter().map(|(body,)| body).collect(),
+        ))
+    }
+
+    async fn delete_document(&self, kind: &str, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM documents WHERE kind = $1 AND id = $2")
+            .bind(kind)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_space(&self, space_id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM documents WHERE space_id = $1")
+            .bind(space_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM documents WHERE kind = 'space' AND id = $1")
+            .bind(space_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM task_log_chunk WHERE task_num IN (SELECT num FROM tasks WHERE space_id = $1)",
+        )
+        .bind(space_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM tasks WHERE space_id = $1")
+            .bind(space_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rewrites the documents table, so no dead copy of a row keeps a value in the clear. (A
+    /// PostgreSQL store is sealed from its first write, so this runs only if one was not.)
+    async fn forget_old_rows(&self) -> Result<()> {
+        sqlx::raw_sql("VACUUM FULL documents")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn task(&self, num: i64) -> Result<Option<Task>> {
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE num = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(num)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(read_task).transpose()
+    }
+
+    async fn tasks_in_states(&self, states: &[TaskState]) -> Result<Vec<Task>> {
+        let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE state = ANY($1) ORDER BY num");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(states)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(read_task).collect()
+    }
+
+    async fn tasks_on_workers_between(&self, from: &str, to: &str) -> Result<Vec<Task>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE worker_id IS NOT NULL AND start_time IS NOT NULL \
+             AND start_time < $1 AND (completed_time IS NULL OR completed_time > $2) ORDER BY num"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to)
+            .bind(from)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(read_task).collect()
+    }
+
+    async fn list_tasks(&self, q: &TaskQuery) -> Result<(u64, Vec<Task>)> {
+        let TaskFilter { clause, binds } = TaskFilter::of(q, &DIALECT);
+        let count_sql = format!("SELECT COUNT(*) FROM tasks {clause}");
+        let mut count = sqlx::query_as::<_, (i64,)>(sqlx::AssertSqlSafe(count_sql));
+        for b in &binds {
+            count = count.bind(b);
+        }
+        let (total,) = count.fetch_one(&self.pool).await?;
+        let (limit, offset) = page_bounds(q.skip, q.take);
+        let page_sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks {clause} ORDER BY num DESC LIMIT {limit} OFFSET {offset}"
+        );
+        let mut page = sqlx::query(sqlx::AssertSqlSafe(page_sql));
+        for b in &binds {
+            page = page.bind(b);
+        }
+        let rows = page.fetch_all(&self.pool).await?;
+        Ok((
+            u64::try_from(total).unwrap_or(0),
+            rows.iter().map(read_task).collect::<Result<_>>()?,
+        ))
+    }
+
+    async fn update_task(&self, num: i64, task: &Task) -> Result<()> {
+        bind_task(sqlx::query(UPDATE_TASK), num, task)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn transition_tasks(&self, tasks: &[(i64, &Task)], from: TaskState) -> Result<Vec<bool>> {
+        if let [(num, task)] = tasks {
+            let done = bind_task(sqlx::query(UPDATE_TASK_FROM), *num, task)
+                .bind(from.as_str())
+                .execute(&self.pool)
+                .await?;
+            return Ok(vec![done.rows_affected() == 1]);
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut moved = Vec::with_capacity(tasks.len());
+        for (num, task) in tasks {
+            let done = bind_task(sqlx::query(UPDATE_TASK_FROM), *num, task)
+                .bind(from.as_str())
+                .execute(&mut *tx)
+                .await?;
+            moved.push(done.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    async fn append_chunks_and_end(
+        &self,
+        chunks: &[Chunk],
+        ended: &[(i64, &Task)],
+    ) -> Result<Vec<bool>> {
+        if chunks.len() + ended.len() == 1 {
+            if let Some(chunk) = chunks.first() {
+                chunk_insert(chunk).execute(&self.pool).await?;
+                return Ok(Vec::new());
+            }
+            let (num, task) = ended[0];
+            let done = bind_task(sqlx::query(UPDATE_TASK_FROM_RUNNING), num, task)
+                .execute(&self.pool)
+                .await?;
+            return Ok(vec![done.rows_affected() == 1]);
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in chunks {
+            chunk_insert(chunk).execute(&mut *tx).await?;
+        }
+        let mut written = Vec::with_capacity(ended.len());
+        for (num, task) in ended {
+            let done = bind_task(sqlx::query(UPDATE_TASK_FROM_RUNNING), *num, task)
+                .execute(&mut *tx)
+                .await?;
+            written.push(done.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn chunk_after(&self, num: i64, after: i64) -> Result<Option<(i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT last_seq, lines FROM task_log_chunk WHERE task_num = $1 AND last_seq > $2 \
+             ORDER BY last_seq LIMIT 1",
+        )
+        .bind(num)
+        .bind(after)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn chunk_before(&self, num: i64, before: i64) -> Result<Option<(i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT first_seq, lines FROM task_log_chunk WHERE task_num = $1 AND first_seq < $2 \
+             ORDER BY first_seq DESC LIMIT 1",
+        )
+        .bind(num)
+        .bind(before)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn log_summary(&self, num: i64) -> Result<LogSummary> {
+        // octet_length is an INTEGER, whose SUM is a BIGINT (a SUM of BIGINTs would be NUMERIC).
+        let (bytes, last_seq, last_source_seq): (Option<i64>, Option<i64>, Option<i64>) =
+            sqlx::query_as(
+                "SELECT SUM(octet_length(lines)), MAX(last_seq), MAX(max_source_seq) \
+                 FROM task_log_chunk WHERE task_num = $1",
+            )
+            .bind(num)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(LogSummary {
+            bytes: bytes.unwrap_or(0),
+            last_seq: last_seq.unwrap_or(0),
+            last_source_seq: last_source_seq.unwrap_or(0),
+        })
+    }
+}
+
+pub(crate) struct PostgresTx(sqlx::Transaction<'static, sqlx::Postgres>);
+
+impl EngineTx for PostgresTx {
+    async fn next_number(&mut self, kind: &str) -> Result<i64> {
+        let (next,): (i64,) = sqlx::query_as(NEXT_NUMBER)
+            .bind(kind)
+            .fetch_one(&mut *self.0)
+            .await?;
+        Ok(next)
+    }
+
+    async fn write_document(
+        &mut self,
+        doc: &DocumentRow<'_>,
+    ) -> std::result::Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO documents (kind, id, space_id, name, ext, body) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (kind, id) DO UPDATE SET space_id = EXCLUDED.space_id, name = EXCLUDED.name, \
+             ext = EXCLUDED.ext, body = EXCLUDED.body",
+        )
+        .bind(doc.kind)
+        .bind(doc.id)
+        .bind(doc.space_id)
+        .bind(doc.name)
+        .bind(doc.ext)
+        .bind(doc.body.as_str())
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_task(&mut self, num: i64, task: &Task) -> Result<()> {
+        bind_task(sqlx::query(INSERT_TASK), num, task)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.0.commit().await?;
+        Ok(())
+    }
+}

@@ -258,7 +258,9 @@ pub async fn script_run(client: &Client, json: bool, args: ScriptRun) -> anyhow:
     let request =
         json!({"Name": "AdHocScript", "Description": description, "Arguments": arguments});
     if args.no_wait {
+        // Not waited for, it is not the running task's child (see `runbook run --no-wait`).
         let task = client
+            .without_task_token()
             .send(
                 Method::POST,
                 &format!("/api/{}/tasks", id_of(&space)),

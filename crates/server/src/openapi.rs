@@ -1004,7 +1004,7 @@ const OPS: &[Op] = &[
         "post",
         "/api/{spaceId}/tasks",
         "Tasks",
-        "Queues a task; it is committed before the 201.",
+        "Queues a task; it is committed before the 201. A running task's script may send its MUSTER_TASK_TOKEN in the header X-Muster-Task-Token: the task is then that task's child, which it waits for (it borrows the task's leases and task-cap slot); an unknown or ended task's token is a 400.",
         &[],
         Some("TaskCreate"),
         "Task",

@@ -120,6 +120,45 @@ fn a_script_that_runs_its_exclusive_child_with_the_cli_completes_on_one_worker()
     );
 }
 
+/// A task, not only a run: the exclusive parent's script runs a script task with
+/// `muster script run` (which waits), on the only worker with a task cap of 1. The task is the
+/// parent's child and borrows its lease and slot; both end Success.
+#[test]
+fn a_script_task_made_with_the_token_is_the_tasks_child() {
+    let server = Server::start_with(&["--task-cap", "1"]);
+    let run_script = muster_line(&server, "script run -- 'echo child task ran'");
+    create(
+        &server,
+        "parent.yaml",
+        &format!(
+            "name: Parent\nexclusive: true\nsteps:\n  - name: Call\n    script: |\n      {run_script}\n"
+        ),
+    );
+    let parent = start_run(&server, "Parent");
+    let (task, lines) = server.wait_task(&parent);
+    assert_eq!(task["State"], "Success", "{lines:?}");
+    let child = child_of(&server, &parent);
+    assert!(!child.is_empty(), "the task is not the parent's child");
+    let (child_task, child_lines) = server.wait_task(&child);
+    assert_eq!(child_task["Name"], "AdHocScript");
+    assert_eq!(child_task["State"], "Success");
+    assert!(
+        child_lines
+            .iter()
+            .any(|l| l["MessageText"] == "child task ran"),
+        "{child_lines:?}"
+    );
+    // A client cannot name a parent itself: only a token makes a child.
+    let forged = server
+        .post(
+            "/api/Spaces-1/tasks",
+            &json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": "true", "ParentTaskId": parent}}),
+        )
+        .assert_status(201)
+        .clone();
+    assert_eq!(forged["Arguments"]["ParentTaskId"], Value::Null, "{forged}");
+}
+
 /// The same parent with the token stripped: the server cannot know the new run is the parent's
 /// child, so the child waits, and its queue reason names the holder. Never silently.
 #[test]

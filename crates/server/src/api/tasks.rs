@@ -12,7 +12,7 @@ use crate::logs::LogEvent;
 use crate::state::App;
 use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use muster_core::resources::{LogLine, Space, Task, Worker, WorkerPool};
@@ -189,8 +189,24 @@ async fn find_any(
 }
 
 /// Reads, checks and normalizes a new task; it is committed before the 201.
-async fn create(app: &App, user: &CurrentUser, space: &Space, body: &Value) -> ApiResult {
+async fn create(
+    app: &App,
+    user: &CurrentUser,
+    space: &Space,
+    headers: &HeaderMap,
+    body: &Value,
+) -> ApiResult {
     check_space_id(body, space)?;
+    // A running task's script that sends its token makes the task that task's child, which it
+    // waits for: the parent lends it its leases and task-cap slot, as to a child run.
+    let origin = match headers.get(super::runbooks::TASK_TOKEN_HEADER) {
+        None => None,
+        Some(token) => Some(
+            crate::runbook::token_origin(app, &space.id, token.to_str().unwrap_or_default())
+                .await
+                .map_err(ApiError::bad_request)?,
+        ),
+    };
     let mut errors = Vec::new();
     let task_type = match body.get("Name") {
         Some(Value::String(name)) => TASK_TYPES
@@ -210,6 +226,8 @@ async fn create(app: &App, user: &CurrentUser, space: &Space, body: &Value) -> A
         Some(Value::Object(map)) => map.clone(),
         Some(_) => return Err(ApiError::bad_request("Arguments must be a JSON object.")),
     };
+    // Only a task token makes a child; a client cannot name a parent itself.
+    arguments.remove("ParentTaskId");
     let description = match body.get("Description") {
         None | Some(Value::Null) => default_description.to_string(),
         Some(Value::String(text)) if text.trim().is_empty() => default_description.to_string(),
@@ -253,6 +271,9 @@ async fn create(app: &App, user: &CurrentUser, space: &Space, body: &Value) -> A
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
+    if let Some(origin) = &origin {
+        arguments.insert("ParentTaskId".into(), json!(origin.parent_task_id));
+    }
     let at = now();
     let mut task = Task {
         id: String::new(),
@@ -277,6 +298,11 @@ async fn create(app: &App, user: &CurrentUser, space: &Space, body: &Value) -> A
     app.store
         .insert_new_task(&mut task, |task| queued_event(user, task))
         .await?;
+    if let Some(origin) = &origin {
+        // Its id is known only now; a dispatch pass that saw it before waits one more pass.
+        app.ledger()
+            .wait_for(&origin.parent_task_id, Some(&task.id));
+    }
     app.signals.dispatch.notify_one();
     created(&links::task(&task))
 }
@@ -391,15 +417,17 @@ pub async fn create_in_space(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
     SpaceScope(space): SpaceScope,
+    headers: HeaderMap,
     body: JsonBody,
 ) -> ApiResult {
-    create(&app, &user, &space, body.object()?).await
+    create(&app, &user, &space, &headers, body.object()?).await
 }
 
 pub async fn create_default(
     State(app): State<App>,
     Extension(user): Extension<CurrentUser>,
     Extension(access): Extension<Access>,
+    headers: HeaderMap,
     body: JsonBody,
 ) -> ApiResult {
     let body = body.object()?;
@@ -428,7 +456,7 @@ pub async fn create_default(
         });
     }
     access.require(&space, "TaskCreate")?;
-    create(&app, &user, &space, body).await
+    create(&app, &user, &space, &headers, body).await
 }
 
 pub async fn get_in_space(
@@ -779,7 +807,8 @@ pub async fn rerun(
     let space = resolve_space(&app, &task.space_id.to_ascii_lowercase()).await?;
     let body =
         json!({"Name": task.name, "Description": task.description, "Arguments": task.arguments});
-    create(&app, &user, &space, &body).await
+    // A task run again is nobody's child.
+    create(&app, &user, &space, &HeaderMap::new(), &body).await
 }
 
 /// The event of a task queued by a user.

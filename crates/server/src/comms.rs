@@ -28,6 +28,8 @@ use tokio::sync::Notify;
 pub struct Link {
     id: u64,
     sender: SendRequest<Full<Bytes>>,
+    /// Cancelled to close the connection from this side (its worker was deleted).
+    closer: tokio_util::sync::CancellationToken,
 }
 
 impl Link {
@@ -246,6 +248,7 @@ impl Comms {
         let link = Link {
             id: self.next_id.fetch_add(1, Ordering::SeqCst),
             sender,
+            closer: tokio_util::sync::CancellationToken::new(),
         };
         self.links
             .lock()
@@ -257,6 +260,14 @@ impl Comms {
             .remove(&thumbprint.to_ascii_uppercase());
         self.changed.notify_waiters();
         link
+    }
+
+    /// Closes the agent's link, if it has one: its worker was deleted, and an agent no worker
+    /// names must not stay connected (it dials again and is refused, with the reason).
+    pub fn close(&self, thumbprint: &str) {
+        if let Some(link) = self.link(thumbprint) {
+            link.closer.cancel();
+        }
     }
 
     fn remove(&self, thumbprint: &str, id: u64) {
@@ -296,8 +307,13 @@ async fn attach(
     let id = link.id;
     let app2 = app.clone();
     let closed = thumbprint.clone();
+    let closer = link.closer.clone();
     tokio::spawn(async move {
-        let _ = connection.await;
+        // Dropping the connection closes it.
+        tokio::select! {
+            _ = connection => {}
+            () = closer.cancelled() => {}
+        }
         app2.comms.remove(&closed, id);
         let _ = app2
             .comms

@@ -11,7 +11,9 @@ use crate::state::App;
 use axum::Extension;
 use axum::extract::{Path, State};
 use muster_core::resources::{Account, Endpoint, MachinePolicy, Space, Worker, WorkerPool, apply};
-use muster_core::{CommunicationStyle, HealthStatus, IdKind, MachineStatus, WorkerPoolType};
+use muster_core::{
+    CommunicationStyle, HealthStatus, IdKind, MachineStatus, TaskState, WorkerPoolType,
+};
 use muster_ssh::keys::Fingerprint;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -553,13 +555,18 @@ pub async fn delete(
 ) -> ApiResult {
     let worker = find(&app, &space, &id).await?;
     // The home worker goes with its shares; a share goes alone (the space stops using the agent).
+    let mut deleted = vec![worker.id.clone()];
     if worker.home_worker_id.is_none() {
         for share in shares_of(&app, &worker).await? {
             app.store.delete::<Worker>(&share.id).await?;
+            deleted.push(share.id);
         }
     }
     app.store.delete::<Worker>(&worker.id).await?;
     app.signals.dispatch.notify_one();
+    if let Some(key) = worker.machine_key() {
+        tokio::spawn(close_when_unused(app.clone(), key.to_string(), deleted));
+    }
     events::record(
         &app,
         Some(&user.0),
@@ -570,6 +577,33 @@ pub async fn delete(
     )
     .await;
     empty_ok()
+}
+
+/// Closes a deleted worker's agent link once no worker names the agent and no task runs on it
+/// any more: its running tasks finish first (as a deleted share's do), then the agent is told it
+/// was deleted when it dials again. Checked every 2 seconds, for a day at most.
+async fn close_when_unused(app: App, key: String, deleted: Vec<String>) {
+    for _ in 0..(24 * 60 * 30) {
+        let named = app.store.find_by_ext::<Worker>(&key).await;
+        if !matches!(&named, Ok(workers) if workers.is_empty()) {
+            return;
+        }
+        let running = app
+            .store
+            .tasks_in_states(&[TaskState::Executing, TaskState::Cancelling])
+            .await;
+        let busy = match running {
+            Ok(tasks) => tasks
+                .iter()
+                .any(|t| t.worker_id.as_ref().is_some_and(|id| deleted.contains(id))),
+            Err(_) => true,
+        };
+        if !busy {
+            app.comms.close(&key);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }
 
 /// The workers that share a home worker's agent into other spaces.

@@ -1486,7 +1486,14 @@ fn request_schema_name(method: &str, body: &str) -> String {
 }
 
 /// Read-only fields a body may hold, whatever their value: the server never reads them.
-const IGNORED_IN_BODIES: &[&str] = &["Links", "Identities"];
+const IGNORED_IN_BODIES: &[&str] = &[
+    "Links",
+    "Identities",
+    // A runbook's Octopus fields that Muster has no use for.
+    "EnvironmentScope",
+    "MultiTenancyMode",
+    "ProjectId",
+];
 
 /// A resource's schema as a body is read: read-only fields are ignored whatever they hold, and
 /// a null field is as absent. A PUT changes what it is given (a field left out keeps its value), so
@@ -1510,6 +1517,9 @@ fn request_schema(resource: &Value, update: bool) -> Value {
                     *property = json!({"allOf": [property.clone()], "nullable": true});
                 } else {
                     property["nullable"] = json!(true);
+                    if let Some(Value::Array(values)) = property.get_mut("enum") {
+                        values.push(Value::Null);
+                    }
                 }
             }
         }
@@ -1525,6 +1535,18 @@ fn object(required: &[&str], properties: Value) -> Value {
         schema["required"] = json!(required);
     }
     schema
+}
+
+/// A resource's name as `muster_core::ids::check_name` takes it: at most 200 characters, no
+/// control character (nor a bidirectional override), and a visible one.
+fn name_schema() -> Value {
+    const CONTROL: &str = "\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069";
+    const INVISIBLE: &str = "\\u00ad\\u034f\\u061c\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f\\u200b-\\u200f\\u2060-\\u206f\\u2800\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0";
+    json!({
+        "type": "string",
+        "maxLength": 200,
+        "pattern": format!("^[^{CONTROL}]*[^{CONTROL}{INVISIBLE}\\s][^{CONTROL}]*$")
+    })
 }
 
 /// A task's creation body for one kind of task (`Name`) and its arguments.
@@ -1556,6 +1578,7 @@ fn schemas() -> Value {
     let i = json!({"type": "integer"});
     let links = json!({"type": "object", "additionalProperties": {"type": "string"}});
     let ids = json!({"type": "array", "items": {"type": "string"}});
+    let name = name_schema();
     // A list of ids as task arguments read it: an array, or ids comma-joined; anything else is none.
     let id_list = json!({"description": "A list of ids, or ids comma-joined."});
     let array_of = |name: &str| json!({"type": "array", "items": schema_ref(name)});
@@ -1581,12 +1604,12 @@ fn schemas() -> Value {
             "ThumbprintSha1": s, "SignatureAlgorithm": s, "Links": links
         })),
         "Space": object(&["Name"], json!({
-            "Id": s, "Name": s, "Slug": s, "Description": sn, "IsDefault": b, "IsPrivate": b, "TaskQueueStopped": b,
+            "Id": s, "Name": name, "Slug": s, "Description": sn, "IsDefault": b, "IsPrivate": b, "TaskQueueStopped": b,
             "SpaceManagersTeams": ids, "SpaceManagersTeamMembers": ids, "LastModifiedOn": sn, "LastModifiedBy": sn, "Links": links
         })),
         "SpaceArray": array_of("Space"),
         "User": object(&["Id", "Username", "DisplayName"], json!({
-            "Id": s, "Username": s, "DisplayName": s, "EmailAddress": sn, "IsActive": b, "IsService": b,
+            "Id": s, "Username": name, "DisplayName": s, "EmailAddress": sn, "IsActive": b, "IsService": b,
             "Identities": {"type": "array", "items": {"type": "object"}}, "Links": links
         })),
         "ApiKeyCreate": {
@@ -1600,13 +1623,13 @@ fn schemas() -> Value {
             "Teams": ids, "IsAdministrator": b, "Links": links
         })),
         "Team": object(&["Name"], json!({
-            "Id": s, "Name": s, "Description": sn, "MemberUserIds": ids, "ExternalSecurityGroups": {"type": "array", "items": {"type": "object"}},
+            "Id": s, "Name": name, "Description": sn, "MemberUserIds": ids, "ExternalSecurityGroups": {"type": "array", "description": "Kept as given."},
             "CanBeDeleted": b, "CanBeRenamed": b, "CanChangeRoles": b, "CanChangeMembers": b,
             "SpaceId": {"type": "string", "nullable": true, "description": "Set for a space's own team; null for a system team."}, "Links": links
         })),
         "TeamArray": array_of("Team"),
         "UserRole": object(&["Name"], json!({
-            "Id": s, "Name": s, "Description": sn, "GrantedSpacePermissions": {"type": "array", "items": s},
+            "Id": s, "Name": name, "Description": sn, "GrantedSpacePermissions": {"type": "array", "items": s},
             "GrantedSystemPermissions": {"type": "array", "items": s}, "CanBeDeleted": b,
             "SupportedRestrictions": {"type": "array", "items": s}, "Links": links
         })),
@@ -1628,7 +1651,7 @@ fn schemas() -> Value {
             "ApiKey": {"type": "string", "description": "The key, shown once."}, "Links": links
         })),
         "WorkerPool": object(&["Name", "WorkerPoolType"], json!({
-            "Id": s, "SpaceId": s, "Name": s, "Slug": s, "Description": sn, "IsDefault": b, "SortOrder": i,
+            "Id": s, "SpaceId": s, "Name": name, "Slug": s, "Description": sn, "IsDefault": b, "SortOrder": i,
             "WorkerPoolType": {"type": "string", "enum": ["StaticWorkerPool", "DynamicWorkerPool"]},
             "CanAddWorkers": b, "WorkerType": sn, "Links": links
         })),
@@ -1652,7 +1675,7 @@ fn schemas() -> Value {
             "additionalProperties": true
         },
         "Worker": object(&["Name", "Endpoint", "WorkerPoolIds"], json!({
-            "Id": {"type": "string", "nullable": true, "description": "Null on the unsaved worker /discover answers."}, "SpaceId": s, "Name": s, "Slug": sn, "WorkerPoolIds": ids, "MachinePolicyId": sn, "IsDisabled": b,
+            "Id": {"type": "string", "nullable": true, "description": "Null on the unsaved worker /discover answers."}, "SpaceId": s, "Name": name, "Slug": sn, "WorkerPoolIds": ids, "MachinePolicyId": sn, "IsDisabled": b,
             "Endpoint": schema_ref("Endpoint"), "Thumbprint": sn, "Uri": sn,
             "HealthStatus": {"type": "string", "enum": ["Healthy", "Unavailable", "Unknown", "HasWarnings", "Unhealthy"]},
             "Status": s, "StatusSummary": s, "HasLatestCalamari": b, "IsInProcess": b, "OperatingSystem": sn,
@@ -1680,7 +1703,7 @@ fn schemas() -> Value {
         })),
         "MachinePolicyArray": array_of("MachinePolicy"),
         "Account": object(&["Name", "AccountType"], json!({
-            "Id": s, "SpaceId": s, "Name": s, "Slug": s, "Description": sn,
+            "Id": s, "SpaceId": s, "Name": name, "Slug": s, "Description": sn,
             "AccountType": {"type": "string", "enum": ["SshKeyPair", "UsernamePassword"]},
             "Username": s,
             "PrivateKeyFile": {"type": "object", "nullable": true, "description": "SshKeyPair: NewValue is the base64 of the private key file; reads show HasValue only.", "properties": {"HasValue": b, "NewValue": sn}},
@@ -1752,7 +1775,7 @@ fn schemas() -> Value {
                 "properties": {"Label": sn, "Description": sn, "Required": b, "DisplaySettings": {"type": "object"}}}
         })),
         "Runbook": object(&["Name"], json!({
-            "Id": s, "SpaceId": s, "Name": s, "Slug": s, "Description": sn, "RunbookProcessId": s, "VariableSetId": s,
+            "Id": s, "SpaceId": s, "Name": name, "Slug": s, "Description": sn, "RunbookProcessId": s, "VariableSetId": s,
             "Steps": {"type": "array", "items": schema_ref("Step")}, "Variables": {"type": "array", "items": schema_ref("Variable"), "description": "Set OctopusBypassDeploymentMutex to False for exclusive worker leases."},
             "ProjectId": sn, "MultiTenancyMode": s, "EnvironmentScope": s, "Links": links
         })),

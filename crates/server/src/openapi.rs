@@ -1417,7 +1417,7 @@ fn error_responses(anonymous: bool) -> Vec<(&'static str, Value)> {
     ]
 }
 
-fn operation(o: &Op) -> Value {
+fn operation(o: &Op, schemas: &Value) -> Value {
     let mut parameters: Vec<Value> = Vec::new();
     for segment in o.path.split('/') {
         if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
@@ -1465,9 +1465,10 @@ fn operation(o: &Op) -> Value {
         value["security"] = json!([]);
     }
     if let Some(body) = o.body {
-        let schema = request_schema_name(o.method, body);
+        let schema = request_schema_name(o.method, body, schemas);
         value["requestBody"] = json!({
-            "required": !matches!(body, "ApiKeyCreate"),
+            // A body that may be null may also be left out.
+            "required": schemas[body]["nullable"] != true,
             "description": "JSON, read whatever the Content-Type; property names in any case; read-only fields ignored.",
             "content": {"application/json": {"schema": schema_ref(&schema)}}
         });
@@ -1476,8 +1477,8 @@ fn operation(o: &Op) -> Value {
 }
 
 /// The schema a body is read with, when it is a resource's (one with `Links`): see [`request_schema`].
-fn request_schema_name(method: &str, body: &str) -> String {
-    let resource = schemas()[body]["properties"].get("Links").is_some();
+fn request_schema_name(method: &str, body: &str, schemas: &Value) -> String {
+    let resource = schemas[body]["properties"].get("Links").is_some();
     match (resource, method) {
         (true, "put") => format!("{body}Update"),
         (true, _) => format!("{body}Create"),
@@ -1822,15 +1823,15 @@ fn schemas() -> Value {
 }
 
 pub fn document() -> Value {
+    let mut schemas = schemas();
     let mut paths = Map::new();
     for o in OPS {
         let entry = paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
-        entry[o.method] = operation(o);
+        entry[o.method] = operation(o, &schemas);
     }
-    let mut schemas = schemas();
     for o in OPS {
         if let Some(body) = o.body {
-            let name = request_schema_name(o.method, body);
+            let name = request_schema_name(o.method, body, &schemas);
             if name != body {
                 schemas[&name] = request_schema(&schemas[body], o.method == "put");
             }

@@ -47,3 +47,6 @@ else
   echo "clippy is not installed: skipping lints" >&2
 fi
 cargo test --workspace --locked
+# The OpenAPI document tells the truth: a bounded schemathesis run against the debug binary that
+# `cargo test` built (installs schemathesis into target/schemathesis-venv when missing).
+./scripts/schemathesis.sh

@@ -333,6 +333,21 @@ impl JsonBody {
     }
 }
 
+/// The query parameters read as lists ([`Params::list`]): comma-joined, and also repeated.
+pub const LIST_PARAMS: &[&str] = &[
+    "ids",
+    "states",
+    "healthstatuses",
+    "commstyles",
+    "workerpoolids",
+    "shellnames",
+    "spaces",
+    "accounttype",
+    "regarding",
+    "users",
+    "eventcategories",
+];
+
 /// Query parameters with case-insensitive names; `ids=A,B` and repeated `ids=` both read as a list.
 #[derive(Debug, Default, Clone)]
 pub struct Params {
@@ -348,6 +363,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| {
             ApiError::bad_request(format!("The query string could not be read: {e}"))
         })?;
+        // A parameter of one value given twice is ambiguous (which one counts?): refused, rather
+        // than quietly reading one of them. Lists may repeat (`ids=A&ids=B`).
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in &pairs {
+            let lower = name.to_ascii_lowercase();
+            if !LIST_PARAMS.contains(&lower.as_str()) && !seen.insert(lower) {
+                return Err(ApiError::bad_request(format!(
+                    "The query parameter '{name}' is given more than once."
+                )));
+            }
+        }
         Ok(Params {
             pairs: pairs
                 .into_iter()

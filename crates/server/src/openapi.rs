@@ -11,8 +11,8 @@ struct Op {
     summary: &'static str,
     query: &'static [&'static str],
     body: Option<&'static str>,
-    /// The schema answered with 200/201, or "text" for text/plain, "events" for server-sent events,
-    /// "bytes" for a file's bytes (application/octet-stream).
+    /// The schema answered with 200/201, or "text" for text/plain, "pem" for a PEM certificate,
+    /// "events" for server-sent events, "bytes" for a file's bytes (application/octet-stream).
     answer: &'static str,
 }
 
@@ -75,6 +75,17 @@ const EVENT_FILTERS: &[&str] = &[
     "spaces",
     "includeSystem",
 ];
+/// A space's events: the space is the route's, and they are never system events.
+const SPACE_EVENT_FILTERS: &[&str] = &[
+    "skip",
+    "take",
+    "ids",
+    "regarding",
+    "users",
+    "from",
+    "to",
+    "eventCategories",
+];
 
 const OPS: &[Op] = &[
     op(
@@ -129,7 +140,7 @@ const OPS: &[Op] = &[
         "The server certificate in PEM.",
         &[],
         None,
-        "text",
+        "pem",
     ),
     op(
         "get",
@@ -942,7 +953,7 @@ const OPS: &[Op] = &[
         "/api/{spaceId}/events",
         "Events",
         "The space's events, newest first, paged; filters as /api/events.",
-        EVENT_FILTERS,
+        SPACE_EVENT_FILTERS,
         None,
         "Collection",
     ),
@@ -1088,7 +1099,7 @@ const OPS: &[Op] = &[
         "The task types this server runs.",
         &[],
         None,
-        "Object",
+        "TaskTypeArray",
     ),
     op(
         "post",
@@ -1310,19 +1321,115 @@ fn schema_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
-fn operation(o: &Op) -> Value {
+/// A path parameter as the server reads it: once decoded, a path holding a control character, a
+/// `%`, `?` or `#` is refused (400) before routing, and a `/` would make it another path. A space
+/// segment (`/api/{spaceId}/…`) is only ever `Spaces-N`.
+fn path_parameter(name: &str) -> Value {
+    let schema = if name == "spaceId" {
+        json!({"type": "string", "pattern": "^Spaces-[0-9]+$"})
+    } else {
+        json!({"type": "string", "minLength": 1, "pattern": ID_PATTERN})
+    };
+    json!({"name": name, "in": "path", "required": true, "schema": schema})
+}
+
+/// What a path segment may hold (see [`path_parameter`]): no C0 or C1 control character, `%`, `?`,
+/// `#` or `/`.
+const ID_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f%?#/]+$";
+
+/// A comma-joined list of an enum's names, as the filters read them.
+fn list_of(names: &[&str]) -> Value {
+    let one = names.join("|");
+    json!({"type": "string", "pattern": format!("^({one})(,({one}))*$")})
+}
+
+/// The schema of a query parameter, by name: one table for every operation, from the parsers the
+/// handlers use (`Params::page`, `Params::bool`, the enums' `parse`, `time::parse_date`). A value
+/// the parser refuses is a 400; an empty value counts as absent; a parameter of one value given
+/// twice is a 400 (`Params`).
+fn query_schema(name: &str) -> Value {
+    use muster_core::enums::{CommunicationStyle, HealthStatus, TaskState};
+    let whole = |minimum: u64, maximum: u64| json!({"type": "integer", "minimum": minimum, "maximum": maximum});
+    match name {
+        "skip" | "take" => whole(0, muster_core::paging::MAX_TAKE),
+        "tail" => whole(0, u64::MAX),
+        "after" => whole(0, i64::MAX as u64),
+        "hours" => whole(1, 24 * 366),
+        "port" => whole(1, u64::from(u16::MAX)),
+        "isDisabled"
+        | "active"
+        | "running"
+        | "hasWarningsOrErrors"
+        | "includeSystem"
+        | "hideEmptyWorkerPools" => json!({"type": "boolean"}),
+        "from" | "to" => json!({"type": "string", "format": "date-time"}),
+        "states" => {
+            let mut names: Vec<&str> = TaskState::NAMES.to_vec();
+            names.push("New");
+            list_of(&names)
+        }
+        "healthStatuses" => list_of(HealthStatus::NAMES),
+        "commStyles" => list_of(CommunicationStyle::NAMES),
+        "type" => json!({"type": "string", "enum": ["TentaclePassive", "Ssh"]}),
+        "host" => json!({"type": "string", "pattern": "^[^/ @?#]+$"}),
+        // Other lists take any text, comma-joined or repeated.
+        list if crate::http::LIST_PARAMS.contains(&list.to_ascii_lowercase().as_str()) => {
+            json!({"description": "Comma-joined, or the parameter repeated."})
+        }
+        _ => json!({"type": "string"}),
+    }
+}
+
+/// The answers every operation may give besides its success, with the contract's error body: one
+/// set, so no operation's list can drift from what the server's layers do to every request.
+fn error_responses(anonymous: bool) -> Vec<(&'static str, Value)> {
+    let error = |description: &str| json!({"description": description, "content": {"application/json": {"schema": schema_ref("Error")}}});
+    if anonymous {
+        // Served before any key is read, from fixed paths without parameters: always 200.
+        return Vec::new();
+    }
+    let mut limited = error(
+        "Too many wrong API keys came from this address within a minute: every request from it \
+         waits, even with a right key, until the time Retry-After says (seconds).",
+    );
+    limited["headers"] =
+        json!({"Retry-After": {"required": true, "schema": {"type": "integer", "minimum": 1}}});
+    vec![
+        (
+            "400",
+            error("The request is invalid: a path, query or body the server cannot accept."),
+        ),
+        (
+            "401",
+            error("No API key, or one that is malformed, unknown, expired or of an inactive user."),
+        ),
+        (
+            "403",
+            error("The key's user lacks the permission (named in the message)."),
+        ),
+        (
+            "404",
+            error(
+                "Nothing at this address for this key: an unknown id, or a space it does not see.",
+            ),
+        ),
+        ("429", limited),
+    ]
+}
+
+fn operation(o: &Op, schemas: &Value) -> Value {
     let mut parameters: Vec<Value> = Vec::new();
     for segment in o.path.split('/') {
         if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            parameters.push(
-                json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}),
-            );
+            parameters.push(path_parameter(name));
         }
     }
     for name in o.query {
-        parameters.push(
-            json!({"name": name, "in": "query", "required": false, "schema": {"type": "string"}}),
-        );
+        // An empty value counts as absent.
+        parameters.push(json!({
+            "name": name, "in": "query", "required": false, "allowEmptyValue": true,
+            "schema": query_schema(name)
+        }));
     }
     // Every POST creates something and answers 201, except cancel, which changes a task.
     let success = if o.method == "post" && !o.path.ends_with("/cancel") {
@@ -1333,7 +1440,8 @@ fn operation(o: &Op) -> Value {
     let content = match o.answer {
         "Empty" => json!(null),
         "text" => json!({"text/plain": {"schema": {"type": "string"}}}),
-        "events" => json!({"text/event-stream": {"schema": {"type": "string"}}}),
+        "pem" => json!({"application/x-pem-file": {"schema": {"type": "string"}}}),
+        "events" => json!({"text/event-stream": {"schema": schema_ref("StreamEvent")}}),
         "bytes" => {
             json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
         }
@@ -1343,27 +1451,81 @@ fn operation(o: &Op) -> Value {
     if !content.is_null() {
         ok["content"] = content;
     }
-    let error = json!({"description": "An error, with the contract's body", "content": {"application/json": {"schema": schema_ref("Error")}}});
+    let anonymous = o.path == "/api" || o.path == "/api/openapi.json";
     let mut responses = Map::new();
     responses.insert(success.into(), ok);
-    for code in ["400", "401", "403", "404"] {
-        responses.insert(code.into(), error.clone());
+    for (code, answer) in error_responses(anonymous) {
+        responses.insert(code.into(), answer);
     }
     let mut value = json!({"tags": [o.tag], "summary": o.summary, "parameters": parameters, "responses": responses});
     if let Some(needs) = permission_of(o.method, o.path) {
         value["x-muster-permission"] = json!(needs);
     }
-    if o.path == "/api" || o.path == "/api/openapi.json" {
+    if anonymous {
         value["security"] = json!([]);
     }
     if let Some(body) = o.body {
+        let schema = request_schema_name(o.method, body, schemas);
         value["requestBody"] = json!({
-            "required": true,
+            // A body that may be null may also be left out.
+            "required": schemas[body]["nullable"] != true,
             "description": "JSON, read whatever the Content-Type; property names in any case; read-only fields ignored.",
-            "content": {"application/json": {"schema": schema_ref(body)}}
+            "content": {"application/json": {"schema": schema_ref(&schema)}}
         });
     }
     value
+}
+
+/// The schema a body is read with, when it is a resource's (one with `Links`): see [`request_schema`].
+fn request_schema_name(method: &str, body: &str, schemas: &Value) -> String {
+    let resource = schemas[body]["properties"].get("Links").is_some();
+    match (resource, method) {
+        (true, "put") => format!("{body}Update"),
+        (true, _) => format!("{body}Create"),
+        (false, _) => body.to_string(),
+    }
+}
+
+/// Read-only fields a body may hold, whatever their value: the server never reads them.
+const IGNORED_IN_BODIES: &[&str] = &[
+    "Links",
+    "Identities",
+    // A runbook's Octopus fields that Muster has no use for.
+    "EnvironmentScope",
+    "MultiTenancyMode",
+    "ProjectId",
+];
+
+/// A resource's schema as a body is read: read-only fields are ignored whatever they hold, and
+/// a null field is as absent. A PUT changes what it is given (a field left out keeps its value), so
+/// it requires nothing.
+fn request_schema(resource: &Value, update: bool) -> Value {
+    let mut schema = resource.clone();
+    let required: Vec<Value> = schema["required"].as_array().cloned().unwrap_or_default();
+    if let Some(object) = schema.as_object_mut() {
+        if update {
+            object.remove("required");
+        }
+        if let Some(Value::Object(properties)) = object.get_mut("properties") {
+            for ignored in IGNORED_IN_BODIES {
+                properties.remove(*ignored);
+            }
+            for (name, property) in properties.iter_mut() {
+                if !update && required.contains(&json!(name)) {
+                    continue;
+                }
+                if property.get("$ref").is_some() {
+                    *property = json!({"allOf": [property.clone()], "nullable": true});
+                } else {
+                    property["nullable"] = json!(true);
+                    if let Some(Value::Array(values)) = property.get_mut("enum") {
+                        values.push(Value::Null);
+                    }
+                }
+            }
+        }
+    }
+    schema
 }
 
 fn object(required: &[&str], properties: Value) -> Value {
@@ -1376,6 +1538,40 @@ fn object(required: &[&str], properties: Value) -> Value {
     schema
 }
 
+/// A resource's name as `muster_core::ids::check_name` takes it: at most 200 characters, no
+/// control character (nor a bidirectional override), and a visible one.
+fn name_schema() -> Value {
+    const CONTROL: &str = "\\u0000-\\u001f\\u007f-\\u009f\\u202a-\\u202e\\u2066-\\u2069";
+    const INVISIBLE: &str = "\\u00ad\\u034f\\u061c\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f\\u200b-\\u200f\\u2060-\\u206f\\u2800\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0";
+    json!({
+        "type": "string",
+        "maxLength": 200,
+        "pattern": format!("^[^{CONTROL}]*[^{CONTROL}{INVISIBLE}\\s][^{CONTROL}]*$")
+    })
+}
+
+/// A task's creation body for one kind of task (`Name`) and its arguments.
+fn task_create(name: &str, arguments: Value) -> Value {
+    let sn = json!({"type": "string", "nullable": true});
+    let mut arguments = arguments;
+    arguments["nullable"] = json!(name != "AdHocScript");
+    let required: &[&str] = if name == "AdHocScript" {
+        &["Name", "Arguments"]
+    } else {
+        &["Name"]
+    };
+    object(
+        required,
+        json!({
+            "Name": {"type": "string", "enum": [name]},
+            "Description": sn, "SpaceId": sn,
+            "QueueTime": {"type": "string", "format": "date-time", "nullable": true},
+            "QueueTimeExpiry": {"type": "string", "format": "date-time", "nullable": true},
+            "Arguments": arguments
+        }),
+    )
+}
+
 fn schemas() -> Value {
     let s = json!({"type": "string"});
     let sn = json!({"type": "string", "nullable": true});
@@ -1383,6 +1579,9 @@ fn schemas() -> Value {
     let i = json!({"type": "integer"});
     let links = json!({"type": "object", "additionalProperties": {"type": "string"}});
     let ids = json!({"type": "array", "items": {"type": "string"}});
+    let name = name_schema();
+    // A list of ids as task arguments read it: an array, or ids comma-joined; anything else is none.
+    let id_list = json!({"description": "A list of ids, or ids comma-joined."});
     let array_of = |name: &str| json!({"type": "array", "items": schema_ref(name)});
     json!({
         "Error": object(&["ErrorMessage", "Errors"], json!({
@@ -1406,28 +1605,32 @@ fn schemas() -> Value {
             "ThumbprintSha1": s, "SignatureAlgorithm": s, "Links": links
         })),
         "Space": object(&["Name"], json!({
-            "Id": s, "Name": s, "Slug": s, "Description": sn, "IsDefault": b, "IsPrivate": b, "TaskQueueStopped": b,
+            "Id": s, "Name": name, "Slug": s, "Description": sn, "IsDefault": b, "IsPrivate": b, "TaskQueueStopped": b,
             "SpaceManagersTeams": ids, "SpaceManagersTeamMembers": ids, "LastModifiedOn": sn, "LastModifiedBy": sn, "Links": links
         })),
         "SpaceArray": array_of("Space"),
         "User": object(&["Id", "Username", "DisplayName"], json!({
-            "Id": s, "Username": s, "DisplayName": s, "EmailAddress": sn, "IsActive": b, "IsService": b,
+            "Id": s, "Username": name, "DisplayName": s, "EmailAddress": sn, "IsActive": b, "IsService": b,
             "Identities": {"type": "array", "items": {"type": "object"}}, "Links": links
         })),
-        "ApiKeyCreate": object(&[], json!({"Purpose": s, "Expires": sn})),
+        "ApiKeyCreate": {
+            "type": "object", "nullable": true, "additionalProperties": true,
+            "description": "No body, or null: a key without a purpose that never expires.",
+            "properties": {"Purpose": sn, "Expires": {"type": "string", "format": "date-time", "nullable": true}}
+        },
         "UserPermissions": object(&["Id"], json!({
             "Id": s, "SystemPermissions": {"type": "array", "items": s},
             "SpacePermissions": {"type": "object", "description": "Permission name → [{SpaceId, RestrictedTo…: []}]"},
             "Teams": ids, "IsAdministrator": b, "Links": links
         })),
         "Team": object(&["Name"], json!({
-            "Id": s, "Name": s, "Description": sn, "MemberUserIds": ids, "ExternalSecurityGroups": {"type": "array", "items": {"type": "object"}},
+            "Id": s, "Name": name, "Description": sn, "MemberUserIds": ids, "ExternalSecurityGroups": {"type": "array", "description": "Kept as given."},
             "CanBeDeleted": b, "CanBeRenamed": b, "CanChangeRoles": b, "CanChangeMembers": b,
             "SpaceId": {"type": "string", "nullable": true, "description": "Set for a space's own team; null for a system team."}, "Links": links
         })),
         "TeamArray": array_of("Team"),
         "UserRole": object(&["Name"], json!({
-            "Id": s, "Name": s, "Description": sn, "GrantedSpacePermissions": {"type": "array", "items": s},
+            "Id": s, "Name": name, "Description": sn, "GrantedSpacePermissions": {"type": "array", "items": s},
             "GrantedSystemPermissions": {"type": "array", "items": s}, "CanBeDeleted": b,
             "SupportedRestrictions": {"type": "array", "items": s}, "Links": links
         })),
@@ -1449,7 +1652,7 @@ fn schemas() -> Value {
             "ApiKey": {"type": "string", "description": "The key, shown once."}, "Links": links
         })),
         "WorkerPool": object(&["Name", "WorkerPoolType"], json!({
-            "Id": s, "SpaceId": s, "Name": s, "Slug": s, "Description": sn, "IsDefault": b, "SortOrder": i,
+            "Id": s, "SpaceId": s, "Name": name, "Slug": s, "Description": sn, "IsDefault": b, "SortOrder": i,
             "WorkerPoolType": {"type": "string", "enum": ["StaticWorkerPool", "DynamicWorkerPool"]},
             "CanAddWorkers": b, "WorkerType": sn, "Links": links
         })),
@@ -1473,7 +1676,7 @@ fn schemas() -> Value {
             "additionalProperties": true
         },
         "Worker": object(&["Name", "Endpoint", "WorkerPoolIds"], json!({
-            "Id": s, "SpaceId": s, "Name": s, "Slug": sn, "WorkerPoolIds": ids, "MachinePolicyId": sn, "IsDisabled": b,
+            "Id": {"type": "string", "nullable": true, "description": "Null on the unsaved worker /discover answers."}, "SpaceId": s, "Name": name, "Slug": sn, "WorkerPoolIds": ids, "MachinePolicyId": sn, "IsDisabled": b,
             "Endpoint": schema_ref("Endpoint"), "Thumbprint": sn, "Uri": sn,
             "HealthStatus": {"type": "string", "enum": ["Healthy", "Unavailable", "Unknown", "HasWarnings", "Unhealthy"]},
             "Status": s, "StatusSummary": s, "HasLatestCalamari": b, "IsInProcess": b, "OperatingSystem": sn,
@@ -1493,7 +1696,7 @@ fn schemas() -> Value {
             "Name": {"type": "string", "description": "The worker's name in that space (default: the home worker's)."}
         })),
         "MachinePolicy": object(&["Name"], json!({
-            "Id": s, "SpaceId": s, "Name": s, "Description": sn, "IsDefault": b,
+            "Id": {"type": "string", "nullable": true, "description": "Null on the unsaved template."}, "SpaceId": s, "Name": s, "Description": sn, "IsDefault": b,
             "MachineHealthCheckPolicy": {"type": "object"}, "MachineConnectivityPolicy": {"type": "object"},
             "MachineCleanupPolicy": {"type": "object"}, "MachineUpdatePolicy": {"type": "object"},
             "MachineRpcCallRetryPolicy": {"type": "object"}, "MachinePackageCacheRetentionPolicy": {"type": "object"},
@@ -1502,7 +1705,7 @@ fn schemas() -> Value {
         })),
         "MachinePolicyArray": array_of("MachinePolicy"),
         "Account": object(&["Name", "AccountType"], json!({
-            "Id": s, "SpaceId": s, "Name": s, "Slug": s, "Description": sn,
+            "Id": s, "SpaceId": s, "Name": name, "Slug": s, "Description": sn,
             "AccountType": {"type": "string", "enum": ["SshKeyPair", "UsernamePassword"]},
             "Username": s,
             "PrivateKeyFile": {"type": "object", "nullable": true, "description": "SshKeyPair: NewValue is the base64 of the private key file; reads show HasValue only.", "properties": {"HasValue": b, "NewValue": sn}},
@@ -1525,20 +1728,26 @@ fn schemas() -> Value {
             "LibraryVariableSets": {"type": "array"}, "RunbookProcesses": {"type": "array"}, "RunbookSnapshots": {"type": "array"},
             "Links": links
         })),
-        "TaskCreate": object(&["Name"], json!({
-            "Name": {"type": "string", "enum": ["AdHocScript", "Health"], "description": "AdHocScript runs ScriptBody (set Arguments.OctopusBypassDeploymentMutex to False for an exclusive worker); runbooks run through /runbookRuns. Health checks workers (WorkerpoolId, MachineIds, or every worker of the space) outside the task cap, and fails when a checked worker is not Healthy."},
-            "Description": s, "SpaceId": sn,
-            "QueueTime": sn, "QueueTimeExpiry": sn,
-            "Arguments": object(&[], json!({
-                "ScriptBody": {"type": "string", "description": "AdHocScript: the script to run (required)."}, "Syntax": {"type": "string", "enum": ["Bash", "Python", "PowerShell"], "default": "Bash"},
-                "TargetType": {"type": "string", "enum": ["OctopusServer", "WorkerPools", "Workers"], "description": "Default: WorkerPools with the space's default pool (the built-in worker runs the script while that pool has no workers)."},
-                "WorkerPoolIds": ids, "MachineIds": ids,
-                "OctopusBypassDeploymentMutex": {"type": "string", "enum": ["True", "False"], "default": "True", "description": "False: nothing else runs on the task's worker while it runs."},
-                "Timeout": {"type": "string", "description": "A TimeSpan (00:10:00) or seconds; the task ends TimedOut after it."},
-                "WorkerpoolId": {"type": "string", "nullable": true, "description": "Health: check this pool's workers."},
-                "MachineTimeout": {"type": "string", "description": "Health: how long each agent has to answer, a TimeSpan (default 00:00:20)."}
-            }))
-        })),
+        // The arguments a task reads depend on its Name; arguments of the other kind are ignored.
+        "TaskCreate": {
+            "description": "AdHocScript runs ScriptBody (set Arguments.OctopusBypassDeploymentMutex to False for an exclusive worker); runbooks run through /runbookRuns. Health checks workers (WorkerpoolId, MachineIds, or every worker of the space) outside the task cap, and fails when a checked worker is not Healthy.",
+            "oneOf": [
+                task_create("AdHocScript", object(&["ScriptBody"], json!({
+                    "ScriptBody": {"type": "string", "description": "The script to run (not blank)."},
+                    "Syntax": {"type": "string", "nullable": true, "enum": ["Bash", "Python", "PowerShell"], "default": "Bash"},
+                    "TargetType": {"type": "string", "nullable": true, "enum": ["OctopusServer", "WorkerPools", "Workers"], "description": "Default: Workers when MachineIds are given, else WorkerPools with the space's default pool (the built-in worker runs the script while that pool has no workers)."},
+                    "WorkerPoolIds": id_list.clone(), "MachineIds": id_list.clone(),
+                    "OctopusBypassDeploymentMutex": {"nullable": true, "anyOf": [b.clone(), {"type": "string", "pattern": "^\\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]|1|0)\\s*$"}], "default": "True", "description": "False: nothing else runs on the task's worker while it runs."},
+                    "Timeout": {"nullable": true, "anyOf": [{"type": "integer", "minimum": 1, "maximum": i32::MAX}, s.clone()], "description": "A TimeSpan (00:10:00) longer than zero, or a whole number of seconds; the task ends TimedOut after it."}
+                }))),
+                task_create("Health", object(&[], json!({
+                    "WorkerpoolId": {"type": "string", "nullable": true, "description": "Check this pool's workers (also WorkerPoolId)."},
+                    "WorkerPoolId": sn,
+                    "MachineIds": {"nullable": true, "anyOf": [{"type": "array"}, s.clone()], "description": "Check these workers: a list, or ids comma-joined."},
+                    "MachineTimeout": {"type": "string", "nullable": true, "description": "How long each agent has to answer, a TimeSpan longer than zero (default 00:00:20)."}
+                })))
+            ]
+        },
         "Task": object(&["Id", "State", "IsCompleted"], json!({
             "Id": s, "SpaceId": s, "Name": s, "Description": s, "Arguments": {"type": "object"},
             "State": {"type": "string", "enum": ["Queued", "Executing", "Failed", "Canceled", "TimedOut", "Success", "Cancelling"]},
@@ -1568,7 +1777,7 @@ fn schemas() -> Value {
                 "properties": {"Label": sn, "Description": sn, "Required": b, "DisplaySettings": {"type": "object"}}}
         })),
         "Runbook": object(&["Name"], json!({
-            "Id": s, "SpaceId": s, "Name": s, "Slug": s, "Description": sn, "RunbookProcessId": s, "VariableSetId": s,
+            "Id": s, "SpaceId": s, "Name": name, "Slug": s, "Description": sn, "RunbookProcessId": s, "VariableSetId": s,
             "Steps": {"type": "array", "items": schema_ref("Step")}, "Variables": {"type": "array", "items": schema_ref("Variable"), "description": "Set OctopusBypassDeploymentMutex to False for exclusive worker leases."},
             "ProjectId": sn, "MultiTenancyMode": s, "EnvironmentScope": s, "Links": links
         })),
@@ -1601,6 +1810,12 @@ fn schemas() -> Value {
             "StepResults": {"type": "array", "items": object(&[], json!({"Name": s, "Status": s, "Started": sn, "Ended": sn, "Detail": sn}))},
             "FailureEncountered": b, "Created": s, "Links": links
         })),
+        "TaskTypeArray": {"type": "array", "items": object(&["Id", "Name"], json!({"Id": s, "Name": s, "Description": s}))},
+        "StreamEvent": object(&["event", "data"], json!({
+            "event": {"type": "string", "enum": ["task", "line"], "description": "task: data is the task resource; line: one log line."},
+            "id": {"type": "string", "description": "A line's sequence number: reconnect with after=id."},
+            "data": {"type": "string", "description": "JSON: a Task, or a line {Seq, OccurredAt, Category, MessageText, …}."}
+        })),
         "TaskDetails": object(&["Task", "ActivityLogs"], json!({
             "Task": schema_ref("Task"), "Progress": {"type": "object"}, "PhysicalLogSize": i,
             "ActivityLogs": {"type": "array", "items": {"type": "object", "description": "Id, Name, Started, Ended, Status, Children[], LogElements[{Category, MessageText, OccurredAt}]"}}
@@ -1609,10 +1824,19 @@ fn schemas() -> Value {
 }
 
 pub fn document() -> Value {
+    let mut schemas = schemas();
     let mut paths = Map::new();
     for o in OPS {
         let entry = paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
-        entry[o.method] = operation(o);
+        entry[o.method] = operation(o, &schemas);
+    }
+    for o in OPS {
+        if let Some(body) = o.body {
+            let name = request_schema_name(o.method, body, &schemas);
+            if name != body {
+                schemas[&name] = request_schema(&schemas[body], o.method == "put");
+            }
+        }
     }
     json!({
         "openapi": "3.0.3",
@@ -1630,7 +1854,7 @@ pub fn document() -> Value {
                 "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "apikey"},
                 "Bearer": {"type": "http", "scheme": "bearer"}
             },
-            "schemas": schemas()
+            "schemas": schemas
         }
     })
 }

@@ -319,14 +319,19 @@ pub fn page(
 
 /// Rejects a body whose `SpaceId` names another space than the route's.
 pub fn check_space_id(body: &Value, space: &Space) -> Result<(), ApiError> {
-    match body.get("SpaceId").and_then(Value::as_str) {
-        Some(given) if !given.is_empty() && !given.eq_ignore_ascii_case(&space.id) => {
+    match body.get("SpaceId") {
+        Some(Value::String(given))
+            if !given.is_empty() && !given.eq_ignore_ascii_case(&space.id) =>
+        {
             Err(ApiError::bad_request(format!(
                 "The body's SpaceId '{given}' does not match the space of the route, '{}'.",
                 space.id
             )))
         }
-        _ => Ok(()),
+        None | Some(Value::Null | Value::String(_)) => Ok(()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "The body's SpaceId must be a space id, got {other}."
+        ))),
     }
 }
 

@@ -108,12 +108,12 @@ async fn validate_team(app: &App, team: &mut Team) -> Result<(), ApiError> {
 
 pub async fn list_teams(State(app): State<App>, params: Params) -> ApiResult {
     let mut teams: Vec<Team> = app.store.list_all().await?;
+    let include_system = params.bool("includesystem")?.unwrap_or(true);
     if let Some(spaces) = params.list("spaces") {
         let spaces: Vec<String> = spaces
             .iter()
             .filter_map(|s| canonical_id(IdKind::Space, s))
             .collect();
-        let include_system = params.bool("includesystem")?.unwrap_or(true);
         teams.retain(|t| match &t.space_id {
             Some(space) => spaces.contains(space),
             None => include_system,

@@ -497,9 +497,11 @@ fn ssh_cancel_kills_the_remote_tree_and_a_dead_sshd_fails_the_task_within_the_co
     wait_line(&server, &task, "started");
     let needle = format!("sleep {mark}");
     // A background command's fork execs `sleep` a moment after the script goes on to `echo`.
-    eventually_within("the script's sleeps to run", Duration::from_secs(10), || {
-        (processes(&needle).len() == 2).then_some(())
-    });
+    eventually_within(
+        "the script's sleeps to run",
+        Duration::from_secs(10),
+        || (processes(&needle).len() == 2).then_some(()),
+    );
     server
         .post(&format!("/api/tasks/{task}/cancel"), &json!({}))
         .assert_status(200);

@@ -484,6 +484,18 @@ pub async fn update(
     Path((_, id)): Path<(String, String)>,
     body: JsonBody,
 ) -> ApiResult {
+    // A health check writes the whole worker: its machine's health lock, held from this read to
+    // the write, keeps a check that read the worker before from writing it back over this change
+    // (a new pin or endpoint would be lost).
+    let machine = find(&app, &space, &id)
+        .await?
+        .machine_key()
+        .map(str::to_string);
+    let lock = machine.as_deref().map(|key| app.comms.health_lock(key));
+    let _held = match &lock {
+        Some(lock) => Some(lock.lock().await),
+        None => None,
+    };
     let existing = find(&app, &space, &id).await?;
     let body = body.object()?;
     check_space_id(body, &space)?;

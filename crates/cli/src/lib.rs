@@ -4,6 +4,7 @@ mod accounts;
 pub mod client;
 mod events;
 mod names;
+mod nodes;
 mod output;
 mod runbooks;
 mod sharing;
@@ -80,6 +81,9 @@ pub enum Command {
     Artifact(ArtifactCommand),
     /// Who did what: the audit trail of changes, task runs and failed sign-ins, newest first.
     Events(events::EventsArgs),
+    /// Server nodes: list them, drain one for maintenance and take it back.
+    #[command(subcommand)]
+    Node(nodes::NodeCommand),
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -373,6 +377,7 @@ pub async fn run(connection: Connection, command: Command) -> anyhow::Result<i32
         Command::Account(c) => accounts::account(&client, json, c).await,
         Command::Artifact(c) => tasks::artifact(&client, json, c).await,
         Command::Events(args) => events::events(&client, json, args).await,
+        Command::Node(c) => nodes::node(&client, json, c).await,
     }
 }
 

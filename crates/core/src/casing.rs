@@ -24,6 +24,9 @@ pub const KNOWN_NAMES: &[&str] = &[
     "SpaceManagersTeams",
     "SpaceManagersTeamMembers",
     "Icon",
+    // Server nodes
+    "MaxConcurrentTasks",
+    "IsInMaintenanceMode",
     // Worker pools
     "WorkerPoolType",
     "SortOrder",

@@ -44,10 +44,11 @@ pub fn hint(key: &str) -> String {
     format!("{}…", &key[..key.len().min(8)])
 }
 
-/// Requests that need no key: the root document (clients probe it first) and the OpenAPI document.
+/// Requests that need no key: the root document (clients probe it first), the OpenAPI document
+/// and the load balancer's ping (as in Octopus). Paths are canonical (lower case) here.
 fn is_anonymous(method: &Method, path: &str) -> bool {
     (*method == Method::GET || *method == Method::HEAD)
-        && (path == "/api" || path == "/api/openapi.json")
+        && (path == "/api" || path == "/api/openapi.json" || path == "/api/octopusservernodes/ping")
 }
 
 fn presented_key(request: &Request) -> Option<String> {

@@ -366,7 +366,7 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     fn cap_full(&self) -> bool {
-        self.app.ledger().capped_count() >= self.app.config.task_cap
+        self.app.ledger().capped_count() >= self.app.node.cap()
     }
 
     fn forget_queued(&self, id: &str) {
@@ -447,6 +447,13 @@ impl Pass<'_> {
             self.answer(task, reason, None);
             return Ok(None);
         }
+        // A drained node starts no new task; a child its running parent waits for is part of a
+        // running task, which finishes. The answer holds until the node changes.
+        if !child && app.node.draining() {
+            let reason = drain_reason(app);
+            self.answer(task, reason, Some(Settled::Stopped));
+            return Ok(None);
+        }
         // While the cap is full, a task already told so is not planned again: with thousands
         // queued, each pass would otherwise redo every task's plan to reach the same answer.
         if !child && settled == Some(Settled::Capped) && self.cap_full() {
@@ -507,9 +514,7 @@ impl Pass<'_> {
             }
             Planned::Request(request) => request,
         };
-        let decision = app
-            .ledger()
-            .decide(&request, app.config.task_cap, &self.pending);
+        let decision = app.ledger().decide(&request, app.node.cap(), &self.pending);
         match decision {
             Decision::Start { leases, capped } => {
                 self.pending.remove(&task.id);
@@ -635,7 +640,8 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
             open.push((space, i64::MIN));
         }
     }
-    while !open.is_empty() && !pass.cap_full() {
+    // A drained node looks only at the tasks whose answer may have changed (below), to say so.
+    while !open.is_empty() && !pass.cap_full() && !app.node.draining() {
         let mut still = Vec::new();
         for (space, after) in std::mem::take(&mut open) {
             if pass.cap_full() {
@@ -740,10 +746,28 @@ async fn space_view(app: &App, space_id: &str) -> anyhow::Result<std::sync::Arc<
 }
 
 fn cap_reason(app: &App) -> String {
+    let cap = app.node.cap();
     format!(
-        "The task cap of {} is reached on node {}: {} tasks are executing.",
-        app.config.task_cap, app.config.node_name, app.config.task_cap
+        "The task cap of {cap} is reached on node {}: {cap} tasks are executing.",
+        app.config.node_name
     )
+}
+
+fn drain_reason(app: &App) -> String {
+    format!(
+        "Node {} is draining (maintenance mode): it takes no new task until an administrator ends it.",
+        app.config.node_name
+    )
+}
+
+/// This node's cap or maintenance mode changed: every queued task is looked at again, now.
+pub fn node_changed(app: &App) {
+    app.dispatcher
+        .queue
+        .lock()
+        .expect("dispatcher lock")
+        .unsettle_all();
+    app.signals.dispatch.notify_one();
 }
 
 async fn fail_queued(app: &App, task: &mut Task, message: &str) -> anyhow::Result<()> {

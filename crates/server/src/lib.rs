@@ -16,6 +16,7 @@ mod key_failures;
 mod kinds;
 mod links;
 mod logs;
+mod nodes;
 mod openapi;
 mod runbook;
 mod state;
@@ -46,9 +47,11 @@ pub struct ServerArgs {
     /// variable: a command line's password is visible to every user of the machine.
     #[arg(long, env = "MUSTER_DATABASE_URL")]
     pub database: Option<String>,
-    /// How many tasks this node runs at once; more wait Queued.
-    #[arg(long, env = "MUSTER_TASK_CAP", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    pub task_cap: u32,
+    /// How many tasks this node runs at once; more wait Queued. Given, it is written to the node's
+    /// record at start; without it the node keeps its stored cap (5 for a new node), which an
+    /// administrator may change (PUT /api/octopusservernodes/{id}).
+    #[arg(long, env = "MUSTER_TASK_CAP", value_parser = clap::value_parser!(u32).range(1..))]
+    pub task_cap: Option<u32>,
     /// Never run scripts on the server itself; tasks that would need it stay Queued.
     #[arg(long, env = "MUSTER_NO_BUILTIN_WORKER")]
     pub no_builtin_worker: bool,
@@ -135,7 +138,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
     let config = Config {
-        task_cap: args.task_cap as usize,
+        task_cap: args.task_cap.map(|c| c as usize),
         builtin_worker: !args.no_builtin_worker,
         node_name,
         work_dir,
@@ -169,6 +172,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         app.clone(),
         app.comms.events.subscribe(),
     ));
+    // This node's record: registered (or its cap and maintenance mode read back) before any task
+    // starts, then kept fresh by its heartbeat.
+    nodes::register(&app)
+        .await
+        .context("cannot register this node in the database")?;
     dispatch::recover(&app).await?;
 
     if let Some(key) = &setup.new_admin_key {
@@ -184,6 +192,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let dispatcher = tokio::spawn(dispatch::run(app.clone()));
     let comms = tokio::spawn(comms::listen(app.clone(), comms_listener));
     let health = tokio::spawn(health::health_loop(app.clone()));
+    let heartbeat = tokio::spawn(nodes::heartbeat(app.clone()));
     let router = api::router(app.clone());
     let service = tower::ServiceBuilder::new()
         .layer(axum::middleware::from_fn(http::canonicalize))
@@ -215,6 +224,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     links_watcher.abort();
     comms.abort();
     health.abort();
+    heartbeat.abort();
     app.logs.flush().await;
     store.close().await;
     Ok(())

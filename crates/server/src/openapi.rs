@@ -1281,6 +1281,69 @@ const OPS: &[Op] = &[
         None,
         "RunbookRun",
     ),
+    op(
+        "get",
+        "/api/octopusServerNodes",
+        "Server nodes",
+        "The server nodes that run on this database, by name, paged.",
+        PAGING,
+        None,
+        "Collection",
+    ),
+    op(
+        "get",
+        "/api/octopusServerNodes/all",
+        "Server nodes",
+        "Every server node, as an array.",
+        &["ids", "name", "partialName"],
+        None,
+        "OctopusServerNodeArray",
+    ),
+    op(
+        "get",
+        "/api/octopusServerNodes/ping",
+        "Server nodes",
+        "The load balancer's health check, without a key: this node's resource, with 200, or 418 while it is in maintenance mode (drained).",
+        &[],
+        None,
+        "OctopusServerNode",
+    ),
+    op(
+        "get",
+        "/api/octopusServerNodes/summary",
+        "Server nodes",
+        "Every node with IsOffline (not seen for 3 heartbeats of 5 s), LastSeen, RunningTaskCount and Version.",
+        &[],
+        None,
+        "OctopusServerClusterSummary",
+    ),
+    op(
+        "get",
+        "/api/octopusServerNodes/{id}",
+        "Server nodes",
+        "One server node (OctopusServerNodes-<name>).",
+        &[],
+        None,
+        "OctopusServerNode",
+    ),
+    op(
+        "put",
+        "/api/octopusServerNodes/{id}",
+        "Server nodes",
+        "Changes a node's IsInMaintenanceMode (true drains it: it takes no new task, its running tasks finish) and MaxConcurrentTasks; other fields are ignored.",
+        &[],
+        Some("OctopusServerNode"),
+        "OctopusServerNode",
+    ),
+    op(
+        "get",
+        "/api/octopusServerNodes/{id}/details",
+        "Server nodes",
+        "A node's summary and the tasks running on it.",
+        &[],
+        None,
+        "OctopusServerNodeDetails",
+    ),
 ];
 
 /// The operations as (method, path), for the test that walks them.
@@ -1815,6 +1878,20 @@ fn schemas() -> Value {
             "event": {"type": "string", "enum": ["task", "line"], "description": "task: data is the task resource; line: one log line."},
             "id": {"type": "string", "description": "A line's sequence number: reconnect with after=id."},
             "data": {"type": "string", "description": "JSON: a Task, or a line {Seq, OccurredAt, Category, MessageText, …}."}
+        })),
+        "OctopusServerNode": object(&[], json!({
+            "Id": s, "Name": s, "MaxConcurrentTasks": i, "IsInMaintenanceMode": b, "LastModifiedOn": sn, "LastModifiedBy": sn, "Links": links
+        })),
+        "OctopusServerNodeArray": array_of("OctopusServerNode"),
+        "OctopusServerNodeSummary": object(&["Id", "Name"], json!({
+            "Id": s, "Name": s, "MaxConcurrentTasks": i, "IsInMaintenanceMode": b, "IsOffline": b, "LastSeen": s,
+            "RunningTaskCount": i, "Version": s, "Links": links
+        })),
+        "OctopusServerClusterSummary": object(&["Nodes"], json!({
+            "Nodes": array_of("OctopusServerNodeSummary"), "Links": links
+        })),
+        "OctopusServerNodeDetails": object(&["Node", "Tasks"], json!({
+            "Node": schema_ref("OctopusServerNodeSummary"), "Tasks": array_of("Task")
         })),
         "TaskDetails": object(&["Task", "ActivityLogs"], json!({
             "Task": schema_ref("Task"), "Progress": {"type": "object"}, "PhysicalLogSize": i,

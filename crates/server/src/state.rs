@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub struct Config {
-    pub task_cap: usize,
+    /// `--task-cap`, when given: written to this node's record at start (None: the stored cap, or
+    /// `nodes::DEFAULT_TASK_CAP` for a new node).
+    pub task_cap: Option<usize>,
     pub builtin_worker: bool,
     pub node_name: String,
     /// Parent of the per-task working directories of the built-in worker.
@@ -44,6 +46,8 @@ pub struct AppInner {
     pub signals: Signals,
     /// Turns true when the server begins to shut down.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// This node's task cap and maintenance mode, as last read from its record in the store.
+    pub node: NodeState,
     /// Failed API keys by address, to slow down guessing.
     pub key_failures: crate::key_failures::KeyFailures,
     /// The current minute's `LoginFailed` event of each address.
@@ -70,6 +74,7 @@ impl AppInner {
         certificate: muster_proto::Identity,
     ) -> App {
         let logs = LogHub::start(store.clone(), config.task_log_limit);
+        let config_cap = config.task_cap.unwrap_or(crate::nodes::DEFAULT_TASK_CAP);
         let artifacts = crate::artifacts::Artifacts::new(
             config.artifact_dir.clone(),
             config.artifact_max_bytes,
@@ -88,6 +93,7 @@ impl AppInner {
             ssh: Default::default(),
             signals: Default::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
+            node: NodeState::new(config_cap),
             key_failures: Default::default(),
             failed_sign_ins: Default::default(),
         })
@@ -97,6 +103,41 @@ impl AppInner {
 impl AppInner {
     pub fn ledger(&self) -> std::sync::MutexGuard<'_, muster_scheduler::Ledger> {
         self.ledger.lock().expect("ledger lock")
+    }
+}
+
+/// This node's task cap and maintenance mode: its record in the store is the truth, copied here
+/// at start, at each heartbeat and when an administrator writes it, so a dispatch pass reads them
+/// without a query.
+pub struct NodeState {
+    cap: std::sync::atomic::AtomicUsize,
+    maintenance: std::sync::atomic::AtomicBool,
+}
+
+impl NodeState {
+    fn new(cap: usize) -> NodeState {
+        NodeState {
+            cap: cap.into(),
+            maintenance: false.into(),
+        }
+    }
+
+    /// How many tasks this node runs at once.
+    pub fn cap(&self) -> usize {
+        self.cap.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drained: the node takes no new task.
+    pub fn draining(&self) -> bool {
+        self.maintenance.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets both; true when either changed.
+    pub fn set(&self, cap: usize, maintenance: bool) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let old_cap = self.cap.swap(cap.max(1), Relaxed);
+        let old_maintenance = self.maintenance.swap(maintenance, Relaxed);
+        old_cap != cap.max(1) || old_maintenance != maintenance
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod documents;
 mod engine;
+mod nodes;
 mod sealing;
 mod tasks;
 pub mod testing;
@@ -18,6 +19,7 @@ pub mod testing;
 mod tests;
 
 pub use documents::{DocKind, Document, Row};
+pub use nodes::Node;
 pub use sealing::KEY_FILE;
 pub use tasks::TaskQuery;
 

@@ -93,6 +93,7 @@ macro_rules! suite {
 }
 
 suite!(
+    a_node_registers_beats_and_is_drained,
     a_page_of_the_newest_documents_in_some_spaces,
     a_batch_of_long_lines_is_stored_in_bounded_chunks,
     documents_are_written_found_and_deleted,
@@ -264,6 +265,72 @@ fn pool(id: &str, space: &str, name: &str) -> WorkerPool {
         name: name.into(),
         ..Default::default()
     }
+}
+
+/// A node registers with its cap at its first heartbeat; later beats write when it was seen and
+/// keep the stored cap unless one is given; an administrator's write drains it.
+async fn a_node_registers_beats_and_is_drained(opened: &Opened) {
+    let store = &opened.store;
+    let first = muster_core::time::parse_date("2026-12-01T10:00:00.000+00:00").unwrap();
+    let later = muster_core::time::parse_date("2026-12-01T10:00:05.000+00:00").unwrap();
+    let node = store
+        .node_seen("node-a", 5, false, &first, "1.0.0")
+        .await
+        .unwrap();
+    assert_eq!(node.max_concurrent_tasks, 5);
+    assert!(!node.is_in_maintenance_mode);
+    assert_eq!(node.last_seen, first);
+    let node = store
+        .node_seen("node-a", 9, false, &later, "1.0.1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            node.max_concurrent_tasks,
+            node.last_seen,
+            node.version.as_str()
+        ),
+        (5, later, "1.0.1")
+    );
+    let node = store
+        .node_seen("node-a", 9, true, &later, "1.0.1")
+        .await
+        .unwrap();
+    assert_eq!(node.max_concurrent_tasks, 9);
+    store
+        .node_seen("node-b", 2, false, &first, "1.0.0")
+        .await
+        .unwrap();
+    let drained = store
+        .update_node("node-a", 3, true, &later, Some("admin"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(drained.is_in_maintenance_mode);
+    assert_eq!(drained.max_concurrent_tasks, 3);
+    assert_eq!(drained.last_modified_by.as_deref(), Some("admin"));
+    // A heartbeat keeps the administrator's choice.
+    let node = store
+        .node_seen("node-a", 9, false, &later, "1.0.1")
+        .await
+        .unwrap();
+    assert!(node.is_in_maintenance_mode);
+    assert_eq!(node.max_concurrent_tasks, 3);
+    let names: Vec<String> = store
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["node-a", "node-b"]);
+    assert!(
+        store
+            .update_node("node-c", 1, true, &later, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// A document reads back as written, is listed in id order (Ids-2 before Ids-10) in its space
@@ -992,7 +1059,7 @@ mod sqlite_only {
             .fetch_one(&pool)
             .await
             .unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(version, MIGRATIONS.len() as i64);
         // A task row exactly as the last release wrote it (has_warnings an INTEGER 0 or 1).
         sqlx::query(
             "INSERT INTO tasks (num, space_id, name, description, arguments, state, queue_time, \

@@ -12,6 +12,7 @@ mod crash;
 mod events;
 mod inputs;
 mod logs;
+mod nodes;
 mod openapi;
 mod permissions;
 mod postgres;

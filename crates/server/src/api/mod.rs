@@ -5,6 +5,7 @@ mod accounts;
 mod artifacts;
 pub mod events;
 mod machines;
+mod nodes;
 mod policies;
 mod pools;
 mod root;
@@ -160,6 +161,13 @@ fn routes() -> Routes {
         .add(GET, "/api/events/{id}", User, events::get_any)
         .add(GET, "/api/s/{space}/events", Space(None), events::list_in_space)
         .add(GET, "/api/s/{space}/events/{id}", Space(None), events::get_in_space)
+        .add(GET, "/api/octopusservernodes", User, nodes::list)
+        .add(GET, "/api/octopusservernodes/all", User, nodes::all)
+        .add(GET, "/api/octopusservernodes/ping", Anonymous, nodes::ping)
+        .add(GET, "/api/octopusservernodes/summary", User, nodes::cluster_summary)
+        .add(GET, "/api/octopusservernodes/{id}", User, nodes::get_one)
+        .add(PUT, "/api/octopusservernodes/{id}", Admin, nodes::update)
+        .add(GET, "/api/octopusservernodes/{id}/details", Admin, nodes::details)
         .add(GET, "/api/tasks", User, tasks::list_all)
         .add(POST, "/api/tasks", User, tasks::create_default)
         .add(GET, "/api/tasks/tasktypes", User, tasks::task_types)

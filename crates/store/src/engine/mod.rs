@@ -16,7 +16,7 @@
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
-use crate::{Result, StoreError, TaskQuery};
+use crate::{Node, Result, StoreError, TaskQuery};
 use muster_core::resources::Task;
 use muster_core::time::{format_date, parse_date};
 use muster_core::{IdKind, TaskState};
@@ -158,6 +158,57 @@ pub(crate) trait Engine: Sync {
     ) -> impl Future<Output = Result<Option<(i64, String)>>> + Send;
     /// (bytes of its chunks' text, highest seq, highest agent seq) of a task's log; 0 when none.
     fn log_summary(&self, num: i64) -> impl Future<Output = Result<LogSummary>> + Send;
+
+    /// A node's heartbeat: inserts its row (with `cap`, not in maintenance mode) or writes when it
+    /// was seen and its version, and its cap too when `set_cap`.
+    fn node_seen(
+        &self,
+        name: &str,
+        cap: i64,
+        set_cap: bool,
+        last_seen: &str,
+        version: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Every node, by name.
+    fn nodes(&self) -> impl Future<Output = Result<Vec<Node>>> + Send;
+    /// Writes a node's cap and maintenance mode; false when it has no row.
+    fn update_node(
+        &self,
+        name: &str,
+        cap: i64,
+        maintenance: bool,
+        modified_on: &str,
+        modified_by: Option<&str>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// The columns of the server nodes table, in the order `read_node` reads them.
+pub(crate) const NODE_COLUMNS: &str = "name, max_concurrent_tasks, is_in_maintenance_mode, last_seen, version, \
+    last_modified_on, last_modified_by";
+
+/// Reads a node from a row of `NODE_COLUMNS`, on any engine (a boolean is 0 or 1 in SQLite).
+pub(crate) fn read_node<R>(row: &R) -> Result<Node>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let date = |text: String| {
+        parse_date(&text).ok_or_else(|| StoreError::Corrupt(format!("bad date {text}")))
+    };
+    let modified: Option<String> = row.try_get("last_modified_on")?;
+    Ok(Node {
+        name: row.try_get("name")?,
+        max_concurrent_tasks: row.try_get("max_concurrent_tasks")?,
+        is_in_maintenance_mode: row.try_get("is_in_maintenance_mode")?,
+        last_seen: date(row.try_get("last_seen")?)?,
+        version: row.try_get("version")?,
+        last_modified_on: modified.map(date).transpose()?,
+        last_modified_by: row.try_get("last_modified_by")?,
+    })
 }
 
 /// What `Engine::log_summary` answers.

@@ -11,7 +11,7 @@
 //! COMMITTED, so two writers cannot both win a claim here either.
 
 use super::{Chunk, Dialect, DocumentRow, Engine, EngineTx, LogSummary, TaskFilter};
-use super::{TASK_COLUMNS, bind_task, page_bounds, read_task};
+use super::{NODE_COLUMNS, TASK_COLUMNS, bind_task, page_bounds, read_node, read_task};
 use crate::{Result, StoreError, TaskQuery};
 use muster_core::TaskState;
 use muster_core::resources::Task;
@@ -20,11 +20,18 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;
 
 /// The schema, one file per version, applied in order by sqlx's migrator.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "schema",
-    include_str!("../../migrations/postgres/0001_schema.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "schema",
+        include_str!("../../migrations/postgres/0001_schema.sql"),
+    ),
+    (
+        2,
+        "server nodes",
+        include_str!("../../migrations/postgres/0002_server_nodes.sql"),
+    ),
+];
 
 pub(crate) struct Postgres {
     pub(crate) pool: PgPool,
@@ -151,6 +158,60 @@ impl Engine for Postgres {
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::Database(e.into()))
+    }
+
+    async fn node_seen(
+        &self,
+        name: &str,
+        cap: i64,
+        set_cap: bool,
+        last_seen: &str,
+        version: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO server_nodes (name, max_concurrent_tasks, is_in_maintenance_mode, last_seen, version) \
+             VALUES ($1, $2, FALSE, $3, $4) ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen, \
+             version = excluded.version, max_concurrent_tasks = CASE WHEN $5 THEN excluded.max_concurrent_tasks \
+             ELSE server_nodes.max_concurrent_tasks END",
+        )
+        .bind(name)
+        .bind(cap)
+        .bind(last_seen)
+        .bind(version)
+        .bind(set_cap)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<crate::Node>> {
+        let sql = format!("SELECT {NODE_COLUMNS} FROM server_nodes ORDER BY name");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(read_node).collect()
+    }
+
+    async fn update_node(
+        &self,
+        name: &str,
+        cap: i64,
+        maintenance: bool,
+        modified_on: &str,
+        modified_by: Option<&str>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE server_nodes SET max_concurrent_tasks = $2, is_in_maintenance_mode = $3, \
+             last_modified_on = $4, last_modified_by = $5 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(cap)
+        .bind(maintenance)
+        .bind(modified_on)
+        .bind(modified_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn close(&self) {

@@ -3,7 +3,7 @@
 //! used, so a data directory of any earlier release opens and is brought up to date).
 
 use super::{Chunk, Dialect, DocumentRow, Engine, EngineTx, LogSummary, TaskFilter};
-use super::{TASK_COLUMNS, bind_task, page_bounds, read_task};
+use super::{NODE_COLUMNS, TASK_COLUMNS, bind_task, page_bounds, read_node, read_task};
 use crate::{Result, StoreError, TaskQuery};
 use muster_core::TaskState;
 use muster_core::resources::Task;
@@ -19,6 +19,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/v2.sql"),
     include_str!("../../migrations/sqlite/v3.sql"),
     include_str!("../../migrations/sqlite/v4.sql"),
+    include_str!("../../migrations/sqlite/v5.sql"),
 ];
 
 pub(crate) struct Sqlite {
@@ -140,6 +141,60 @@ impl Engine for Sqlite {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn node_seen(
+        &self,
+        name: &str,
+        cap: i64,
+        set_cap: bool,
+        last_seen: &str,
+        version: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO server_nodes (name, max_concurrent_tasks, is_in_maintenance_mode, last_seen, version) \
+             VALUES (?1, ?2, 0, ?3, ?4) ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen, \
+             version = excluded.version, max_concurrent_tasks = CASE WHEN ?5 THEN excluded.max_concurrent_tasks \
+             ELSE server_nodes.max_concurrent_tasks END",
+        )
+        .bind(name)
+        .bind(cap)
+        .bind(last_seen)
+        .bind(version)
+        .bind(set_cap)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<crate::Node>> {
+        let sql = format!("SELECT {NODE_COLUMNS} FROM server_nodes ORDER BY name");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(read_node).collect()
+    }
+
+    async fn update_node(
+        &self,
+        name: &str,
+        cap: i64,
+        maintenance: bool,
+        modified_on: &str,
+        modified_by: Option<&str>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE server_nodes SET max_concurrent_tasks = ?2, is_in_maintenance_mode = ?3, \
+             last_modified_on = ?4, last_modified_by = ?5 WHERE name = ?1",
+        )
+        .bind(name)
+        .bind(cap)
+        .bind(maintenance)
+        .bind(modified_on)
+        .bind(modified_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn close(&self) {

@@ -1514,8 +1514,13 @@ fn operation(o: &Op, schemas: &Value) -> Value {
     if !content.is_null() {
         ok["content"] = content;
     }
-    let anonymous = o.path == "/api" || o.path == "/api/openapi.json";
+    let anonymous = o.path == "/api" || o.path == "/api/openapi.json" || o.path.ends_with("/ping");
     let mut responses = Map::new();
+    if o.path.ends_with("/ping") {
+        // A load balancer's health check: the node drained answers 418 with its resource.
+        let drained = json!({"description": "This node is in maintenance mode (drained).", "content": ok["content"].clone()});
+        responses.insert("418".into(), drained);
+    }
     responses.insert(success.into(), ok);
     for (code, answer) in error_responses(anonymous) {
         responses.insert(code.into(), answer);

@@ -188,6 +188,12 @@ pub async fn update(
             existing.name
         ));
     }
+    // The fields the server keeps are ignored, but only as what they are.
+    for field in ["Id", "Name", "LastModifiedOn", "LastModifiedBy"] {
+        if !matches!(body.get(field), None | Some(Value::Null | Value::String(_))) {
+            errors.push(format!("{field} must be a string."));
+        }
+    }
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }

@@ -53,8 +53,8 @@ struct DbCopyArgs {
     /// The source store: sqlite:PATH, PATH the stopped server's muster.db or its data directory.
     #[arg(long, value_name = "sqlite:PATH")]
     from: String,
-    /// The target: postgres://user:password@host:port/name, an empty database (or one made by a
-    /// server that stored nothing yet).
+    /// The target: postgres://user:password@host:port/name, an empty database (no server has
+    /// started on it yet).
     #[arg(long, value_name = "postgres://…")]
     to: String,
     /// Replaces whatever Muster data the target holds.

@@ -142,6 +142,10 @@ fn db_copy_moves_a_stopped_store_with_10000_tasks_and_their_logs_to_postgres() {
     let stderr = text(&again.stderr);
     assert!(stderr.contains("already holds a Muster store"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // --force replaces it, and the counts match again.
+    let forced = copy(&from, database.url(), &["--force"]);
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced.stderr));
+    assert!(text(&forced.stdout).contains("every count matches"));
 
     // The new node: a data directory of its own with the files the output names.
     let new = tempfile::tempdir().unwrap();
@@ -213,6 +217,14 @@ fn db_copy_moves_a_stopped_store_with_10000_tasks_and_their_logs_to_postgres() {
         .assert_status(201)["Id"]
         .clone();
     assert!(num(space.as_str().unwrap()) > num(&other), "{space}");
+    // A target a server is using is refused, even with --force.
+    let busy = copy(&from, database.url(), &["--force"]);
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(
+        text(&busy.stderr).contains("another Muster server uses this database"),
+        "{}",
+        text(&busy.stderr)
+    );
     server.stop();
 }
 

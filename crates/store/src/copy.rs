@@ -464,3 +464,62 @@ async fn count(source: &Sqlite, target: &Postgres) -> Result<CopyReport> {
     });
     Ok(CopyReport { counts })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{CopyReport, Count, copy};
+    use crate::StoreError;
+    use sqlx::Connection as _;
+
+    /// A source another process holds a write lock on is refused at once, before the target is
+    /// dialled (the target here does not exist).
+    #[tokio::test]
+    async fn a_source_another_process_has_locked_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("muster.db");
+        let store = crate::Store::open_sqlite(&db).await.unwrap();
+        store.close().await;
+        let mut other =
+            sqlx::sqlite::SqliteConnection::connect(&format!("sqlite:{}", db.display()))
+                .await
+                .unwrap();
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let from = format!("sqlite:{}", dir.path().display());
+        let error = copy(&from, "postgres://u:p@127.0.0.1:1/none", false, &mut |_| {})
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&error, StoreError::InUse(m) if m.contains("locked by another process")),
+            "{error}"
+        );
+        sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+    }
+
+    #[test]
+    fn the_report_marks_a_count_that_differs() {
+        let count = |what: &str, source, target| Count {
+            what: what.into(),
+            source,
+            target,
+        };
+        let same = CopyReport {
+            counts: vec![count("tasks", 3, 3)],
+        };
+        assert!(same.matches());
+        assert!(!same.table().contains("DIFFERS"));
+        let differs = CopyReport {
+            counts: vec![count("tasks", 3, 3), count("task_log_chunk", 5, 4)],
+        };
+        assert!(!differs.matches());
+        let table = differs.table();
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("task_log_chunk") && l.ends_with("DIFFERS")),
+            "{table}"
+        );
+    }
+}

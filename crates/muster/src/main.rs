@@ -42,7 +42,7 @@ each; at the end each table is counted on both sides, and the command fails when
 
 Sensitive values stay sealed with the source's key: give the new server the same data directory
 files. Copy secrets.key (without it the copy's sensitive values cannot be opened and the server
-refuses to start), server-certificate* (the agents trust its thumbprint) and artifacts/ (artifact
+refuses to start), server-certificate/ (the agents trust its thumbprint) and artifacts/ (artifact
 files are not in the store) into the PostgreSQL server's --data-dir.
 
 Refused: a source a running server holds (stop it first), a target that already holds Muster data
@@ -66,7 +66,10 @@ struct DbCopyArgs {
 async fn db_copy(args: DbCopyArgs) -> anyhow::Result<i32> {
     let started = std::time::Instant::now();
     let mut progress = |line: &str| println!("{line}");
-    let report = muster_store::copy(&args.from, &args.to, args.force, &mut progress).await?;
+    // The store's error says it all in one line; its sources would repeat it.
+    let report = muster_store::copy(&args.from, &args.to, args.force, &mut progress)
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
     println!();
     print!("{}", report.table());
     if !report.matches() {
@@ -75,7 +78,7 @@ async fn db_copy(args: DbCopyArgs) -> anyhow::Result<i32> {
     println!(
         "\nCopied in {:.1}s; every count matches.\n\
          Sensitive values are still sealed with the source's key: copy secrets.key from the source's \
-         data directory into the new server's --data-dir, with server-certificate* and artifacts/, \
+         data directory into the new server's --data-dir, with server-certificate/ and artifacts/, \
          then start it with --database pointing at the copy.",
         started.elapsed().as_secs_f64()
     );

@@ -152,7 +152,13 @@ pub async fn copy(
     refuse_if_busy(&source, &path).await?;
     // An older release's store is brought up to date first, as a server would at its start.
     source.migrate().await?;
-    let target = Postgres::connect(url).await?;
+    let target = Postgres::connect(url).await.map_err(|error| {
+        let why = match error {
+            StoreError::Database(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        StoreError::Url(format!("--to: cannot connect to {}: {why}", redact(url)))
+    })?;
     target.claim().await?;
     target.migrate().await?;
     let result = copy_tables(&source, &target, force, progress).await;

@@ -231,8 +231,9 @@ fn db_copy_moves_a_stopped_store_with_10000_tasks_and_their_logs_to_postgres() {
 /// A running server's store is refused, in one line; so are URLs that name no such store.
 #[test]
 fn db_copy_refuses_a_running_servers_store_and_bad_urls() {
-    let server = Server::start();
-    let from = format!("sqlite:{}", server.dir.display());
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]).expect("the server starts");
+    let from = format!("sqlite:{}", dir.path().display());
     let refused = |out: std::process::Output, says: &str| {
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -261,4 +262,21 @@ fn db_copy_refuses_a_running_servers_store_and_bad_urls() {
         "no SQLite store at",
     );
     let _: Value = server.ok("/api/spaces/all");
+    server.stop();
+    // Stopped, the source is taken; a target that cannot be reached is named, its password not.
+    refused(
+        copy(
+            &from,
+            "postgres://nouser:pw-not-shown@127.0.0.1:5432/nodb",
+            &[],
+        ),
+        "--to: cannot connect to postgres://nouser:***@127.0.0.1:5432/nodb",
+    );
+    let bad_port = copy(
+        &from,
+        "postgres://u:pw-not-shown@127.0.0.1:notaport/db",
+        &[],
+    );
+    assert!(!text(&bad_port.stderr).contains("pw-not-shown"));
+    refused(bad_port, "--to: cannot connect to");
 }

@@ -9,6 +9,7 @@
 //! Architecture invariant: every write that must be seen together is one transaction (a space with
 //! its default pool and policy; a moved default flag).
 
+mod copy;
 mod documents;
 mod engine;
 mod nodes;
@@ -18,6 +19,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
+pub use copy::{CopyReport, Count, copy};
 pub use documents::{DocKind, Document, Row};
 pub use nodes::Node;
 pub use sealing::KEY_FILE;

@@ -84,6 +84,80 @@ fn run_admin(admin_url: &str, sql: String) -> Result<(), String> {
     .unwrap_or_else(|_| Err("the thread that ran it panicked".into()))
 }
 
+/// Adds `count` finished (Success) tasks to a space, each with `lines_each` log lines ("task N
+/// line M"), a thousand tasks per transaction: a store of volume in seconds, for tests that need
+/// one. Returns the ids of the first and the last.
+pub async fn add_finished_tasks(
+    store: &crate::Store,
+    space_id: &str,
+    count: usize,
+    lines_each: usize,
+) -> crate::Result<(String, String)> {
+    use crate::engine::{Engine as _, EngineTx as _, on_engine};
+    use muster_core::resources::{LogLine, Task};
+    use muster_core::{IdKind, LogCategory, TaskState};
+    let at =
+        muster_core::time::parse_date(&muster_core::time::format_date(&muster_core::time::now()))
+            .expect("a date reads back");
+    let mut ids = Vec::new();
+    let mut left = count;
+    while left > 0 {
+        let batch = left.min(1000);
+        left -= batch;
+        let mut tasks = Vec::with_capacity(batch);
+        on_engine!(&*store.engine, e => {
+            let mut tx = e.begin().await?;
+            for _ in 0..batch {
+                let num = tx.next_number(IdKind::ServerTask.prefix()).await?;
+                let task = Task {
+                    id: IdKind::ServerTask.format(num),
+                    space_id: space_id.into(),
+                    name: "AdHocScript".into(),
+                    description: format!("bulk task {num}"),
+                    arguments: serde_json::Map::new(),
+                    state: TaskState::Success,
+                    error_message: None,
+                    queue_time: at,
+                    queue_time_expiry: None,
+                    start_time: Some(at),
+                    completed_time: Some(at),
+                    last_updated_time: at,
+                    server_node: None,
+                    has_warnings_or_errors: num % 7 == 0,
+                    queue_reason: None,
+                    worker_name: Some("bulk".into()),
+                    worker_id: None,
+                };
+                tx.insert_task(num, &task).await?;
+                tasks.push(task);
+            }
+            tx.commit().await?;
+        });
+        let lines: Vec<(String, LogLine, Option<u64>)> = tasks
+            .iter()
+            .flat_map(|task| {
+                (1..=lines_each).map(move |seq| {
+                    let line = LogLine {
+                        seq: seq as i64,
+                        occurred_at: at,
+                        category: LogCategory::Info,
+                        message_text: format!("{} line {seq}", task.id),
+                        step: None,
+                    };
+                    (task.id.clone(), line, None)
+                })
+            })
+            .collect();
+        store.append_logs(&lines).await?;
+        ids.extend(tasks.first().map(|t| t.id.clone()));
+        ids.extend(tasks.last().map(|t| t.id.clone()));
+    }
+    Ok((
+        ids.first().cloned().unwrap_or_default(),
+        ids.last().cloned().unwrap_or_default(),
+    ))
+}
+
 /// `admin_url` with its database name replaced by `name` (its query string kept).
 fn database_url(admin_url: &str, name: &str) -> String {
     let (base, query) = match admin_url.split_once('?') {

@@ -9,6 +9,7 @@ mod blog;
 mod cli;
 mod conventions;
 mod crash;
+mod db_copy;
 mod events;
 mod inputs;
 mod logs;

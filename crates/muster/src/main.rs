@@ -117,7 +117,8 @@ fn main() {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
-    if !matches!(cli.command, Command::Server(_)) {
+    // Not for `db copy`, whose writes must not stop mid-page because a reader of its progress left.
+    if matches!(cli.command, Command::Client(_)) {
         die_quietly_on_a_closed_pipe();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();

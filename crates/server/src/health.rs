@@ -107,7 +107,8 @@ async fn write_health(app: &App, machine_key: &str, health: &Health) {
             worker.shell_name = Some(facts.shell_name.clone());
             worker.shell_version = None;
         }
-        if let Err(error) = app.store.put(&worker).await {
+        // Only an update: a worker deleted (or a share revoked) since the read stays deleted.
+        if let Err(error) = app.store.update(&worker).await {
             tracing::error!(%error, "cannot record a worker's health");
         }
     }

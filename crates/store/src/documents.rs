@@ -376,25 +376,32 @@ impl Row {
 }
 
 impl Row {
-    /// Inserts or replaces the document within a transaction.
-    pub(crate) async fn write<T: EngineTx>(&self, tx: &mut T, sealer: &Sealer) -> Result<()> {
-        let row = DocumentRow {
+    fn document<'a>(&'a self, sealer: &Sealer) -> DocumentRow<'a> {
+        DocumentRow {
             kind: self.kind.as_str(),
             id: &self.id,
             space_id: &self.space_id,
             name: &self.name,
             ext: self.ext.as_deref(),
             body: (self.body)(sealer),
-        };
-        tx.write_document(&row).await.map_err(|e| {
-            conflict_or(e, || {
-                format!(
-                    "A {} named '{}' already exists here",
-                    self.kind.noun(),
-                    self.name
-                )
-            })
+        }
+    }
+
+    fn name_taken(&self, e: sqlx::Error) -> StoreError {
+        conflict_or(e, || {
+            format!(
+                "A {} named '{}' already exists here",
+                self.kind.noun(),
+                self.name
+            )
         })
+    }
+
+    /// Inserts or replaces the document within a transaction.
+    pub(crate) async fn write<T: EngineTx>(&self, tx: &mut T, sealer: &Sealer) -> Result<()> {
+        tx.write_document(&self.document(sealer))
+            .await
+            .map_err(|e| self.name_taken(e))
     }
 }
 
@@ -498,6 +505,24 @@ impl Store {
             on_engine!(&*self.engine, e => e.forget_old_rows().await)?;
         }
         self.set_meta("sealed_at_rest", "1").await
+    }
+
+    /// Replaces a document only if it still exists; false (and nothing written) when it was
+    /// deleted meanwhile. For a writer that read the document earlier and must not bring a deleted
+    /// one back (a health check recording its result on the workers it read).
+    pub async fn update<D: Document>(&self, doc: &D) -> Result<bool> {
+        let row = Row::of(doc);
+        let updated = on_engine!(&*self.engine, e => {
+            let mut tx = e.begin().await?;
+            let updated = tx
+                .update_document(&row.document(&self.sealer))
+                .await
+                .map_err(|e| row.name_taken(e))?;
+            tx.commit().await?;
+            updated
+        });
+        self.bump_workers_generation(row.kind);
+        Ok(updated)
     }
 
     /// Deletes one document; true if it existed.

@@ -334,8 +334,8 @@ async fn a_node_registers_beats_and_is_drained(opened: &Opened) {
 }
 
 /// A document reads back as written, is listed in id order (Ids-2 before Ids-10) in its space
-/// only, is found by its extra column, is replaced in place, and is gone once deleted. A write of a
-/// space, pool or worker moves the generation.
+/// only, is found by its extra column, is replaced in place, and is gone once deleted; an update
+/// does not bring it back. A write of a space, pool or worker moves the generation.
 async fn documents_are_written_found_and_deleted(opened: &Opened) {
     let store = &opened.store;
     let generation = store.workers_generation();
@@ -412,6 +412,19 @@ async fn documents_are_written_found_and_deleted(opened: &Opened) {
 
     assert!(store.delete::<WorkerPool>("WorkerPools-2").await.unwrap());
     assert!(!store.delete::<WorkerPool>("WorkerPools-2").await.unwrap());
+    assert_eq!(names(store.list("Spaces-1").await.unwrap()), ["Ten"]);
+
+    // An update changes a document that exists and never brings a deleted one back.
+    let mut ten = pool("WorkerPools-10", "Spaces-1", "Ten");
+    ten.description = Some("updated".into());
+    assert!(store.update(&ten).await.unwrap());
+    assert_eq!(store.get::<WorkerPool>(&ten.id).await.unwrap(), Some(ten));
+    assert!(
+        !store
+            .update(&pool("WorkerPools-2", "Spaces-1", "Two"))
+            .await
+            .unwrap()
+    );
     assert_eq!(names(store.list("Spaces-1").await.unwrap()), ["Ten"]);
 }
 

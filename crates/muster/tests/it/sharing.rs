@@ -150,6 +150,13 @@ fn one_polling_agent_serves_several_spaces() {
     let (finished, _) = server.wait_task(&id(&running));
     assert_eq!(finished["State"], "Success", "{finished}");
     assert_eq!(finished["WorkerName"], "poller");
+    // A health check of the agent records on its workers and never brings the share back.
+    let health = server
+        .post("/api/Spaces-1/tasks", &json!({"Name": "Health"}))
+        .assert_status(201)
+        .clone();
+    assert_eq!(server.wait_task(&id(&health)).0["State"], "Success");
+    assert_eq!(server.ok(&url), json!([]), "the revoked share stays gone");
     let after = server.run_script(&b, json!({"ScriptBody": "true"}));
     let (after, _) = server.wait_task(&id(&after));
     assert_eq!(

@@ -288,7 +288,7 @@ impl Ssh {
                     worker.shell_name = Some(facts.shell_name.clone());
                 }
             }
-            if let Err(error) = app.store.put(&worker).await {
+            if let Err(error) = app.store.update(&worker).await {
                 tracing::error!(%error, "cannot record a worker's host key");
             }
         }

@@ -228,6 +228,11 @@ pub(crate) trait EngineTx: Send {
         &mut self,
         doc: &DocumentRow<'_>,
     ) -> impl Future<Output = std::result::Result<(), sqlx::Error>> + Send;
+    /// Replaces a document only if it still exists: false when it was deleted meanwhile.
+    fn update_document(
+        &mut self,
+        doc: &DocumentRow<'_>,
+    ) -> impl Future<Output = std::result::Result<bool, sqlx::Error>> + Send;
     fn insert_task(&mut self, num: i64, task: &Task) -> impl Future<Output = Result<()>> + Send;
     fn commit(self) -> impl Future<Output = Result<()>> + Send;
 }

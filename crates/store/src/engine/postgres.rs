@@ -559,6 +559,25 @@ impl EngineTx for PostgresTx {
         Ok(())
     }
 
+    async fn update_document(
+        &mut self,
+        doc: &DocumentRow<'_>,
+    ) -> std::result::Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE documents SET space_id = $3, name = $4, ext = $5, body = $6 \
+             WHERE kind = $1 AND id = $2",
+        )
+        .bind(doc.kind)
+        .bind(doc.id)
+        .bind(doc.space_id)
+        .bind(doc.name)
+        .bind(doc.ext)
+        .bind(doc.body.as_str())
+        .execute(&mut *self.0)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn insert_task(&mut self, num: i64, task: &Task) -> Result<()> {
         bind_task(sqlx::query(INSERT_TASK), num, task)
             .execute(&mut *self.0)

@@ -132,28 +132,37 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
             .worker_name
             .clone()
             .unwrap_or_else(|| BUILTIN_WORKER_NAME.to_string());
+        // Another node's task: that node died (or lost the dispatcher's lease), and is named.
+        let server = match task.server_node.as_deref() {
+            Some(node) if node != app.config.node_name => format!("Muster server node {node}"),
+            _ => "Muster server".to_string(),
+        };
         let message = if from == TaskState::Cancelling {
             task.state = TaskState::Canceled;
             if task.worker_id.is_some() {
                 format!(
-                    "The task was being canceled when the Muster server stopped, and worker {worker} has since been deleted; whether its script stopped is unknown."
+                    "The task was being canceled when the {server} stopped, and worker {worker} has since been deleted; whether its script stopped is unknown."
                 )
             } else {
-                "The task was being canceled when the Muster server stopped; its script, if it had started, was stopped with the server.".to_string()
+                format!(
+                    "The task was being canceled when the {server} stopped; its script, if it had started, was stopped with the server."
+                )
             }
         } else {
             task.state = TaskState::Failed;
             if let Ok(TaskKind::Health(_)) = kind {
-                "The Muster server stopped during this health check; run it again.".to_string()
+                format!("The {server} stopped during this health check; run it again.")
             } else if let Ok(TaskKind::RunbookRun(_)) = kind {
-                "The Muster server stopped while this runbook run was executing; a run's steps do not outlive the server (a step on the built-in worker was stopped with it, a step on an agent is stopped when the agent reconnects), so its outcome is unknown: run it again.".to_string()
+                format!(
+                    "The {server} stopped while this runbook run was executing; a run's steps do not outlive the server (a step on the built-in worker was stopped with it, a step on an agent is stopped when the agent reconnects), so its outcome is unknown: run it again."
+                )
             } else if task.worker_id.is_some() {
                 format!(
-                    "The Muster server stopped while this task was executing on {worker}, and that worker has since been deleted; the script's outcome is unknown."
+                    "The {server} stopped while this task was executing on {worker}, and that worker has since been deleted; the script's outcome is unknown."
                 )
             } else {
                 format!(
-                    "The Muster server stopped while this task was executing on the {worker}; its script, if it had started, was stopped with the server, so the outcome is unknown: run it again."
+                    "The {server} stopped while this task was executing on the {worker}; its script, if it had started, was stopped with the server, so the outcome is unknown: run it again."
                 )
             }
         };
@@ -1406,6 +1415,19 @@ pub async fn cancel(app: &App, task_id: &str) -> anyhow::Result<Option<Task>> {
                     }
                     return Ok(Some(task));
                 }
+                None if runs_elsewhere(app, &task).await => {
+                    // The dispatching node runs it: asked to cancel, it stops the script (its
+                    // note reaches that node).
+                    if task.state == TaskState::Executing {
+                        task.state = TaskState::Cancelling;
+                        task.last_updated_time = now();
+                        app.store
+                            .transition_task(&task, TaskState::Executing)
+                            .await?;
+                        app.logs.changed(&task.id);
+                    }
+                    return Ok(Some(task));
+                }
                 None => {
                     // Not running on this node: nothing can finish it, so it ends here.
                     let from = task.state;
@@ -1421,6 +1443,42 @@ pub async fn cancel(app: &App, task_id: &str) -> anyhow::Result<Option<Task>> {
         }
     }
     Ok(app.store.get_task(task_id).await?)
+}
+
+/// Another node changed a task: a cancel asked there reaches the script if it runs here.
+pub async fn heard_of_task(app: &App, task_id: &str) {
+    if app.dispatcher.running(task_id).is_none() {
+        return;
+    }
+    match app.store.get_task(task_id).await {
+        Ok(Some(task)) if task.state == TaskState::Cancelling => {
+            if let Err(error) = cancel(app, task_id).await {
+                tracing::error!(%error, task_id, "cannot cancel a task another node asked to cancel");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, task_id, "cannot read a task another node changed"),
+    }
+}
+
+/// Notes may have been missed: the queue is read from the store again at the next pass.
+pub fn resync(app: &App) {
+    app.dispatcher.queue.lock().expect("dispatcher lock").loaded = false;
+    app.signals.dispatch.notify_one();
+}
+
+/// Whether a running task is another node's, which is alive: that node finishes it.
+async fn runs_elsewhere(app: &App, task: &Task) -> bool {
+    let Some(node) = task.server_node.as_deref() else {
+        return false;
+    };
+    if node == app.config.node_name {
+        return false;
+    }
+    match app.store.node(node).await {
+        Ok(Some(record)) => !crate::nodes::is_offline(&record, &now()),
+        _ => false,
+    }
 }
 
 /// Stops every running script and waits (bounded) for their tasks to be stored as ended.

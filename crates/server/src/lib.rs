@@ -177,22 +177,46 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     nodes::register(&app)
         .await
         .context("cannot register this node in the database")?;
-    dispatch::recover(&app).await?;
+    // The dispatcher's lease: SQLite's one node holds it always; on PostgreSQL one node at a time.
+    let lease = app
+        .store
+        .take_dispatch_lease(&app.config.node_name, nodes::LEASE)
+        .await
+        .context("cannot read the dispatcher's lease")?;
+    if lease.is_some() {
+        dispatch::recover(&app).await?;
+    }
 
     if let Some(key) = &setup.new_admin_key {
         println!("Administrator API key (shown once; keep it safe): {key}");
     }
-    println!("Muster comms port for polling agents is listening on {comms_address}");
+    if lease.is_some() {
+        println!("Muster comms port for polling agents is listening on {comms_address}");
+    } else {
+        let holder = app.store.dispatch_lease_holder().await.ok().flatten();
+        println!(
+            "Muster node {} waits to dispatch ({} dispatches now); it will listen for polling agents on {comms_address} when it does",
+            app.config.node_name,
+            holder.as_deref().unwrap_or("another node")
+        );
+    }
     println!(
         "Muster is listening on http://{address}/ (data in {}, store on {})",
         args.data_dir.display(),
         store.engine_name()
     );
 
-    let dispatcher = tokio::spawn(dispatch::run(app.clone()));
-    let comms = tokio::spawn(comms::listen(app.clone(), comms_listener));
-    let health = tokio::spawn(health::health_loop(app.clone()));
+    let notes = tokio::spawn(nodes::follow_notes(app.clone(), app.store.notes()));
     let heartbeat = tokio::spawn(nodes::heartbeat(app.clone()));
+    // The dispatcher's work: dispatching, the agents' comms port and the health checks. A node
+    // that does not hold the lease serves the API and waits to take the lease over; it does not
+    // even listen on its comms port, so that an agent (or a balancer) dials another node.
+    let dispatching = tokio::spawn(nodes::dispatch_role(
+        app.clone(),
+        lease,
+        comms_listener,
+        comms_address,
+    ));
     let router = api::router(app.clone());
     let service = tower::ServiceBuilder::new()
         .layer(axum::middleware::from_fn(http::canonicalize))
@@ -220,12 +244,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .await
     .context("the HTTP server failed")?;
 
-    dispatcher.abort();
+    dispatching.abort();
     links_watcher.abort();
-    comms.abort();
-    health.abort();
+    notes.abort();
     heartbeat.abort();
     app.logs.flush().await;
+    nodes::release_lease(&app).await;
     store.close().await;
     Ok(())
 }

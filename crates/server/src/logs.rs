@@ -83,6 +83,11 @@ impl LogHub {
         let _ = self.changes.send(task_id.to_string());
     }
 
+    /// Tells every follower to read its task again (notes from other nodes may have been lost).
+    pub fn changed_all(&self) {
+        let _ = self.changes.send(String::new());
+    }
+
     pub fn watch_changes(&self) -> broadcast::Receiver<String> {
         self.changes.subscribe()
     }

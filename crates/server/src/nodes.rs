@@ -3,6 +3,12 @@
 //! an administrator writes (`api::nodes`). A node not seen for `OFFLINE_AFTER_BEATS` heartbeats is
 //! offline. In maintenance mode (drained) a node takes no new task: the dispatcher leaves queued
 //! tasks Queued with a reason that says so, and the running ones finish.
+//!
+//! One node dispatches: the one that holds the store's dispatcher lease (on SQLite, the only node).
+//! It renews the lease every `RENEW_EVERY`; the others try to take it every `TRY_EVERY` and get it
+//! once it has been `LEASE` without renewal. A node that finds it lost the lease (it was paused, or
+//! cut off from the database, past the lease) exits at once: its writes of tasks are refused by then
+//! (they hold its epoch), and a supervisor starts it again as a node that waits its turn.
 
 use crate::state::App;
 use muster_core::time::{Timestamp, now};
@@ -17,6 +23,15 @@ pub const OFFLINE_AFTER_BEATS: u32 = 3;
 pub const DEFAULT_TASK_CAP: usize = 5;
 /// The version a node records.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long the dispatcher's lease lasts without renewal: a node that dies is replaced within it.
+pub const LEASE: Duration = Duration::from_secs(8);
+/// How often the dispatcher renews its lease.
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// How often a node that does not dispatch tries to take the lease.
+const TRY_EVERY: Duration = Duration::from_secs(1);
+/// The exit code of a node that lost the dispatcher's lease (EX_TEMPFAIL: start it again).
+const LOST_LEASE_EXIT: i32 = 75;
 
 /// A node's id, as Octopus spells it.
 pub fn id_of(name: &str) -> String {
@@ -76,6 +91,125 @@ pub async fn heartbeat(app: App) {
         {
             Ok(node) => apply(&app, &node),
             Err(error) => tracing::warn!("cannot write this node's heartbeat: {error}"),
+        }
+    }
+}
+
+/// The dispatcher's work on this node: with the lease (`held`, its epoch), at once; without, once
+/// this node takes it over (after recovering what the last dispatcher left running). Then it
+/// dispatches, serves the comms port and checks health, keeping the lease while it does.
+pub async fn dispatch_role(
+    app: App,
+    held: Option<i64>,
+    comms: tokio::net::TcpListener,
+    comms_address: std::net::SocketAddr,
+) {
+    let (epoch, comms) = match held {
+        Some(epoch) => (epoch, comms),
+        None => {
+            drop(comms);
+            let epoch = take_lease(&app).await;
+            tracing::warn!(
+                epoch,
+                "node {} took the dispatcher's lease over",
+                app.config.node_name
+            );
+            let comms = loop {
+                match tokio::net::TcpListener::bind(comms_address).await {
+                    Ok(listener) => break listener,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot listen for agents on {comms_address}; retrying");
+                        tokio::time::sleep(TRY_EVERY).await;
+                    }
+                }
+            };
+            if let Err(error) = crate::dispatch::recover(&app).await {
+                lost(&format!(
+                    "cannot recover the last dispatcher's tasks: {error:#}"
+                ));
+            }
+            (epoch, comms)
+        }
+    };
+    app.node.set_dispatching(Some(epoch));
+    let mut duties = tokio::task::JoinSet::new();
+    duties.spawn(crate::dispatch::run(app.clone()));
+    duties.spawn(crate::comms::listen(app.clone(), comms));
+    duties.spawn(crate::health::health_loop(app.clone()));
+    keep_lease(&app, epoch).await;
+}
+
+/// Waits until this node takes the dispatcher's lease; its epoch.
+async fn take_lease(app: &App) -> i64 {
+    loop {
+        match app
+            .store
+            .take_dispatch_lease(&app.config.node_name, LEASE)
+            .await
+        {
+            Ok(Some(epoch)) => return epoch,
+            Ok(None) => {}
+            Err(error) => tracing::warn!("cannot read the dispatcher's lease: {error}"),
+        }
+        tokio::time::sleep(TRY_EVERY).await;
+    }
+}
+
+/// Renews the lease for as long as this node runs; a lease lost ends the process.
+async fn keep_lease(app: &App, epoch: i64) {
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        match app.store.renew_dispatch_lease(epoch, LEASE).await {
+            Ok(true) => renewed = tokio::time::Instant::now(),
+            Ok(false) => lost("another node took the dispatcher's lease over"),
+            Err(error) if renewed.elapsed() >= LEASE => lost(&format!(
+                "the dispatcher's lease could not be renewed before it ran out: {error}"
+            )),
+            Err(error) => tracing::warn!("cannot renew the dispatcher's lease: {error}"),
+        }
+    }
+}
+
+fn lost(why: &str) -> ! {
+    tracing::error!("{why}; this node stops so that nothing it does lands twice");
+    eprintln!(
+        "muster: {why}; this node stops so that nothing it does lands twice (exit {LOST_LEASE_EXIT}: start it again)"
+    );
+    std::process::exit(LOST_LEASE_EXIT)
+}
+
+/// Gives the lease up at a clean stop, so another node takes over without waiting it out.
+pub async fn release_lease(app: &App) {
+    if let Some(epoch) = app.node.dispatching()
+        && let Err(error) = app.store.release_dispatch_lease(epoch).await
+    {
+        tracing::warn!("cannot give the dispatcher's lease up: {error}");
+    }
+}
+
+/// What this node hears from the others (and itself) through the store's notes: new tasks and
+/// changed workers wake the dispatcher, another node's lines and task changes wake this node's
+/// live streams, a cancel asked on another node reaches the script here.
+pub async fn follow_notes(
+    app: App,
+    mut notes: tokio::sync::broadcast::Receiver<muster_store::Note>,
+) {
+    use muster_store::Note;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match notes.recv().await {
+            Ok(Note::NewTask(_)) | Ok(Note::Workers) => app.signals.dispatch.notify_one(),
+            Ok(Note::Lines(id)) => app.logs.changed(&id),
+            Ok(Note::Task(id)) => {
+                app.logs.changed(&id);
+                crate::dispatch::heard_of_task(&app, &id).await;
+            }
+            Ok(Note::Resync) | Err(RecvError::Lagged(_)) => {
+                crate::dispatch::resync(&app);
+                app.logs.changed_all();
+            }
+            Err(RecvError::Closed) => return,
         }
     }
 }

@@ -112,6 +112,8 @@ impl AppInner {
 pub struct NodeState {
     cap: std::sync::atomic::AtomicUsize,
     maintenance: std::sync::atomic::AtomicBool,
+    /// The dispatcher's epoch while this node holds the lease (-1: it does not).
+    dispatching: std::sync::atomic::AtomicI64,
 }
 
 impl NodeState {
@@ -119,7 +121,19 @@ impl NodeState {
         NodeState {
             cap: cap.into(),
             maintenance: false.into(),
+            dispatching: (-1).into(),
         }
+    }
+
+    /// The epoch this node dispatches under, if it is the dispatcher.
+    pub fn dispatching(&self) -> Option<i64> {
+        let epoch = self.dispatching.load(std::sync::atomic::Ordering::SeqCst);
+        (epoch >= 0).then_some(epoch)
+    }
+
+    pub fn set_dispatching(&self, epoch: Option<i64>) {
+        self.dispatching
+            .store(epoch.unwrap_or(-1), std::sync::atomic::Ordering::SeqCst);
     }
 
     /// How many tasks this node runs at once.

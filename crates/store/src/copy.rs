@@ -10,7 +10,7 @@
 //! data directory's files are not in the store).
 //!
 //! While it copies, it holds the source's data directory (`muster.lock`, as a server does) and the
-//! target database's claim (a session advisory lock, as a server does): a server cannot start on
+//! target database's claim (the session advisory lock every node holds shared, taken alone): a server cannot start on
 //! either meanwhile, and a source or target a server uses is refused. At the end it counts each
 //! table (documents per kind, log lines and log bytes too) on both sides.
 
@@ -159,7 +159,7 @@ pub async fn copy(
         };
         StoreError::Url(format!("--to: cannot connect to {}: {why}", redact(url)))
     })?;
-    target.claim().await?;
+    target.claim(false).await?;
     target.migrate().await?;
     let result = copy_tables(&source, &target, force, progress).await;
     source.close().await;

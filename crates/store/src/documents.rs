@@ -49,6 +49,11 @@ impl DocKind {
         }
     }
 
+    /// A space, pool or worker: what the dispatcher's view of workers is made of.
+    pub(crate) fn is_of_workers(self) -> bool {
+        matches!(self, DocKind::Space | DocKind::WorkerPool | DocKind::Worker)
+    }
+
     fn noun(self) -> &'static str {
         match self {
             DocKind::Space => "space",
@@ -476,6 +481,7 @@ impl Store {
             for row in &rows {
                 row.write(&mut tx, &self.sealer).await?;
             }
+            self.workers_note(&mut tx, rows.iter().map(|r| r.kind)).await?;
             tx.commit().await?;
         });
         for row in &rows {
@@ -518,6 +524,7 @@ impl Store {
                 .update_document(&row.document(&self.sealer))
                 .await
                 .map_err(|e| row.name_taken(e))?;
+            self.workers_note(&mut tx, [row.kind]).await?;
             tx.commit().await?;
             updated
         });
@@ -525,11 +532,27 @@ impl Store {
         Ok(updated)
     }
 
+    /// Within a write's transaction: tells the other nodes, on commit, when it writes a space,
+    /// pool or worker.
+    pub(crate) async fn workers_note<T: EngineTx>(
+        &self,
+        tx: &mut T,
+        kinds: impl IntoIterator<Item = DocKind>,
+    ) -> Result<()> {
+        if kinds.into_iter().any(DocKind::is_of_workers) {
+            tx.notify(&self.payload(&crate::Note::Workers)).await?;
+        }
+        Ok(())
+    }
+
     /// Deletes one document; true if it existed.
     pub async fn delete<D: Document>(&self, id: &str) -> Result<bool> {
         let existed =
             on_engine!(&*self.engine, e => e.delete_document(D::KIND.as_str(), id).await)?;
         self.bump_workers_generation(D::KIND);
+        if D::KIND.is_of_workers() {
+            self.note_others(crate::Note::Workers).await?;
+        }
         Ok(existed)
     }
 
@@ -537,7 +560,7 @@ impl Store {
     pub async fn delete_space(&self, space_id: &str) -> Result<()> {
         on_engine!(&*self.engine, e => e.delete_space(space_id).await)?;
         self.bump_workers_generation(DocKind::Space);
-        Ok(())
+        self.note_others(crate::Note::Workers).await
     }
 }
 

@@ -13,6 +13,7 @@ mod copy;
 mod documents;
 mod engine;
 mod nodes;
+mod notes;
 mod sealing;
 mod tasks;
 pub mod testing;
@@ -22,6 +23,7 @@ mod tests;
 pub use copy::{CopyReport, Count, copy};
 pub use documents::{DocKind, Document, Row};
 pub use nodes::Node;
+pub use notes::Note;
 pub use sealing::KEY_FILE;
 pub use tasks::TaskQuery;
 
@@ -47,6 +49,9 @@ pub enum StoreError {
     /// Another server holds the database.
     #[error("{0}")]
     InUse(String),
+    /// A write of the dispatcher's, refused because another node has taken the role over.
+    #[error("{0}")]
+    Fenced(String),
     /// `--database` names no engine this store has.
     #[error("{0}")]
     Url(String),
@@ -65,6 +70,10 @@ pub struct Store {
     /// The tasks committed since the dispatcher last took them (None: nobody watches), so it
     /// keeps its queue without reading every queued task again.
     new_tasks: Arc<std::sync::Mutex<Option<Vec<muster_core::resources::Task>>>>,
+    /// What this node tells the other nodes of the database, and hears from them.
+    notes: Arc<notes::Notes>,
+    /// The dispatcher's epoch this node holds (0: none), which its writes of tasks carry.
+    epoch: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Store {
@@ -109,7 +118,7 @@ impl Store {
     async fn start(engine: Engines, key: &Path) -> Result<Store> {
         // A database another server uses is refused before anything is read or migrated.
         if let Engines::Postgres(postgres) = &engine {
-            postgres.claim().await?;
+            postgres.claim(true).await?;
         }
         on_engine!(&engine, e => e.migrate().await)?;
         let mut check = on_engine!(&engine, e => e.meta("sealing_check").await)?;
@@ -127,7 +136,9 @@ impl Store {
             != Some(SEALING_CHECK)
         {
             return Err(StoreError::Key(format!(
-                "{} is not the key this database's values were sealed with",
+                "{} is not the key this database's values were sealed with (a node of a database \
+                 that other nodes use needs their key: copy secrets.key, and the server-certificate \
+                 directory, from one of them)",
                 key.display()
             )));
         }
@@ -136,8 +147,11 @@ impl Store {
             workers_generation: Default::default(),
             sealer: Arc::new(sealer),
             new_tasks: Default::default(),
+            notes: Arc::new(notes::Notes::new()),
+            epoch: Default::default(),
         };
         store.seal_plaintext().await?;
+        store.listen_to_other_nodes().await?;
         Ok(store)
     }
 
@@ -160,6 +174,10 @@ impl Store {
             .unwrap_or_default()
     }
 
+    fn watching_new_tasks(&self) -> bool {
+        self.new_tasks.lock().expect("new tasks lock").is_some()
+    }
+
     fn committed_new_task(&self, task: &muster_core::resources::Task) {
         if let Some(new) = self.new_tasks.lock().expect("new tasks lock").as_mut() {
             new.push(task.clone());
@@ -172,11 +190,17 @@ impl Store {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// After a committed write of `kind`: a space, pool or worker moves the generation (the other
+    /// nodes move theirs by the note `workers_note` sent with the commit).
     fn bump_workers_generation(&self, kind: DocKind) {
-        if matches!(kind, DocKind::Space | DocKind::WorkerPool | DocKind::Worker) {
-            self.workers_generation
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if kind.is_of_workers() {
+            self.bump_generation_only();
         }
+    }
+
+    fn bump_generation_only(&self) {
+        self.workers_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Which engine the store runs on: "sqlite" or "postgres".
@@ -188,6 +212,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.notes.stop();
         on_engine!(&*self.engine, e => e.close().await)
     }
 

@@ -42,7 +42,7 @@ impl Sealer {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(fail(
-                    "the key file is missing, and this database holds values sealed with it; restore the file that belongs to this database".into(),
+                    "the key file is missing, and this database holds values sealed with it; restore the file that belongs to this database (a new node of a database that other nodes use: copy secrets.key, and the server-certificate directory, from one of them)".into(),
                 ));
             }
             Err(e) => return Err(fail(e.to_string())),

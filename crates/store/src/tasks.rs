@@ -47,6 +47,7 @@ impl Store {
             let mut event = event(task);
             event.id = IdKind::Event.format(tx.next_number(IdKind::Event.prefix()).await?);
             crate::Row::of(&event).write(&mut tx, &self.sealer).await?;
+            tx.notify(&self.payload(&crate::Note::NewTask(task.id.clone()))).await?;
             tx.commit().await?;
         });
         self.committed_new_task(task);
@@ -63,6 +64,8 @@ impl Store {
                 row.write(&mut tx, &self.sealer).await?;
             }
             tx.insert_task(num, task).await?;
+            self.workers_note(&mut tx, rows.iter().map(|r| r.kind)).await?;
+            tx.notify(&self.payload(&crate::Note::NewTask(task.id.clone()))).await?;
             tx.commit().await?;
         });
         let kinds: Vec<crate::DocKind> = rows.iter().map(|r| r.kind).collect();
@@ -76,7 +79,8 @@ impl Store {
     /// Writes every field of a task.
     pub async fn update_task(&self, task: &Task) -> Result<()> {
         let num = num_of(task)?;
-        on_engine!(&*self.engine, e => e.update_task(num, task).await)
+        let guard = self.guard(|| vec![crate::Note::Task(task.id.clone())]);
+        on_engine!(&*self.engine, e => e.update_task(num, task, &guard).await)
     }
 
     /// `transition_task` for many tasks in one transaction (one disk sync): a dispatch pass claims
@@ -86,14 +90,22 @@ impl Store {
             .iter()
             .map(|task| Ok((num_of(task)?, task)))
             .collect::<Result<Vec<_>>>()?;
-        on_engine!(&*self.engine, e => e.transition_tasks(&numbered, from).await)
+        let guard = self.guard(|| {
+            tasks
+                .iter()
+                .map(|t| crate::Note::Task(t.id.clone()))
+                .collect()
+        });
+        on_engine!(&*self.engine, e => e.transition_tasks(&numbered, from, &guard).await)
     }
 
     /// Moves a task from `from` to the task's state, and writes it, only if it is still in `from`.
     /// This is how a task is claimed: two claimers cannot both win.
     pub async fn transition_task(&self, task: &Task, from: TaskState) -> Result<bool> {
         let numbered = [(num_of(task)?, task)];
-        let moved = on_engine!(&*self.engine, e => e.transition_tasks(&numbered, from).await)?;
+        let guard = self.guard(|| vec![crate::Note::Task(task.id.clone())]);
+        let moved =
+            on_engine!(&*self.engine, e => e.transition_tasks(&numbered, from, &guard).await)?;
         Ok(moved == [true])
     }
 
@@ -199,7 +211,18 @@ impl Store {
             .iter()
             .map(|task| Ok((num_of(task)?, task)))
             .collect::<Result<Vec<_>>>()?;
-        on_engine!(&*self.engine, e => e.append_chunks_and_end(&chunks, &ended).await)
+        let guard = self.guard(|| {
+            let mut notes: Vec<crate::Note> = Vec::new();
+            for chunk in &chunks {
+                let note = crate::Note::Lines(IdKind::ServerTask.format(chunk.task_num));
+                if notes.last() != Some(&note) {
+                    notes.push(note);
+                }
+            }
+            notes.extend(ended.iter().map(|(_, t)| crate::Note::Task(t.id.clone())));
+            notes
+        });
+        on_engine!(&*self.engine, e => e.append_chunks_and_end(&chunks, &ended, &guard).await)
     }
 
     /// Calls `each` with the task's stored lines after sequence number `after`, in order (and

@@ -891,20 +891,86 @@ mod postgres_only {
     use crate::testing::TestDatabase;
     use crate::{Store, StoreError};
 
-    /// One database serves one server: a second store on it is refused until the first closes.
+    /// Several nodes share a database; a copy into it is refused while any holds it.
     #[tokio::test]
-    async fn a_database_in_use_is_refused() {
+    async fn nodes_share_a_database_that_a_copy_may_not_write() {
         let database = TestDatabase::create();
         let dir = tempfile::tempdir().unwrap();
         let first = Store::open(database.url(), dir.path()).await.unwrap();
-        let second = Store::open(database.url(), dir.path()).await.err().unwrap();
-        assert!(matches!(second, StoreError::InUse(_)), "{second}");
+        let second = Store::open(database.url(), dir.path()).await.unwrap();
+        let source = dir.path().join("source.db");
+        Store::open_sqlite(&source).await.unwrap().close().await;
+        let refused = crate::copy(
+            &format!("sqlite:{}", source.display()),
+            database.url(),
+            true,
+            &mut |_: &str| {},
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(matches!(refused, StoreError::InUse(_)), "{refused}");
         first.close().await;
-        Store::open(database.url(), dir.path())
+        second.close().await;
+    }
+
+    /// A note of one node reaches the other node's readers, and a new task of one is kept for the
+    /// other's dispatcher before its note arrives; a node does not hear its own notes twice.
+    #[tokio::test]
+    async fn notes_go_from_node_to_node() {
+        use crate::Note;
+        use muster_core::resources::Event;
+        let database = TestDatabase::create();
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(database.url(), dir.path()).await.unwrap();
+        let b = Store::open(database.url(), dir.path()).await.unwrap();
+        b.watch_new_tasks();
+        let mut heard_by_b = b.notes();
+        let mut heard_by_a = a.notes();
+        a.note(Note::Lines("ServerTasks-9".into())).await.unwrap();
+        let within = std::time::Duration::from_secs(5);
+        assert_eq!(
+            tokio::time::timeout(within, heard_by_b.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+            Note::Lines("ServerTasks-9".into())
+        );
+        assert_eq!(
+            tokio::time::timeout(within, heard_by_a.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+            Note::Lines("ServerTasks-9".into()),
+            "its own readers hear it at once"
+        );
+        let mut task =
+            crate::tests::task("Spaces-1", "AdHocScript", muster_core::TaskState::Queued);
+        a.insert_new_task(&mut task, |_| Event::default())
             .await
-            .unwrap()
-            .close()
-            .await;
+            .unwrap();
+        let heard = loop {
+            match tokio::time::timeout(within, heard_by_b.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Note::NewTask(id) => break id,
+                _ => continue,
+            }
+        };
+        assert_eq!(heard, task.id);
+        let kept = b.take_new_tasks();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(kept[0].id, task.id);
+        // Nothing more: A's readers did not hear A's task note from the database as well.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), heard_by_a.recv())
+                .await
+                .is_err()
+        );
+        a.close().await;
+        b.close().await;
     }
 }
 

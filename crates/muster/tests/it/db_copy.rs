@@ -221,7 +221,7 @@ fn db_copy_moves_a_stopped_store_with_10000_tasks_and_their_logs_to_postgres() {
     let busy = copy(&from, database.url(), &["--force"]);
     assert_eq!(busy.status.code(), Some(1));
     assert!(
-        text(&busy.stderr).contains("another Muster server uses this database"),
+        text(&busy.stderr).contains("Muster server nodes use this database"),
         "{}",
         text(&busy.stderr)
     );

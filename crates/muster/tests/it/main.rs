@@ -7,6 +7,7 @@ mod architecture;
 mod artifacts;
 mod blog;
 mod cli;
+mod cluster;
 mod conventions;
 mod crash;
 mod db_copy;

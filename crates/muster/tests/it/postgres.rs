@@ -66,13 +66,10 @@ fn a_script_task_runs_to_success_on_postgres_and_survives_a_restart() {
     let list = server.ok("/api/Spaces-1/tasks?states=Success,Failed");
     assert_eq!(list["TotalResults"], 2, "{list}");
 
-    // One database, one server: another data directory does not make a second one welcome.
+    // A second node needs the database's key: a data directory without it is refused, saying so.
     let other = tempfile::tempdir().unwrap();
     let refused = Server::start_in(other.path(), &args)
         .err()
         .expect("refused");
-    assert!(
-        refused.contains("another Muster server uses this database"),
-        "{refused}"
-    );
+    assert!(refused.contains("copy secrets.key"), "{refused}");
 }

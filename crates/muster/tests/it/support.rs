@@ -186,7 +186,12 @@ impl Server {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => {
                     banner.push(line.clone());
-                    if let Some(rest) = line.split("polling agents is listening on ").nth(1) {
+                    if let Some(rest) = line
+                        .split("polling agents is listening on ")
+                        .nth(1)
+                        .or_else(|| line.split("listen for polling agents on ").nth(1))
+                    {
+                        let rest = rest.split_whitespace().next().unwrap_or_default();
                         comms_port = rest
                             .rsplit(':')
                             .next()
@@ -225,6 +230,22 @@ impl Server {
             .args(["-TERM", &child.id().to_string()])
             .status();
         child.wait().expect("wait")
+    }
+
+    /// Waits (up to `limit`) for the process to exit by itself; its status, or None if it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The server's process id.

@@ -1026,7 +1026,7 @@ async fn follow(app: &App, id: &str, after: i64, tx: &Sender) -> anyhow::Result<
                         }
                     },
                     changed = changes.recv() => match changed {
-                        Ok(changed) if changed == id => break,
+                        Ok(changed) if changed == id || changed.is_empty() => break,
                         Ok(_) => {}
                         Err(_) => break,
                     },
@@ -1037,7 +1037,7 @@ async fn follow(app: &App, id: &str, after: i64, tx: &Sender) -> anyhow::Result<
             None => loop {
                 tokio::select! {
                     changed = changes.recv() => match changed {
-                        Ok(changed) if changed == id => break,
+                        Ok(changed) if changed == id || changed.is_empty() => break,
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return Ok(()),

@@ -130,12 +130,18 @@ pub(crate) trait Engine: Sync {
     /// How many tasks match, and one page of them, newest first.
     fn list_tasks(&self, q: &TaskQuery) -> impl Future<Output = Result<(u64, Vec<Task>)>> + Send;
     /// Writes every field of a task.
-    fn update_task(&self, num: i64, task: &Task) -> impl Future<Output = Result<()>> + Send;
+    fn update_task(
+        &self,
+        num: i64,
+        task: &Task,
+        guard: &Guard,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Writes each task only if it is still in `from`, in one transaction; whether each moved.
     fn transition_tasks(
         &self,
         tasks: &[(i64, &Task)],
         from: TaskState,
+        guard: &Guard,
     ) -> impl Future<Output = Result<Vec<bool>>> + Send;
     /// Inserts the chunks (a chunk already stored is left as it is) and writes each ended task if it
     /// is still Executing or Cancelling, in one transaction; whether each ended task was written.
@@ -143,6 +149,7 @@ pub(crate) trait Engine: Sync {
         &self,
         chunks: &[Chunk],
         ended: &[(i64, &Task)],
+        guard: &Guard,
     ) -> impl Future<Output = Result<Vec<bool>>> + Send;
     /// The first chunk of a task whose last line is after `after`: (its last seq, its lines).
     fn chunk_after(
@@ -219,6 +226,15 @@ pub(crate) struct LogSummary {
     pub last_source_seq: i64,
 }
 
+/// What goes with a write of tasks on an engine of several nodes: the dispatcher's epoch the write
+/// holds (it is refused, as a whole, once another node took the role over), and the notes the other
+/// nodes get when it commits. SQLite, with one node, has neither.
+#[derive(Default)]
+pub(crate) struct Guard {
+    pub epoch: Option<i64>,
+    pub notes: Vec<String>,
+}
+
 /// A transaction of an engine: the writes that must be seen together.
 pub(crate) trait EngineTx: Send {
     /// The next number of a kind's id counter, within the transaction.
@@ -234,6 +250,9 @@ pub(crate) trait EngineTx: Send {
         doc: &DocumentRow<'_>,
     ) -> impl Future<Output = std::result::Result<bool, sqlx::Error>> + Send;
     fn insert_task(&mut self, num: i64, task: &Task) -> impl Future<Output = Result<()>> + Send;
+    /// Sends a note to the other nodes when (and only if) the transaction commits; nothing on an
+    /// engine with one node.
+    fn notify(&mut self, payload: &str) -> impl Future<Output = Result<()>> + Send;
     fn commit(self) -> impl Future<Output = Result<()>> + Send;
 }
 

@@ -10,7 +10,7 @@
 //! (`UPDATE … WHERE state = $18`) re-check their condition on the locked row under READ
 //! COMMITTED, so two writers cannot both win a claim here either.
 
-use super::{Chunk, Dialect, DocumentRow, Engine, EngineTx, LogSummary, TaskFilter};
+use super::{Chunk, Dialect, DocumentRow, Engine, EngineTx, Guard, LogSummary, TaskFilter};
 use super::{NODE_COLUMNS, TASK_COLUMNS, bind_task, page_bounds, read_node, read_task};
 use crate::{Result, StoreError, TaskQuery};
 use muster_core::TaskState;
@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "server nodes",
         include_str!("../../migrations/postgres/0002_server_nodes.sql"),
     ),
+    (
+        3,
+        "dispatch lease",
+        include_str!("../../migrations/postgres/0003_dispatch_lease.sql"),
+    ),
 ];
 
 pub(crate) struct Postgres {
@@ -39,8 +44,9 @@ pub(crate) struct Postgres {
     claim: tokio::sync::Mutex<Option<sqlx::postgres::PgConnection>>,
 }
 
-/// The advisory lock a server holds on its database: one database, one server (for now; several
-/// nodes on one database will share it by other rules).
+/// The advisory lock on a database: every node holds it shared for its life, and `muster db copy`
+/// holds it alone while it writes, so no node starts on a half-copied store and no copy overwrites
+/// a store in use.
 const SERVER_LOCK: i64 = 0x6d75_7374_6572; // "muster"
 
 impl Postgres {
@@ -58,14 +64,20 @@ impl Postgres {
         })
     }
 
-    /// Claims the database for this server, as `muster.lock` claims a data directory: a session
-    /// advisory lock on a connection of its own, held until `close` (or until the process or its
-    /// connection dies). A server that stopped a moment ago may still hold it, so the claim is
-    /// tried for a few seconds before it is refused.
-    pub(crate) async fn claim(&self) -> Result<()> {
+    /// Claims the database, as `muster.lock` claims a data directory: a session advisory lock on a
+    /// connection of its own, held until `close` (or until the process or its connection dies).
+    /// A node claims it `shared` with the other nodes; a copy claims it alone. A holder that
+    /// stopped a moment ago may still hold it, so the claim is tried for a few seconds before it
+    /// is refused.
+    pub(crate) async fn claim(&self, shared: bool) -> Result<()> {
         let mut connection = self.pool.acquire().await?.detach();
+        let try_lock = if shared {
+            "SELECT pg_try_advisory_lock_shared($1)"
+        } else {
+            "SELECT pg_try_advisory_lock($1)"
+        };
         for attempt in 0.. {
-            let (claimed,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            let (claimed,): (bool,) = sqlx::query_as(try_lock)
                 .bind(SERVER_LOCK)
                 .fetch_one(&mut connection)
                 .await?;
@@ -78,9 +90,63 @@ impl Postgres {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(StoreError::InUse(
-            "another Muster server uses this database; a database serves one server".into(),
-        ))
+        Err(StoreError::InUse(if shared {
+            "muster db copy is writing this database; start the node when it is done".into()
+        } else {
+            "Muster server nodes use this database; stop them all before copying into it".into()
+        }))
+    }
+}
+
+/// The dispatcher's lease (`dispatch_lease`), timed by the database's clock so that the nodes'
+/// clocks need not agree.
+impl Postgres {
+    /// Takes the lease if it has expired: the new epoch, or None while another node holds it.
+    pub(crate) async fn take_lease(&self, holder: &str, ttl: Duration) -> Result<Option<i64>> {
+        Ok(sqlx::query_as(
+            "UPDATE dispatch_lease SET holder = $1, epoch = epoch + 1, \
+             expires_at = clock_timestamp() + make_interval(secs => $2) \
+             WHERE id = 1 AND expires_at < clock_timestamp() RETURNING epoch",
+        )
+        .bind(holder)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|(epoch,): (i64,)| epoch))
+    }
+
+    /// Extends the lease of `epoch`; false once another node has taken it.
+    pub(crate) async fn renew_lease(&self, epoch: i64, ttl: Duration) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE dispatch_lease SET expires_at = clock_timestamp() + make_interval(secs => $2) \
+             WHERE id = 1 AND epoch = $1",
+        )
+        .bind(epoch)
+        .bind(ttl.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives the lease up at once (a node that stops), so another node need not wait it out.
+    pub(crate) async fn release_lease(&self, epoch: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE dispatch_lease SET expires_at = '-infinity' WHERE id = 1 AND epoch = $1",
+        )
+        .bind(epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The node that holds the lease now, if any.
+    pub(crate) async fn lease_holder(&self) -> Result<Option<String>> {
+        Ok(sqlx::query_as(
+            "SELECT holder FROM dispatch_lease WHERE id = 1 AND expires_at >= clock_timestamp()",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|(holder,): (String,)| holder))
     }
 }
 
@@ -98,22 +164,24 @@ const DIALECT: Dialect = Dialect {
     },
 };
 
-/// Writes every field of a task that is still in the state $18.
+/// Writes every field of a task that is still in the state $18. Each write of a task holds the
+/// dispatcher's epoch ($19 here, $18 below; NULL for a node that is not the dispatcher): once another
+/// node took the role over, it changes nothing.
 const UPDATE_TASK_FROM: &str = "UPDATE tasks SET space_id = $2, name = $3, description = $4, arguments = $5, state = $6, \
     error_message = $7, queue_time = $8, queue_time_expiry = $9, start_time = $10, completed_time = $11, \
     last_updated_time = $12, server_node = $13, has_warnings = $14, queue_reason = $15, worker_name = $16, \
-    worker_id = $17 WHERE num = $1 AND state = $18";
+    worker_id = $17 WHERE num = $1 AND state = $18 AND ($19::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $19))";
 
 /// Writes every field of a task that is still running (Executing or Cancelling).
 const UPDATE_TASK_FROM_RUNNING: &str = "UPDATE tasks SET space_id = $2, name = $3, description = $4, arguments = $5, state = $6, \
     error_message = $7, queue_time = $8, queue_time_expiry = $9, start_time = $10, completed_time = $11, \
     last_updated_time = $12, server_node = $13, has_warnings = $14, queue_reason = $15, worker_name = $16, \
-    worker_id = $17 WHERE num = $1 AND state IN ('Executing', 'Cancelling')";
+    worker_id = $17 WHERE num = $1 AND state IN ('Executing', 'Cancelling') AND ($18::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $18))";
 
 const UPDATE_TASK: &str = "UPDATE tasks SET space_id = $2, name = $3, description = $4, arguments = $5, state = $6, \
     error_message = $7, queue_time = $8, queue_time_expiry = $9, start_time = $10, completed_time = $11, \
     last_updated_time = $12, server_node = $13, has_warnings = $14, queue_reason = $15, worker_name = $16, \
-    worker_id = $17 WHERE num = $1";
+    worker_id = $17 WHERE num = $1 AND ($18::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $18))";
 
 const INSERT_TASK: &str = "INSERT INTO tasks (num, space_id, name, description, arguments, state, error_message, queue_time, \
     queue_time_expiry, start_time, completed_time, last_updated_time, server_node, has_warnings, queue_reason, worker_name, worker_id) \
@@ -125,10 +193,12 @@ const NEXT_NUMBER: &str = "INSERT INTO id_counters (kind, next) VALUES ($1, 1) \
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// The insert of one chunk; a chunk already stored (the same first line) is left as it is.
-fn chunk_insert<'q>(chunk: &Chunk) -> Query<'q> {
+fn chunk_insert<'q>(chunk: &Chunk, epoch: Option<i64>) -> Query<'q> {
     sqlx::query(
         "INSERT INTO task_log_chunk (task_num, first_seq, last_seq, max_source_seq, line_count, lines) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+         SELECT $1, $2, $3, $4, $5, $6 \
+         WHERE $7::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $7) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(chunk.task_num)
     .bind(chunk.first_seq)
@@ -136,6 +206,37 @@ fn chunk_insert<'q>(chunk: &Chunk) -> Query<'q> {
     .bind(chunk.max_source_seq)
     .bind(chunk.line_count)
     .bind(chunk.lines.clone())
+    .bind(epoch)
+}
+
+/// Sends a write's notes to the other nodes, with its transaction.
+async fn send_notes(tx: &mut sqlx::PgConnection, notes: &[String]) -> Result<()> {
+    if !notes.is_empty() {
+        sqlx::query("SELECT pg_notify($1, note) FROM unnest($2::text[]) AS note")
+            .bind(crate::notes::CHANNEL)
+            .bind(notes)
+            .execute(tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// After a write that changed less than asked: refused as a whole if it held an epoch that is no
+/// longer the dispatcher's.
+async fn check_epoch(tx: &mut sqlx::PgConnection, epoch: Option<i64>) -> Result<()> {
+    let Some(epoch) = epoch else {
+        return Ok(());
+    };
+    let (current,): (i64,) = sqlx::query_as("SELECT epoch FROM dispatch_lease WHERE id = 1")
+        .fetch_one(tx)
+        .await?;
+    if current == epoch {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced(format!(
+            "this node's dispatcher epoch {epoch} ended: epoch {current} is another node's"
+        )))
+    }
 }
 
 impl Engine for Postgres {
@@ -429,30 +530,40 @@ impl Engine for Postgres {
         ))
     }
 
-    async fn update_task(&self, num: i64, task: &Task) -> Result<()> {
-        bind_task(sqlx::query(UPDATE_TASK), num, task)
-            .execute(&self.pool)
+    async fn update_task(&self, num: i64, task: &Task, guard: &Guard) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let done = bind_task(sqlx::query(UPDATE_TASK), num, task)
+            .bind(guard.epoch)
+            .execute(&mut *tx)
             .await?;
+        if done.rows_affected() == 0 {
+            check_epoch(&mut tx, guard.epoch).await?;
+        }
+        send_notes(&mut tx, &guard.notes).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn transition_tasks(&self, tasks: &[(i64, &Task)], from: TaskState) -> Result<Vec<bool>> {
-        if let [(num, task)] = tasks {
-            let done = bind_task(sqlx::query(UPDATE_TASK_FROM), *num, task)
-                .bind(from.as_str())
-                .execute(&self.pool)
-                .await?;
-            return Ok(vec![done.rows_affected() == 1]);
-        }
+    async fn transition_tasks(
+        &self,
+        tasks: &[(i64, &Task)],
+        from: TaskState,
+        guard: &Guard,
+    ) -> Result<Vec<bool>> {
         let mut tx = self.pool.begin().await?;
         let mut moved = Vec::with_capacity(tasks.len());
         for (num, task) in tasks {
             let done = bind_task(sqlx::query(UPDATE_TASK_FROM), *num, task)
                 .bind(from.as_str())
+                .bind(guard.epoch)
                 .execute(&mut *tx)
                 .await?;
             moved.push(done.rows_affected() == 1);
         }
+        if moved.contains(&false) {
+            check_epoch(&mut tx, guard.epoch).await?;
+        }
+        send_notes(&mut tx, &guard.notes).await?;
         tx.commit().await?;
         Ok(moved)
     }
@@ -461,29 +572,26 @@ impl Engine for Postgres {
         &self,
         chunks: &[Chunk],
         ended: &[(i64, &Task)],
+        guard: &Guard,
     ) -> Result<Vec<bool>> {
-        if chunks.len() + ended.len() == 1 {
-            if let Some(chunk) = chunks.first() {
-                chunk_insert(chunk).execute(&self.pool).await?;
-                return Ok(Vec::new());
-            }
-            let (num, task) = ended[0];
-            let done = bind_task(sqlx::query(UPDATE_TASK_FROM_RUNNING), num, task)
-                .execute(&self.pool)
-                .await?;
-            return Ok(vec![done.rows_affected() == 1]);
-        }
         let mut tx = self.pool.begin().await?;
+        let mut short = false;
         for chunk in chunks {
-            chunk_insert(chunk).execute(&mut *tx).await?;
+            let done = chunk_insert(chunk, guard.epoch).execute(&mut *tx).await?;
+            short |= done.rows_affected() == 0;
         }
         let mut written = Vec::with_capacity(ended.len());
         for (num, task) in ended {
             let done = bind_task(sqlx::query(UPDATE_TASK_FROM_RUNNING), *num, task)
+                .bind(guard.epoch)
                 .execute(&mut *tx)
                 .await?;
             written.push(done.rows_affected() == 1);
         }
+        if short || written.contains(&false) {
+            check_epoch(&mut tx, guard.epoch).await?;
+        }
+        send_notes(&mut tx, &guard.notes).await?;
         tx.commit().await?;
         Ok(written)
     }
@@ -576,6 +684,15 @@ impl EngineTx for PostgresTx {
         .execute(&mut *self.0)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn notify(&mut self, payload: &str) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::notes::CHANNEL)
+            .bind(payload)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
     }
 
     async fn insert_task(&mut self, num: i64, task: &Task) -> Result<()> {

@@ -2,7 +2,7 @@
 //! commits, its migrations applied by `PRAGMA user_version` (the scheme every release so far has
 //! used, so a data directory of any earlier release opens and is brought up to date).
 
-use super::{Chunk, Dialect, DocumentRow, Engine, EngineTx, LogSummary, TaskFilter};
+use super::{Chunk, Dialect, DocumentRow, Engine, EngineTx, Guard, LogSummary, TaskFilter};
 use super::{NODE_COLUMNS, TASK_COLUMNS, bind_task, page_bounds, read_node, read_task};
 use crate::{Result, StoreError, TaskQuery};
 use muster_core::TaskState;
@@ -416,14 +416,19 @@ impl Engine for Sqlite {
         ))
     }
 
-    async fn update_task(&self, num: i64, task: &Task) -> Result<()> {
+    async fn update_task(&self, num: i64, task: &Task, _guard: &Guard) -> Result<()> {
         bind_task(sqlx::query(UPDATE_TASK), num, task)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    async fn transition_tasks(&self, tasks: &[(i64, &Task)], from: TaskState) -> Result<Vec<bool>> {
+    async fn transition_tasks(
+        &self,
+        tasks: &[(i64, &Task)],
+        from: TaskState,
+        _guard: &Guard,
+    ) -> Result<Vec<bool>> {
         // One task needs no transaction around its one statement.
         if let [(num, task)] = tasks {
             let done = bind_task(sqlx::query(UPDATE_TASK_FROM), *num, task)
@@ -449,6 +454,7 @@ impl Engine for Sqlite {
         &self,
         chunks: &[Chunk],
         ended: &[(i64, &Task)],
+        _guard: &Guard,
     ) -> Result<Vec<bool>> {
         // One statement needs no transaction around it: a task that ends with its lines already
         // stored, or one task's lines, cost one round trip to SQLite.
@@ -565,6 +571,10 @@ impl EngineTx for SqliteTx {
         .execute(&mut *self.0)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn notify(&mut self, _payload: &str) -> Result<()> {
+        Ok(())
     }
 
     async fn insert_task(&mut self, num: i64, task: &Task) -> Result<()> {

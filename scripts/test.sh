@@ -19,6 +19,9 @@ command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 # The SSH worker tests start their own OpenSSH sshd (/usr/sbin, not always on PATH) and make keys.
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+# Several nodes behind one comms address: nginx's stream module balances the agents' connections.
+[ -x /usr/sbin/nginx ] || missing+=(nginx-core)
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "The tests need: ${missing[*]}. Install them, or run this script as root." >&2

@@ -290,3 +290,106 @@ fn a_paused_dispatcher_is_fenced_and_its_late_writes_are_refused() {
     );
     assert!(stored > 0);
 }
+
+/// nginx's `stream` module (Debian's `libnginx-mod-stream`) in front of the nodes' comms ports: one
+/// address for every agent. A node that does not dispatch does not listen, so nginx passes each
+/// connection on to the one that does.
+struct Balancer {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Balancer {
+    fn start(upstreams: &[u16]) -> Balancer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let servers: String = upstreams
+            .iter()
+            .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
+            .collect();
+        let config = format!(
+            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+             pid {dir}/nginx.pid;\n\
+             error_log {dir}/error.log info;\n\
+             events {{}}\n\
+             stream {{\n    upstream comms {{\n{servers}    }}\n    server {{\n        listen 127.0.0.1:{port};\n        proxy_pass comms;\n        proxy_connect_timeout 1s;\n        proxy_timeout 1h;\n    }}\n}}\n",
+            dir = dir.path().display()
+        );
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, config).unwrap();
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx runs (the test command installs nginx-core and libnginx-mod-stream)");
+        eventually_within("nginx to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Balancer {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A polling agent dials the nodes through one balanced address. The node that holds its link is
+/// killed (-9) while the agent's script prints numbered lines: the agent's next connection reaches
+/// the node that took over, which re-attaches to the script. The task ends Success with every line
+/// once, and the script ran once.
+#[test]
+fn killing_the_node_that_holds_an_agents_link_moves_the_agent_and_loses_no_line() {
+    let mut cluster = Cluster::start();
+    let ports: Vec<u16> = (1..=3).map(|n| cluster.node(n).comms_port).collect();
+    assert!(ports.iter().all(|p| *p != 0), "{ports:?}");
+    let balancer = Balancer::start(&ports);
+    cluster.nodes[1].as_mut().unwrap().comms_port = balancer.port;
+    let _agent = cluster.node(2).polling_agent("balanced");
+    cluster.node(2).wait_health("balanced", "Healthy");
+
+    let marker = cluster.node(2).dir.join("ran");
+    let script = format!(
+        "echo once >> '{}'\nfor i in $(seq 1 60); do echo \"n $i\"; sleep 0.1; done",
+        marker.display()
+    );
+    let task = cluster
+        .node(3)
+        .run_script("Spaces-1", json!({"ScriptBody": script}));
+    cluster.node(3).follow(&id(&task), |kind, data| {
+        !(kind == "line" && data["MessageText"] == "n 5")
+    });
+    cluster.take(1).kill();
+    let killed = Instant::now();
+    let (done, lines) = cluster.node(3).wait_task(&id(&task));
+    // The script had 5.5 of its 6 seconds to go: it ends within 30 seconds of the death.
+    let ended = killed.elapsed();
+    assert!(
+        ended < Duration::from_secs(30),
+        "ended {ended:?} after the kill"
+    );
+    assert_eq!(done["State"], "Success", "{done}");
+    assert_eq!(done["WorkerName"], "balanced");
+    let numbered: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["MessageText"].as_str())
+        .filter(|t| t.starts_with("n "))
+        .collect();
+    let expected: Vec<String> = (1..=60).map(|i| format!("n {i}")).collect();
+    assert_eq!(numbered, expected, "every line once, in order");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "once\n");
+}

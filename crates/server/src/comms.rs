@@ -270,6 +270,14 @@ impl Comms {
         }
     }
 
+    /// Closes every agent's link: this node stops dispatching, and its agents dial the node that
+    /// takes over.
+    pub fn close_all(&self) {
+        for link in self.links.lock().expect("comms lock").values() {
+            link.closer.cancel();
+        }
+    }
+
     fn remove(&self, thumbprint: &str, id: u64) {
         let mut links = self.links.lock().expect("comms lock");
         if links

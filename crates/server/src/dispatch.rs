@@ -49,7 +49,7 @@ impl Dispatcher {
             .cloned()
     }
 
-    fn running_count(&self) -> usize {
+    pub(crate) fn running_count(&self) -> usize {
         self.running.lock().expect("dispatcher lock").len()
     }
 

@@ -97,51 +97,95 @@ pub async fn heartbeat(app: App) {
 
 /// The dispatcher's work on this node: with the lease (`held`, its epoch), at once; without, once
 /// this node takes it over (after recovering what the last dispatcher left running). Then it
-/// dispatches, serves the comms port and checks health, keeping the lease while it does.
+/// dispatches, serves the comms port and checks health, keeping the lease while it does. Drained
+/// while another node could dispatch, it hands the role over once its running tasks have ended, and
+/// waits for it again once it is undrained.
 pub async fn dispatch_role(
     app: App,
     held: Option<i64>,
     comms: tokio::net::TcpListener,
     comms_address: std::net::SocketAddr,
 ) {
-    let (epoch, comms) = match held {
-        Some(epoch) => (epoch, comms),
-        None => {
-            drop(comms);
-            let epoch = take_lease(&app).await;
-            tracing::warn!(
-                epoch,
-                "node {} took the dispatcher's lease over",
-                app.config.node_name
-            );
-            let comms = loop {
-                match tokio::net::TcpListener::bind(comms_address).await {
-                    Ok(listener) => break listener,
-                    Err(error) => {
-                        tracing::error!(%error, "cannot listen for agents on {comms_address}; retrying");
-                        tokio::time::sleep(TRY_EVERY).await;
+    let mut held = held.map(|epoch| (epoch, comms));
+    loop {
+        let (epoch, comms) = match held.take() {
+            Some(held) => held,
+            None => {
+                let epoch = take_lease(&app).await;
+                tracing::warn!(
+                    epoch,
+                    "node {} took the dispatcher's lease over",
+                    app.config.node_name
+                );
+                let comms = loop {
+                    match tokio::net::TcpListener::bind(comms_address).await {
+                        Ok(listener) => break listener,
+                        Err(error) => {
+                            tracing::error!(%error, "cannot listen for agents on {comms_address}; retrying");
+                            tokio::time::sleep(TRY_EVERY).await;
+                        }
                     }
+                };
+                if let Err(error) = crate::dispatch::recover(&app).await {
+                    lost(&format!(
+                        "cannot recover the last dispatcher's tasks: {error:#}"
+                    ));
                 }
-            };
-            if let Err(error) = crate::dispatch::recover(&app).await {
-                lost(&format!(
-                    "cannot recover the last dispatcher's tasks: {error:#}"
-                ));
+                (epoch, comms)
             }
-            (epoch, comms)
+        };
+        app.node.set_dispatching(Some(epoch));
+        let mut duties = tokio::task::JoinSet::new();
+        duties.spawn(crate::dispatch::run(app.clone()));
+        duties.spawn(crate::comms::listen(app.clone(), comms));
+        duties.spawn(crate::health::health_loop(app.clone()));
+        keep_lease(&app, epoch).await;
+        // Handed over: nothing runs here any more; the agents dial the next dispatcher.
+        duties.abort_all();
+        while duties.join_next().await.is_some() {}
+        app.comms.close_all();
+        app.node.set_dispatching(None);
+        app.store.forget_dispatch_epoch();
+        crate::dispatch::resync(&app);
+        if let Err(error) = app.store.release_dispatch_lease(epoch).await {
+            tracing::warn!("cannot give the dispatcher's lease up: {error}");
         }
-    };
-    app.node.set_dispatching(Some(epoch));
-    let mut duties = tokio::task::JoinSet::new();
-    duties.spawn(crate::dispatch::run(app.clone()));
-    duties.spawn(crate::comms::listen(app.clone(), comms));
-    duties.spawn(crate::health::health_loop(app.clone()));
-    keep_lease(&app, epoch).await;
+        tracing::warn!(
+            "node {} is drained and idle: it handed the dispatcher's role over",
+            app.config.node_name
+        );
+    }
+}
+
+/// Whether this node, drained, may hand the dispatcher's role over now: nothing runs here, and
+/// another node is online and not drained (on PostgreSQL; SQLite has one node).
+async fn may_hand_over(app: &App) -> bool {
+    if !app.node.draining()
+        || app.store.engine_name() != "postgres"
+        || app.dispatcher.running_count() > 0
+    {
+        return false;
+    }
+    let at = now();
+    match app.store.nodes().await {
+        Ok(nodes) => nodes.iter().any(|node| {
+            node.name != app.config.node_name
+                && !node.is_in_maintenance_mode
+                && !is_offline(node, &at)
+        }),
+        Err(_) => false,
+    }
 }
 
 /// Waits until this node takes the dispatcher's lease; its epoch.
 async fn take_lease(app: &App) -> i64 {
     loop {
+        // A drained node does not take the role; with every node drained, one takes it anyway,
+        // so that queued tasks are still told why they wait.
+        if app.node.draining() && !every_node_drained(app).await {
+            tokio::time::sleep(TRY_EVERY).await;
+            continue;
+        }
         match app
             .store
             .take_dispatch_lease(&app.config.node_name, LEASE)
@@ -155,11 +199,15 @@ async fn take_lease(app: &App) -> i64 {
     }
 }
 
-/// Renews the lease for as long as this node runs; a lease lost ends the process.
+/// Renews the lease while this node dispatches; returns when a drained node may hand it over. A
+/// lease lost ends the process.
 async fn keep_lease(app: &App, epoch: i64) {
     let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
+        if may_hand_over(app).await {
+            return;
+        }
         match app.store.renew_dispatch_lease(epoch, LEASE).await {
             Ok(true) => renewed = tokio::time::Instant::now(),
             Ok(false) => lost("another node took the dispatcher's lease over"),
@@ -168,6 +216,17 @@ async fn keep_lease(app: &App, epoch: i64) {
             )),
             Err(error) => tracing::warn!("cannot renew the dispatcher's lease: {error}"),
         }
+    }
+}
+
+async fn every_node_drained(app: &App) -> bool {
+    let at = now();
+    match app.store.nodes().await {
+        Ok(nodes) => nodes
+            .iter()
+            .filter(|node| !is_offline(node, &at))
+            .all(|node| node.is_in_maintenance_mode),
+        Err(_) => false,
     }
 }
 
@@ -201,6 +260,12 @@ pub async fn follow_notes(
         match notes.recv().await {
             Ok(Note::NewTask(_)) | Ok(Note::Workers) => app.signals.dispatch.notify_one(),
             Ok(Note::Lines(id)) => app.logs.changed(&id),
+            Ok(Note::Node(name)) if name == app.config.node_name => {
+                if let Ok(Some(node)) = app.store.node(&name).await {
+                    apply(&app, &node);
+                }
+            }
+            Ok(Note::Node(_)) => {}
             Ok(Note::Task(id)) => {
                 app.logs.changed(&id);
                 crate::dispatch::heard_of_task(&app, &id).await;

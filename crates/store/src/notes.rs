@@ -23,6 +23,8 @@ pub enum Note {
     Lines(String),
     /// A space, worker pool or worker was written or deleted.
     Workers,
+    /// A node's record (its cap, its maintenance mode) was changed by an administrator.
+    Node(String),
     /// Notes may have been missed: read everything kept from them again.
     Resync,
 }
@@ -34,6 +36,7 @@ impl Note {
             Note::Task(id) => format!("{origin} task {id}"),
             Note::Lines(id) => format!("{origin} lines {id}"),
             Note::Workers => format!("{origin} workers -"),
+            Note::Node(name) => format!("{origin} node {name}"),
             Note::Resync => format!("{origin} resync -"),
         }
     }
@@ -48,6 +51,7 @@ impl Note {
             "task" => Note::Task(id()),
             "lines" => Note::Lines(id()),
             "workers" => Note::Workers,
+            "node" => Note::Node(id()),
             "resync" => Note::Resync,
             _ => return None,
         };
@@ -199,6 +203,11 @@ impl Store {
         }
     }
 
+    /// This node no longer dispatches: its writes of tasks hold no epoch.
+    pub fn forget_dispatch_epoch(&self) {
+        self.epoch.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub async fn release_dispatch_lease(&self, epoch: i64) -> Result<()> {
         match &*self.engine {
             Engines::Sqlite(_) => Ok(()),
@@ -241,6 +250,7 @@ mod tests {
             Note::Task("ServerTasks-3".into()),
             Note::Lines("ServerTasks-4".into()),
             Note::Workers,
+            Note::Node("node a".into()),
             Note::Resync,
         ] {
             assert_eq!(Note::decode(&note.encode("ab12")), Some(("ab12", note)));

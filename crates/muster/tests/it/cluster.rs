@@ -393,3 +393,61 @@ fn killing_the_node_that_holds_an_agents_link_moves_the_agent_and_loses_no_line(
     assert_eq!(numbered, expected, "every line once, in order");
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "once\n");
 }
+
+/// `GET /api/octopusservernodes/ping` of a node, without a key: its status.
+fn ping(node: &Server) -> u16 {
+    crate::support::client()
+        .get(format!("{}/api/octopusservernodes/ping", node.url))
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The dispatching node is drained (from another node): its ping answers 418 at once, its running
+/// task finishes there, and it then hands the dispatcher's role over; the task queued meanwhile
+/// runs on another node. Undrained, it stays a node that waits its turn.
+#[test]
+fn a_drained_dispatcher_finishes_its_task_and_hands_the_role_over() {
+    let cluster = Cluster::start();
+    let (n1, n2) = (cluster.node(1), cluster.node(2));
+    let go = n1.dir.join("go");
+    let running = n2.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": format!("echo started\nwhile [ ! -f '{}' ]; do sleep 0.05; done\necho finished", go.display())}),
+    );
+    n2.follow(&id(&running), |kind, data| {
+        !(kind == "line" && data["MessageText"] == "started")
+    });
+    let drained = crate::support::cli(n2, &["node", "drain", "n1", "--json"]);
+    assert!(drained.status.success(), "{drained:?}");
+    assert_eq!(ping(n1), 418);
+    assert_eq!(ping(n2), 200);
+    // n1 hears of it at once; a task queued now waits for the role to move.
+    let queued = n2.run_script("Spaces-1", json!({"ScriptBody": "echo elsewhere"}));
+    let waiting = eventually_within("the reason", Duration::from_secs(30), || {
+        let task = n2.ok(&format!("/api/tasks/{}", id(&queued)));
+        task["QueueReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("draining"))
+            .then_some(task)
+    });
+    assert_eq!(waiting["State"], "Queued", "{waiting}");
+    std::fs::write(&go, "").unwrap();
+    let (finished, _) = n2.wait_task(&id(&running));
+    assert_eq!(finished["State"], "Success", "{finished}");
+    assert_eq!(finished["ServerNode"], "n1");
+    let (elsewhere, _) = n2.wait_task(&id(&queued));
+    assert_eq!(elsewhere["State"], "Success", "{elsewhere}");
+    assert_ne!(elsewhere["ServerNode"], "n1");
+    let undrained = crate::support::cli(n2, &["node", "undrain", "n1"]);
+    assert!(undrained.status.success(), "{undrained:?}");
+    assert_eq!(ping(n1), 200);
+    let again = n1.run_script("Spaces-1", json!({"ScriptBody": "echo again"}));
+    let (again, _) = n1.wait_task(&id(&again));
+    assert_eq!(again["State"], "Success");
+    assert_eq!(
+        again["ServerNode"], elsewhere["ServerNode"],
+        "the role stays"
+    );
+}

@@ -205,6 +205,12 @@ pub async fn update(
         .ok_or_else(|| ApiError::not_found(&id))?;
     if node.name == app.config.node_name {
         nodes::apply(&app, &node);
+    } else {
+        // That node applies it at once, not at its next heartbeat.
+        let _ = app
+            .store
+            .note(muster_store::Note::Node(node.name.clone()))
+            .await;
     }
     let mut changes = Vec::new();
     if maintenance != existing.is_in_maintenance_mode {

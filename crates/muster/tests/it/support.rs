@@ -13,7 +13,7 @@ pub const KEY: &str = "API-MUSTERTESTADMINKEY0123456789";
 pub fn cli(server: &Server, args: &[&str]) -> std::process::Output {
     muster()
         .args(args)
-        .env("MUSTER_SERVER", &server.url)
+        .env("MUSTER_SERVER", server.any_url())
         .env("MUSTER_API_KEY", KEY)
         .output()
         .expect("muster runs")
@@ -75,6 +75,11 @@ pub struct Server {
     pub banner: Vec<String>,
     /// Everything it printed on stderr so far (its log).
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// In cluster mode (`MUSTER_TEST_NODES`), the other nodes on the same PostgreSQL database:
+    /// requests go to each node in turn. This server (node `n1`) dispatches; agents dial it.
+    pub others: Vec<Server>,
+    turn: std::sync::atomic::AtomicUsize,
+    _database: Option<muster_store::testing::TestDatabase>,
 }
 
 pub struct Reply {
@@ -126,9 +131,66 @@ impl Server {
     pub fn start_with(args: &[&str]) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let dir = temp.path().to_path_buf();
-        let mut server = Self::start_in(&dir, args).expect("server starts");
+        let nodes = std::env::var("MUSTER_TEST_NODES")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(1);
+        let mut server = if nodes > 1 && !args.contains(&"--database") {
+            Self::start_cluster(&dir, args, nodes)
+        } else {
+            Self::start_in(&dir, args).expect("server starts")
+        };
         server._temp = Some(temp);
         server
+    }
+
+    /// Cluster mode: `nodes` nodes on a PostgreSQL database of their own, the first in `dir` and
+    /// each other in a directory beside it holding the first node's key and certificate.
+    fn start_cluster(dir: &Path, args: &[&str], nodes: usize) -> Server {
+        let database = muster_store::testing::TestDatabase::create();
+        let with = |name: &str| {
+            let mut all = vec![
+                "--database".to_string(),
+                database.url().to_string(),
+                "--node-name".to_string(),
+                name.to_string(),
+            ];
+            all.extend(args.iter().map(|a| a.to_string()));
+            all
+        };
+        let first_args = with("n1");
+        let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+        let mut first = Self::start_in(dir, &first_args).expect("node n1 starts");
+        for n in 2..=nodes {
+            let other = dir.join(format!("node-n{n}"));
+            std::fs::create_dir_all(other.join("server-certificate")).unwrap();
+            std::fs::copy(dir.join("secrets.key"), other.join("secrets.key")).unwrap();
+            for entry in std::fs::read_dir(dir.join("server-certificate")).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(
+                    entry.path(),
+                    other.join("server-certificate").join(entry.file_name()),
+                )
+                .unwrap();
+            }
+            let node_args = with(&format!("n{n}"));
+            let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+            first
+                .others
+                .push(Self::start_in(&other, &node_args).expect("another node starts"));
+        }
+        first._database = Some(database);
+        first
+    }
+
+    /// The address of the node whose turn it is (in cluster mode each request goes to the next).
+    pub fn any_url(&self) -> &str {
+        let turn =
+            self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (self.others.len() + 1);
+        match turn {
+            0 => &self.url,
+            n => &self.others[n - 1].url,
+        }
     }
 
     /// Starts a server on an existing data dir (a restart), or returns what it printed when it fails.
@@ -210,6 +272,9 @@ impl Server {
                             _stdout: rx,
                             banner,
                             stderr: stderr_text,
+                            others: Vec::new(),
+                            turn: Default::default(),
+                            _database: None,
                         });
                     }
                 }
@@ -273,7 +338,7 @@ impl Server {
     pub fn request(&self, method: &str, path: &str) -> reqwest::blocking::RequestBuilder {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         self.http
-            .request(method, format!("{}{}", self.url, path))
+            .request(method, format!("{}{}", self.any_url(), path))
             .header("X-Octopus-ApiKey", KEY)
     }
 
@@ -306,7 +371,7 @@ impl Server {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self
             .http
-            .request(method, format!("{}{}", self.url, path))
+            .request(method, format!("{}{}", self.any_url(), path))
             .header("X-Octopus-ApiKey", key);
         if let Some(body) = body {
             request = request.json(body);

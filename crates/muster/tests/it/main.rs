@@ -11,6 +11,7 @@ mod conventions;
 mod crash;
 mod db_copy;
 mod events;
+mod failover;
 mod inputs;
 mod logs;
 mod nodes;

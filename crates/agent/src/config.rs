@@ -15,9 +15,13 @@ pub struct AgentConfig {
     pub listen_port: Option<u16>,
     /// Server certificate thumbprints this agent accepts.
     pub trusted_thumbprints: Vec<String>,
-    /// Where a polling agent dials: the server's REST address and its comms port.
+    /// Where a polling agent dials: the server's REST address and its comms port, unless
+    /// `server_comms_addresses` lists addresses of its own.
     pub server: Option<String>,
     pub server_comms_port: Option<u16>,
+    /// The comms addresses (`host:port`, `[v6]:port`) of the server's nodes, which a polling agent
+    /// dials in turn until one answers. Empty: the REST address's host and `server_comms_port`.
+    pub server_comms_addresses: Vec<String>,
     /// The server's REST address this agent last registered with (polling or listening), which
     /// `deregister-worker` uses when it is not given `--server`.
     pub registered_with: Option<String>,
@@ -25,6 +29,130 @@ pub struct AgentConfig {
     pub subscription_id: Option<String>,
     /// Where the agent's scripts get their working directories.
     pub work_dir: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The addresses a polling agent dials, in order: the configured list, or the REST address's
+    /// host with the comms port. An error when the configuration names none, or holds a bad one.
+    pub fn polling_addresses(&self) -> anyhow::Result<Vec<CommsAddress>> {
+        if !self.server_comms_addresses.is_empty() {
+            return self
+                .server_comms_addresses
+                .iter()
+                .map(|a| {
+                    a.parse().map_err(|e: String| {
+                        anyhow::anyhow!("agent.json's ServerCommsAddresses: {e}")
+                    })
+                })
+                .collect();
+        }
+        let Some(server) = &self.server else {
+            anyhow::bail!("the configuration names no server to dial");
+        };
+        Ok(vec![CommsAddress {
+            host: server_host(server)?,
+            port: self.server_comms_port.unwrap_or(DEFAULT_SERVER_COMMS_PORT),
+        }])
+    }
+}
+
+/// The host part of the server's REST address, which the comms port shares by default.
+fn server_host(server: &str) -> anyhow::Result<String> {
+    let rest = server.split("://").nth(1).unwrap_or(server);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    if host.is_empty() {
+        anyhow::bail!("cannot tell the server's host from '{server}'");
+    }
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
+}
+
+/// One comms address of a server node: a host name or IP address, and a port. It reads and prints
+/// as `host:port`, an IPv6 address in brackets (`[::1]:10943`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommsAddress {
+    /// Without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for CommsAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for CommsAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<CommsAddress, String> {
+        let text = text.trim();
+        let example = "such as muster1.example:10943 or [::1]:10943";
+        if text.is_empty() {
+            return Err(format!("an empty address: give HOST:PORT, {example}"));
+        }
+        if text.contains("://") {
+            return Err(format!(
+                "'{text}' is a URL: give HOST:PORT without a scheme, {example}"
+            ));
+        }
+        if text.contains(['/', '?', '#', '@']) || text.contains(char::is_whitespace) {
+            return Err(format!("'{text}' is not HOST:PORT, {example}"));
+        }
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let Some((host, after)) = rest.split_once(']') else {
+                return Err(format!("'{text}' opens '[' but never closes it"));
+            };
+            let Some(port) = after.strip_prefix(':') else {
+                return Err(format!("'{text}' has no port: give HOST:PORT, {example}"));
+            };
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!(
+                    "'{text}': only an IPv6 address goes in brackets, and '{host}' is not one"
+                ));
+            }
+            (host, port)
+        } else {
+            let Some((host, port)) = text.rsplit_once(':') else {
+                return Err(format!("'{text}' has no port: give HOST:PORT, {example}"));
+            };
+            if host.contains(':') {
+                return Err(format!(
+                    "'{text}': an IPv6 address goes in brackets, as in [::1]:10943"
+                ));
+            }
+            (host, port)
+        };
+        if host.is_empty() {
+            return Err(format!("'{text}' has no host: give HOST:PORT, {example}"));
+        }
+        let port = match port.parse::<u16>() {
+            Ok(0) => return Err(format!("'{text}': the port must be 1 to 65535, not 0")),
+            Ok(port) => port,
+            Err(_) if port.is_empty() => {
+                return Err(format!("'{text}' has no port: give HOST:PORT, {example}"));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "'{text}': the port must be a number from 1 to 65535, not '{port}'"
+                ));
+            }
+        };
+        Ok(CommsAddress {
+            host: host.to_string(),
+            port,
+        })
+    }
 }
 
 /// The home directory: `--home`, `MUSTER_AGENT_HOME`, or a per-user default.
@@ -199,4 +327,63 @@ pub fn new_subscription_id() -> String {
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
     format!("poll://{id}/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<String, String> {
+        text.parse::<CommsAddress>().map(|a| a.to_string())
+    }
+
+    #[test]
+    fn comms_addresses_read_and_print_as_host_and_port() {
+        assert_eq!(
+            parse("muster1.example:10943").unwrap(),
+            "muster1.example:10943"
+        );
+        assert_eq!(parse(" 127.0.0.1:1 ").unwrap(), "127.0.0.1:1");
+        assert_eq!(parse("[::1]:10943").unwrap(), "[::1]:10943");
+        let v6 = "[::1]:10943".parse::<CommsAddress>().unwrap();
+        assert_eq!(v6.host, "::1");
+        for (bad, says) in [
+            ("muster1.example", "has no port"),
+            ("muster1.example:", "has no port"),
+            ("muster1.example:0", "not 0"),
+            ("muster1.example:70000", "1 to 65535"),
+            (":10943", "has no host"),
+            ("[]:10943", "not one"),
+            ("", "empty"),
+            ("https://muster1.example:10943", "is a URL"),
+            ("::1:10943", "in brackets"),
+            ("[::1]", "has no port"),
+            ("muster1.example:10943/x", "not HOST:PORT"),
+        ] {
+            let error = parse(bad).expect_err(bad);
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_old_configuration_dials_the_rest_host_and_comms_port() {
+        let config: AgentConfig =
+            serde_json::from_str(r#"{"Server": "http://[::1]:8080", "ServerCommsPort": 10950}"#)
+                .unwrap();
+        let addresses = config.polling_addresses().unwrap();
+        assert_eq!(addresses.len(), 1);
+        assert_eq!(addresses[0].to_string(), "[::1]:10950");
+        let config = AgentConfig {
+            server: Some("http://muster.example:8080".into()),
+            server_comms_addresses: vec!["a.example:1".into(), "b.example:2".into()],
+            ..Default::default()
+        };
+        let addresses: Vec<String> = config
+            .polling_addresses()
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(addresses, ["a.example:1", "b.example:2"]);
+    }
 }

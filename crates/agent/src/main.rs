@@ -8,7 +8,7 @@ mod service;
 mod tickets;
 
 use clap::{Parser, Subcommand};
-use config::{DEFAULT_SERVER_COMMS_PORT, Home};
+use config::{CommsAddress, DEFAULT_SERVER_COMMS_PORT, Home};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -53,7 +53,22 @@ enum Command {
         /// Where scripts get their working directories.
         #[arg(long, alias = "app")]
         work_dir: Option<PathBuf>,
+        /// Add a comms address of a server node a polling agent dials, HOST:PORT or [IPv6]:PORT
+        /// (repeatable; tried in the order listed).
+        #[arg(
+            long = "server-comms-address",
+            alias = "serverCommsAddress",
+            value_name = "HOST:PORT"
+        )]
+        server_comms_addresses: Vec<CommsAddress>,
+        /// Forget every comms address first (with none, a polling agent dials its server's REST
+        /// host on --server-comms-port, as registered).
+        #[arg(long, alias = "resetServerCommsAddresses")]
+        reset_server_comms_addresses: bool,
     },
+    /// Prints the agent's configuration (agent.json) as JSON, with the addresses a polling agent
+    /// dials in order (`PollingAddresses`).
+    ShowConfiguration,
     /// Registers this machine as a worker of a Muster server.
     RegisterWorker(RegisterArgs),
     /// Removes the workers that carry this agent's thumbprint.
@@ -141,9 +156,18 @@ struct RegisterArgs {
     /// TentacleActive (polling: the agent dials the server) or TentaclePassive (listening).
     #[arg(long, alias = "commsStyle", default_value = "TentaclePassive")]
     comms_style: String,
-    /// The server's comms port, which a polling agent dials.
+    /// The server's comms port, which a polling agent dials on the --server host.
     #[arg(long, alias = "serverCommsPort", default_value_t = DEFAULT_SERVER_COMMS_PORT)]
     server_comms_port: u16,
+    /// A comms address of a server node, HOST:PORT or [IPv6]:PORT (repeatable): a polling agent
+    /// dials these in order, moving to the next when one fails or its link closes, instead of the
+    /// --server host and --server-comms-port.
+    #[arg(
+        long = "server-comms-address",
+        alias = "serverCommsAddress",
+        value_name = "HOST:PORT"
+    )]
+    server_comms_addresses: Vec<CommsAddress>,
     /// The name the server dials a listening agent at (default: the host name).
     #[arg(long, alias = "publicHostName", alias = "publicHostname")]
     public_hostname: Option<String>,
@@ -203,8 +227,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             trust,
             reset_trust,
             work_dir,
+            server_comms_addresses,
+            reset_server_comms_addresses,
         } => {
             let mut config = home.load()?;
+            if reset_server_comms_addresses {
+                config.server_comms_addresses.clear();
+            }
+            for address in server_comms_addresses {
+                let address = address.to_string();
+                if !config.server_comms_addresses.contains(&address) {
+                    config.server_comms_addresses.push(address);
+                }
+            }
             if reset_trust {
                 config.trusted_thumbprints.clear();
             }
@@ -242,6 +277,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     config.trusted_thumbprints.len()
                 ),
             }
+            if !config.server_comms_addresses.is_empty() {
+                println!(
+                    "Polling dials {} in this order",
+                    config.server_comms_addresses.join(", ")
+                );
+            }
+        }
+        Command::ShowConfiguration => {
+            // Showing creates nothing: it reads agent.json, or shows the defaults.
+            let config = home.load()?;
+            let mut shown = serde_json::to_value(&config)?;
+            if config.subscription_id.is_some() {
+                let addresses = config.polling_addresses()?;
+                shown["PollingAddresses"] = addresses.iter().map(|a| a.to_string()).collect();
+            }
+            println!("{}", serde_json::to_string_pretty(&shown)?);
         }
         Command::RegisterWorker(args) => {
             let registration = register::Registration {
@@ -254,6 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 policy: args.policy,
                 comms_style: args.comms_style,
                 server_comms_port: args.server_comms_port,
+                server_comms_addresses: args.server_comms_addresses,
                 listen_port: args.listen_port,
                 force: args.force,
             };

@@ -2,7 +2,7 @@
 //! document, the current user and their spaces, the server certificate (whose thumbprint the agent
 //! trusts), an existing worker of the same name, the policy, the pools, then the worker itself.
 
-use crate::config::{AgentConfig, Home, new_subscription_id};
+use crate::config::{AgentConfig, CommsAddress, Home, new_subscription_id};
 use anyhow::{Context, anyhow, bail};
 use muster_cli::client::{Client, encode};
 use reqwest::Method;
@@ -18,6 +18,9 @@ pub struct Registration {
     /// `TentacleActive` (polling) or `TentaclePassive` (listening).
     pub comms_style: String,
     pub server_comms_port: u16,
+    /// The comms addresses of the server's nodes, dialled in order; empty: the REST host on
+    /// `server_comms_port`.
+    pub server_comms_addresses: Vec<CommsAddress>,
     pub public_hostname: String,
     pub listen_port: Option<u16>,
     pub force: bool,
@@ -84,6 +87,15 @@ async fn trust_server(
 }
 
 pub async fn register(home: &Home, r: Registration) -> anyhow::Result<Value> {
+    let polling = matches!(
+        r.comms_style.to_ascii_lowercase().as_str(),
+        "tentacleactive" | "polling"
+    );
+    if !polling && !r.server_comms_addresses.is_empty() {
+        bail!(
+            "--server-comms-address is where a polling agent dials: give it with --comms-style TentacleActive"
+        );
+    }
     let identity = home.identity()?;
     let mut config = home.load()?;
     let client = Client::new(&r.server, Some(r.api_key.clone()))?;
@@ -166,6 +178,15 @@ pub async fn register(home: &Home, r: Registration) -> anyhow::Result<Value> {
             config.subscription_id = Some(subscription.clone());
             config.server = Some(r.server.trim_end_matches('/').to_string());
             config.server_comms_port = Some(r.server_comms_port);
+            // This registration says where to dial: its list, or (none given) the REST host.
+            let mut addresses: Vec<String> = Vec::new();
+            for address in &r.server_comms_addresses {
+                let address = address.to_string();
+                if !addresses.contains(&address) {
+                    addresses.push(address);
+                }
+            }
+            config.server_comms_addresses = addresses;
             // A polling agent dials out; it listens only when asked to.
             config.listen_port = r.listen_port;
             json!({"CommunicationStyle": "TentacleActive", "Uri": subscription, "Thumbprint": thumbprint})

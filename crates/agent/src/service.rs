@@ -1,7 +1,7 @@
 //! `muster-agent run`: serves the script RPC to the server, by listening for it, by dialling it
 //! (polling), or both. Scripts run through `muster-exec`, the built-in worker's code.
 
-use crate::config::{AgentConfig, Home};
+use crate::config::{AgentConfig, CommsAddress, Home};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -577,26 +577,17 @@ async fn listen(
     }
 }
 
-/// The host part of the server's REST address, which the comms port shares.
-fn server_host(server: &str) -> anyhow::Result<String> {
-    let rest = server.split("://").nth(1).unwrap_or(server);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let host = match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    };
-    if host.is_empty() {
-        bail!("cannot tell the server's host from '{server}'");
-    }
-    Ok(host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string())
-}
+/// A link shorter than this does not count as up: the next address is still tried at once, but a
+/// server that accepts and drops the agent at once counts as a failed dial, so it cannot make the
+/// agent spin.
+const STEADY_LINK: Duration = Duration::from_secs(1);
 
+/// Holds one link to any one of the server's nodes. The addresses are tried in order, starting
+/// from the one that last worked; a link that closes sends the agent to the next address at once.
+/// Only a whole round of failed dials waits: the capped exponential backoff, or the longer delay
+/// for refusals when every address refused this agent.
 async fn poll(
-    server: String,
-    port: u16,
+    addresses: Vec<CommsAddress>,
     subscription: String,
     identity: Arc<muster_proto::Identity>,
     config: AgentConfig,
@@ -611,43 +602,70 @@ async fn poll(
         }
     };
     let connector = tokio_rustls::TlsConnector::from(tls);
-    let host = match server_host(&server) {
-        Ok(host) => host,
-        Err(error) => {
-            eprintln!("muster-agent: {error}");
-            return;
-        }
-    };
+    let count = addresses.len();
+    if count == 0 {
+        eprintln!("muster-agent: no comms address to dial");
+        return;
+    }
+    // The address to dial next, and this round's dials so far and refusals among them.
+    let (mut next, mut last_worked) = (0, 0);
+    let (mut tried, mut refused) = (0, 0);
+    // Whole rounds failed in a row, and rounds in which every address refused.
     let mut failures: u32 = 0;
     let mut refusals: u32 = 0;
     loop {
-        let started = tokio::time::Instant::now();
-        match rpc::dial_polling(&connector, &host, port, &subscription).await {
+        let (index, address) = (next, &addresses[next]);
+        next = (next + 1) % count;
+        match rpc::dial_polling(&connector, &address.host, address.port, &subscription).await {
             Ok(stream) => {
-                refusals = 0;
-                println!("muster-agent is connected to {host}:{port} as {subscription}");
+                let up = tokio::time::Instant::now();
+                (last_worked, refusals) = (index, 0);
+                println!("muster-agent is connected to {address} as {subscription}");
                 serve(stream, scripts.clone()).await;
+                let then = if count == 1 {
+                    "dialling it again".to_string()
+                } else {
+                    format!("trying {}", addresses[next])
+                };
+                println!("muster-agent: the link to {address} closed; {then}");
+                // A new round starts at the next address and ends with this one.
+                (tried, refused) = (0, 0);
+                if up.elapsed() >= STEADY_LINK {
+                    failures = 0;
+                    continue;
+                }
             }
-            // The server refused this agent: say why, and wait longer each time (up to a minute),
-            // since only its operator can mend it.
+            // The server refused this agent: say why; only its operator can mend it.
             Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-                refusals = refusals.saturating_add(1);
-                let delay = rpc::refused_delay(refusals);
-                eprintln!(
-                    "muster-agent: the server at {host}:{port} refused this agent: {error}; trying again in {}s",
-                    delay.as_secs()
-                );
-                tokio::time::sleep(delay).await;
-                continue;
+                refused += 1;
+                eprintln!("muster-agent: the server at {address} refused this agent: {error}");
             }
-            Err(error) => eprintln!("muster-agent: cannot connect to {host}:{port}: {error:#}"),
+            Err(error) => eprintln!("muster-agent: cannot connect to {address}: {error:#}"),
         }
-        // Capped exponential backoff with jitter; a connection that lasted resets it.
-        if started.elapsed() > Duration::from_secs(30) {
-            failures = 0;
+        tried += 1;
+        if tried < count {
+            continue;
         }
-        failures = failures.saturating_add(1);
-        tokio::time::sleep(rpc::reconnect_delay(failures)).await;
+        // A whole round failed: wait, longer each round, then start again from the address that
+        // last worked.
+        let delay = if refused == count {
+            refusals = refusals.saturating_add(1);
+            rpc::refused_delay(refusals)
+        } else {
+            failures = failures.saturating_add(1);
+            rpc::reconnect_delay(failures)
+        };
+        if count > 1 {
+            eprintln!(
+                "muster-agent: none of the {count} comms addresses took this agent; trying again from {} in {} ms",
+                addresses[last_worked],
+                delay.as_millis()
+            );
+        } else if refused == count {
+            eprintln!("muster-agent: trying again in {}s", delay.as_secs());
+        }
+        (tried, refused, next) = (0, 0, last_worked);
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -690,15 +708,14 @@ pub async fn run(home: &Home, listen_address: &str) -> anyhow::Result<()> {
             scripts.clone(),
         ));
     }
-    if let (Some(server), Some(subscription)) =
-        (config.server.clone(), config.subscription_id.clone())
-    {
-        let port = config
-            .server_comms_port
-            .unwrap_or(crate::config::DEFAULT_SERVER_COMMS_PORT);
+    if let (true, Some(subscription)) = (
+        config.server.is_some() || !config.server_comms_addresses.is_empty(),
+        config.subscription_id.clone(),
+    ) {
+        let addresses = config.polling_addresses()?;
         let (identity, config, scripts) = (identity.clone(), config.clone(), scripts.clone());
         jobs.spawn(async move {
-            poll(server, port, subscription, identity, config, scripts).await;
+            poll(addresses, subscription, identity, config, scripts).await;
             Ok(())
         });
     }

@@ -12,6 +12,7 @@ mod conventions;
 mod crash;
 mod db_copy;
 mod events;
+mod failover;
 mod inputs;
 mod logs;
 mod nodes;

@@ -348,10 +348,10 @@ impl Drop for Balancer {
     }
 }
 
-/// A polling agent dials the nodes through one balanced address. The node that holds its link is
-/// killed (-9) while the agent's script prints numbered lines: the agent's next connection reaches
-/// the node that took over, which re-attaches to the script. The task ends Success with every line
-/// once, and the script ran once.
+/// A polling agent dials the nodes through one balanced address (nginx). The node that holds its
+/// link is killed (-9) while the agent's script prints numbered lines: the agent's next connection
+/// reaches the node that took over, which re-attaches to the script. The task ends Success with
+/// every line once, and the script ran once.
 #[test]
 fn killing_the_node_that_holds_an_agents_link_moves_the_agent_and_loses_no_line() {
     let mut cluster = Cluster::start();
@@ -361,7 +361,48 @@ fn killing_the_node_that_holds_an_agents_link_moves_the_agent_and_loses_no_line(
     cluster.nodes[1].as_mut().unwrap().comms_port = balancer.port;
     let _agent = cluster.node(2).polling_agent("balanced");
     cluster.node(2).wait_health("balanced", "Healthy");
+    the_agents_script_outlives_its_node(&mut cluster, "balanced");
+}
 
+/// The same without a balancer: the agent is given every node's comms address and moves to the
+/// next when its node dies.
+#[test]
+fn an_agent_given_every_nodes_address_moves_when_its_node_dies() {
+    let mut cluster = Cluster::start();
+    let home = cluster.node(2).dir.join("agent-listed");
+    let mut args = vec![
+        "register-worker".to_string(),
+        "--server".into(),
+        cluster.node(2).url.clone(),
+        "--api-key".into(),
+        crate::support::KEY.into(),
+        "--name".into(),
+        "listed".into(),
+        "--worker-pool".into(),
+        "Default Worker Pool".into(),
+        "--comms-style".into(),
+        "TentacleActive".into(),
+    ];
+    for n in 1..=3 {
+        args.push("--server-comms-address".into());
+        args.push(format!("127.0.0.1:{}", cluster.node(n).comms_port));
+    }
+    let registered = crate::support::agent()
+        .arg("--home")
+        .arg(&home)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(registered.status.success(), "{registered:?}");
+    let agent = crate::support::Agent::start(&home);
+    agent.wait_for("is connected to");
+    cluster.node(2).wait_health("listed", "Healthy");
+    the_agents_script_outlives_its_node(&mut cluster, "listed");
+}
+
+/// Kills the dispatcher (n1, which holds the agent's link) while the agent's script prints: the
+/// task ends Success within 30 seconds of the death, with every line once; the script ran once.
+fn the_agents_script_outlives_its_node(cluster: &mut Cluster, worker: &str) {
     let marker = cluster.node(2).dir.join("ran");
     let script = format!(
         "echo once >> '{}'\nfor i in $(seq 1 60); do echo \"n $i\"; sleep 0.1; done",
@@ -383,7 +424,7 @@ fn killing_the_node_that_holds_an_agents_link_moves_the_agent_and_loses_no_line(
         "ended {ended:?} after the kill"
     );
     assert_eq!(done["State"], "Success", "{done}");
-    assert_eq!(done["WorkerName"], "balanced");
+    assert_eq!(done["WorkerName"], worker);
     let numbered: Vec<&str> = lines
         .iter()
         .filter_map(|l| l["MessageText"].as_str())

@@ -43,6 +43,7 @@ pub async fn node(client: &Client, json: bool, command: NodeCommand) -> anyhow::
                         output::text(&n["IsInMaintenanceMode"]),
                         output::text(&n["LastSeen"]),
                         output::text(&n["IsOffline"]),
+                        output::text(&n["IsDispatcher"]),
                     ]
                 })
                 .collect();
@@ -54,6 +55,7 @@ pub async fn node(client: &Client, json: bool, command: NodeCommand) -> anyhow::
                     "MAINTENANCE",
                     "LAST SEEN",
                     "OFFLINE",
+                    "DISPATCHER",
                 ],
                 rows,
             );

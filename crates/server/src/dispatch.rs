@@ -33,8 +33,6 @@ pub struct Dispatcher {
     last_space: Mutex<Option<String>>,
     /// The queued tasks.
     queue: Mutex<Queue>,
-    /// The task tokens of the tasks running on this node, only in memory.
-    tokens: Mutex<TaskTokens>,
     /// What passes read of each space, with the store's workers generation it was read at: a
     /// pass reads a space again only after a space, pool or worker was written.
     views: Mutex<HashMap<String, (u64, std::sync::Arc<SpaceView>)>>,
@@ -52,43 +50,6 @@ impl Dispatcher {
     pub(crate) fn running_count(&self) -> usize {
         self.running.lock().expect("dispatcher lock").len()
     }
-
-    /// The task token of a running task, made when first asked for.
-    pub fn token_of(&self, task_id: &str) -> String {
-        let mut tokens = self.tokens.lock().expect("dispatcher lock");
-        if let Some(token) = tokens.by_task.get(task_id) {
-            return token.clone();
-        }
-        let token = format!("MTT-{}", hex::encode(rand::random::<[u8; 32]>()));
-        tokens.by_task.insert(task_id.to_string(), token.clone());
-        tokens.by_token.insert(token.clone(), task_id.to_string());
-        token
-    }
-
-    /// The running task a token was given to, or None (never given, or its task has ended).
-    pub fn task_of_token(&self, token: &str) -> Option<String> {
-        self.tokens
-            .lock()
-            .expect("dispatcher lock")
-            .by_token
-            .get(token)
-            .cloned()
-    }
-
-    fn revoke_token(&self, task_id: &str) {
-        let mut tokens = self.tokens.lock().expect("dispatcher lock");
-        if let Some(token) = tokens.by_task.remove(task_id) {
-            tokens.by_token.remove(&token);
-        }
-    }
-}
-
-/// `MUSTER_TASK_TOKEN`: 32 random bytes given to a task's scripts while it runs, kept only in this
-/// server's memory (a restart invalidates them all). A run created with one is that task's child.
-#[derive(Default)]
-struct TaskTokens {
-    by_task: HashMap<String, String>,
-    by_token: HashMap<String, String>,
 }
 
 /// What one dispatch pass reads of a space, once.
@@ -1211,7 +1172,6 @@ async fn start_health(app: &App, mut task: Task) -> anyhow::Result<()> {
 
 /// Frees what a task held on this node: its leases, its slot, its stop handle.
 fn forget(app: &App, task_id: &str) {
-    app.dispatcher.revoke_token(task_id);
     app.ledger().end(task_id);
     app.dispatcher
         .running
@@ -1237,7 +1197,7 @@ async fn run_script_task(
         app.logs.append(&id, LogCategory::Verbose, line);
     }
     // Masked in every line, as a sensitive value is.
-    let token = app.dispatcher.token_of(&id);
+    let token = app.store.task_token(&id);
     let mask = |text: String| -> String {
         if text.contains(token.as_str()) {
             text.replace(token.as_str(), muster_core::variables::MASK)

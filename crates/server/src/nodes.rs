@@ -44,6 +44,15 @@ pub fn is_offline(node: &Node, at: &Timestamp) -> bool {
     silent.to_std().unwrap_or_default() > HEARTBEAT * OFFLINE_AFTER_BEATS
 }
 
+/// The name of the node that dispatches now: on SQLite this one; on PostgreSQL the lease's holder,
+/// if its lease runs.
+pub async fn dispatcher(app: &App) -> muster_store::Result<Option<String>> {
+    if app.store.engine_name() == "sqlite" {
+        return Ok(Some(app.config.node_name.clone()));
+    }
+    app.store.dispatch_lease_holder().await
+}
+
 /// Writes this node's first heartbeat (with `--task-cap` when given) and takes its stored cap and
 /// maintenance mode.
 pub async fn register(app: &App) -> anyhow::Result<Node> {

@@ -1312,7 +1312,7 @@ const OPS: &[Op] = &[
         "get",
         "/api/octopusServerNodes/summary",
         "Server nodes",
-        "Every node with IsOffline (not seen for 3 heartbeats of 5 s), LastSeen, RunningTaskCount and Version.",
+        "Every node with IsOffline (not seen for 3 heartbeats of 5 s), LastSeen, RunningTaskCount, Version and IsDispatcher (the node that holds the dispatcher's lease).",
         &[],
         None,
         "OctopusServerClusterSummary",
@@ -1890,7 +1890,7 @@ fn schemas() -> Value {
         "OctopusServerNodeArray": array_of("OctopusServerNode"),
         "OctopusServerNodeSummary": object(&["Id", "Name"], json!({
             "Id": s, "Name": s, "MaxConcurrentTasks": i, "IsInMaintenanceMode": b, "IsOffline": b, "LastSeen": s,
-            "RunningTaskCount": i, "Version": s, "Links": links
+            "RunningTaskCount": i, "Version": s, "IsDispatcher": b, "Links": links
         })),
         "OctopusServerClusterSummary": object(&["Nodes"], json!({
             "Nodes": array_of("OctopusServerNodeSummary"), "Links": links

@@ -85,12 +85,9 @@ pub fn location_key(location: &Location, default_pool: Option<&str>) -> String {
 /// waits: the parent lends it its leases and task-cap slot, and a cycle of waits is named.
 pub async fn token_origin(app: &App, space_id: &str, token: &str) -> Result<Origin, String> {
     let invalid = || {
-        "The task token (X-Muster-Task-Token) is not valid: its task has ended, or this server did not give it (tokens do not survive a restart).".to_string()
+        "The task token (X-Muster-Task-Token) is not valid: its task has ended, or this server did not give it.".to_string()
     };
-    let task_id = app
-        .dispatcher
-        .task_of_token(token.trim())
-        .ok_or_else(invalid)?;
+    let task_id = app.store.task_of_token(token.trim()).ok_or_else(invalid)?;
     let parent = app
         .store
         .get_task(&task_id)
@@ -299,7 +296,7 @@ async fn execute(driver: &Driver<'_>, leases: &[Lease]) -> anyhow::Result<(TaskS
     let default_pool = pools.iter().find(|p| p.is_default).map(|p| p.id.clone());
     {
         let mut shared = driver.shared.lock().expect("run lock");
-        shared.masker.add(&app.dispatcher.token_of(&task.id));
+        shared.masker.add(&app.store.task_token(&task.id));
         for (name, value, sensitive) in run_variables(&run) {
             if sensitive {
                 shared.masker.add(&value);
@@ -563,7 +560,7 @@ async fn invoke(
         ("MUSTER_SPACE_ID".into(), driver.task.space_id.clone()),
         (
             "MUSTER_TASK_TOKEN".into(),
-            driver.app.dispatcher.token_of(&driver.task.id),
+            driver.app.store.task_token(&driver.task.id),
         ),
     ];
     // The helpers read the values from the environment, where one string may hold 128 KiB.

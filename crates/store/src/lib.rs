@@ -203,6 +203,17 @@ impl Store {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The token of a running task's scripts (`MUSTER_TASK_TOKEN`), signed with the database's key.
+    pub fn task_token(&self, task_id: &str) -> String {
+        self.sealer.task_token(task_id)
+    }
+
+    /// The task a token was given for, if it was signed with the database's key (whether that task
+    /// still runs is the caller's to check).
+    pub fn task_of_token(&self, token: &str) -> Option<String> {
+        self.sealer.task_of_token(token)
+    }
+
     /// Which engine the store runs on: "sqlite" or "postgres".
     pub fn engine_name(&self) -> &'static str {
         match &*self.engine {

@@ -18,6 +18,9 @@ const KEY_LEN: usize = 32;
 
 pub struct Sealer {
     key: LessSafeKey,
+    /// Signs task tokens: derived from the same file, so every node of a database verifies the
+    /// tokens any node gave.
+    tokens: ring::hmac::Key,
     rng: SystemRandom,
 }
 
@@ -53,8 +56,13 @@ impl Sealer {
                 bytes.len()
             ))
         })?;
+        let derived = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes),
+            b"muster task tokens v1",
+        );
         Ok(Sealer {
             key: LessSafeKey::new(key),
+            tokens: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref()),
             rng,
         })
     }
@@ -90,6 +98,44 @@ impl Sealer {
             .map_err(|_| corrupt())?;
         String::from_utf8(plain.to_vec()).map_err(|_| corrupt())
     }
+}
+
+/// What a task token starts with.
+const TOKEN_PREFIX: &str = "MTT-";
+
+impl Sealer {
+    /// The token of a task: `MTT-<task number>-<HMAC-SHA256 of the task id, hex>`. Nothing is stored:
+    /// any node with the database's key verifies it, and it means something only while its task
+    /// runs (the caller checks that).
+    pub fn task_token(&self, task_id: &str) -> String {
+        let num = task_id.rsplit('-').next().unwrap_or_default();
+        let tag = ring::hmac::sign(&self.tokens, task_id.as_bytes());
+        format!("{TOKEN_PREFIX}{num}-{}", hex_of(tag.as_ref()))
+    }
+
+    /// The task a token was given for, if this key signed it.
+    pub fn task_of_token(&self, token: &str) -> Option<String> {
+        let (num, tag) = token.strip_prefix(TOKEN_PREFIX)?.split_once('-')?;
+        let num: u64 = num.parse().ok()?;
+        let task_id = format!("ServerTasks-{num}");
+        let tag = bytes_of_hex(tag)?;
+        ring::hmac::verify(&self.tokens, task_id.as_bytes(), &tag).ok()?;
+        Some(task_id)
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn bytes_of_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 pub fn is_sealed(text: &str) -> bool {
@@ -141,5 +187,33 @@ mod tests {
         tampered.pop();
         tampered.push('A');
         assert!(sealer.open(&tampered).is_err());
+    }
+
+    /// A task token names its task and is accepted only under the key that signed it, as written.
+    #[test]
+    fn a_task_token_is_verified_by_its_key_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::load_or_create(&dir.path().join(KEY_FILE), true).unwrap();
+        let copy = Sealer::load_or_create(&dir.path().join(KEY_FILE), false).unwrap();
+        let other = Sealer::load_or_create(&dir.path().join("other.key"), true).unwrap();
+        let token = sealer.task_token("ServerTasks-42");
+        assert!(token.starts_with("MTT-42-"), "{token}");
+        assert_eq!(
+            copy.task_of_token(&token).as_deref(),
+            Some("ServerTasks-42")
+        );
+        assert_eq!(other.task_of_token(&token), None, "another database's key");
+        let moved = token.replacen("MTT-42-", "MTT-43-", 1);
+        assert_eq!(sealer.task_of_token(&moved), None, "bound to its task");
+        for bad in [
+            "",
+            "MTT-",
+            "MTT-42",
+            "MTT-x-00",
+            "MTT-42-zz",
+            &token[..token.len() - 1],
+        ] {
+            assert_eq!(sealer.task_of_token(bad), None, "{bad}");
+        }
     }
 }

@@ -31,6 +31,11 @@ fn copy_dir(from: &Path, to: &Path) {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// Three nodes, each started with `extra` arguments too.
+    fn start_with(extra: &[&str]) -> Cluster {
         let database = TestDatabase::create();
         let temp = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
@@ -47,7 +52,7 @@ impl Cluster {
             }
             let comms = format!("127.0.0.1:{}", free_port());
             let name = format!("n{n}");
-            let args = [
+            let mut args = vec![
                 "--database",
                 database.url(),
                 "--node-name",
@@ -55,6 +60,7 @@ impl Cluster {
                 "--comms-listen",
                 &comms,
             ];
+            args.extend_from_slice(extra);
             nodes.push(Some(
                 Server::start_in(&dir, &args).unwrap_or_else(|e| panic!("node {name}: {e}")),
             ));
@@ -89,6 +95,15 @@ fn any_node_serves_any_request_and_follows_a_task_of_another_live() {
         .map(|n| n["Name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["n1", "n2", "n3"]);
+    let summary = n2.ok("/api/octopusservernodes/summary");
+    let dispatching: Vec<&str> = summary["Nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["IsDispatcher"] == true)
+        .map(|n| n["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(dispatching, ["n1"], "{summary}");
     assert!(
         n2.banner.iter().any(|l| l.contains("n1 dispatches now")),
         "{:?}",
@@ -491,4 +506,59 @@ fn a_drained_dispatcher_finishes_its_task_and_hands_the_role_over() {
         again["ServerNode"], elsewhere["ServerNode"],
         "the role stays"
     );
+}
+
+/// The most tasks that ran at once on each node, from their start and end times.
+fn most_at_once(tasks: &[Value]) -> std::collections::HashMap<String, usize> {
+    let time = |t: &Value, field: &str| {
+        chrono::DateTime::parse_from_rfc3339(t[field].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    let mut edges: std::collections::HashMap<String, Vec<(i64, i32)>> = Default::default();
+    for task in tasks {
+        let node = task["ServerNode"].as_str().unwrap().to_string();
+        let list = edges.entry(node).or_default();
+        list.push((time(task, "StartTime"), 1));
+        list.push((time(task, "CompletedTime"), -1));
+    }
+    edges
+        .into_iter()
+        .map(|(node, mut list)| {
+            // An end at the same millisecond as a start comes first: the slot was free.
+            list.sort();
+            let (mut now, mut most) = (0i32, 0i32);
+            for (_, step) in list {
+                now += step;
+                most = most.max(now);
+            }
+            (node, most as usize)
+        })
+        .collect()
+}
+
+/// Nodes started with a task cap of 2 take a burst of 24 tasks made on all three: every task
+/// succeeds, and no node ever ran more than 2 at once.
+#[test]
+fn no_node_runs_more_than_its_task_cap_under_a_burst() {
+    let cluster = Cluster::start_with(&["--task-cap", "2"]);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let node = cluster.node(1 + i % 3);
+        tasks.push(id(
+            &node.run_script("Spaces-1", json!({"ScriptBody": "sleep 0.2"}))
+        ));
+    }
+    let mut done = Vec::new();
+    for task in &tasks {
+        let (ended, _) = cluster.node(2).wait_task(task);
+        assert_eq!(ended["State"], "Success", "{ended}");
+        done.push(ended);
+    }
+    let most = most_at_once(&done);
+    assert!(!most.is_empty());
+    for (node, most) in &most {
+        assert!(*most <= 2, "node {node} ran {most} tasks at once");
+    }
+    assert_eq!(most.values().max(), Some(&2), "the cap was used: {most:?}");
 }

@@ -81,6 +81,10 @@ fn the_node_registers_itself_in_octopus_shapes() {
     assert_eq!(nodes[0]["Name"], NODE);
     assert_eq!(nodes[0]["IsOffline"], false);
     assert_eq!(nodes[0]["RunningTaskCount"], 0);
+    assert_eq!(
+        nodes[0]["IsDispatcher"], true,
+        "SQLite's one node dispatches"
+    );
     assert!(
         nodes[0]["LastSeen"].as_str().unwrap().ends_with("+00:00"),
         "{summary}"

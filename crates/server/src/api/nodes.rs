@@ -36,8 +36,9 @@ fn resource(node: &Node) -> Value {
     })
 }
 
-/// A node as `OctopusServerNodeSummaryResource`: the resource, and whether it is alive and busy.
-fn summary(node: &Node, running: &[Task]) -> Value {
+/// A node as `OctopusServerNodeSummaryResource`: the resource, whether it is alive and busy, and
+/// (Muster's own) whether it is the node that dispatches.
+fn summary(node: &Node, running: &[Task], dispatcher: Option<&str>) -> Value {
     let mut value = resource(node);
     let count = running
         .iter()
@@ -47,6 +48,7 @@ fn summary(node: &Node, running: &[Task]) -> Value {
     value["LastSeen"] = json!(format_date(&node.last_seen));
     value["RunningTaskCount"] = json!(count);
     value["Version"] = json!(node.version);
+    value["IsDispatcher"] = json!(dispatcher == Some(node.name.as_str()));
     value
 }
 
@@ -107,12 +109,13 @@ pub async fn get_one(State(app): State<App>, Path(id): Path<String>) -> ApiResul
 /// `OctopusServerClusterSummaryResource`: every node's summary.
 pub async fn cluster_summary(State(app): State<App>) -> ApiResult {
     let running = running(&app).await?;
+    let dispatcher = nodes::dispatcher(&app).await?;
     let nodes: Vec<Value> = app
         .store
         .nodes()
         .await?
         .iter()
-        .map(|n| summary(n, &running))
+        .map(|n| summary(n, &running, dispatcher.as_deref()))
         .collect();
     ok(&json!({
         "Nodes": nodes,
@@ -124,13 +127,14 @@ pub async fn cluster_summary(State(app): State<App>) -> ApiResult {
 pub async fn details(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
     let node = find(&app, &id).await?;
     let running = running(&app).await?;
+    let dispatcher = nodes::dispatcher(&app).await?;
     let tasks: Vec<Value> = running
         .iter()
         .filter(|t| t.server_node.as_deref() == Some(node.name.as_str()))
         .map(links::task)
         .collect();
     ok(&json!({
-        "Node": summary(&node, &running),
+        "Node": summary(&node, &running, dispatcher.as_deref()),
         "Tasks": tasks,
     }))
 }

@@ -233,10 +233,39 @@ impl Balancer {
 
 impl Drop for Balancer {
     fn drop(&mut self) {
-        // SIGTERM, so that the master stops its workers too (a SIGKILL would leave them).
+        // SIGTERM, so that the master stops its workers too (a SIGKILL would leave them); a worker
+        // still there once the master is gone is killed by its pid.
+        let master = self.child.id();
+        let workers = children(master);
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &master.to_string()])
             .status();
         let _ = self.child.wait();
+        for worker in workers {
+            let alive = std::fs::read_to_string(format!("/proc/{worker}/cmdline"))
+                .is_ok_and(|c| c.starts_with("nginx"));
+            if alive {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &worker.to_string()])
+                    .status();
+            }
+        }
     }
+}
+
+/// The pids of a process's children, from /proc.
+fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
 }

@@ -179,16 +179,16 @@ fn main() -> anyhow::Result<()> {
         Scenario::Dispatch => bash_floor(cluster.dir(), args.runs, true)?,
         _ => bash_floor(cluster.dir(), args.runs, false)?,
     };
-    rows.push(("floor: bash alone", floor));
+    rows.push(("floor: bash alone".to_string(), floor));
     println!(
-        "{:<10} {:<12} {:<18} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<10} {:<12} {:<28} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "SCENARIO", "STORE", "WORKER", "RUNS", "P50 ms", "P90 ms", "P99 ms", "MIN ms", "MAX ms"
     );
     let mut results = Vec::new();
     for (name, samples) in rows {
         let q = Quantiles::of(samples);
         println!(
-            "{scenario:<10} {:<12} {name:<18} {:>5} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            "{scenario:<10} {:<12} {name:<28} {:>5} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
             setup.label(),
             q.runs,
             q.p50,
@@ -291,13 +291,15 @@ impl Workers {
         })
     }
 
-    /// `dispatch` or `roundtrip`, `runs` times on each worker: milliseconds per run.
+    /// `dispatch` or `roundtrip`, `runs` times on each worker: milliseconds per run. With several
+    /// nodes, each worker's runs are also split by where the task was made and followed: on the
+    /// dispatcher (`via n1`) or on another node (`via n2+`, which hands the task over by a note).
     fn measure(
         &self,
         cluster: &Cluster,
         scenario: &str,
         runs: usize,
-    ) -> anyhow::Result<Vec<(&'static str, Vec<f64>)>> {
+    ) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
         let mut rows = Vec::new();
         for (name, target) in &self.targets {
             let samples = if scenario == "dispatch" {
@@ -305,7 +307,25 @@ impl Workers {
             } else {
                 roundtrip(cluster, target, runs)?
             };
-            rows.push((*name, samples));
+            let nodes = cluster.nodes.len();
+            let split: Vec<(String, Vec<f64>)> = if nodes > 1 {
+                let on = |first: bool| -> Vec<f64> {
+                    samples
+                        .iter()
+                        .enumerate()
+                        .filter(|(run, _)| (run % nodes == 0) == first)
+                        .map(|(_, ms)| *ms)
+                        .collect()
+                };
+                vec![
+                    (format!("{name}, via n1"), on(true)),
+                    (format!("{name}, via n2+"), on(false)),
+                ]
+            } else {
+                Vec::new()
+            };
+            rows.push((name.to_string(), samples));
+            rows.extend(split);
         }
         Ok(rows)
     }
@@ -347,18 +367,18 @@ fn compare(bin: &Path, args: &Args) -> anyhow::Result<()> {
         latency.push((
             "no server".to_string(),
             scenario,
-            "floor: bash alone",
+            "floor: bash alone".to_string(),
             Quantiles::of(samples),
         ));
     }
     println!(
-        "{:<12} {:<10} {:<18} {:>5} {:>9} {:>9} {:>9}",
+        "{:<12} {:<10} {:<28} {:>5} {:>9} {:>9} {:>9}",
         "STORE", "SCENARIO", "WORKER", "RUNS", "P50 ms", "P90 ms", "P99 ms"
     );
     let mut results = Vec::new();
     for (label, scenario, worker, q) in &latency {
         println!(
-            "{label:<12} {scenario:<10} {worker:<18} {:>5} {:>9.3} {:>9.3} {:>9.3}",
+            "{label:<12} {scenario:<10} {worker:<28} {:>5} {:>9.3} {:>9.3} {:>9.3}",
             q.runs, q.p50, q.p90, q.p99
         );
         let mut row = q.json();
@@ -384,14 +404,14 @@ fn compare(bin: &Path, args: &Args) -> anyhow::Result<()> {
     let p50 = |label: &str, worker: &str| {
         latency
             .iter()
-            .find(|(l, s, w, _)| l == label && *s == "dispatch" && *w == worker)
+            .find(|(l, s, w, _)| l == label && *s == "dispatch" && w == worker)
             .map(|(_, _, _, q)| q.p50)
     };
     let mut goal = Vec::new();
-    for (worker, _) in latency
+    for worker in latency
         .iter()
         .filter(|(l, s, ..)| l == "sqlite" && *s == "dispatch")
-        .map(|(_, _, w, q)| (*w, q.p50))
+        .map(|(_, _, w, _)| w.as_str())
     {
         if let (Some(sqlite), Some(postgres)) = (p50("sqlite", worker), p50("postgres", worker)) {
             let ratio = postgres / sqlite;

@@ -307,28 +307,30 @@ impl Workers {
             } else {
                 roundtrip(cluster, target, runs)?
             };
-            let nodes = cluster.nodes.len();
-            let split: Vec<(String, Vec<f64>)> = if nodes > 1 {
-                let on = |first: bool| -> Vec<f64> {
-                    samples
-                        .iter()
-                        .enumerate()
-                        .filter(|(run, _)| (run % nodes == 0) == first)
-                        .map(|(_, ms)| *ms)
-                        .collect()
-                };
-                vec![
-                    (format!("{name}, via n1"), on(true)),
-                    (format!("{name}, via n2+"), on(false)),
-                ]
-            } else {
-                Vec::new()
-            };
-            rows.push((name.to_string(), samples));
-            rows.extend(split);
+            rows.extend(by_node(name, samples, cluster.nodes.len()));
         }
         Ok(rows)
     }
+}
+
+/// A worker's row, and with several nodes its runs split by the node they were made on: the
+/// dispatcher (`via n1`, runs 0, N, 2N…) or another (`via n2+`).
+fn by_node(name: &str, samples: Vec<f64>, nodes: usize) -> Vec<(String, Vec<f64>)> {
+    let mut rows = Vec::new();
+    if nodes > 1 {
+        let on = |first: bool| -> Vec<f64> {
+            samples
+                .iter()
+                .enumerate()
+                .filter(|(run, _)| (run % nodes == 0) == first)
+                .map(|(_, ms)| *ms)
+                .collect()
+        };
+        rows.push((format!("{name}, via n1"), on(true)));
+        rows.push((format!("{name}, via n2+"), on(false)));
+    }
+    rows.insert(0, (name.to_string(), samples));
+    rows
 }
 
 /// `dispatch`, `roundtrip` and `throughput` on SQLite (1 node), PostgreSQL (1 node) and
@@ -340,25 +342,58 @@ fn compare(bin: &Path, args: &Args) -> anyhow::Result<()> {
         (Database::Postgres, 3),
     ];
     let kinds = [Kind::Builtin, Kind::Polling, Kind::Listening];
-    let mut latency = Vec::new();
-    let mut rates = Vec::new();
-    for (database, nodes) in setups {
-        let setup = cluster::Setup {
+    let setups: Vec<cluster::Setup> = setups
+        .into_iter()
+        .map(|(database, nodes)| cluster::Setup {
             database,
             nodes,
             postgres_url: args.postgres_url.clone(),
-        };
-        eprintln!("muster-bench: {}", setup.label());
-        {
-            let cluster = Cluster::start(bin, &setup, &["--task-cap", "50"])?;
+        })
+        .collect();
+    let mut latency = Vec::new();
+    {
+        // Every setup runs at once and takes its runs in turn (run 1 on each, run 2 on each…), so
+        // that a change in the machine's load falls on all of them alike.
+        let mut running = Vec::new();
+        for setup in &setups {
+            eprintln!("muster-bench: starting {}", setup.label());
+            let cluster = Cluster::start(bin, setup, &["--task-cap", "50"])?;
             let workers = Workers::start(bin, &cluster, &kinds)?;
-            for scenario in ["dispatch", "roundtrip"] {
-                for (name, samples) in workers.measure(&cluster, scenario, args.runs)? {
-                    latency.push((setup.label(), scenario, name, Quantiles::of(samples)));
+            running.push((setup, cluster, workers));
+        }
+        for scenario in ["dispatch", "roundtrip"] {
+            for k in 0..kinds.len() {
+                eprintln!("muster-bench: {scenario} on {}", running[0].2.targets[k].0);
+                let mut stamps = Vec::new();
+                for (_, cluster, _) in &running {
+                    stamps.push(stamps_in(cluster.dir())?);
+                }
+                let mut samples = vec![Vec::with_capacity(args.runs); running.len()];
+                for run in 0..args.runs {
+                    for (c, (_, cluster, workers)) in running.iter().enumerate() {
+                        let server = cluster.pick(run);
+                        let target = &workers.targets[k].1;
+                        samples[c].push(if scenario == "dispatch" {
+                            dispatch_once(server, stamps[c].path(), target, run)?
+                        } else {
+                            roundtrip_once(server, target)?
+                        });
+                    }
+                }
+                for ((setup, cluster, workers), samples) in running.iter().zip(samples) {
+                    let name = workers.targets[k].0;
+                    for (row, samples) in by_node(name, samples, cluster.nodes.len()) {
+                        latency.push((setup.label(), scenario, row, Quantiles::of(samples)));
+                    }
                 }
             }
         }
-        let (succeeded, seconds) = throughput(bin, &setup, args.tasks, args.agents)?;
+    }
+    // Throughput saturates the machine: one setup at a time.
+    let mut rates = Vec::new();
+    for setup in &setups {
+        eprintln!("muster-bench: throughput on {}", setup.label());
+        let (succeeded, seconds) = throughput(bin, setup, args.tasks, args.agents)?;
         rates.push((setup.label(), succeeded, seconds));
     }
     let temp = tempfile::tempdir()?;
@@ -376,6 +411,9 @@ fn compare(bin: &Path, args: &Args) -> anyhow::Result<()> {
         "STORE", "SCENARIO", "WORKER", "RUNS", "P50 ms", "P90 ms", "P99 ms"
     );
     let mut results = Vec::new();
+    // By setup, then as measured (scenario, worker).
+    let order: Vec<String> = setups.iter().map(cluster::Setup::label).collect();
+    latency.sort_by_key(|(label, ..)| order.iter().position(|l| l == label).unwrap_or(order.len()));
     for (label, scenario, worker, q) in &latency {
         println!(
             "{label:<12} {scenario:<10} {worker:<28} {:>5} {:>9.3} {:>9.3} {:>9.3}",
@@ -484,45 +522,54 @@ fn seconds_now() -> f64 {
 
 /// From the 201 to the timestamp the script's first line wrote: bash's `$EPOCHREALTIME`, no process.
 fn dispatch(cluster: &Cluster, dir: &Path, target: &Value, runs: usize) -> anyhow::Result<Vec<f64>> {
-    use std::os::unix::fs::PermissionsExt as _;
-    // An SSH worker's scripts run as another user: it must reach and write the stamps.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
-    // Each kind its own stamps, so a stamp left by the kind before is never read as this one's.
-    let stamps = tempfile::tempdir_in(dir)?;
-    let stamps = stamps.path();
-    std::fs::set_permissions(stamps, std::fs::Permissions::from_mode(0o777))?;
+    let stamps = stamps_in(dir)?;
     let mut samples = Vec::with_capacity(runs);
     for run in 0..runs {
         // Each run's task is made and followed on the next node in turn.
-        let server = cluster.pick(run);
-        let file = stamps.join(format!("stamp-{run}"));
-        let mut arguments = target.clone();
-        arguments["ScriptBody"] = json!(format!("echo $EPOCHREALTIME > '{}'", file.display()));
-        let body = json!({"Name": "AdHocScript", "Arguments": arguments});
-        let reply = server
-            .http
-            .post(format!("{}/api/Spaces-1/tasks", server.url))
-            .header("X-Octopus-ApiKey", KEY)
-            .json(&body)
-            .send()?;
-        let answered = seconds_now();
-        if reply.status().as_u16() != 201 {
-            bail!("the task was not created: {}", reply.text()?);
-        }
-        let task: Value = reply.json()?;
-        let id = task["Id"].as_str().unwrap_or_default().to_string();
-        let state = server.wait_done(&id)?;
-        if state != "Success" {
-            bail!("task {id} ended {state}");
-        }
-        let stamp: f64 = std::fs::read_to_string(&file)
-            .with_context(|| format!("task {id} wrote no timestamp"))?
-            .trim()
-            .replace(',', ".")
-            .parse()?;
-        samples.push((stamp - answered) * 1000.0);
+        samples.push(dispatch_once(cluster.pick(run), stamps.path(), target, run)?);
     }
     Ok(samples)
+}
+
+/// A directory for one kind's stamps, so a stamp left by the kind before is never read as this
+/// one's.
+fn stamps_in(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // An SSH worker's scripts run as another user: it must reach and write the stamps.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+    let stamps = tempfile::tempdir_in(dir)?;
+    std::fs::set_permissions(stamps.path(), std::fs::Permissions::from_mode(0o777))?;
+    Ok(stamps)
+}
+
+/// One `dispatch` run on `server`: milliseconds from the 201 to the script's first line.
+fn dispatch_once(server: &Server, stamps: &Path, target: &Value, run: usize) -> anyhow::Result<f64> {
+    let file = stamps.join(format!("stamp-{run}"));
+    let mut arguments = target.clone();
+    arguments["ScriptBody"] = json!(format!("echo $EPOCHREALTIME > '{}'", file.display()));
+    let body = json!({"Name": "AdHocScript", "Arguments": arguments});
+    let reply = server
+        .http
+        .post(format!("{}/api/Spaces-1/tasks", server.url))
+        .header("X-Octopus-ApiKey", KEY)
+        .json(&body)
+        .send()?;
+    let answered = seconds_now();
+    if reply.status().as_u16() != 201 {
+        bail!("the task was not created: {}", reply.text()?);
+    }
+    let task: Value = reply.json()?;
+    let id = task["Id"].as_str().unwrap_or_default().to_string();
+    let state = server.wait_done(&id)?;
+    if state != "Success" {
+        bail!("task {id} ended {state}");
+    }
+    let stamp: f64 = std::fs::read_to_string(&file)
+        .with_context(|| format!("task {id} wrote no timestamp"))?
+        .trim()
+        .replace(',', ".")
+        .parse()?;
+    Ok((stamp - answered) * 1000.0)
 }
 
 /// Bash spawned directly, as the built-in worker spawns it: to its first line writing
@@ -564,29 +611,33 @@ fn bash_floor(dir: &Path, runs: usize, first_line: bool) -> anyhow::Result<Vec<f
 fn roundtrip(cluster: &Cluster, target: &Value, runs: usize) -> anyhow::Result<Vec<f64>> {
     let mut samples = Vec::with_capacity(runs);
     for run in 0..runs {
-        let server = cluster.pick(run);
-        let mut arguments = target.clone();
-        arguments["ScriptBody"] = json!("true");
-        let body = json!({"Name": "AdHocScript", "Arguments": arguments});
-        let started = Instant::now();
-        let reply = server
-            .http
-            .post(format!("{}/api/Spaces-1/tasks", server.url))
-            .header("X-Octopus-ApiKey", KEY)
-            .json(&body)
-            .send()?;
-        let task: Value = reply.json()?;
-        let id = task["Id"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no task: {task}"))?
-            .to_string();
-        let state = server.wait_done(&id)?;
-        if state != "Success" {
-            bail!("task {id} ended {state}");
-        }
-        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        samples.push(roundtrip_once(cluster.pick(run), target)?);
     }
     Ok(samples)
+}
+
+/// One `roundtrip` run on `server`: milliseconds from the POST to the follower seeing Success.
+fn roundtrip_once(server: &Server, target: &Value) -> anyhow::Result<f64> {
+    let mut arguments = target.clone();
+    arguments["ScriptBody"] = json!("true");
+    let body = json!({"Name": "AdHocScript", "Arguments": arguments});
+    let started = Instant::now();
+    let reply = server
+        .http
+        .post(format!("{}/api/Spaces-1/tasks", server.url))
+        .header("X-Octopus-ApiKey", KEY)
+        .json(&body)
+        .send()?;
+    let task: Value = reply.json()?;
+    let id = task["Id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no task: {task}"))?
+        .to_string();
+    let state = server.wait_done(&id)?;
+    if state != "Success" {
+        bail!("task {id} ended {state}");
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// Kilobytes of a process's resident set now (`VmRSS`) or at its peak (`VmHWM`), from /proc.

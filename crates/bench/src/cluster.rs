@@ -111,7 +111,14 @@ impl Cluster {
             .ok_or_else(|| anyhow!("only PostgreSQL nodes hold a lease"))?;
         let output = Command::new("psql")
             .arg(&database.url)
-            .args(["-X", "-q", "-t", "-A", "-c", "SELECT holder FROM dispatch_lease"])
+            .args([
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-c",
+                "SELECT holder FROM dispatch_lease",
+            ])
             .stdin(Stdio::null())
             .output()?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())

@@ -216,8 +216,10 @@ fn burst(bin: &Path, setup: &Setup) -> anyhow::Result<Measure> {
             let reply = http
                 .post(format!("{}/api/Spaces-1/tasks", urls[i % 2]))
                 .header("X-Octopus-ApiKey", KEY)
-                .json(&json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": "sleep 0.5",
-                    "TargetType": "OctopusServer"}}))
+                .json(
+                    &json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": "sleep 0.5",
+                    "TargetType": "OctopusServer"}}),
+                )
                 .send()?;
             if reply.status().as_u16() != 201 {
                 bail!("a task was not created: {}", reply.text()?);

@@ -435,8 +435,10 @@ fn compare(bin: &Path, args: &Args) -> anyhow::Result<()> {
             "{label:<12} {:<10} {succeeded:>7} {:>7} {seconds:>10.2} {rate:>10.0}",
             "throughput", args.agents
         );
-        results.push(json!({"store": label, "scenario": "throughput", "tasks": succeeded,
-            "agents": args.agents, "seconds": seconds, "tasks_per_second": rate}));
+        results.push(
+            json!({"store": label, "scenario": "throughput", "tasks": succeeded,
+            "agents": args.agents, "seconds": seconds, "tasks_per_second": rate}),
+        );
     }
     // Issue 15's goal: PostgreSQL on one node within 1.5 times SQLite's p50 dispatch.
     let p50 = |label: &str, worker: &str| {
@@ -521,12 +523,22 @@ fn seconds_now() -> f64 {
 }
 
 /// From the 201 to the timestamp the script's first line wrote: bash's `$EPOCHREALTIME`, no process.
-fn dispatch(cluster: &Cluster, dir: &Path, target: &Value, runs: usize) -> anyhow::Result<Vec<f64>> {
+fn dispatch(
+    cluster: &Cluster,
+    dir: &Path,
+    target: &Value,
+    runs: usize,
+) -> anyhow::Result<Vec<f64>> {
     let stamps = stamps_in(dir)?;
     let mut samples = Vec::with_capacity(runs);
     for run in 0..runs {
         // Each run's task is made and followed on the next node in turn.
-        samples.push(dispatch_once(cluster.pick(run), stamps.path(), target, run)?);
+        samples.push(dispatch_once(
+            cluster.pick(run),
+            stamps.path(),
+            target,
+            run,
+        )?);
     }
     Ok(samples)
 }
@@ -543,7 +555,12 @@ fn stamps_in(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
 }
 
 /// One `dispatch` run on `server`: milliseconds from the 201 to the script's first line.
-fn dispatch_once(server: &Server, stamps: &Path, target: &Value, run: usize) -> anyhow::Result<f64> {
+fn dispatch_once(
+    server: &Server,
+    stamps: &Path,
+    target: &Value,
+    run: usize,
+) -> anyhow::Result<f64> {
     let file = stamps.join(format!("stamp-{run}"));
     let mut arguments = target.clone();
     arguments["ScriptBody"] = json!(format!("echo $EPOCHREALTIME > '{}'", file.display()));

@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod cluster;
+mod failover;
 mod swarm;
+
+use cluster::Cluster;
 
 const KEY: &str = "API-MUSTERBENCHADMINKEY0123456789";
 
@@ -45,6 +49,27 @@ struct Args {
     /// backlog: how many tasks are queued before the queue is released, one measure per number.
     #[arg(long, value_delimiter = ',', default_values_t = vec![500, 20000])]
     queued: Vec<usize>,
+    /// dispatch, roundtrip and throughput: the store the nodes share.
+    #[arg(long, value_enum, default_value_t = Database::Sqlite)]
+    database: Database,
+    /// dispatch, roundtrip and throughput: how many server nodes (more than 1 only on postgres);
+    /// requests go to each in turn, agents dial the first (the dispatcher).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// A PostgreSQL database whose role may CREATE DATABASE (scripts/test-postgres.sh prints one);
+    /// each run makes a database `muster_bench_<random>` there and drops it at the end.
+    #[arg(long, env = "MUSTER_BENCH_POSTGRES_URL", default_value = cluster::DEFAULT_POSTGRES_URL)]
+    postgres_url: String,
+    /// failover: how many times each failover is measured (each on a fresh cluster).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+}
+
+/// The store the nodes share.
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Database {
+    Sqlite,
+    Postgres,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -68,6 +93,13 @@ enum Scenario {
     /// `--queued` tasks wait behind a stopped queue, then drain on the built-in worker (task cap
     /// 50): tasks per second, and the server's RSS before and after.
     Backlog,
+    /// `dispatch`, `roundtrip` (built-in worker, polling and listening agents) and `throughput` on
+    /// SQLite with 1 node, PostgreSQL with 1 node and PostgreSQL with 3 nodes: one table.
+    Compare,
+    /// On 3 PostgreSQL nodes, the dispatcher killed (-9) `--repeats` times: while a polling
+    /// agent's script prints every 50 ms (to its first new line read on another node), and during
+    /// a burst of 200 queued built-in tasks (to the first task another node starts).
+    Failover,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -88,18 +120,45 @@ mod sshd;
 fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    if args.nodes == 0 || (args.nodes > 1 && args.database != Database::Postgres) {
+        bail!("--nodes more than 1 needs --database postgres (and at least 1 node)");
+    }
     let bin = binaries()?;
+    let setup = cluster::Setup {
+        database: args.database,
+        nodes: args.nodes,
+        postgres_url: args.postgres_url.clone(),
+    };
     match args.scenario {
-        Scenario::Throughput => return throughput(&bin, args.tasks, args.agents),
+        Scenario::Throughput => {
+            let (succeeded, seconds) = throughput(&bin, &setup, args.tasks, args.agents)?;
+            let rate = succeeded as f64 / seconds;
+            println!(
+                "{:<12} {:<12} {:>7} {:>7} {:>10} {:>10}",
+                "SCENARIO", "STORE", "TASKS", "AGENTS", "SECONDS", "TASKS/S"
+            );
+            println!(
+                "{:<12} {:<12} {succeeded:>7} {:>7} {seconds:>10.2} {rate:>10.0}",
+                "throughput",
+                setup.label(),
+                args.agents
+            );
+            println!(
+                "{}",
+                json!({"scenario": "throughput", "database": setup.database_name(), "nodes": setup.nodes,
+                    "tasks": succeeded, "agents": args.agents, "seconds": seconds, "tasks_per_second": rate})
+            );
+            return Ok(());
+        }
         Scenario::Footprint => return footprint(&bin),
         Scenario::Log => return log(&bin, args.megabytes),
         Scenario::Swarm => return swarm_scenario(&bin, &args.connections, args.rest_seconds),
         Scenario::Health => return health(&bin, &args.connections, args.checks),
         Scenario::Backlog => return backlog(&bin, &args.queued),
+        Scenario::Compare => return compare(&bin, &args),
+        Scenario::Failover => return failover::run(&bin, &args.postgres_url, args.repeats),
         Scenario::Dispatch | Scenario::Roundtrip => {}
     }
-    let temp = tempfile::tempdir()?;
-    let server = Server::start(&bin, temp.path())?;
     let kinds: Vec<Kind> = match args.worker {
         Kind::All if std::path::Path::new(sshd::SSHD).exists() => {
             vec![Kind::Builtin, Kind::Polling, Kind::Listening, Kind::Ssh]
@@ -107,72 +166,306 @@ fn main() -> anyhow::Result<()> {
         Kind::All => vec![Kind::Builtin, Kind::Polling, Kind::Listening],
         one => vec![one],
     };
-    let mut agents = Vec::new();
-    let mut sshds = Vec::new();
-    let mut rows = Vec::new();
-    for kind in kinds {
-        let target = match kind {
-            Kind::Builtin => json!({"TargetType": "OctopusServer"}),
-            Kind::Ssh => {
-                let (sshd, id) = server.ssh_worker(temp.path(), "ssh")?;
-                sshds.push(sshd);
-                json!({"TargetType": "Workers", "MachineIds": [id]})
-            }
-            _ => {
-                let name = if kind == Kind::Polling {
-                    "polling"
-                } else {
-                    "listening"
-                };
-                agents.push(server.agent(&bin, temp.path(), name, kind)?);
-                let id = server.wait_healthy(name)?;
-                json!({"TargetType": "Workers", "MachineIds": [id]})
-            }
-        };
-        let name = match kind {
-            Kind::Builtin => "built-in worker",
-            Kind::Polling => "polling agent",
-            Kind::Listening => "listening agent",
-            Kind::Ssh => "ssh worker",
-            Kind::All => unreachable!(),
-        };
-        let samples = match args.scenario {
-            Scenario::Dispatch => dispatch(&server, temp.path(), &target, args.runs)?,
-            _ => roundtrip(&server, &target, args.runs)?,
-        };
-        rows.push((name, samples));
-    }
-    // The machine's own floor, measured the same way in the same minute: bash spawned directly by
-    // this process, without Muster. What Muster adds is the rest.
-    let floor = match args.scenario {
-        Scenario::Dispatch => bash_floor(temp.path(), args.runs, true)?,
-        _ => bash_floor(temp.path(), args.runs, false)?,
-    };
-    rows.push(("floor: bash alone", floor));
+    let cluster = Cluster::start(&bin, &setup, &["--task-cap", "50"])?;
+    let workers = Workers::start(&bin, &cluster, &kinds)?;
     let scenario = match args.scenario {
         Scenario::Dispatch => "dispatch",
         _ => "roundtrip",
     };
+    let mut rows = workers.measure(&cluster, scenario, args.runs)?;
+    // The machine's own floor, measured the same way in the same minute: bash spawned directly by
+    // this process, without Muster. What Muster adds is the rest.
+    let floor = match args.scenario {
+        Scenario::Dispatch => bash_floor(cluster.dir(), args.runs, true)?,
+        _ => bash_floor(cluster.dir(), args.runs, false)?,
+    };
+    rows.push(("floor: bash alone".to_string(), floor));
     println!(
-        "{:<10} {:<18} {:>5} {:>9} {:>9} {:>9} {:>9}",
-        "SCENARIO", "WORKER", "RUNS", "P50 ms", "P99 ms", "MIN ms", "MAX ms"
+        "{:<10} {:<12} {:<28} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "SCENARIO", "STORE", "WORKER", "RUNS", "P50 ms", "P90 ms", "P99 ms", "MIN ms", "MAX ms"
     );
     let mut results = Vec::new();
-    for (name, mut samples) in rows {
-        samples.sort_by(f64::total_cmp);
-        let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-        let (p50, p99) = (pick(0.5), pick(0.99));
-        let (min, max) = (samples[0], samples[samples.len() - 1]);
+    for (name, samples) in rows {
+        let q = Quantiles::of(samples);
         println!(
-            "{scenario:<10} {name:<18} {:>5} {p50:>9.3} {p99:>9.3} {min:>9.3} {max:>9.3}",
-            samples.len()
+            "{scenario:<10} {:<12} {name:<28} {:>5} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            setup.label(),
+            q.runs,
+            q.p50,
+            q.p90,
+            q.p99,
+            q.min,
+            q.max
         );
-        results.push(json!({"worker": name, "runs": samples.len(), "p50_ms": p50, "p99_ms": p99, "min_ms": min, "max_ms": max}));
+        let mut row = q.json();
+        row["worker"] = json!(name);
+        results.push(row);
     }
-    println!("{}", json!({"scenario": scenario, "results": results}));
-    drop(agents);
-    drop(server);
-    drop(sshds);
+    println!(
+        "{}",
+        json!({"scenario": scenario, "database": setup.database_name(), "nodes": setup.nodes, "results": results})
+    );
+    drop(workers);
+    drop(cluster);
+    Ok(())
+}
+
+/// Milliseconds' order statistics of a sample.
+struct Quantiles {
+    runs: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Quantiles {
+    fn of(mut samples: Vec<f64>) -> Quantiles {
+        samples.sort_by(f64::total_cmp);
+        if samples.is_empty() {
+            samples.push(f64::NAN);
+        }
+        let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+        Quantiles {
+            runs: samples.len(),
+            p50: pick(0.5),
+            p90: pick(0.9),
+            p99: pick(0.99),
+            min: samples[0],
+            max: samples[samples.len() - 1],
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({"runs": self.runs, "p50_ms": self.p50, "p90_ms": self.p90, "p99_ms": self.p99,
+            "min_ms": self.min, "max_ms": self.max})
+    }
+}
+
+/// The workers a latency scenario runs on, each with the target of its tasks, registered once.
+struct Workers {
+    targets: Vec<(&'static str, Value)>,
+    _agents: Vec<Agent>,
+    _sshds: Vec<sshd::Sshd>,
+}
+
+impl Workers {
+    fn start(bin: &Path, cluster: &Cluster, kinds: &[Kind]) -> anyhow::Result<Workers> {
+        let server = cluster.first();
+        let dir = cluster.dir();
+        let (mut agents, mut sshds, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for &kind in kinds {
+            let target = match kind {
+                Kind::Builtin => json!({"TargetType": "OctopusServer"}),
+                Kind::Ssh => {
+                    let (sshd, id) = server.ssh_worker(dir, "ssh")?;
+                    sshds.push(sshd);
+                    json!({"TargetType": "Workers", "MachineIds": [id]})
+                }
+                _ => {
+                    let name = if kind == Kind::Polling {
+                        "polling"
+                    } else {
+                        "listening"
+                    };
+                    // A polling agent dials the first node: the one that dispatches.
+                    agents.push(server.agent(bin, dir, name, kind)?);
+                    let id = server.wait_healthy(name)?;
+                    json!({"TargetType": "Workers", "MachineIds": [id]})
+                }
+            };
+            let name = match kind {
+                Kind::Builtin => "built-in worker",
+                Kind::Polling => "polling agent",
+                Kind::Listening => "listening agent",
+                Kind::Ssh => "ssh worker",
+                Kind::All => unreachable!(),
+            };
+            targets.push((name, target));
+        }
+        Ok(Workers {
+            targets,
+            _agents: agents,
+            _sshds: sshds,
+        })
+    }
+
+    /// `dispatch` or `roundtrip`, `runs` times on each worker: milliseconds per run. With several
+    /// nodes, each worker's runs are also split by where the task was made and followed: on the
+    /// dispatcher (`via n1`) or on another node (`via n2+`, which hands the task over by a note).
+    fn measure(
+        &self,
+        cluster: &Cluster,
+        scenario: &str,
+        runs: usize,
+    ) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+        let mut rows = Vec::new();
+        for (name, target) in &self.targets {
+            let samples = if scenario == "dispatch" {
+                dispatch(cluster, cluster.dir(), target, runs)?
+            } else {
+                roundtrip(cluster, target, runs)?
+            };
+            rows.extend(by_node(name, samples, cluster.nodes.len()));
+        }
+        Ok(rows)
+    }
+}
+
+/// A worker's row, and with several nodes its runs split by the node they were made on: the
+/// dispatcher (`via n1`, runs 0, N, 2N…) or another (`via n2+`).
+fn by_node(name: &str, samples: Vec<f64>, nodes: usize) -> Vec<(String, Vec<f64>)> {
+    let mut rows = Vec::new();
+    if nodes > 1 {
+        let on = |first: bool| -> Vec<f64> {
+            samples
+                .iter()
+                .enumerate()
+                .filter(|(run, _)| (run % nodes == 0) == first)
+                .map(|(_, ms)| *ms)
+                .collect()
+        };
+        rows.push((format!("{name}, via n1"), on(true)));
+        rows.push((format!("{name}, via n2+"), on(false)));
+    }
+    rows.insert(0, (name.to_string(), samples));
+    rows
+}
+
+/// `dispatch`, `roundtrip` and `throughput` on SQLite (1 node), PostgreSQL (1 node) and
+/// PostgreSQL (3 nodes), one after the other: one table and one JSON line.
+fn compare(bin: &Path, args: &Args) -> anyhow::Result<()> {
+    let setups = [
+        (Database::Sqlite, 1),
+        (Database::Postgres, 1),
+        (Database::Postgres, 3),
+    ];
+    let kinds = [Kind::Builtin, Kind::Polling, Kind::Listening];
+    let setups: Vec<cluster::Setup> = setups
+        .into_iter()
+        .map(|(database, nodes)| cluster::Setup {
+            database,
+            nodes,
+            postgres_url: args.postgres_url.clone(),
+        })
+        .collect();
+    let mut latency = Vec::new();
+    {
+        // Every setup runs at once and takes its runs in turn (run 1 on each, run 2 on each…), so
+        // that a change in the machine's load falls on all of them alike.
+        let mut running = Vec::new();
+        for setup in &setups {
+            eprintln!("muster-bench: starting {}", setup.label());
+            let cluster = Cluster::start(bin, setup, &["--task-cap", "50"])?;
+            let workers = Workers::start(bin, &cluster, &kinds)?;
+            running.push((setup, cluster, workers));
+        }
+        for scenario in ["dispatch", "roundtrip"] {
+            for k in 0..kinds.len() {
+                eprintln!("muster-bench: {scenario} on {}", running[0].2.targets[k].0);
+                let mut stamps = Vec::new();
+                for (_, cluster, _) in &running {
+                    stamps.push(stamps_in(cluster.dir())?);
+                }
+                let mut samples = vec![Vec::with_capacity(args.runs); running.len()];
+                for run in 0..args.runs {
+                    for (c, (_, cluster, workers)) in running.iter().enumerate() {
+                        let server = cluster.pick(run);
+                        let target = &workers.targets[k].1;
+                        samples[c].push(if scenario == "dispatch" {
+                            dispatch_once(server, stamps[c].path(), target, run)?
+                        } else {
+                            roundtrip_once(server, target)?
+                        });
+                    }
+                }
+                for ((setup, cluster, workers), samples) in running.iter().zip(samples) {
+                    let name = workers.targets[k].0;
+                    for (row, samples) in by_node(name, samples, cluster.nodes.len()) {
+                        latency.push((setup.label(), scenario, row, Quantiles::of(samples)));
+                    }
+                }
+            }
+        }
+    }
+    // Throughput saturates the machine: one setup at a time.
+    let mut rates = Vec::new();
+    for setup in &setups {
+        eprintln!("muster-bench: throughput on {}", setup.label());
+        let (succeeded, seconds) = throughput(bin, setup, args.tasks, args.agents)?;
+        rates.push((setup.label(), succeeded, seconds));
+    }
+    let temp = tempfile::tempdir()?;
+    for (scenario, first_line) in [("dispatch", true), ("roundtrip", false)] {
+        let samples = bash_floor(temp.path(), args.runs, first_line)?;
+        latency.push((
+            "no server".to_string(),
+            scenario,
+            "floor: bash alone".to_string(),
+            Quantiles::of(samples),
+        ));
+    }
+    println!(
+        "{:<12} {:<10} {:<28} {:>5} {:>9} {:>9} {:>9}",
+        "STORE", "SCENARIO", "WORKER", "RUNS", "P50 ms", "P90 ms", "P99 ms"
+    );
+    let mut results = Vec::new();
+    // By setup, then as measured (scenario, worker).
+    let order: Vec<String> = setups.iter().map(cluster::Setup::label).collect();
+    latency.sort_by_key(|(label, ..)| order.iter().position(|l| l == label).unwrap_or(order.len()));
+    for (label, scenario, worker, q) in &latency {
+        println!(
+            "{label:<12} {scenario:<10} {worker:<28} {:>5} {:>9.3} {:>9.3} {:>9.3}",
+            q.runs, q.p50, q.p90, q.p99
+        );
+        let mut row = q.json();
+        row["store"] = json!(label);
+        row["scenario"] = json!(scenario);
+        row["worker"] = json!(worker);
+        results.push(row);
+    }
+    println!(
+        "{:<12} {:<10} {:>7} {:>7} {:>10} {:>10}",
+        "STORE", "SCENARIO", "TASKS", "AGENTS", "SECONDS", "TASKS/S"
+    );
+    for (label, succeeded, seconds) in &rates {
+        let rate = *succeeded as f64 / seconds;
+        println!(
+            "{label:<12} {:<10} {succeeded:>7} {:>7} {seconds:>10.2} {rate:>10.0}",
+            "throughput", args.agents
+        );
+        results.push(
+            json!({"store": label, "scenario": "throughput", "tasks": succeeded,
+            "agents": args.agents, "seconds": seconds, "tasks_per_second": rate}),
+        );
+    }
+    // Issue 15's goal: PostgreSQL on one node within 1.5 times SQLite's p50 dispatch.
+    let p50 = |label: &str, worker: &str| {
+        latency
+            .iter()
+            .find(|(l, s, w, _)| l == label && *s == "dispatch" && w == worker)
+            .map(|(_, _, _, q)| q.p50)
+    };
+    let mut goal = Vec::new();
+    for worker in latency
+        .iter()
+        .filter(|(l, s, ..)| l == "sqlite" && *s == "dispatch")
+        .map(|(_, _, w, _)| w.as_str())
+    {
+        if let (Some(sqlite), Some(postgres)) = (p50("sqlite", worker), p50("postgres", worker)) {
+            let ratio = postgres / sqlite;
+            println!(
+                "goal (postgres p50 dispatch <= 1.5 x sqlite's), {worker}: {postgres:.3} / {sqlite:.3} ms = {ratio:.2}x, {}",
+                if ratio <= 1.5 { "met" } else { "missed" }
+            );
+            goal.push(json!({"worker": worker, "sqlite_p50_ms": sqlite, "postgres_p50_ms": postgres, "ratio": ratio, "met": ratio <= 1.5}));
+        }
+    }
+    println!(
+        "{}",
+        json!({"scenario": "compare", "runs": args.runs, "results": results, "goal_dispatch_within_1_5x": goal})
+    );
     Ok(())
 }
 
@@ -230,44 +523,70 @@ fn seconds_now() -> f64 {
 }
 
 /// From the 201 to the timestamp the script's first line wrote: bash's `$EPOCHREALTIME`, no process.
-fn dispatch(server: &Server, dir: &Path, target: &Value, runs: usize) -> anyhow::Result<Vec<f64>> {
+fn dispatch(
+    cluster: &Cluster,
+    dir: &Path,
+    target: &Value,
+    runs: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let stamps = stamps_in(dir)?;
+    let mut samples = Vec::with_capacity(runs);
+    for run in 0..runs {
+        // Each run's task is made and followed on the next node in turn.
+        samples.push(dispatch_once(
+            cluster.pick(run),
+            stamps.path(),
+            target,
+            run,
+        )?);
+    }
+    Ok(samples)
+}
+
+/// A directory for one kind's stamps, so a stamp left by the kind before is never read as this
+/// one's.
+fn stamps_in(dir: &Path) -> anyhow::Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt as _;
     // An SSH worker's scripts run as another user: it must reach and write the stamps.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
-    // Each kind its own stamps, so a stamp left by the kind before is never read as this one's.
     let stamps = tempfile::tempdir_in(dir)?;
-    let stamps = stamps.path();
-    std::fs::set_permissions(stamps, std::fs::Permissions::from_mode(0o777))?;
-    let mut samples = Vec::with_capacity(runs);
-    for run in 0..runs {
-        let file = stamps.join(format!("stamp-{run}"));
-        let mut arguments = target.clone();
-        arguments["ScriptBody"] = json!(format!("echo $EPOCHREALTIME > '{}'", file.display()));
-        let body = json!({"Name": "AdHocScript", "Arguments": arguments});
-        let reply = server
-            .http
-            .post(format!("{}/api/Spaces-1/tasks", server.url))
-            .header("X-Octopus-ApiKey", KEY)
-            .json(&body)
-            .send()?;
-        let answered = seconds_now();
-        if reply.status().as_u16() != 201 {
-            bail!("the task was not created: {}", reply.text()?);
-        }
-        let task: Value = reply.json()?;
-        let id = task["Id"].as_str().unwrap_or_default().to_string();
-        let state = server.wait_done(&id)?;
-        if state != "Success" {
-            bail!("task {id} ended {state}");
-        }
-        let stamp: f64 = std::fs::read_to_string(&file)
-            .with_context(|| format!("task {id} wrote no timestamp"))?
-            .trim()
-            .replace(',', ".")
-            .parse()?;
-        samples.push((stamp - answered) * 1000.0);
+    std::fs::set_permissions(stamps.path(), std::fs::Permissions::from_mode(0o777))?;
+    Ok(stamps)
+}
+
+/// One `dispatch` run on `server`: milliseconds from the 201 to the script's first line.
+fn dispatch_once(
+    server: &Server,
+    stamps: &Path,
+    target: &Value,
+    run: usize,
+) -> anyhow::Result<f64> {
+    let file = stamps.join(format!("stamp-{run}"));
+    let mut arguments = target.clone();
+    arguments["ScriptBody"] = json!(format!("echo $EPOCHREALTIME > '{}'", file.display()));
+    let body = json!({"Name": "AdHocScript", "Arguments": arguments});
+    let reply = server
+        .http
+        .post(format!("{}/api/Spaces-1/tasks", server.url))
+        .header("X-Octopus-ApiKey", KEY)
+        .json(&body)
+        .send()?;
+    let answered = seconds_now();
+    if reply.status().as_u16() != 201 {
+        bail!("the task was not created: {}", reply.text()?);
     }
-    Ok(samples)
+    let task: Value = reply.json()?;
+    let id = task["Id"].as_str().unwrap_or_default().to_string();
+    let state = server.wait_done(&id)?;
+    if state != "Success" {
+        bail!("task {id} ended {state}");
+    }
+    let stamp: f64 = std::fs::read_to_string(&file)
+        .with_context(|| format!("task {id} wrote no timestamp"))?
+        .trim()
+        .replace(',', ".")
+        .parse()?;
+    Ok((stamp - answered) * 1000.0)
 }
 
 /// Bash spawned directly, as the built-in worker spawns it: to its first line writing
@@ -306,31 +625,36 @@ fn bash_floor(dir: &Path, runs: usize, first_line: bool) -> anyhow::Result<Vec<f
 }
 
 /// From the POST to a follower seeing the task Success on its live stream.
-fn roundtrip(server: &Server, target: &Value, runs: usize) -> anyhow::Result<Vec<f64>> {
+fn roundtrip(cluster: &Cluster, target: &Value, runs: usize) -> anyhow::Result<Vec<f64>> {
     let mut samples = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let mut arguments = target.clone();
-        arguments["ScriptBody"] = json!("true");
-        let body = json!({"Name": "AdHocScript", "Arguments": arguments});
-        let started = Instant::now();
-        let reply = server
-            .http
-            .post(format!("{}/api/Spaces-1/tasks", server.url))
-            .header("X-Octopus-ApiKey", KEY)
-            .json(&body)
-            .send()?;
-        let task: Value = reply.json()?;
-        let id = task["Id"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no task: {task}"))?
-            .to_string();
-        let state = server.wait_done(&id)?;
-        if state != "Success" {
-            bail!("task {id} ended {state}");
-        }
-        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    for run in 0..runs {
+        samples.push(roundtrip_once(cluster.pick(run), target)?);
     }
     Ok(samples)
+}
+
+/// One `roundtrip` run on `server`: milliseconds from the POST to the follower seeing Success.
+fn roundtrip_once(server: &Server, target: &Value) -> anyhow::Result<f64> {
+    let mut arguments = target.clone();
+    arguments["ScriptBody"] = json!("true");
+    let body = json!({"Name": "AdHocScript", "Arguments": arguments});
+    let started = Instant::now();
+    let reply = server
+        .http
+        .post(format!("{}/api/Spaces-1/tasks", server.url))
+        .header("X-Octopus-ApiKey", KEY)
+        .json(&body)
+        .send()?;
+    let task: Value = reply.json()?;
+    let id = task["Id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no task: {task}"))?
+        .to_string();
+    let state = server.wait_done(&id)?;
+    if state != "Success" {
+        bail!("task {id} ended {state}");
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// Kilobytes of a process's resident set now (`VmRSS`) or at its peak (`VmHWM`), from /proc.
@@ -347,14 +671,20 @@ fn rss_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
 }
 
 /// Queues `tasks` tasks while the space's queue is stopped, starts the queue, and times until
-/// every one has ended.
-fn throughput(bin: &Path, tasks: usize, agents: usize) -> anyhow::Result<()> {
-    let temp = tempfile::tempdir()?;
-    let server = Server::start_with(bin, temp.path(), &["--task-cap", "200"])?;
+/// every one has ended: how many succeeded, in how many seconds. Tasks are made on each node in
+/// turn; the agents dial the first node (the dispatcher).
+fn throughput(
+    bin: &Path,
+    setup: &cluster::Setup,
+    tasks: usize,
+    agents: usize,
+) -> anyhow::Result<(u64, f64)> {
+    let cluster = Cluster::start(bin, setup, &["--task-cap", "200"])?;
+    let server = cluster.first();
     let mut running = Vec::new();
     for n in 0..agents {
         let name = format!("agent-{n}");
-        running.push(server.agent(bin, temp.path(), &name, Kind::Polling)?);
+        running.push(server.agent(bin, cluster.dir(), &name, Kind::Polling)?);
         server.wait_healthy(&name)?;
     }
     let space = server.get("/api/spaces/Spaces-1")?;
@@ -365,9 +695,10 @@ fn throughput(bin: &Path, tasks: usize, agents: usize) -> anyhow::Result<()> {
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let mut threads = Vec::new();
         for t in 0..4 {
-            let server = &server;
+            let cluster = &cluster;
             threads.push(scope.spawn(move || -> anyhow::Result<()> {
-                for _ in (t..tasks).step_by(4) {
+                for n in (t..tasks).step_by(4) {
+                    let server = cluster.pick(n);
                     let body = json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": "true"}});
                     let reply = server
                         .http
@@ -406,21 +737,8 @@ fn throughput(bin: &Path, tasks: usize, agents: usize) -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let done = server.get("/api/Spaces-1/tasks?states=Success&take=1")?;
     let succeeded = done["TotalResults"].as_u64().unwrap_or(0);
-    let rate = succeeded as f64 / seconds;
-    println!(
-        "{:<12} {:>7} {:>7} {:>10} {:>10}",
-        "SCENARIO", "TASKS", "AGENTS", "SECONDS", "TASKS/S"
-    );
-    println!(
-        "{:<12} {succeeded:>7} {agents:>7} {seconds:>10.2} {rate:>10.0}",
-        "throughput"
-    );
-    println!(
-        "{}",
-        json!({"scenario": "throughput", "tasks": succeeded, "agents": agents, "seconds": seconds, "tasks_per_second": rate})
-    );
     drop(running);
-    Ok(())
+    Ok((succeeded, seconds))
 }
 
 /// Queues `tasks` tasks from 4 client threads (so queueing is not what is measured).
@@ -1043,6 +1361,18 @@ impl Server {
     }
 
     fn agent(&self, bin: &Path, dir: &Path, name: &str, kind: Kind) -> anyhow::Result<Agent> {
+        self.agent_via(bin, dir, name, kind, self.comms_port)
+    }
+
+    /// Registers and runs an agent; a polling one dials `comms_port` (a balancer's, say).
+    fn agent_via(
+        &self,
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        kind: Kind,
+        comms_port: u16,
+    ) -> anyhow::Result<Agent> {
         let home = dir.join(format!("agent-{name}"));
         let mut register = Command::new(bin.join("muster-agent"));
         register.arg("--home").arg(&home).args([
@@ -1061,7 +1391,7 @@ impl Server {
                 "--comms-style",
                 "TentacleActive",
                 "--server-comms-port",
-                &self.comms_port.to_string(),
+                &comms_port.to_string(),
             ]);
         } else {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?

@@ -308,7 +308,8 @@ fn a_paused_dispatcher_is_fenced_and_its_late_writes_are_refused() {
 
 /// nginx's `stream` module (Debian's `libnginx-mod-stream`) in front of the nodes' comms ports: one
 /// address for every agent. A node that does not dispatch does not listen, so nginx passes each
-/// connection on to the one that does.
+/// connection on to the one that does. One process (`master_process off`), so that killing it
+/// leaves no worker behind.
 struct Balancer {
     port: u16,
     child: std::process::Child,
@@ -325,6 +326,7 @@ impl Balancer {
             .collect();
         let config = format!(
             "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+             master_process off;\n\
              pid {dir}/nginx.pid;\n\
              error_log {dir}/error.log info;\n\
              events {{}}\n\

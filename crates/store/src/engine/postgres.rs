@@ -209,6 +209,32 @@ fn chunk_insert<'q>(chunk: &Chunk, epoch: Option<i64>) -> Query<'q> {
     .bind(epoch)
 }
 
+/// One write (`statement`, whose parameters end at `$last`) and its notes in one statement, one
+/// round trip and its own commit: the notes go out only if it changed a row. Returns the rows it
+/// changed.
+async fn write_noting(
+    pool: &PgPool,
+    statement: &str,
+    last: usize,
+    bind: impl FnOnce(Query<'_>) -> Query<'_>,
+    notes: &[String],
+) -> Result<u64> {
+    let sql = format!(
+        "WITH written AS ({statement} RETURNING 1) \
+         SELECT (SELECT count(*) FROM written), \
+         (SELECT count(pg_notify(${channel}, note)) FROM unnest(${notes}::text[]) AS note \
+          WHERE EXISTS (SELECT 1 FROM written))",
+        channel = last + 1,
+        notes = last + 2,
+    );
+    let query = bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .bind(crate::notes::CHANNEL)
+        .bind(notes);
+    let row = query.fetch_one(pool).await?;
+    let written: i64 = sqlx::Row::get(&row, 0);
+    Ok(written as u64)
+}
+
 /// Sends a write's notes to the other nodes, with its transaction.
 async fn send_notes(tx: &mut sqlx::PgConnection, notes: &[String]) -> Result<()> {
     if !notes.is_empty() {
@@ -531,16 +557,18 @@ impl Engine for Postgres {
     }
 
     async fn update_task(&self, num: i64, task: &Task, guard: &Guard) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let done = bind_task(sqlx::query(UPDATE_TASK), num, task)
-            .bind(guard.epoch)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            check_epoch(&mut tx, guard.epoch).await?;
+        let epoch = guard.epoch;
+        let written = write_noting(
+            &self.pool,
+            UPDATE_TASK,
+            18,
+            |q| bind_task(q, num, task).bind(epoch),
+            &guard.notes,
+        )
+        .await?;
+        if written == 0 {
+            check_epoch(&mut *self.pool.acquire().await?, epoch).await?;
         }
-        send_notes(&mut tx, &guard.notes).await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -550,6 +578,22 @@ impl Engine for Postgres {
         from: TaskState,
         guard: &Guard,
     ) -> Result<Vec<bool>> {
+        // One task (most claims): one statement, one round trip.
+        if let [(num, task)] = tasks {
+            let epoch = guard.epoch;
+            let written = write_noting(
+                &self.pool,
+                UPDATE_TASK_FROM,
+                19,
+                |q| bind_task(q, *num, task).bind(from.as_str()).bind(epoch),
+                &guard.notes,
+            )
+            .await?;
+            if written == 0 {
+                check_epoch(&mut *self.pool.acquire().await?, epoch).await?;
+            }
+            return Ok(vec![written == 1]);
+        }
         let mut tx = self.pool.begin().await?;
         let mut moved = Vec::with_capacity(tasks.len());
         for (num, task) in tasks {

@@ -447,6 +447,10 @@ impl Session {
         }
     }
 
+    /// How often a refused channel with nothing else open on its connection is asked again (after
+    /// 50, 100, … ms: about 0.75 s in all).
+    const CLOSING_RETRIES: u64 = 5;
+
     /// Opens a channel on `connection`. `None`: the worker refused it while others are open there,
     /// so the connection now counts one channel fewer; try again.
     async fn open_on(
@@ -455,41 +459,54 @@ impl Session {
         permit: OwnedSemaphorePermit,
     ) -> Result<Option<Chan>, Error> {
         let target = &self.inner.target;
-        let opened =
-            tokio::time::timeout(self.inner.timeout, connection.handle.channel_open_session())
-                .await
-                .map_err(|_| {
-                    timed_out(
-                        &target.host,
-                        target.port,
-                        self.inner.timeout,
-                        "opening a channel",
-                    )
-                })?;
-        match opened {
-            Ok(channel) => Ok(Some(Chan {
-                channel,
-                permit,
-                connection: connection.clone(),
-            })),
-            Err(_) if connection.handle.is_closed() => Err(self.disconnected()),
-            Err(russh::Error::ChannelOpenFailure(reason)) => {
-                let capacity = connection.capacity.load(Ordering::SeqCst);
-                let others_open = capacity.saturating_sub(connection.slots.available_permits() + 1);
-                if others_open == 0 {
-                    return Err(Error::Remote {
-                        what: "open a channel",
-                        detail: format!("its sshd refused it ({reason:?})"),
-                    });
+        // Channels this side closed a moment ago may still count on the worker (sshd handles
+        // their close after it answers this open): a refusal with nothing else open here is
+        // asked again a few times before it is the worker's answer.
+        let mut attempt = 0;
+        loop {
+            let opened =
+                tokio::time::timeout(self.inner.timeout, connection.handle.channel_open_session())
+                    .await
+                    .map_err(|_| {
+                        timed_out(
+                            &target.host,
+                            target.port,
+                            self.inner.timeout,
+                            "opening a channel",
+                        )
+                    })?;
+            return match opened {
+                Ok(channel) => Ok(Some(Chan {
+                    channel,
+                    permit,
+                    connection: connection.clone(),
+                })),
+                Err(_) if connection.handle.is_closed() => Err(self.disconnected()),
+                Err(russh::Error::ChannelOpenFailure(reason)) => {
+                    let capacity = connection.capacity.load(Ordering::SeqCst);
+                    let others_open =
+                        capacity.saturating_sub(connection.slots.available_permits() + 1);
+                    if others_open == 0 {
+                        if attempt < Self::CLOSING_RETRIES {
+                            attempt += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(50 * attempt))
+                                .await;
+                            continue;
+                        }
+                        return Err(Error::Remote {
+                            what: "open a channel",
+                            detail: format!("its sshd refused it ({reason:?})"),
+                        });
+                    }
+                    permit.forget();
+                    connection.capacity.store(capacity - 1, Ordering::SeqCst);
+                    self.inner
+                        .capacity
+                        .fetch_min(capacity - 1, Ordering::SeqCst);
+                    Ok(None)
                 }
-                permit.forget();
-                connection.capacity.store(capacity - 1, Ordering::SeqCst);
-                self.inner
-                    .capacity
-                    .fetch_min(capacity - 1, Ordering::SeqCst);
-                Ok(None)
-            }
-            Err(error) => Err(error.into()),
+                Err(error) => Err(error.into()),
+            };
         }
     }
 

@@ -123,7 +123,10 @@ impl Instance {
         if self.state != InstanceState::Ready || self.past_lifetime(limits, now) {
             return 0;
         }
-        let mut free = limits.tasks_per_worker.max(1).saturating_sub(self.busy_tasks);
+        let mut free = limits
+            .tasks_per_worker
+            .max(1)
+            .saturating_sub(self.busy_tasks);
         if let Some(max) = limits.max_use_count {
             free = free.min(max.saturating_sub(self.uses) as usize);
         }
@@ -224,9 +227,9 @@ impl Waiting {
                 failures.last_reason,
                 secs(*retry_in)
             ),
-            Waiting::AtMaxWorkers { max_workers } => format!(
-                "all {max_workers} workers of type {worker_type} are in use (MaxWorkers)"
-            ),
+            Waiting::AtMaxWorkers { max_workers } => {
+                format!("all {max_workers} workers of type {worker_type} are in use (MaxWorkers)")
+            }
         }
     }
 }
@@ -262,7 +265,9 @@ pub fn backoff(n: usize) -> Duration {
         return Duration::ZERO;
     }
     let doublings = (n - 1).min(16) as u32;
-    BACKOFF_FIRST.saturating_mul(1 << doublings).min(BACKOFF_MAX)
+    BACKOFF_FIRST
+        .saturating_mul(1 << doublings)
+        .min(BACKOFF_MAX)
 }
 
 /// The plan for one dynamic pool at `now`: `queued` tasks wait for it, `instances` are its live
@@ -386,7 +391,11 @@ pub fn scale(
             }
         }
     } else {
-        in_a_row += history.iter().rev().take_while(|a| a.failure.is_some()).count();
+        in_a_row += history
+            .iter()
+            .rev()
+            .take_while(|a| a.failure.is_some())
+            .count();
     }
     let failures = last_reason.map(|last_reason| Failures {
         failed: history.iter().filter(|a| a.failure.is_some()).count() + timed_out,
@@ -426,4 +435,256 @@ pub fn scale(
         })
     };
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn at(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn worker(id: &str, state: InstanceState, busy: usize, uses: u32, created: u64) -> Instance {
+        Instance {
+            id: id.into(),
+            state,
+            busy_tasks: busy,
+            uses,
+            created_at: at(created),
+            idle_since: at(created),
+        }
+    }
+
+    fn failed(s: u64, why: &str) -> Attempt {
+        Attempt {
+            at: at(s),
+            failure: Some(why.into()),
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_the_issues() {
+        let l = WorkerTypeLimits::new(4);
+        assert_eq!(
+            (l.min_idle, l.tasks_per_worker, l.max_use_count),
+            (0, 1, Some(1))
+        );
+        assert_eq!(l.idle_timeout, 60 * MIN);
+        assert_eq!(l.max_lifetime, 72 * 60 * MIN);
+        assert_eq!(l.provision_timeout, 5 * MIN);
+    }
+
+    #[test]
+    fn a_burst_scales_up_to_max_workers_and_says_why_the_rest_wait() {
+        let l = WorkerTypeLimits::new(4);
+        let plan = scale(at(100), &l, 10, &[], &[]);
+        assert_eq!(plan.provision, 4);
+        assert_eq!(
+            plan.waiting.unwrap().describe("linux-local"),
+            "provisioning a worker of type linux-local, 0 s so far"
+        );
+        // Four are being provisioned: nothing more, and the reason counts from the oldest.
+        let four: Vec<_> = (0..4)
+            .map(|n| worker(&format!("i{n}"), InstanceState::Provisioning, 0, 0, 100))
+            .collect();
+        let plan = scale(at(112), &l, 10, &four, &[]);
+        assert!(plan.is_quiet());
+        assert_eq!(
+            plan.waiting.unwrap().describe("linux-local"),
+            "provisioning a worker of type linux-local, 12 s so far"
+        );
+    }
+
+    #[test]
+    fn every_worker_busy_at_max_workers_is_said() {
+        let l = WorkerTypeLimits::new(2);
+        let busy = [
+            worker("a", InstanceState::Ready, 1, 1, 0),
+            worker("b", InstanceState::Ready, 1, 1, 0),
+        ];
+        let plan = scale(at(10), &l, 3, &busy, &[]);
+        assert!(plan.is_quiet());
+        assert_eq!(plan.waiting, Some(Waiting::AtMaxWorkers { max_workers: 2 }));
+    }
+
+    #[test]
+    fn tasks_per_worker_shares_workers() {
+        let l = WorkerTypeLimits {
+            tasks_per_worker: 3,
+            max_use_count: None,
+            ..WorkerTypeLimits::new(10)
+        };
+        // One worker runs 1 of its 3: 2 queued fit, 5 more need 2 workers.
+        let w = [worker("a", InstanceState::Ready, 1, 5, 0)];
+        assert_eq!(scale(at(10), &l, 7, &w, &[]).provision, 2);
+        assert_eq!(scale(at(10), &l, 2, &w, &[]), Plan::default());
+    }
+
+    #[test]
+    fn idle_workers_go_after_the_idle_timeout_but_min_idle_stay_warm() {
+        let l = WorkerTypeLimits {
+            min_idle: 1,
+            max_use_count: None,
+            ..WorkerTypeLimits::new(5)
+        };
+        let mut a = worker("a", InstanceState::Ready, 0, 3, 0);
+        let mut b = worker("b", InstanceState::Ready, 0, 3, 0);
+        a.idle_since = at(100);
+        b.idle_since = at(200);
+        // Not idle long enough yet.
+        assert!(scale(at(100) + 59 * MIN, &l, 0, &[a.clone(), b.clone()], &[]).is_quiet());
+        // Both past it: the most recently idle stays warm.
+        let plan = scale(at(200) + 60 * MIN, &l, 0, &[a.clone(), b.clone()], &[]);
+        assert_eq!(plan.destroy, vec![("a".to_string(), Retire::IdleTimeout)]);
+        assert_eq!(plan.provision, 0);
+        // With min_idle 0 the pool scales to zero.
+        let zero = WorkerTypeLimits { min_idle: 0, ..l };
+        let plan = scale(at(200) + 60 * MIN, &zero, 0, &[a, b], &[]);
+        assert_eq!(plan.destroy.len(), 2);
+        assert_eq!(plan.waiting, None);
+    }
+
+    #[test]
+    fn min_idle_is_provisioned_without_demand() {
+        let l = WorkerTypeLimits {
+            min_idle: 2,
+            ..WorkerTypeLimits::new(5)
+        };
+        let plan = scale(at(0), &l, 0, &[], &[]);
+        assert_eq!(plan.provision, 2);
+        assert_eq!(plan.waiting, None);
+    }
+
+    #[test]
+    fn a_used_up_worker_is_destroyed_once_idle_and_replaced() {
+        let l = WorkerTypeLimits::new(1);
+        let busy = [worker("a", InstanceState::Ready, 1, 1, 0)];
+        assert!(scale(at(5), &l, 1, &busy, &[]).is_quiet());
+        let done = [worker("a", InstanceState::Ready, 0, 1, 0)];
+        let plan = scale(at(6), &l, 1, &done, &[]);
+        assert_eq!(plan.destroy, vec![("a".to_string(), Retire::UsedUp)]);
+        assert_eq!(plan.provision, 1);
+    }
+
+    #[test]
+    fn a_worker_past_its_lifetime_is_drained_then_destroyed() {
+        let l = WorkerTypeLimits {
+            max_use_count: None,
+            ..WorkerTypeLimits::new(3)
+        };
+        let old = at(0) + l.max_lifetime;
+        let busy = worker("a", InstanceState::Ready, 1, 1, 0);
+        assert_eq!(busy.free_capacity(&l, old), 0);
+        let plan = scale(old, &l, 0, &[busy], &[]);
+        assert_eq!(plan.drain, vec!["a".to_string()]);
+        assert!(plan.destroy.is_empty());
+        let draining = worker("a", InstanceState::Draining, 1, 1, 0);
+        assert_eq!(draining.shown_state(), "Draining");
+        assert!(scale(old, &l, 0, &[draining], &[]).is_quiet());
+        let idle = worker("a", InstanceState::Draining, 0, 1, 0);
+        let plan = scale(old, &l, 0, &[idle], &[]);
+        assert_eq!(plan.destroy, vec![("a".to_string(), Retire::Drained)]);
+        // Idle and too old: destroyed at once.
+        let idle = worker("b", InstanceState::Ready, 0, 1, 0);
+        let plan = scale(old, &l, 0, &[idle], &[]);
+        assert_eq!(plan.destroy, vec![("b".to_string(), Retire::Lifetime)]);
+    }
+
+    #[test]
+    fn failed_attempts_back_off_and_the_reason_says_so() {
+        let l = WorkerTypeLimits::new(4);
+        let ok = Attempt {
+            at: at(0),
+            failure: None,
+        };
+        let history = [
+            ok,
+            failed(10, "create exited with 1"),
+            failed(30, "create exited with 2"),
+        ];
+        // Two in a row: 20 s after the last.
+        let plan = scale(at(40), &l, 1, &[], &history);
+        assert_eq!(plan.provision, 0);
+        assert_eq!(
+            plan.waiting.unwrap().describe("linux-local"),
+            "provisioning a worker of type linux-local: 2 of 3 attempts failed: create exited with 2; next attempt in 10 s"
+        );
+        // Past it: try again, still saying what failed.
+        let plan = scale(at(50), &l, 1, &[], &history);
+        assert_eq!(plan.provision, 1);
+        assert_eq!(
+            plan.waiting.unwrap().describe("t"),
+            "provisioning a worker of type t, 0 s so far (2 of 3 attempts failed: create exited with 2)"
+        );
+        // After a success, no back-off and no failures in the reason.
+        let mut h = history.to_vec();
+        h.push(Attempt {
+            at: at(60),
+            failure: None,
+        });
+        let plan = scale(at(61), &l, 1, &[], &h);
+        assert_eq!(plan.provision, 1);
+        assert!(matches!(
+            plan.waiting,
+            Some(Waiting::Provisioning { failures: None, .. })
+        ));
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_five_minutes() {
+        let steps: Vec<u64> = (0..8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(steps, vec![0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff(1000), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn a_provisioning_past_its_timeout_is_destroyed_and_counts_as_a_failure() {
+        let l = WorkerTypeLimits::new(4);
+        let slow = [worker("a", InstanceState::Provisioning, 0, 0, 0)];
+        let plan = scale(at(0) + l.provision_timeout, &l, 1, &slow, &[]);
+        assert_eq!(
+            plan.destroy,
+            vec![("a".to_string(), Retire::ProvisionTimedOut)]
+        );
+        assert_eq!(plan.provision, 0);
+        assert_eq!(
+            plan.waiting,
+            Some(Waiting::BackingOff {
+                failures: Failures {
+                    failed: 1,
+                    attempts: 1,
+                    last_reason: PROVISION_TIMED_OUT.into()
+                },
+                retry_in: BACKOFF_FIRST,
+            })
+        );
+    }
+
+    #[test]
+    fn a_lowered_max_workers_destroys_idle_workers_only() {
+        let l = WorkerTypeLimits {
+            max_use_count: None,
+            ..WorkerTypeLimits::new(1)
+        };
+        let w = [
+            worker("a", InstanceState::Ready, 1, 1, 0),
+            worker("b", InstanceState::Ready, 0, 1, 0),
+            worker("c", InstanceState::Ready, 0, 1, 0),
+        ];
+        let plan = scale(at(1), &l, 0, &w, &[]);
+        let gone: Vec<_> = plan.destroy.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(gone.len(), 2);
+        assert!(!gone.contains(&"a"));
+    }
+
+    #[test]
+    fn ready_workers_with_room_leave_no_reason() {
+        let l = WorkerTypeLimits::new(4);
+        let w = [worker("a", InstanceState::Ready, 0, 0, 0)];
+        assert_eq!(scale(at(1), &l, 1, &w, &[]), Plan::default());
+        assert_eq!(w[0].shown_state(), "Ready");
+    }
 }

@@ -58,8 +58,42 @@ impl WorkerTypeLimits {
         }
     }
 
-    /// The tasks a fresh worker can take before it is full or used up (at least 1, so a zero in
-    /// the configuration, refused by its reader, cannot make the scaler provision forever).
+    /// Whether these limits make sense, or the first reason they do not, naming the setting as the
+    /// configuration file does. The scaler assumes them checked: with a lifetime no longer than
+    /// the time to provision, every worker would be too old to take a task once ready.
+    pub fn check(&self) -> Result<(), String> {
+        let zero = |name: &str, d: Duration| -> Result<(), String> {
+            match d.is_zero() {
+                true => Err(format!("{name} must be longer than 0")),
+                false => Ok(()),
+            }
+        };
+        if self.max_workers == 0 {
+            return Err("MaxWorkers must be at least 1".into());
+        }
+        if self.min_idle > self.max_workers {
+            return Err(format!(
+                "MinIdle ({}) cannot be more than MaxWorkers ({})",
+                self.min_idle, self.max_workers
+            ));
+        }
+        if self.tasks_per_worker == 0 {
+            return Err("TasksPerWorker must be at least 1".into());
+        }
+        if self.max_use_count == Some(0) {
+            return Err("MaxUseCount must be at least 1 (or none, for no limit)".into());
+        }
+        zero("IdleTimeout", self.idle_timeout)?;
+        zero("MaxLifetime", self.max_lifetime)?;
+        zero("ProvisionTimeout", self.provision_timeout)?;
+        if self.max_lifetime <= self.provision_timeout {
+            return Err("MaxLifetime must be longer than ProvisionTimeout".into());
+        }
+        Ok(())
+    }
+
+    /// The tasks a fresh worker can take before it is full or used up (at least 1, so a zero that
+    /// `check` would refuse cannot make the scaler provision forever).
     fn fresh_capacity(&self) -> usize {
         let mut c = self.tasks_per_worker.max(1);
         if let Some(max) = self.max_use_count {
@@ -475,6 +509,22 @@ mod tests {
         assert_eq!(l.idle_timeout, 60 * MIN);
         assert_eq!(l.max_lifetime, 72 * 60 * MIN);
         assert_eq!(l.provision_timeout, 5 * MIN);
+    }
+
+    #[test]
+    fn bad_limits_are_refused_with_the_setting_named() {
+        assert_eq!(WorkerTypeLimits::new(4).check(), Ok(()));
+        let bad = |f: fn(&mut WorkerTypeLimits)| {
+            let mut l = WorkerTypeLimits::new(4);
+            f(&mut l);
+            l.check().unwrap_err()
+        };
+        assert_eq!(bad(|l| l.max_workers = 0), "MaxWorkers must be at least 1");
+        assert!(bad(|l| l.min_idle = 5).starts_with("MinIdle (5)"));
+        assert!(bad(|l| l.tasks_per_worker = 0).starts_with("TasksPerWorker"));
+        assert!(bad(|l| l.max_use_count = Some(0)).starts_with("MaxUseCount"));
+        assert!(bad(|l| l.idle_timeout = Duration::ZERO).starts_with("IdleTimeout"));
+        assert!(bad(|l| l.max_lifetime = 5 * MIN).starts_with("MaxLifetime"));
     }
 
     #[test]

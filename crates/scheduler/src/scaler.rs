@@ -409,35 +409,28 @@ pub fn scale(
     let wanted = rest.div_ceil(fresh) + limits.min_idle.saturating_sub(warm);
     let room = limits.max_workers.saturating_sub(live);
 
-    // Back-off: the failed attempts in a row, this plan's timed-out ones included.
-    let mut in_a_row = timed_out;
-    let mut last_failure = timed_out.gt(&0).then_some(now);
-    let mut last_reason = timed_out.gt(&0).then(|| PROVISION_TIMED_OUT.to_string());
-    if timed_out == 0 {
-        for a in history.iter().rev() {
-            match &a.failure {
-                Some(why) => {
-                    in_a_row += 1;
-                    last_failure = last_failure.or(Some(a.at));
-                    last_reason = last_reason.or_else(|| Some(why.clone()));
-                }
-                None => break,
-            }
-        }
-    } else {
-        in_a_row += history
+    // Back-off: from the last failed attempt, by the failures in a row (this plan's timed-out
+    // ones included, as the newest); after a success there is none.
+    let in_a_row = timed_out
+        + history
             .iter()
             .rev()
             .take_while(|a| a.failure.is_some())
             .count();
-    }
-    let failures = last_reason.map(|last_reason| Failures {
+    let last_failure = match (timed_out, history.last()) {
+        (0, Some(a)) => a.failure.clone().map(|why| (a.at, why)),
+        (0, None) => None,
+        _ => Some((now, PROVISION_TIMED_OUT.to_string())),
+    };
+    let backing_off = last_failure
+        .as_ref()
+        .map(|(at, _)| *at + backoff(in_a_row))
+        .filter(|&retry_at| now < retry_at);
+    let failures = last_failure.map(|(_, last_reason)| Failures {
         failed: history.iter().filter(|a| a.failure.is_some()).count() + timed_out,
         attempts: history.len() + timed_out,
         last_reason,
     });
-    let retry_at = last_failure.map(|at| at + backoff(in_a_row));
-    let backing_off = retry_at.filter(|&at| now < at);
 
     if backing_off.is_none() {
         plan.provision = wanted.min(room);

@@ -14,6 +14,11 @@
 //!
 //! Architecture invariant: no IO, no async, no clock. The dispatcher feeds it what it read, and the
 //! property tests (tests/simulation.rs) drive it with a simulated clock.
+//!
+//! `scaler` is the other half of the rules for dynamic worker pools: how many workers a pool
+//! should have, from its queued tasks and its instances.
+
+pub mod scaler;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 

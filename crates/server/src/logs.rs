@@ -260,6 +260,7 @@ async fn end_alone(store: &Store, ended: &[Task]) -> Vec<bool> {
     loop {
         match store.append_logs_and_end(&[], ended).await {
             Ok(written) => return written,
+            Err(muster_store::StoreError::Fenced(_)) => return vec![false; ended.len()],
             Err(error) => {
                 attempt += 1;
                 tracing::error!(%error, attempt, "cannot store tasks' final states; retrying");
@@ -298,6 +299,11 @@ async fn write_lines(
         let written = loop {
             match store.append_logs_and_end(&lines, &ended).await {
                 Ok(written) => break written,
+                // Another node dispatches now and owns these tasks: nothing here may land.
+                Err(muster_store::StoreError::Fenced(why)) => {
+                    tracing::error!(lost = lines.len(), "task log lines refused: {why}");
+                    break vec![false; ended.len()];
+                }
                 Err(error) => {
                     attempt += 1;
                     tracing::error!(%error, attempt, "cannot store task log lines; retrying");

@@ -531,6 +531,14 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A server that died by itself before its test ended says why, for the test's output.
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!(
+                    "the server at {} had exited ({status}); its log:\n{}",
+                    self.url,
+                    self.stderr.lock().unwrap()
+                );
+            }
             let _ = child.kill();
             let _ = child.wait();
         }

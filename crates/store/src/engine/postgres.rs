@@ -40,6 +40,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 
 pub(crate) struct Postgres {
     pub(crate) pool: PgPool,
+    /// A connection of the dispatcher's lease alone: a pool busy with the node's work (every
+    /// connection taken, callers waiting) must not delay a renewal past the lease.
+    lease_pool: PgPool,
     /// The connection that holds this server's claim on the database (`claim`), for its life.
     claim: tokio::sync::Mutex<Option<sqlx::postgres::PgConnection>>,
 }
@@ -58,8 +61,14 @@ impl Postgres {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
+        let lease_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy(url)?;
         Ok(Postgres {
             pool,
+            lease_pool,
             claim: Default::default(),
         })
     }
@@ -110,7 +119,7 @@ impl Postgres {
         )
         .bind(holder)
         .bind(ttl.as_secs_f64())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.lease_pool)
         .await?
         .map(|(epoch,): (i64,)| epoch))
     }
@@ -123,7 +132,7 @@ impl Postgres {
         )
         .bind(epoch)
         .bind(ttl.as_secs_f64())
-        .execute(&self.pool)
+        .execute(&self.lease_pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -134,7 +143,7 @@ impl Postgres {
             "UPDATE dispatch_lease SET expires_at = '-infinity' WHERE id = 1 AND epoch = $1",
         )
         .bind(epoch)
-        .execute(&self.pool)
+        .execute(&self.lease_pool)
         .await?;
         Ok(())
     }
@@ -144,7 +153,7 @@ impl Postgres {
         Ok(sqlx::query_as(
             "SELECT holder FROM dispatch_lease WHERE id = 1 AND expires_at >= clock_timestamp()",
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.lease_pool)
         .await?
         .map(|(holder,): (String,)| holder))
     }
@@ -347,6 +356,7 @@ impl Engine for Postgres {
             let _ = connection.close().await;
         }
         self.pool.close().await;
+        self.lease_pool.close().await;
     }
 
     async fn begin(&self) -> Result<PostgresTx> {

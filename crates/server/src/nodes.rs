@@ -25,11 +25,13 @@ pub const DEFAULT_TASK_CAP: usize = 5;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long the dispatcher's lease lasts without renewal: a node that dies is replaced within it.
-pub const LEASE: Duration = Duration::from_secs(8);
-/// How often the dispatcher renews its lease.
-const RENEW_EVERY: Duration = Duration::from_secs(2);
-/// How often a node that does not dispatch tries to take the lease.
-const TRY_EVERY: Duration = Duration::from_secs(1);
+pub const LEASE: Duration = Duration::from_secs(7);
+/// How often the dispatcher renews its lease: a renewal may be late by more than 5 s (a stalled
+/// disk, a busy database) before the lease runs out.
+const RENEW_EVERY: Duration = Duration::from_millis(1500);
+/// How often a node that does not dispatch tries to take the lease: another node dispatches at
+/// most `LEASE` + `TRY_EVERY` after the dispatcher died.
+const TRY_EVERY: Duration = Duration::from_millis(500);
 /// The exit code of a node that lost the dispatcher's lease (EX_TEMPFAIL: start it again).
 const LOST_LEASE_EXIT: i32 = 75;
 

@@ -156,8 +156,14 @@ struct RegisterArgs {
     /// TentacleActive (polling: the agent dials the server) or TentaclePassive (listening).
     #[arg(long, alias = "commsStyle", default_value = "TentaclePassive")]
     comms_style: String,
-    /// The server's comms port, which a polling agent dials on the --server host.
-    #[arg(long, alias = "serverCommsPort", default_value_t = DEFAULT_SERVER_COMMS_PORT)]
+    /// The server's comms port, which a polling agent dials on the --server host (not with
+    /// --server-comms-address, whose addresses name their ports).
+    #[arg(
+        long,
+        alias = "serverCommsPort",
+        default_value_t = DEFAULT_SERVER_COMMS_PORT,
+        conflicts_with = "server_comms_addresses"
+    )]
     server_comms_port: u16,
     /// A comms address of a server node, HOST:PORT or [IPv6]:PORT (repeatable): a polling agent
     /// dials these in order, moving to the next when one fails or its link closes, instead of the

@@ -195,4 +195,30 @@ fn bad_comms_addresses_are_refused_with_a_reason() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("TentacleActive"), "{stderr}");
+
+    // Addresses name their ports: a --server-comms-port beside them is refused, not ignored.
+    let output = agent()
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "register-worker",
+            "--server",
+            "http://127.0.0.1:1",
+            "--api-key",
+            KEY,
+            "--comms-style",
+            "TentacleActive",
+            "--server-comms-port",
+            "10943",
+            "--server-comms-address",
+            "127.0.0.1:10943",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--server-comms-port") && stderr.contains("cannot be used with"),
+        "{stderr}"
+    );
 }

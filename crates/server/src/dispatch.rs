@@ -170,11 +170,25 @@ async fn reattach(app: &App, task: Task, worker: Worker, exclusive: bool) -> any
         .insert(task.id.clone(), stop.clone());
     app.logs
         .open(&task.id, app.store.last_log_seq(&task.id).await?);
+    let node = &app.config.node_name;
+    let mut task = task;
+    let why = match task.server_node.clone() {
+        // Another node ran it: this one took the dispatcher's role over, and follows it now (its
+        // later writes, the end included, name this node).
+        Some(old) if old != *node => {
+            task.server_node = Some(node.clone());
+            if app.store.transition_task(&task, task.state).await? {
+                app.logs.changed(&task.id);
+            }
+            format!("Muster server node {old} stopped; node {node} took over and is")
+        }
+        _ => "The Muster server restarted;".to_string(),
+    };
     app.logs.append(
         &task.id,
         LogCategory::Verbose,
         format!(
-            "The Muster server restarted; re-attaching to the script on worker {} after its line {after}",
+            "{why} re-attaching to the script on worker {} after its line {after}",
             worker.name
         ),
     );

@@ -137,6 +137,10 @@ pub async fn dispatch_role(
                         }
                     }
                 };
+                println!(
+                    "Muster node {} dispatches now (epoch {epoch}); its comms port for polling agents is listening on {comms_address}",
+                    app.config.node_name
+                );
                 if let Err(error) = crate::dispatch::recover(&app).await {
                     lost(&format!(
                         "cannot recover the last dispatcher's tasks: {error:#}"

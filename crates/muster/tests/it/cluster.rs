@@ -442,6 +442,17 @@ fn the_agents_script_outlives_its_node(cluster: &mut Cluster, worker: &str) {
     );
     assert_eq!(done["State"], "Success", "{done}");
     assert_eq!(done["WorkerName"], worker);
+    assert_ne!(
+        done["ServerNode"], "n1",
+        "the node that followed it to its end"
+    );
+    assert!(
+        lines.iter().any(|l| l["MessageText"]
+            .as_str()
+            .unwrap()
+            .contains("node n1 stopped")),
+        "the log says why the script was re-attached"
+    );
     let numbered: Vec<&str> = lines
         .iter()
         .filter_map(|l| l["MessageText"].as_str())

@@ -21,14 +21,6 @@ struct Cluster {
     nodes: Vec<Option<Server>>,
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
-}
-
 impl Cluster {
     fn start() -> Cluster {
         Cluster::start_with(&[])
@@ -42,13 +34,7 @@ impl Cluster {
         for n in 1..=3 {
             let dir = temp.path().join(format!("n{n}"));
             if n > 1 {
-                let first = temp.path().join("n1");
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::copy(first.join("secrets.key"), dir.join("secrets.key")).unwrap();
-                copy_dir(
-                    &first.join("server-certificate"),
-                    &dir.join("server-certificate"),
-                );
+                crate::support::copy_node_files(&temp.path().join("n1"), &dir);
             }
             let comms = format!("127.0.0.1:{}", free_port());
             let name = format!("n{n}");

@@ -163,16 +163,7 @@ impl Server {
         let mut first = Self::start_in(dir, &first_args).expect("node n1 starts");
         for n in 2..=nodes {
             let other = dir.join(format!("node-n{n}"));
-            std::fs::create_dir_all(other.join("server-certificate")).unwrap();
-            std::fs::copy(dir.join("secrets.key"), other.join("secrets.key")).unwrap();
-            for entry in std::fs::read_dir(dir.join("server-certificate")).unwrap() {
-                let entry = entry.unwrap();
-                std::fs::copy(
-                    entry.path(),
-                    other.join("server-certificate").join(entry.file_name()),
-                )
-                .unwrap();
-            }
+            copy_node_files(dir, &other);
             let node_args = with(&format!("n{n}"));
             let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
             first
@@ -656,6 +647,21 @@ impl Drop for Agent {
 }
 
 /// A free port on 127.0.0.1 (bound and released at once).
+/// Gives a new node's data directory `to` what the README says to copy from the first node's
+/// (`from`): the key of sensitive values and the server certificate.
+pub fn copy_node_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("server-certificate")).unwrap();
+    std::fs::copy(from.join("secrets.key"), to.join("secrets.key")).unwrap();
+    for entry in std::fs::read_dir(from.join("server-certificate")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            to.join("server-certificate").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

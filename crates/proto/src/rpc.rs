@@ -31,6 +31,17 @@ pub const SUBSCRIBER_ACCEPTED: &str = "MUSTER-ACCEPTED";
 /// closes the connection.
 pub const SUBSCRIBER_REFUSED: &str = "MUSTER-REFUSED";
 
+/// What a server node writes first on its TLS connection to another node's comms port, with the
+/// nodes' shared certificate as its client certificate: it then speaks HTTP/2 to reach, through
+/// that node, the agents whose links it holds (`/relay/{THUMBPRINT}/…`). Answered
+/// [`SUBSCRIBER_ACCEPTED`].
+pub const RELAY_PREFACE: &str = "MUSTER-RELAY 1";
+/// The prefix of a relayed call's path; then the agent's thumbprint and the call's own path.
+pub const RELAY_PATH: &str = "/relay/";
+/// Set on a relay's own error answer (the node holds no link to that agent), as against an answer
+/// of the agent itself.
+pub const RELAY_UNREACHABLE_HEADER: &str = "x-muster-relay-unreachable";
+
 /// The longest a polling agent that the server refused waits between dials: it needs its operator
 /// (a worker registered again), not a quick retry.
 pub const MAX_REFUSED_DELAY: Duration = Duration::from_secs(60);

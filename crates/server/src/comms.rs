@@ -4,6 +4,13 @@
 //!
 //! Architecture invariant: a link is keyed by the agent's certificate thumbprint, so one physical agent
 //! has one connection and one health record however many workers name it.
+//!
+//! Several nodes on one database: every node listens on its comms port, and a polling agent holds
+//! one link to any one of them. The store records which node holds each link (`agent_links`); a
+//! node that needs an agent linked elsewhere calls it through that node (the relay): one HTTP/2
+//! connection per pair of nodes over TLS 1.3, both ends pinned to the nodes' shared certificate,
+//! each call's path prefixed `/relay/{THUMBPRINT}`. The agent's protocol is unchanged, and so is
+//! every caller: `link_for` answers a `Link` either way.
 
 use crate::state::App;
 use anyhow::{Context, anyhow};
@@ -23,34 +30,67 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-/// An open connection to one agent.
+/// An open connection to one agent: this node's own link, or the link another node holds, called
+/// through that node.
 #[derive(Clone)]
 pub struct Link {
     id: u64,
     sender: SendRequest<Full<Bytes>>,
     /// Cancelled to close the connection from this side (its worker was deleted).
     closer: tokio_util::sync::CancellationToken,
+    /// The node whose link this is, when it is not this node's: calls go through it.
+    via: Option<String>,
+    /// Put before each call's path: "" on this node's own link, `/relay/{THUMBPRINT}` through
+    /// another node.
+    prefix: String,
 }
 
 impl Link {
+    /// Sends one call; a relay's own "no such link" answer is an error of the connection, not
+    /// the agent's refusal.
+    async fn send(
+        &self,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let mut sender = self.sender.clone();
+        let closed = match &self.via {
+            None => "the agent's connection is closed".to_string(),
+            Some(node) => {
+                format!("the connection to node {node}, which holds the agent's link, is closed")
+            }
+        };
+        sender.ready().await.context(closed)?;
+        let request = hyper::Request::post(format!("{}{path}", self.prefix))
+            .header("content-type", "application/json")
+            .body(Full::new(body))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("the agent did not answer")?;
+        if response
+            .headers()
+            .contains_key(rpc::RELAY_UNREACHABLE_HEADER)
+        {
+            let bytes = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(anyhow!("{}", String::from_utf8_lossy(&bytes)));
+        }
+        Ok(response)
+    }
+
     /// One RPC: a JSON request, a JSON answer.
     pub async fn call<Q: Serialize, R: DeserializeOwned>(
         &self,
         path: &str,
         body: &Q,
     ) -> anyhow::Result<R> {
-        let mut sender = self.sender.clone();
-        sender
-            .ready()
-            .await
-            .context("the agent's connection is closed")?;
-        let request = hyper::Request::post(path)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .context("the agent did not answer")?;
+        let response = self
+            .send(path, Bytes::from(serde_json::to_vec(body)?))
+            .await?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -77,18 +117,9 @@ impl Link {
         path: &str,
         body: &Q,
     ) -> anyhow::Result<(hyper::HeaderMap, hyper::body::Incoming)> {
-        let mut sender = self.sender.clone();
-        sender
-            .ready()
-            .await
-            .context("the agent's connection is closed")?;
-        let request = hyper::Request::post(path)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .context("the agent did not answer")?;
+        let response = self
+            .send(path, Bytes::from(serde_json::to_vec(body)?))
+            .await?;
         let status = response.status();
         let (parts, body) = response.into_parts();
         if !status.is_success() {
@@ -147,6 +178,10 @@ pub struct Comms {
     /// them all (a re-attached script may dial its agent while others are still being recovered).
     recovered: std::sync::atomic::AtomicBool,
     recovered_now: Notify,
+    /// The agents whose link another node holds (by thumbprint): that node's name.
+    remote: Mutex<HashMap<String, String>>,
+    /// The open relay connections to other nodes, by node name.
+    peers: Mutex<HashMap<String, Link>>,
 }
 
 impl Default for Comms {
@@ -161,6 +196,8 @@ impl Default for Comms {
             live: Mutex::default(),
             recovered: std::sync::atomic::AtomicBool::default(),
             recovered_now: Notify::default(),
+            remote: Mutex::default(),
+            peers: Mutex::default(),
         }
     }
 }
@@ -230,9 +267,57 @@ impl Comms {
             .contains(&thumbprint.to_ascii_uppercase())
     }
 
-    /// Whether `link` is still the agent's open link.
+    /// Whether `link` is still the agent's open link (a relayed one: whether its node still holds
+    /// the agent's link).
     pub fn is_current(&self, thumbprint: &str, link: &Link) -> bool {
-        self.link(thumbprint).is_some_and(|l| l.id == link.id)
+        match &link.via {
+            None => self.link(thumbprint).is_some_and(|l| l.id == link.id),
+            Some(node) => self.remote_node(thumbprint).as_deref() == Some(node.as_str()),
+        }
+    }
+
+    /// Whether the agent can be called now: this node holds its link, or another node does.
+    pub fn reachable(&self, thumbprint: &str) -> bool {
+        self.link(thumbprint).is_some() || self.remote_node(thumbprint).is_some()
+    }
+
+    /// The other node that holds the agent's link, if one does.
+    pub fn remote_node(&self, thumbprint: &str) -> Option<String> {
+        self.remote
+            .lock()
+            .expect("comms lock")
+            .get(&thumbprint.to_ascii_uppercase())
+            .cloned()
+    }
+
+    /// Takes what the store says of one agent's link (None: no node holds it).
+    fn set_remote(&self, thumbprint: &str, node: Option<String>) {
+        let thumbprint = thumbprint.to_ascii_uppercase();
+        let mut remote = self.remote.lock().expect("comms lock");
+        let changed = match node {
+            Some(node) => remote.insert(thumbprint, node.clone()) != Some(node),
+            None => remote.remove(&thumbprint).is_some(),
+        };
+        drop(remote);
+        if changed {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Forgets the links of nodes that stopped (offline): their agents dial another node.
+    pub fn forget_nodes(&self, gone: &std::collections::HashSet<String>) {
+        let mut remote = self.remote.lock().expect("comms lock");
+        let before = remote.len();
+        remote.retain(|_, node| !gone.contains(node));
+        let changed = remote.len() != before;
+        drop(remote);
+        self.peers
+            .lock()
+            .expect("comms lock")
+            .retain(|node, _| !gone.contains(node));
+        if changed {
+            self.changed.notify_waiters();
+        }
     }
 
     pub fn health_lock(&self, thumbprint: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
@@ -249,6 +334,8 @@ impl Comms {
             id: self.next_id.fetch_add(1, Ordering::SeqCst),
             sender,
             closer: tokio_util::sync::CancellationToken::new(),
+            via: None,
+            prefix: String::new(),
         };
         self.links
             .lock()
@@ -270,20 +357,13 @@ impl Comms {
         }
     }
 
-    /// Closes every agent's link: this node stops dispatching, and its agents dial the node that
-    /// takes over.
-    pub fn close_all(&self) {
-        for link in self.links.lock().expect("comms lock").values() {
-            link.closer.cancel();
-        }
-    }
-
-    fn remove(&self, thumbprint: &str, id: u64) {
+    /// Forgets a closed link; whether it was the agent's current one.
+    fn remove(&self, thumbprint: &str, id: u64) -> bool {
         let mut links = self.links.lock().expect("comms lock");
-        if links
+        let current = links
             .get(&thumbprint.to_ascii_uppercase())
-            .is_some_and(|l| l.id == id)
-        {
+            .is_some_and(|l| l.id == id);
+        if current {
             links.remove(&thumbprint.to_ascii_uppercase());
             self.closed
                 .lock()
@@ -292,6 +372,7 @@ impl Comms {
         }
         drop(links);
         self.changed.notify_waiters();
+        current
     }
 }
 
@@ -301,6 +382,7 @@ async fn attach(
     app: &App,
     stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     thumbprint: String,
+    polling: bool,
 ) -> anyhow::Result<Link> {
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -312,6 +394,20 @@ async fn attach(
         .context("the HTTP/2 handshake with the agent failed")?;
     let thumbprint = thumbprint.to_ascii_uppercase();
     let link = app.comms.add(&thumbprint, sender);
+    // A polling agent's link is where the other nodes reach it (a listening agent each node dials).
+    let shared = polling && app.store.engine_name() == "postgres";
+    if shared
+        && let Err(error) = app
+            .store
+            .set_agent_link(
+                &thumbprint,
+                &app.config.node_name,
+                &muster_core::time::now(),
+            )
+            .await
+    {
+        tracing::warn!(%error, "cannot record that this node holds an agent's link");
+    }
     let id = link.id;
     let app2 = app.clone();
     let closed = thumbprint.clone();
@@ -322,7 +418,15 @@ async fn attach(
             _ = connection => {}
             () = closer.cancelled() => {}
         }
-        app2.comms.remove(&closed, id);
+        if app2.comms.remove(&closed, id)
+            && shared
+            && let Err(error) = app2
+                .store
+                .clear_agent_link(&closed, &app2.config.node_name)
+                .await
+        {
+            tracing::warn!(%error, "cannot record that an agent's link closed");
+        }
         let _ = app2
             .comms
             .events
@@ -362,6 +466,7 @@ async fn cancel_orphans(app: App, link: Link) {
             .lock()
             .expect("comms lock")
             .contains_key(&held.ticket)
+            || followed_elsewhere(&app, &held.ticket).await
         {
             continue;
         }
@@ -387,7 +492,29 @@ async fn cancel_orphans(app: App, link: Link) {
     }
 }
 
-/// The comms port: polling agents, and plain HTTPS probes (answered 200 as Octopus's port does).
+/// Whether another node follows a ticket (or may again: the node that ran it stopped, and the next
+/// dispatcher re-attaches to it): its task still runs, on a node that is not this one. Tickets are
+/// task ids, or a run's `{task}/{step}/{worker}`.
+async fn followed_elsewhere(app: &App, ticket: &str) -> bool {
+    if app.store.engine_name() != "postgres" {
+        return false;
+    }
+    let task_id = ticket.split('/').next().unwrap_or(ticket);
+    match app.store.get_task(task_id).await {
+        Ok(Some(task)) => {
+            matches!(
+                task.state,
+                muster_core::TaskState::Executing | muster_core::TaskState::Cancelling
+            ) && task.server_node.as_deref() != Some(app.config.node_name.as_str())
+        }
+        Ok(None) => false,
+        // Unknown: left alone, and weighed again at the agent's next connection.
+        Err(_) => true,
+    }
+}
+
+/// The comms port: polling agents, other nodes relaying to them, and plain HTTPS probes (answered
+/// 200 as Octopus's port does).
 pub async fn listen(app: App, listener: TcpListener) {
     use muster_proto::net::{Listener, Trouble};
     let tls = match muster_proto::tls::server_config(
@@ -427,8 +554,14 @@ pub async fn listen(app: App, listener: TcpListener) {
             .unwrap_or_else(|_| Err(anyhow!("no TLS handshake and subscription in time")));
             drop(permit);
             let result = match authenticated {
-                Ok(Some((stream, thumbprint))) => attach(&app, stream, thumbprint).await.map(drop),
-                Ok(None) => Ok(()),
+                Ok(Arrival::Agent(stream, thumbprint)) => {
+                    attach(&app, stream, thumbprint, true).await.map(drop)
+                }
+                Ok(Arrival::Node(stream)) => {
+                    serve_relay(app, stream).await;
+                    Ok(())
+                }
+                Ok(Arrival::Probe) => Ok(()),
                 Err(error) => Err(error),
             };
             if let Err(error) = result {
@@ -438,16 +571,46 @@ pub async fn listen(app: App, listener: TcpListener) {
     }
 }
 
-/// The unauthenticated part of a comms port connection: the TLS handshake and the first line. A
-/// polling agent registered for the subscription it names is returned with its thumbprint; a probe
-/// is answered 200 and gives None.
+type CommsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Who a comms port connection turned out to be.
+enum Arrival {
+    /// A polling agent registered for the subscription it named, with its thumbprint.
+    Agent(CommsStream, String),
+    /// Another node of this database (it presented the nodes' shared certificate), to relay.
+    Node(CommsStream),
+    /// A plain HTTPS probe, answered already.
+    Probe,
+}
+
+/// The unauthenticated part of a comms port connection: the TLS handshake and the first line.
 async fn authenticate(
     app: &App,
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
-) -> anyhow::Result<Option<(tokio_rustls::server::TlsStream<TcpStream>, String)>> {
+) -> anyhow::Result<Arrival> {
     let mut stream = acceptor.accept(tcp).await?;
     let line = read_line(&mut stream).await?;
+    if line == rpc::RELAY_PREFACE {
+        // Only a node that holds this node's own certificate (every node of a database shares
+        // it) may call agents through it.
+        let ours = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .is_some_and(|c| muster_proto::thumbprint_sha256(c) == app.certificate.thumbprint());
+        if !ours {
+            return Err(anyhow!(
+                "a relay was asked by a client without this server's certificate"
+            ));
+        }
+        stream
+            .write_all(format!("{}\n", rpc::SUBSCRIBER_ACCEPTED).as_bytes())
+            .await?;
+        stream.flush().await?;
+        return Ok(Arrival::Node(stream));
+    }
     // A version 2 agent is told whether it was accepted (and why not); a version 1 agent is not.
     let (subscription, answers) = match (
         line.strip_prefix(rpc::SUBSCRIBER_PREFACE),
@@ -464,7 +627,7 @@ async fn authenticate(
         );
         stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;
-        return Ok(None);
+        return Ok(Arrival::Probe);
     };
     let certificate = stream
         .get_ref()
@@ -513,10 +676,10 @@ async fn authenticate(
             .await?;
         stream.flush().await?;
     }
-    Ok(Some((
+    Ok(Arrival::Agent(
         stream,
         worker.thumbprint.clone().unwrap_or_default(),
-    )))
+    ))
 }
 
 async fn read_line(stream: &mut (impl AsyncRead + Unpin)) -> anyhow::Result<String> {
@@ -556,7 +719,8 @@ pub async fn discover(host: &str, port: u16) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow!("{host}:{port} did not present a TLS certificate"))
 }
 
-/// The link to a worker: the polling agent's open connection, or a listening agent dialled now.
+/// The link to a worker: this node's open connection to it, or a listening agent dialled now, or
+/// the polling agent's link on another node, through that node.
 pub async fn link_for(app: &App, worker: &Worker) -> anyhow::Result<Link> {
     let thumbprint = worker
         .thumbprint
@@ -565,13 +729,203 @@ pub async fn link_for(app: &App, worker: &Worker) -> anyhow::Result<Link> {
     if let Some(link) = app.comms.link(&thumbprint) {
         return Ok(link);
     }
-    match &worker.endpoint {
-        Some(Endpoint::TentaclePassive(e)) => dial(app, &e.uri, &thumbprint).await,
-        _ => Err(anyhow!(
+    if let Some(Endpoint::TentaclePassive(e)) = &worker.endpoint {
+        return dial(app, &e.uri, &thumbprint).await;
+    }
+    match app.comms.remote_node(&thumbprint) {
+        Some(node) => {
+            let mut link = peer(app, &node).await.with_context(|| {
+                format!(
+                    "the polling agent of worker {} is connected to node {node}, which cannot be reached",
+                    worker.name
+                )
+            })?;
+            link.prefix = format!("{}{}", rpc::RELAY_PATH, thumbprint.to_ascii_uppercase());
+            Ok(link)
+        }
+        None => Err(anyhow!(
             "the polling agent of worker {} is not connected",
             worker.name
         )),
     }
+}
+
+/// The relay connection to another node: the open one, or one dialled now at the comms address
+/// it recorded. Both ends present and pin the nodes' shared certificate.
+async fn peer(app: &App, node: &str) -> anyhow::Result<Link> {
+    if let Some(link) = app.comms.peers.lock().expect("comms lock").get(node)
+        && !link.sender.is_closed()
+    {
+        return Ok(link.clone());
+    }
+    let record = app
+        .store
+        .node(node)
+        .await?
+        .ok_or_else(|| anyhow!("there is no node {node}"))?;
+    let address = record
+        .comms_address
+        .ok_or_else(|| anyhow!("node {node} has not said where its comms port listens"))?;
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&address))
+        .await
+        .context("connecting timed out")?
+        .with_context(|| format!("cannot connect to node {node} at {address}"))?;
+    tcp.set_nodelay(true)?;
+    let pin = muster_proto::tls::pin_thumbprints(vec![app.certificate.thumbprint()]);
+    let connector =
+        tokio_rustls::TlsConnector::from(muster_proto::tls::client_config(&app.certificate, pin)?);
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        connector.connect(muster_proto::tls::server_name(), tcp),
+    )
+    .await
+    .context("the TLS handshake timed out")?
+    .with_context(|| {
+        format!(
+            "the TLS handshake with node {node} failed (do the nodes share one server certificate?)"
+        )
+    })?;
+    stream
+        .write_all(format!("{}\n", rpc::RELAY_PREFACE).as_bytes())
+        .await?;
+    stream.flush().await?;
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_line(&mut stream))
+        .await
+        .with_context(|| format!("node {node} did not answer the relay's preface"))??;
+    if answer != rpc::SUBSCRIBER_ACCEPTED {
+        return Err(anyhow!("node {node} refused to relay: {answer}"));
+    }
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(rpc::KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(rpc::KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .with_context(|| format!("the HTTP/2 handshake with node {node} failed"))?;
+    let link = Link {
+        id: app.comms.next_id.fetch_add(1, Ordering::SeqCst),
+        sender,
+        closer: tokio_util::sync::CancellationToken::new(),
+        via: Some(node.to_string()),
+        prefix: String::new(),
+    };
+    app.comms
+        .peers
+        .lock()
+        .expect("comms lock")
+        .insert(node.to_string(), link.clone());
+    let (app2, node2, id) = (app.clone(), node.to_string(), link.id);
+    tokio::spawn(async move {
+        let _ = connection.await;
+        let mut peers = app2.comms.peers.lock().expect("comms lock");
+        if peers.get(&node2).is_some_and(|l| l.id == id) {
+            peers.remove(&node2);
+        }
+    });
+    Ok(link)
+}
+
+type RelayBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// Serves another node's relayed calls: each goes to the agent's link on this node, and its answer
+/// streams back as the agent sends it.
+async fn serve_relay(app: App, stream: CommsStream) {
+    let service = hyper::service::service_fn(move |request| {
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(relay(&app, request).await) }
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(rpc::KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(rpc::KEEP_ALIVE_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(error) = served {
+        tracing::debug!("a relay connection from another node ended: {error}");
+    }
+}
+
+/// The most bytes of one relayed call (a script's body and its variables).
+const RELAY_MAX_REQUEST: usize = 64 * 1024 * 1024;
+
+async fn relay(
+    app: &App,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<RelayBody> {
+    let unreachable = |why: String| {
+        hyper::Response::builder()
+            .status(hyper::StatusCode::BAD_GATEWAY)
+            .header(rpc::RELAY_UNREACHABLE_HEADER, "1")
+            .body(
+                Full::new(Bytes::from(why))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .expect("a relay answer")
+    };
+    let path = request.uri().path().to_string();
+    let Some((thumbprint, call)) = path
+        .strip_prefix(rpc::RELAY_PATH)
+        .and_then(|rest| rest.find('/').map(|at| rest.split_at(at)))
+    else {
+        return unreachable(format!("node cannot relay {path}"));
+    };
+    let node = &app.config.node_name;
+    let Some(link) = app.comms.link(thumbprint) else {
+        return unreachable(format!(
+            "node {node} no longer holds the agent's link (it closed)"
+        ));
+    };
+    let body = match http_body_util::Limited::new(request.into_body(), RELAY_MAX_REQUEST)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(error) => return unreachable(format!("the relayed call broke off: {error}")),
+    };
+    match link.send(call, body).await {
+        Ok(response) => response.map(|body| body.boxed()),
+        Err(error) => unreachable(format!("node {node} cannot reach the agent: {error:#}")),
+    }
+}
+
+/// What this node knows of the agents' links on the other nodes: read whole at start (after this
+/// node forgot what a crash of its own left written) and after missed notes.
+pub async fn load_links(app: &App) -> anyhow::Result<()> {
+    if app.store.engine_name() != "postgres" {
+        return Ok(());
+    }
+    let me = &app.config.node_name;
+    let links = app.store.agent_links().await?;
+    let mut remote = app.comms.remote.lock().expect("comms lock");
+    remote.clear();
+    for (thumbprint, node) in links {
+        if node != *me {
+            remote.insert(thumbprint.to_ascii_uppercase(), node);
+        }
+    }
+    drop(remote);
+    app.comms.changed.notify_waiters();
+    Ok(())
+}
+
+/// An agent's link moved, or its worker was deleted, on some node: where it is now is read, and a
+/// link this node holds that no worker names any more is closed.
+pub async fn heard_of_agent(app: &App, thumbprint: &str) {
+    match app.store.agent_link(thumbprint).await {
+        Ok(node) => {
+            let node = node.filter(|n| *n != app.config.node_name);
+            app.comms.set_remote(thumbprint, node);
+        }
+        Err(error) => tracing::warn!(%error, "cannot read which node holds an agent's link"),
+    }
+    if app.comms.link(thumbprint).is_some()
+        && matches!(app.store.find_by_ext::<Worker>(thumbprint).await, Ok(workers) if workers.is_empty())
+    {
+        app.comms.close(thumbprint);
+    }
+    app.signals.dispatch.notify_one();
 }
 
 async fn dial(app: &App, uri: &str, thumbprint: &str) -> anyhow::Result<Link> {
@@ -598,5 +952,5 @@ async fn dial(app: &App, uri: &str, thumbprint: &str) -> anyhow::Result<Link> {
         .await
         .context("the TLS handshake timed out")?
         .context("the TLS handshake failed (is the agent's thumbprint right, and does it trust this server?)")?;
-    attach(app, stream, thumbprint.to_string()).await
+    attach(app, stream, thumbprint.to_string(), false).await
 }

@@ -63,7 +63,8 @@ pub async fn watch_links(app: App, mut events: tokio::sync::broadcast::Receiver<
             Ok(LinkEvent::Closed { thumbprint }) => {
                 let lock = app.comms.health_lock(&thumbprint);
                 let _held = lock.lock().await;
-                if app.comms.link(&thumbprint).is_none() {
+                // Not if the agent linked to another node meanwhile.
+                if !app.comms.reachable(&thumbprint) {
                     let health = Health {
                         status: HealthStatus::Unavailable,
                         summary: kinds::agent::CONNECTION_CLOSED.to_string(),

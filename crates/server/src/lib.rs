@@ -76,6 +76,11 @@ pub struct ServerArgs {
     /// This node's name in `ServerNode` (default: the host name).
     #[arg(long, env = "MUSTER_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Where the other nodes of a shared PostgreSQL database dial this node's comms port, to reach
+    /// the agents linked to it, as HOST:PORT (default: --comms-listen; with 0.0.0.0 or ::, this
+    /// host's name and that port).
+    #[arg(long, env = "MUSTER_NODE_COMMS_ADDRESS")]
+    pub node_comms_address: Option<String>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -137,10 +142,26 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(_) => builtin_work_dir(&setup.installation_id)?,
     };
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let advertised = match args.node_comms_address.as_deref().map(str::trim) {
+        Some(given) if !given.is_empty() => {
+            if given
+                .rsplit_once(':')
+                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+            {
+                anyhow::bail!("--node-comms-address {given}: give HOST:PORT");
+            }
+            given.to_string()
+        }
+        _ if comms_address.ip().is_unspecified() => {
+            format!("{}:{}", hostname(), comms_address.port())
+        }
+        _ => comms_address.to_string(),
+    };
     let config = Config {
         task_cap: args.task_cap.map(|c| c as usize),
         builtin_worker: !args.no_builtin_worker,
         node_name,
+        comms_address: advertised,
         work_dir,
         builtin_run_as,
         task_log_limit: args.task_log_limit_mb * 1024 * 1024,
@@ -183,19 +204,31 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .take_dispatch_lease(&app.config.node_name, nodes::LEASE)
         .await
         .context("cannot read the dispatcher's lease")?;
+    // What a crash of this node left written of its agents' links goes; the others' are read.
+    if app.store.engine_name() == "postgres" {
+        app.store
+            .clear_agent_links_of(&app.config.node_name)
+            .await
+            .context("cannot clear this node's agents' links")?;
+    }
+    comms::load_links(&app)
+        .await
+        .context("cannot read which nodes hold the agents' links")?;
     if lease.is_some() {
         dispatch::recover(&app).await?;
+    } else {
+        // Nothing runs here to recover: an agent's tickets are weighed at once.
+        app.comms.set_recovered();
     }
 
     if let Some(key) = &setup.new_admin_key {
         println!("Administrator API key (shown once; keep it safe): {key}");
     }
-    if lease.is_some() {
-        println!("Muster comms port for polling agents is listening on {comms_address}");
-    } else {
+    println!("Muster comms port for polling agents is listening on {comms_address}");
+    if lease.is_none() {
         let holder = app.store.dispatch_lease_holder().await.ok().flatten();
         println!(
-            "Muster node {} waits to dispatch ({} dispatches now); it will listen for polling agents on {comms_address} when it does",
+            "Muster node {} waits to dispatch ({} dispatches now); agents linked to it are reached through it",
             app.config.node_name,
             holder.as_deref().unwrap_or("another node")
         );
@@ -208,15 +241,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 
     let notes = tokio::spawn(nodes::follow_notes(app.clone(), app.store.notes()));
     let heartbeat = tokio::spawn(nodes::heartbeat(app.clone()));
-    // The dispatcher's work: dispatching, the agents' comms port and the health checks. A node
-    // that does not hold the lease serves the API and waits to take the lease over; it does not
-    // even listen on its comms port, so that an agent (or a balancer) dials another node.
-    let dispatching = tokio::spawn(nodes::dispatch_role(
-        app.clone(),
-        lease,
-        comms_listener,
-        comms_address,
-    ));
+    // Every node serves its comms port: a polling agent links to any one, and the others reach it
+    // through that one.
+    let comms = tokio::spawn(comms::listen(app.clone(), comms_listener));
+    // The dispatcher's work: dispatching and the health checks. A node that does not hold the
+    // lease serves the API and its agents' links, and waits to take the lease over.
+    let dispatching = tokio::spawn(nodes::dispatch_role(app.clone(), lease));
     let router = api::router(app.clone());
     let service = tower::ServiceBuilder::new()
         .layer(axum::middleware::from_fn(http::canonicalize))
@@ -245,6 +275,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     .context("the HTTP server failed")?;
 
     dispatching.abort();
+    comms.abort();
     links_watcher.abort();
     notes.abort();
     heartbeat.abort();

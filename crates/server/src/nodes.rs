@@ -69,6 +69,9 @@ pub async fn register(app: &App) -> anyhow::Result<Node> {
             VERSION,
         )
         .await?;
+    app.store
+        .set_node_comms_address(&app.config.node_name, &app.config.comms_address)
+        .await?;
     apply(app, &node);
     if node.is_in_maintenance_mode {
         tracing::warn!(
@@ -103,24 +106,32 @@ pub async fn heartbeat(app: App) {
             Ok(node) => apply(&app, &node),
             Err(error) => tracing::warn!("cannot write this node's heartbeat: {error}"),
         }
+        // The agents linked to a node that stopped are not reached through it: they dial another.
+        if app.store.engine_name() == "postgres"
+            && let Ok(nodes) = app.store.nodes().await
+        {
+            let at = now();
+            let gone: std::collections::HashSet<String> = nodes
+                .into_iter()
+                .filter(|n| is_offline(n, &at))
+                .map(|n| n.name)
+                .collect();
+            app.comms.forget_nodes(&gone);
+        }
     }
 }
 
 /// The dispatcher's work on this node: with the lease (`held`, its epoch), at once; without, once
 /// this node takes it over (after recovering what the last dispatcher left running). Then it
-/// dispatches, serves the comms port and checks health, keeping the lease while it does. Drained
-/// while another node could dispatch, it hands the role over once its running tasks have ended, and
-/// waits for it again once it is undrained.
-pub async fn dispatch_role(
-    app: App,
-    held: Option<i64>,
-    comms: tokio::net::TcpListener,
-    comms_address: std::net::SocketAddr,
-) {
-    let mut held = held.map(|epoch| (epoch, comms));
+/// dispatches and checks health, keeping the lease while it does. Drained while another node could
+/// dispatch, it hands the role over once its running tasks have ended, and waits for it again once
+/// it is undrained. (Every node serves its comms port, whatever its role: agents linked to it are
+/// reached through it.)
+pub async fn dispatch_role(app: App, held: Option<i64>) {
+    let mut held = held;
     loop {
-        let (epoch, comms) = match held.take() {
-            Some(held) => held,
+        let epoch = match held.take() {
+            Some(epoch) => epoch,
             None => {
                 let epoch = take_lease(&app).await;
                 tracing::warn!(
@@ -128,17 +139,8 @@ pub async fn dispatch_role(
                     "node {} took the dispatcher's lease over",
                     app.config.node_name
                 );
-                let comms = loop {
-                    match tokio::net::TcpListener::bind(comms_address).await {
-                        Ok(listener) => break listener,
-                        Err(error) => {
-                            tracing::error!(%error, "cannot listen for agents on {comms_address}; retrying");
-                            tokio::time::sleep(TRY_EVERY).await;
-                        }
-                    }
-                };
                 println!(
-                    "Muster node {} dispatches now (epoch {epoch}); its comms port for polling agents is listening on {comms_address}",
+                    "Muster node {} dispatches now (epoch {epoch})",
                     app.config.node_name
                 );
                 if let Err(error) = crate::dispatch::recover(&app).await {
@@ -146,19 +148,17 @@ pub async fn dispatch_role(
                         "cannot recover the last dispatcher's tasks: {error:#}"
                     ));
                 }
-                (epoch, comms)
+                epoch
             }
         };
         app.node.set_dispatching(Some(epoch));
         let mut duties = tokio::task::JoinSet::new();
         duties.spawn(crate::dispatch::run(app.clone()));
-        duties.spawn(crate::comms::listen(app.clone(), comms));
         duties.spawn(crate::health::health_loop(app.clone()));
         keep_lease(&app, epoch).await;
-        // Handed over: nothing runs here any more; the agents dial the next dispatcher.
+        // Handed over: nothing is dispatched here any more.
         duties.abort_all();
         while duties.join_next().await.is_some() {}
-        app.comms.close_all();
         app.node.set_dispatching(None);
         app.store.forget_dispatch_epoch();
         crate::dispatch::resync(&app);
@@ -281,11 +281,15 @@ pub async fn follow_notes(
                 }
             }
             Ok(Note::Node(_)) => {}
+            Ok(Note::Agent(thumbprint)) => crate::comms::heard_of_agent(&app, &thumbprint).await,
             Ok(Note::Task(id)) => {
                 app.logs.changed(&id);
                 crate::dispatch::heard_of_task(&app, &id).await;
             }
             Ok(Note::Resync) | Err(RecvError::Lagged(_)) => {
+                if let Err(error) = crate::comms::load_links(&app).await {
+                    tracing::warn!("cannot read which nodes hold the agents' links: {error:#}");
+                }
                 crate::dispatch::resync(&app);
                 app.logs.changed_all();
             }

@@ -13,6 +13,8 @@ pub struct Config {
     pub task_cap: Option<usize>,
     pub builtin_worker: bool,
     pub node_name: String,
+    /// Where the other nodes dial this node's comms port (`--node-comms-address`).
+    pub comms_address: String,
     /// Parent of the per-task working directories of the built-in worker.
     pub work_dir: PathBuf,
     /// The OS user the built-in worker's scripts run as (None: the server's own).

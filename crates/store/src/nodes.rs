@@ -19,6 +19,8 @@ pub struct Node {
     pub version: String,
     pub last_modified_on: Option<Timestamp>,
     pub last_modified_by: Option<String>,
+    /// Where the other nodes dial its comms port (None: it never said).
+    pub comms_address: Option<String>,
 }
 
 impl Store {
@@ -66,5 +68,52 @@ impl Store {
             return Ok(None);
         }
         self.node(name).await
+    }
+
+    /// Writes where the other nodes dial this node's comms port.
+    pub async fn set_node_comms_address(&self, name: &str, address: &str) -> Result<()> {
+        on_engine!(&*self.engine, e => e.set_node_comms_address(name, address).await)
+    }
+}
+
+/// Which node holds each polling agent's link (keyed by the agent's certificate thumbprint, in
+/// capitals). A node writes a link it opens and forgets one it saw close; every change is noted
+/// (`Note::Agent`), so that the other nodes know where to relay.
+impl Store {
+    /// `node` holds the agent's link from `since` on.
+    pub async fn set_agent_link(
+        &self,
+        thumbprint: &str,
+        node: &str,
+        since: &Timestamp,
+    ) -> Result<()> {
+        let since = format_date(since);
+        on_engine!(&*self.engine, e => e.set_agent_link(thumbprint, node, &since).await)?;
+        self.note(crate::Note::Agent(thumbprint.to_string())).await
+    }
+
+    /// The agent's link closed on `node`: forgotten unless another node holds it by now.
+    pub async fn clear_agent_link(&self, thumbprint: &str, node: &str) -> Result<()> {
+        if on_engine!(&*self.engine, e => e.clear_agent_link(thumbprint, node).await)? {
+            self.note(crate::Note::Agent(thumbprint.to_string()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `node` starts: it holds no link yet, whatever a crash left written.
+    pub async fn clear_agent_links_of(&self, node: &str) -> Result<()> {
+        on_engine!(&*self.engine, e => e.clear_agent_links_of(node).await)
+    }
+
+    /// (thumbprint, node) of every agent's link.
+    pub async fn agent_links(&self) -> Result<Vec<(String, String)>> {
+        on_engine!(&*self.engine, e => e.agent_links(None).await)
+    }
+
+    /// The node that holds the agent's link, if one does.
+    pub async fn agent_link(&self, thumbprint: &str) -> Result<Option<String>> {
+        let links = on_engine!(&*self.engine, e => e.agent_links(Some(thumbprint)).await)?;
+        Ok(links.into_iter().next().map(|(_, node)| node))
     }
 }

@@ -25,6 +25,8 @@ pub enum Note {
     Workers,
     /// A node's record (its cap, its maintenance mode) was changed by an administrator.
     Node(String),
+    /// An agent's link opened or closed on some node, or its worker was deleted (by thumbprint).
+    Agent(String),
     /// Notes may have been missed: read everything kept from them again.
     Resync,
 }
@@ -37,6 +39,7 @@ impl Note {
             Note::Lines(id) => format!("{origin} lines {id}"),
             Note::Workers => format!("{origin} workers -"),
             Note::Node(name) => format!("{origin} node {name}"),
+            Note::Agent(thumbprint) => format!("{origin} agent {thumbprint}"),
             Note::Resync => format!("{origin} resync -"),
         }
     }
@@ -52,6 +55,7 @@ impl Note {
             "lines" => Note::Lines(id()),
             "workers" => Note::Workers,
             "node" => Note::Node(id()),
+            "agent" => Note::Agent(id()),
             "resync" => Note::Resync,
             _ => return None,
         };
@@ -251,6 +255,7 @@ mod tests {
             Note::Lines("ServerTasks-4".into()),
             Note::Workers,
             Note::Node("node a".into()),
+            Note::Agent("AB12CD".into()),
             Note::Resync,
         ] {
             assert_eq!(Note::decode(&note.encode("ab12")), Some(("ab12", note)));

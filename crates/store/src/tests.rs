@@ -94,6 +94,7 @@ macro_rules! suite {
 
 suite!(
     a_node_registers_beats_and_is_drained,
+    an_agents_link_is_held_by_one_node_at_a_time,
     a_page_of_the_newest_documents_in_some_spaces,
     a_batch_of_long_lines_is_stored_in_bounded_chunks,
     documents_are_written_found_and_deleted,
@@ -265,6 +266,42 @@ fn pool(id: &str, space: &str, name: &str) -> WorkerPool {
         name: name.into(),
         ..Default::default()
     }
+}
+
+/// An agent's link is recorded where it opened; a node forgets only a link it holds itself, and a
+/// starting node holds none; a node's comms address is kept.
+async fn an_agents_link_is_held_by_one_node_at_a_time(opened: &Opened) {
+    let store = &opened.store;
+    let at = muster_core::time::parse_date("2026-12-01T10:00:00.000+00:00").unwrap();
+    let mut notes = store.notes();
+    store.set_agent_link("AAAA", "n1", &at).await.unwrap();
+    assert_eq!(
+        notes.recv().await.unwrap(),
+        crate::Note::Agent("AAAA".into())
+    );
+    store.set_agent_link("BBBB", "n1", &at).await.unwrap();
+    // The agent moved: n2 holds it now, and n1's late close does not forget it.
+    store.set_agent_link("AAAA", "n2", &at).await.unwrap();
+    store.clear_agent_link("AAAA", "n1").await.unwrap();
+    assert_eq!(
+        store.agent_link("AAAA").await.unwrap().as_deref(),
+        Some("n2")
+    );
+    store.clear_agent_link("AAAA", "n2").await.unwrap();
+    assert_eq!(store.agent_link("AAAA").await.unwrap(), None);
+    store.set_agent_link("CCCC", "n2", &at).await.unwrap();
+    store.clear_agent_links_of("n1").await.unwrap();
+    assert_eq!(
+        store.agent_links().await.unwrap(),
+        [("CCCC".to_string(), "n2".to_string())]
+    );
+    store.node_seen("n2", 5, false, &at, "1.0.0").await.unwrap();
+    store
+        .set_node_comms_address("n2", "127.0.0.1:10943")
+        .await
+        .unwrap();
+    let node = store.node("n2").await.unwrap().unwrap();
+    assert_eq!(node.comms_address.as_deref(), Some("127.0.0.1:10943"));
 }
 
 /// A node registers with its cap at its first heartbeat; later beats write when it was seen and

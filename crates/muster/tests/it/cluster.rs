@@ -372,23 +372,119 @@ fn killing_the_node_that_holds_an_agents_link_moves_the_agent_and_loses_no_line(
 #[test]
 fn an_agent_given_every_nodes_address_moves_when_its_node_dies() {
     let mut cluster = Cluster::start();
-    let home = cluster.node(2).dir.join("agent-listed");
+    let agent = listed_agent(&cluster, "listed", &[1, 2, 3]);
+    let linked = agent.wait_for("is connected to");
+    let n1 = format!("127.0.0.1:{}", cluster.node(1).comms_port);
+    assert!(linked.contains(&n1), "{linked}");
+    cluster.node(2).wait_health("listed", "Healthy");
+    the_agents_script_outlives_its_node(&mut cluster, "listed");
+}
+
+/// An agent linked to a node that does not dispatch: the dispatcher runs its script through that
+/// node (the relay). When that node dies, the agent links to the next, the dispatcher reads on
+/// through it, and the task ends Success with every line once, on the dispatcher; the script ran
+/// once, and the agent is Healthy again.
+#[test]
+fn an_agent_linked_to_another_node_runs_through_it_and_survives_its_death() {
+    let mut cluster = Cluster::start();
+    let agent = listed_agent(&cluster, "relayed", &[2, 3]);
+    let linked = agent.wait_for("is connected to");
+    let n2 = format!("127.0.0.1:{}", cluster.node(2).comms_port);
+    assert!(linked.contains(&n2), "linked to n2 first: {linked}");
+    cluster.node(1).wait_health("relayed", "Healthy");
+    // A whole task through the relay, its end included.
+    let quick = cluster
+        .node(3)
+        .run_script("Spaces-1", json!({"ScriptBody": "echo relayed"}));
+    let (done, lines) = cluster.node(3).wait_task(&id(&quick));
+    assert_eq!(done["State"], "Success", "{done}");
+    assert_eq!(done["ServerNode"], "n1", "the dispatcher ran it");
+    assert!(lines.iter().any(|l| l["MessageText"] == "relayed"));
+
+    let marker = cluster.node(2).dir.join("ran-relayed");
+    let script = format!(
+        "echo once >> '{}'\nfor i in $(seq 1 60); do echo \"n $i\"; sleep 0.1; done",
+        marker.display()
+    );
+    let task = cluster
+        .node(3)
+        .run_script("Spaces-1", json!({"ScriptBody": script}));
+    cluster.node(3).follow(&id(&task), |kind, data| {
+        !(kind == "line" && data["MessageText"] == "n 5")
+    });
+    cluster.take(2).kill();
+    let killed = Instant::now();
+    let moved = agent.wait_for("is connected to");
+    let n3 = format!("127.0.0.1:{}", cluster.node(3).comms_port);
+    assert!(moved.contains(&n3), "moved to n3: {moved}");
+    let (done, lines) = cluster.node(1).wait_task(&id(&task));
+    assert!(
+        killed.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert_eq!(done["State"], "Success", "{done}");
+    assert_eq!(done["ServerNode"], "n1");
+    let numbered: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["MessageText"].as_str())
+        .filter(|t| t.starts_with("n "))
+        .collect();
+    let expected: Vec<String> = (1..=60).map(|i| format!("n {i}")).collect();
+    assert_eq!(numbered, expected, "every line once, in order");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "once\n");
+    cluster.node(3).wait_health("relayed", "Healthy");
+}
+
+/// Only a node with the nodes' shared certificate may call agents through another node: a client
+/// with any other certificate is refused at the relay's preface, and the node's own is accepted.
+#[test]
+fn only_a_node_with_the_shared_certificate_may_relay() {
+    use std::io::{Read, Write};
+    let server = Server::start();
+    let answer = |identity: &muster_proto::Identity| -> String {
+        let anything: muster_proto::tls::Pin = std::sync::Arc::new(|_: &[u8]| true);
+        let config = muster_proto::tls::client_config(identity, anything).unwrap();
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", server.comms_port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let connection =
+            rustls::ClientConnection::new(config, muster_proto::tls::server_name()).unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        tls.write_all(b"MUSTER-RELAY 1\n").unwrap();
+        let mut line = [0u8; 64];
+        let read = tls.read(&mut line).unwrap_or(0);
+        String::from_utf8_lossy(&line[..read]).into_owned()
+    };
+    let intruder = muster_proto::Identity::generate("Muster Server").unwrap();
+    assert_eq!(answer(&intruder), "", "refused and closed");
+    let own = muster_proto::Identity::load_or_create(
+        &server.dir.join("server-certificate"),
+        "Muster Server",
+    )
+    .unwrap();
+    assert_eq!(answer(&own), "MUSTER-ACCEPTED\n");
+}
+
+/// Registers a polling agent named `name` in the default pool, given the comms addresses of
+/// `nodes` in that order, and starts it.
+fn listed_agent(cluster: &Cluster, name: &str, nodes: &[usize]) -> crate::support::Agent {
+    let home = cluster.node(1).dir.join(format!("agent-{name}"));
     let mut args = vec![
         "register-worker".to_string(),
         "--server".into(),
-        cluster.node(2).url.clone(),
+        cluster.node(1).url.clone(),
         "--api-key".into(),
         crate::support::KEY.into(),
         "--name".into(),
-        "listed".into(),
+        name.into(),
         "--worker-pool".into(),
         "Default Worker Pool".into(),
         "--comms-style".into(),
         "TentacleActive".into(),
     ];
-    for n in 1..=3 {
+    for n in nodes {
         args.push("--server-comms-address".into());
-        args.push(format!("127.0.0.1:{}", cluster.node(n).comms_port));
+        args.push(format!("127.0.0.1:{}", cluster.node(*n).comms_port));
     }
     let registered = crate::support::agent()
         .arg("--home")
@@ -397,10 +493,7 @@ fn an_agent_given_every_nodes_address_moves_when_its_node_dies() {
         .output()
         .unwrap();
     assert!(registered.status.success(), "{registered:?}");
-    let agent = crate::support::Agent::start(&home);
-    agent.wait_for("is connected to");
-    cluster.node(2).wait_health("listed", "Healthy");
-    the_agents_script_outlives_its_node(&mut cluster, "listed");
+    crate::support::Agent::start(&home)
 }
 
 /// Kills the dispatcher (n1, which holds the agent's link) while the agent's script prints: the

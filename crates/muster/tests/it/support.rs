@@ -239,11 +239,7 @@ impl Server {
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => {
                     banner.push(line.clone());
-                    if let Some(rest) = line
-                        .split("polling agents is listening on ")
-                        .nth(1)
-                        .or_else(|| line.split("listen for polling agents on ").nth(1))
-                    {
+                    if let Some(rest) = line.split("polling agents is listening on ").nth(1) {
                         let rest = rest.split_whitespace().next().unwrap_or_default();
                         comms_port = rest
                             .rsplit(':')

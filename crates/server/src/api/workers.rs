@@ -612,6 +612,8 @@ async fn close_when_unused(app: App, key: String, deleted: Vec<String>) {
         };
         if !busy {
             app.comms.close(&key);
+            // The node that holds its link, if another, closes it on hearing this.
+            let _ = app.store.note(muster_store::Note::Agent(key)).await;
             return;
         }
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;

@@ -54,9 +54,11 @@ impl WorkerKind for Agent {
     }
 
     fn unreachable(&self, app: &App) -> Option<String> {
-        match app.comms.link(&self.thumbprint) {
-            Some(_) => None,
-            None => Some(format!("{} is not connected", self.worker.name)),
+        // Linked to this node or to another (reached through it).
+        if app.comms.reachable(&self.thumbprint) {
+            None
+        } else {
+            Some(format!("{} is not connected", self.worker.name))
         }
     }
 

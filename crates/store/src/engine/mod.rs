@@ -187,11 +187,38 @@ pub(crate) trait Engine: Sync {
         modified_on: &str,
         modified_by: Option<&str>,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// Writes where the other nodes dial a node's comms port.
+    fn set_node_comms_address(
+        &self,
+        name: &str,
+        address: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records that `node` holds the link of the agent with `thumbprint` (replacing any other).
+    fn set_agent_link(
+        &self,
+        thumbprint: &str,
+        node: &str,
+        since: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Forgets the agent's link if `node` holds it (another node may hold it by now); whether it did.
+    fn clear_agent_link(
+        &self,
+        thumbprint: &str,
+        node: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Forgets every link `node` holds (it starts, so it holds none).
+    fn clear_agent_links_of(&self, node: &str) -> impl Future<Output = Result<()>> + Send;
+    /// (thumbprint, node) of every agent's link, or of one agent's.
+    fn agent_links(
+        &self,
+        thumbprint: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
 }
 
 /// The columns of the server nodes table, in the order `read_node` reads them.
 pub(crate) const NODE_COLUMNS: &str = "name, max_concurrent_tasks, is_in_maintenance_mode, last_seen, version, \
-    last_modified_on, last_modified_by";
+    last_modified_on, last_modified_by, comms_address";
 
 /// Reads a node from a row of `NODE_COLUMNS`, on any engine (a boolean is 0 or 1 in SQLite).
 pub(crate) fn read_node<R>(row: &R) -> Result<Node>
@@ -215,6 +242,7 @@ where
         version: row.try_get("version")?,
         last_modified_on: modified.map(date).transpose()?,
         last_modified_by: row.try_get("last_modified_by")?,
+        comms_address: row.try_get("comms_address")?,
     })
 }
 

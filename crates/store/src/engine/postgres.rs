@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "dispatch lease",
         include_str!("../../migrations/postgres/0003_dispatch_lease.sql"),
     ),
+    (
+        4,
+        "agent links",
+        include_str!("../../migrations/postgres/0004_agent_links.sql"),
+    ),
 ];
 
 pub(crate) struct Postgres {
@@ -348,6 +353,55 @@ impl Engine for Postgres {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_node_comms_address(&self, name: &str, address: &str) -> Result<()> {
+        sqlx::query("UPDATE server_nodes SET comms_address = $2 WHERE name = $1")
+            .bind(name)
+            .bind(address)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_agent_link(&self, thumbprint: &str, node: &str, since: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agent_links (thumbprint, node, since) VALUES ($1, $2, $3) \
+             ON CONFLICT (thumbprint) DO UPDATE SET node = excluded.node, since = excluded.since",
+        )
+        .bind(thumbprint)
+        .bind(node)
+        .bind(since)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_agent_link(&self, thumbprint: &str, node: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM agent_links WHERE thumbprint = $1 AND node = $2")
+            .bind(thumbprint)
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn clear_agent_links_of(&self, node: &str) -> Result<()> {
+        sqlx::query("DELETE FROM agent_links WHERE node = $1")
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn agent_links(&self, thumbprint: Option<&str>) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT thumbprint, node FROM agent_links WHERE $1 IS NULL OR thumbprint = $1 \
+             ORDER BY thumbprint",
+        )
+        .bind(thumbprint)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn close(&self) {

@@ -20,6 +20,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/v3.sql"),
     include_str!("../../migrations/sqlite/v4.sql"),
     include_str!("../../migrations/sqlite/v5.sql"),
+    include_str!("../../migrations/sqlite/v6.sql"),
 ];
 
 pub(crate) struct Sqlite {
@@ -195,6 +196,55 @@ impl Engine for Sqlite {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_node_comms_address(&self, name: &str, address: &str) -> Result<()> {
+        sqlx::query("UPDATE server_nodes SET comms_address = ?2 WHERE name = ?1")
+            .bind(name)
+            .bind(address)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_agent_link(&self, thumbprint: &str, node: &str, since: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agent_links (thumbprint, node, since) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (thumbprint) DO UPDATE SET node = excluded.node, since = excluded.since",
+        )
+        .bind(thumbprint)
+        .bind(node)
+        .bind(since)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_agent_link(&self, thumbprint: &str, node: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM agent_links WHERE thumbprint = ?1 AND node = ?2")
+            .bind(thumbprint)
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn clear_agent_links_of(&self, node: &str) -> Result<()> {
+        sqlx::query("DELETE FROM agent_links WHERE node = ?1")
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn agent_links(&self, thumbprint: Option<&str>) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT thumbprint, node FROM agent_links WHERE ?1 IS NULL OR thumbprint = ?1 \
+             ORDER BY thumbprint",
+        )
+        .bind(thumbprint)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn close(&self) {

@@ -22,8 +22,19 @@ pub mod scaler;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-/// The built-in worker's machine, as a lease names it.
+/// The built-in worker's machine, as a lease names it (a node's is `builtin@NODE`: each node runs
+/// one, see `builtin_agent`).
 pub const BUILTIN_AGENT: &str = "builtin";
+
+/// The machine of a node's built-in worker.
+pub fn builtin_agent(node: &str) -> String {
+    format!("{BUILTIN_AGENT}@{node}")
+}
+
+/// The node whose built-in worker `agent` is, if it is one.
+pub fn builtin_node(agent: &str) -> Option<&str> {
+    agent.strip_prefix(BUILTIN_AGENT)?.strip_prefix('@')
+}
 
 /// A worker a task could run on, as the dispatcher sees it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +109,11 @@ struct Holding {
     capped: bool,
     /// The child run this task waits for now.
     waiting_for: Option<String>,
+    /// The server node that runs it.
+    node: Option<String>,
 }
 
-/// The leases and task-cap slots of running tasks on this node.
+/// The leases and task-cap slots of running tasks, and the node each runs on.
 #[derive(Debug, Default)]
 pub struct Ledger {
     holdings: HashMap<String, Holding>,
@@ -175,8 +188,38 @@ impl Ledger {
                 leases,
                 capped,
                 waiting_for: None,
+                node: None,
             },
         );
+    }
+
+    /// Records which server node runs a task that began.
+    pub fn place(&mut self, task_id: &str, node: &str) {
+        if let Some(holding) = self.holdings.get_mut(task_id) {
+            holding.node = Some(node.to_string());
+        }
+    }
+
+    /// The server node that runs a task, if it was placed.
+    pub fn node_of(&self, task_id: &str) -> Option<&str> {
+        self.holdings.get(task_id)?.node.as_deref()
+    }
+
+    /// The running tasks placed on nodes other than `node`.
+    pub fn placed_elsewhere(&self, node: &str) -> Vec<String> {
+        self.holdings
+            .iter()
+            .filter(|(_, h)| h.node.as_deref().is_some_and(|n| n != node))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// How many running tasks placed on a node take a task-cap slot there.
+    pub fn capped_on(&self, node: &str) -> usize {
+        self.holdings
+            .values()
+            .filter(|h| h.capped && h.node.as_deref() == Some(node))
+            .count()
     }
 
     /// A task ended: its leases and its slot are free.

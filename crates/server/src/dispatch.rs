@@ -72,71 +72,238 @@ enum Planned {
 /// the start-up cleaned what was left), so its task ends Failed, with a line saying why; so does a
 /// runbook run, whose steps the server itself drove. No task stays Executing forever: a re-attached
 /// agent that does not come back fails its task after the policy's grace.
-pub async fn recover(app: &App) -> anyhow::Result<()> {
-    for mut task in app
+///
+/// Every node recovers its own tasks when it starts. The dispatcher (`dispatching`) also takes
+/// over the tasks of the node that dispatched before it and of every node that is offline, after
+/// fencing those nodes (their writes are refused from then on); the tasks of the other live nodes
+/// it counts in its ledger, where they run.
+pub async fn recover(app: &App, dispatching: bool) -> anyhow::Result<()> {
+    let me = app.config.node_name.clone();
+    let previous = app.store.previous_dispatcher();
+    let nodes = app.store.nodes().await?;
+    let at = now();
+    let mut fenced: HashMap<String, bool> = HashMap::new();
+    for task in app
         .store
         .tasks_in_states(&[TaskState::Executing, TaskState::Cancelling])
         .await?
     {
-        let kind = TaskKind::of(&task);
-        if let Ok(TaskKind::AdHocScript(arguments)) = &kind
-            && let Some(worker_id) = task.worker_id.clone()
-            && let Some(worker) = app.store.get::<Worker>(&worker_id).await?
-            && kinds::of(Some(&worker)).outlives_restart()
-        {
-            let exclusive = arguments.exclusive;
-            reattach(app, task, worker, exclusive).await?;
+        let owner = task.server_node.clone().unwrap_or_else(|| me.clone());
+        if owner == me {
+            // At a takeover, this node's running tasks run on.
+            if app.dispatcher.running(&task.id).is_none() {
+                recover_task(app, task).await?;
+            }
             continue;
         }
-        let from = task.state;
-        let worker = task
-            .worker_name
-            .clone()
-            .unwrap_or_else(|| BUILTIN_WORKER_NAME.to_string());
-        // Another node's task: that node died (or lost the dispatcher's lease), and is named.
-        let server = match task.server_node.as_deref() {
-            Some(node) if node != app.config.node_name => format!("Muster server node {node}"),
-            _ => "Muster server".to_string(),
-        };
-        let message = if from == TaskState::Cancelling {
-            task.state = TaskState::Canceled;
-            if task.worker_id.is_some() {
-                format!(
-                    "The task was being canceled when the {server} stopped, and worker {worker} has since been deleted; whether its script stopped is unknown."
-                )
-            } else {
-                format!(
-                    "The task was being canceled when the {server} stopped; its script, if it had started, was stopped with the server."
-                )
+        if !dispatching {
+            continue;
+        }
+        let gone = match fenced.get(&owner) {
+            Some(gone) => *gone,
+            None => {
+                let offline = nodes
+                    .iter()
+                    .find(|n| n.name == owner)
+                    .is_none_or(|n| crate::nodes::is_offline(n, &at));
+                let gone = if previous.as_deref() == Some(owner.as_str()) {
+                    // It lost the lease: dead, or paused past it. Fenced whenever it was seen.
+                    app.store
+                        .presume_dead(&owner, &(at + chrono::Duration::days(1)))
+                        .await?;
+                    true
+                } else if offline {
+                    app.store
+                        .presume_dead(&owner, &crate::nodes::offline_mark(&at))
+                        .await?
+                } else {
+                    false
+                };
+                if gone {
+                    app.fenced
+                        .lock()
+                        .expect("fenced lock")
+                        .insert(owner.clone(), at);
+                }
+                fenced.insert(owner.clone(), gone);
+                gone
             }
+        };
+        if gone {
+            recover_task(app, task).await?;
         } else {
-            task.state = TaskState::Failed;
-            if let Ok(TaskKind::Health(_)) = kind {
-                format!("The {server} stopped during this health check; run it again.")
-            } else if let Ok(TaskKind::RunbookRun(_)) = kind {
-                format!(
-                    "The {server} stopped while this runbook run was executing; a run's steps do not outlive the server (a step on the built-in worker was stopped with it, a step on an agent is stopped when the agent reconnects), so its outcome is unknown: run it again."
-                )
-            } else if task.worker_id.is_some() {
-                format!(
-                    "The {server} stopped while this task was executing on {worker}, and that worker has since been deleted; the script's outcome is unknown."
-                )
-            } else {
-                format!(
-                    "The {server} stopped while this task was executing on the {worker}; its script, if it had started, was stopped with the server, so the outcome is unknown: run it again."
-                )
-            }
-        };
-        let message = message.as_str();
-        app.logs
-            .open(&task.id, app.store.last_log_seq(&task.id).await?);
-        app.logs.append(&task.id, LogCategory::Error, message);
-        app.logs.flush().await;
-        finish(&mut task, message);
-        app.store.transition_task(&task, from).await?;
-        app.logs.close(&task.id);
+            adopt(app, &task, &owner).await?;
+        }
     }
     app.comms.set_recovered();
+    Ok(())
+}
+
+/// Recovers one task whose node stopped (this one, restarted, or another that died).
+async fn recover_task(app: &App, mut task: Task) -> anyhow::Result<()> {
+    let kind = TaskKind::of(&task);
+    if let Ok(TaskKind::AdHocScript(arguments)) = &kind
+        && let Some(worker_id) = task.worker_id.clone()
+        && let Some(worker) = app.store.get::<Worker>(&worker_id).await?
+        && kinds::of(Some(&worker)).outlives_restart()
+    {
+        let exclusive = arguments.exclusive;
+        reattach(app, task, worker, exclusive).await?;
+        return Ok(());
+    }
+    let from = task.state;
+    let worker = task
+        .worker_name
+        .clone()
+        .unwrap_or_else(|| BUILTIN_WORKER_NAME.to_string());
+    // Another node's task: that node died (or lost the dispatcher's lease), and is named.
+    let server = match task.server_node.as_deref() {
+        Some(node) if node != app.config.node_name => format!("Muster server node {node}"),
+        _ => "Muster server".to_string(),
+    };
+    let message = if from == TaskState::Cancelling {
+        task.state = TaskState::Canceled;
+        if task.worker_id.is_some() {
+            format!(
+                "The task was being canceled when the {server} stopped, and worker {worker} has since been deleted; whether its script stopped is unknown."
+            )
+        } else {
+            format!(
+                "The task was being canceled when the {server} stopped; its script, if it had started, was stopped with the server."
+            )
+        }
+    } else {
+        task.state = TaskState::Failed;
+        if let Ok(TaskKind::Health(_)) = kind {
+            format!("The {server} stopped during this health check; run it again.")
+        } else if let Ok(TaskKind::RunbookRun(_)) = kind {
+            format!(
+                "The {server} stopped while this runbook run was executing; a run's steps do not outlive the server (a step on the built-in worker was stopped with it, a step on an agent is stopped when the agent reconnects), so its outcome is unknown: run it again."
+            )
+        } else if task.worker_id.is_some() {
+            format!(
+                "The {server} stopped while this task was executing on {worker}, and that worker has since been deleted; the script's outcome is unknown."
+            )
+        } else {
+            format!(
+                "The {server} stopped while this task was executing on the {worker}; its script, if it had started, was stopped with the server, so the outcome is unknown: run it again."
+            )
+        }
+    };
+    let message = message.as_str();
+    app.logs
+        .open(&task.id, app.store.last_log_seq(&task.id).await?);
+    app.logs.append(&task.id, LogCategory::Error, message);
+    app.logs.flush().await;
+    finish(&mut task, message);
+    app.store.transition_task(&task, from).await?;
+    app.logs.close(&task.id);
+    Ok(())
+}
+
+/// Counts a task that runs on another live node in the ledger, with its worker's lease, so the
+/// dispatcher that took over does not overshoot that node's cap or an exclusive lease.
+async fn adopt(app: &App, task: &Task, node: &str) -> anyhow::Result<()> {
+    let exclusive = match TaskKind::of(task) {
+        Ok(TaskKind::AdHocScript(arguments)) => arguments.exclusive,
+        // Runs and health checks are the dispatcher's own: another node does not drive them.
+        _ => return Ok(()),
+    };
+    let lease = match &task.worker_id {
+        Some(id) => match app.store.get::<Worker>(id).await? {
+            Some(worker) => Lease {
+                key: String::new(),
+                worker_id: worker.id.clone(),
+                worker_name: worker.name.clone(),
+                agent: kinds::of(Some(&worker)).machine_key(),
+                exclusive,
+                borrowed: false,
+            },
+            None => return Ok(()),
+        },
+        None => Lease {
+            key: String::new(),
+            worker_id: BUILTIN_AGENT.into(),
+            worker_name: BUILTIN_WORKER_NAME.into(),
+            agent: muster_scheduler::builtin_agent(node),
+            exclusive,
+            borrowed: false,
+        },
+    };
+    let request = Request {
+        task_id: task.id.clone(),
+        space_id: task.space_id.clone(),
+        parent: None,
+        exclusive,
+        needs: Vec::new(),
+    };
+    let mut ledger = app.ledger();
+    ledger.begin(&request, vec![lease], true);
+    ledger.place(&task.id, node);
+    Ok(())
+}
+
+/// The dispatcher's watch over the other nodes: the tasks of a node that went offline (its
+/// heartbeat stopped) are taken over once it is fenced: a script an agent or SSH host kept running
+/// is re-attached here, a script on its built-in worker ends Failed, naming it.
+pub async fn watch_nodes(app: App) {
+    loop {
+        tokio::time::sleep(crate::nodes::HEARTBEAT).await;
+        if let Err(error) = take_over_offline_nodes(&app).await {
+            tracing::warn!("cannot take the tasks of an offline node over: {error:#}");
+        }
+    }
+}
+
+async fn take_over_offline_nodes(app: &App) -> anyhow::Result<()> {
+    if app.store.engine_name() != "postgres" {
+        return Ok(());
+    }
+    let at = now();
+    let offline: HashSet<String> = app
+        .store
+        .nodes()
+        .await?
+        .into_iter()
+        .filter(|n| n.name != app.config.node_name && crate::nodes::is_offline(n, &at))
+        .map(|n| n.name)
+        .collect();
+    if offline.is_empty() {
+        return Ok(());
+    }
+    let mut fenced: HashMap<String, bool> = HashMap::new();
+    for task in app
+        .store
+        .tasks_in_states(&[TaskState::Executing, TaskState::Cancelling])
+        .await?
+    {
+        let Some(owner) = task.server_node.clone().filter(|n| offline.contains(n)) else {
+            continue;
+        };
+        let gone = match fenced.get(&owner) {
+            Some(gone) => *gone,
+            None => {
+                let gone = app
+                    .store
+                    .presume_dead(&owner, &crate::nodes::offline_mark(&at))
+                    .await?;
+                if gone {
+                    tracing::warn!("node {owner} is offline: its tasks are taken over");
+                    app.fenced
+                        .lock()
+                        .expect("fenced lock")
+                        .insert(owner.clone(), at);
+                }
+                fenced.insert(owner.clone(), gone);
+                gone
+            }
+        };
+        if gone {
+            app.ledger().end(&task.id);
+            recover_task(app, task).await?;
+        }
+    }
+    app.signals.dispatch.notify_one();
     Ok(())
 }
 
@@ -162,7 +329,12 @@ async fn reattach(app: &App, task: Task, worker: Worker, exclusive: bool) -> any
         exclusive,
         borrowed: false,
     };
-    app.ledger().begin(&request, vec![lease], true);
+    {
+        let mut ledger = app.ledger();
+        ledger.end(&task.id);
+        ledger.begin(&request, vec![lease], true);
+        ledger.place(&task.id, &app.config.node_name);
+    }
     app.dispatcher
         .running
         .lock()
@@ -346,11 +518,22 @@ struct Pass<'a> {
     reasons: Vec<Task>,
     next_timer: Option<Timestamp>,
     cap_reason: String,
+    /// The nodes tasks may be placed on, as this pass found them.
+    members: Vec<crate::nodes::Member>,
 }
 
 impl Pass<'_> {
+    /// No node may take a new task: each is drained or at its task cap.
     fn cap_full(&self) -> bool {
-        self.app.ledger().capped_count() >= self.app.node.cap()
+        let ledger = self.app.ledger();
+        self.members
+            .iter()
+            .all(|m| m.draining || ledger.capped_on(&m.name) >= m.cap)
+    }
+
+    /// Every node is drained.
+    fn all_draining(&self) -> bool {
+        self.members.iter().all(|m| m.draining)
     }
 
     fn forget_queued(&self, id: &str) {
@@ -433,7 +616,7 @@ impl Pass<'_> {
         }
         // A drained node starts no new task; a child its running parent waits for is part of a
         // running task, which finishes. The answer holds until the node changes.
-        if !child && app.node.draining() {
+        if !child && self.all_draining() {
             let reason = drain_reason(app);
             self.answer(task, reason, Some(Settled::Stopped));
             return Ok(None);
@@ -498,18 +681,33 @@ impl Pass<'_> {
             }
             Planned::Request(request) => request,
         };
-        let decision = app.ledger().decide(&request, app.node.cap(), &self.pending);
+        // The cap is each node's: weighed when the task is placed.
+        let decision = app.ledger().decide(&request, usize::MAX, &self.pending);
         match decision {
-            Decision::Start { leases, capped } => {
-                self.pending.remove(&task.id);
-                let workers = self
-                    .spaces
-                    .get(&task.space_id)
-                    .map(|v| v.workers.as_slice())
-                    .unwrap_or_default();
-                let claim = prepare_start(app, task, &request, leases, capped, workers, is_run);
-                self.claims.claims.push(claim);
-            }
+            Decision::Start { leases, capped } => match place(app, &leases, capped, is_run) {
+                Placement::On(node) => {
+                    self.pending.remove(&task.id);
+                    let workers = self
+                        .spaces
+                        .get(&task.space_id)
+                        .map(|v| v.workers.as_slice())
+                        .unwrap_or_default();
+                    let start = Start {
+                        request: &request,
+                        leases,
+                        capped,
+                        is_run,
+                        node,
+                    };
+                    let claim = prepare_start(app, task, start, workers);
+                    self.claims.claims.push(claim);
+                }
+                Placement::Full => {
+                    let reason = self.cap_reason.clone();
+                    self.answer(task, reason, Some(Settled::Capped));
+                }
+                Placement::Wait(reason) => self.answer(task, reason, None),
+            },
             Decision::CapReached { .. } => {
                 let reason = self.cap_reason.clone();
                 self.answer(task, reason, Some(Settled::Capped));
@@ -579,6 +777,7 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
         reasons: Vec::new(),
         next_timer: None,
         cap_reason: cap_reason(app),
+        members: crate::nodes::members(app),
     };
     // The children their parents wait for: planned first, so a deadlock can be traced through
     // them, then decided.
@@ -625,7 +824,7 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
         }
     }
     // A drained node looks only at the tasks whose answer may have changed (below), to say so.
-    while !open.is_empty() && !pass.cap_full() && !app.node.draining() {
+    while !open.is_empty() && !pass.cap_full() && !pass.all_draining() {
         let mut still = Vec::new();
         for (space, after) in std::mem::take(&mut open) {
             if pass.cap_full() {
@@ -730,18 +929,103 @@ async fn space_view(app: &App, space_id: &str) -> anyhow::Result<std::sync::Arc<
 }
 
 fn cap_reason(app: &App) -> String {
-    let cap = app.node.cap();
+    let members = crate::nodes::members(app);
+    if let [me] = members.as_slice() {
+        let cap = me.cap;
+        return format!(
+            "The task cap of {cap} is reached on node {}: {cap} tasks are executing.",
+            me.name
+        );
+    }
+    let ledger = app.ledger();
+    let each: Vec<String> = members
+        .iter()
+        .map(|m| match m.draining {
+            true => format!("{} draining", m.name),
+            false => format!("{} {} of {}", m.name, ledger.capped_on(&m.name), m.cap),
+        })
+        .collect();
     format!(
-        "The task cap of {cap} is reached on node {}: {cap} tasks are executing.",
-        app.config.node_name
+        "The task cap is reached on every node ({}).",
+        each.join(", ")
     )
 }
 
 fn drain_reason(app: &App) -> String {
+    if crate::nodes::members(app).len() > 1 {
+        return "Every node is draining (maintenance mode): none takes a new task until an administrator ends it.".into();
+    }
     format!(
         "Node {} is draining (maintenance mode): it takes no new task until an administrator ends it.",
         app.config.node_name
     )
+}
+
+/// Where a task that may start runs.
+enum Placement {
+    On(String),
+    /// No node has room for it.
+    Full,
+    Wait(String),
+}
+
+/// Chooses the node that runs a task the ledger let start: a runbook run, this (the dispatching)
+/// node, which drives it; a task on a built-in worker, that worker's node; a task on an agent, the
+/// node that holds the agent's link if it has room, else this node, else the node with the most
+/// room (it reaches the agent through the relay). A child run in its parent's slot takes no room.
+fn place(app: &App, leases: &[Lease], capped: bool, is_run: bool) -> Placement {
+    let members = crate::nodes::members(app);
+    let ledger = app.ledger();
+    let free = |m: &crate::nodes::Member| m.cap.saturating_sub(ledger.capped_on(&m.name));
+    let room = |m: &crate::nodes::Member| !m.draining && (!capped || free(m) > 0);
+    let none_has_room = || !members.iter().any(|m| !m.draining && free(m) > 0);
+    let me = &members[0];
+    if is_run {
+        // A child run its parent waits for is part of a running task: it starts even here drained.
+        if room(me) || !capped {
+            return Placement::On(me.name.clone());
+        }
+        if capped && none_has_room() {
+            return Placement::Full;
+        }
+        return Placement::Wait(if me.draining {
+            format!(
+                "Runbook runs are driven by the dispatching node, {}, which is draining; it hands that role to another node once its running tasks end.",
+                me.name
+            )
+        } else {
+            format!(
+                "The task cap of {} is reached on node {}, the dispatching node, which drives runbook runs.",
+                me.cap, me.name
+            )
+        });
+    }
+    if let Some(node) = leases
+        .iter()
+        .find_map(|l| muster_scheduler::builtin_node(&l.agent))
+    {
+        return match members.iter().find(|m| m.name == node) {
+            Some(m) if room(m) => Placement::On(node.to_string()),
+            _ if capped && none_has_room() => Placement::Full,
+            _ => Placement::Wait(format!(
+                "Node {node}, whose built-in worker it was given, has no room now."
+            )),
+        };
+    }
+    let linked = leases
+        .iter()
+        .find_map(|l| app.comms.remote_node(&l.agent))
+        .and_then(|node| members.iter().find(|m| m.name == node));
+    if let Some(m) = linked.filter(|m| room(m)) {
+        return Placement::On(m.name.clone());
+    }
+    if room(me) {
+        return Placement::On(me.name.clone());
+    }
+    match members.iter().filter(|m| room(m)).max_by_key(|m| free(m)) {
+        Some(m) => Placement::On(m.name.clone()),
+        None => Placement::Full,
+    }
 }
 
 /// This node's cap or maintenance mode changed: every queued task is looked at again, now.
@@ -798,24 +1082,59 @@ fn slot_of(app: &App, worker: &Worker) -> Slot {
     }
 }
 
-fn builtin_slot(app: &App) -> Slot {
-    let builtin = kinds::of(None);
-    Slot {
-        worker_id: BUILTIN_AGENT.into(),
-        name: BUILTIN_WORKER_NAME.into(),
-        agent: builtin.machine_key(),
-        order: 0,
-        unavailable: builtin.unreachable(app),
-        share_limit: None,
-    }
+/// The built-in workers a task may use: every online node's (each node runs one), or with
+/// `only_here` this node's alone (a runbook run's, which this node drives). A node's is unavailable
+/// while it drains, and while its task cap is reached when another node has room (with none, the
+/// cap itself is the answer).
+fn builtin_slots(app: &App, only_here: bool) -> Vec<Slot> {
+    let members = crate::nodes::members(app);
+    let single = members.len() == 1 || only_here;
+    let ledger = app.ledger();
+    let full = |m: &crate::nodes::Member| ledger.capped_on(&m.name) >= m.cap;
+    let any_room = members.iter().any(|m| !m.draining && !full(m));
+    members
+        .iter()
+        .enumerate()
+        .filter(|(at, _)| !only_here || *at == 0)
+        .map(|(at, m)| {
+            let unavailable = if at == 0 {
+                kinds::of(None).unreachable(app)
+            } else if !m.builtin {
+                Some(format!(
+                    "the {BUILTIN_WORKER_NAME} of node {} is disabled (--no-builtin-worker)",
+                    m.name
+                ))
+            } else {
+                None
+            };
+            let unavailable = unavailable
+                .or_else(|| {
+                    (m.draining && !single)
+                        .then(|| format!("node {} is draining (maintenance mode)", m.name))
+                })
+                .or_else(|| {
+                    (full(m) && any_room)
+                        .then(|| format!("node {}'s task cap of {} is reached", m.name, m.cap))
+                });
+            Slot {
+                worker_id: BUILTIN_AGENT.into(),
+                // Each node's is named alike (as in Octopus); the task's ServerNode says which.
+                name: BUILTIN_WORKER_NAME.into(),
+                agent: muster_scheduler::builtin_agent(&m.name),
+                order: at as i64,
+                unavailable,
+                share_limit: None,
+            }
+        })
+        .collect()
 }
 
-fn builtin_need(app: &App, key: &str) -> Need {
+fn builtin_need(app: &App, key: &str, only_here: bool) -> Need {
     Need {
         key: key.to_string(),
         label: "the built-in worker".into(),
         each: false,
-        slots: vec![builtin_slot(app)],
+        slots: builtin_slots(app, only_here),
     }
 }
 
@@ -829,6 +1148,7 @@ fn pool_need(
     pool_id: Option<&str>,
     each: bool,
     key: String,
+    only_here: bool,
 ) -> Result<Need, Planned> {
     let pool = match pool_id {
         None => view.pools.iter().find(|p| p.is_default),
@@ -853,7 +1173,7 @@ fn pool_need(
         .collect();
     if slots.is_empty() {
         if pool.is_default {
-            return Ok(builtin_need(app, &key));
+            return Ok(builtin_need(app, &key, only_here));
         }
         return Err(Planned::Wait(format!(
             "Pool '{}' has no workers. Only the space's default pool falls back to the built-in \
@@ -897,7 +1217,7 @@ fn plan_script(
     view: &SpaceView,
 ) -> Result<(bool, Vec<Need>), Planned> {
     let need = match arguments.target {
-        ScriptTarget::OctopusServer => builtin_need(app, kinds::builtin::BUILTIN_KEY),
+        ScriptTarget::OctopusServer => builtin_need(app, kinds::builtin::BUILTIN_KEY, false),
         ScriptTarget::WorkerPools => {
             let wanted: Vec<&WorkerPool> = if arguments.pool_ids.is_empty() {
                 view.pools.iter().filter(|p| p.is_default).collect()
@@ -915,7 +1235,7 @@ fn plan_script(
                 found
             };
             if wanted.len() == 1 {
-                pool_need(app, view, Some(&wanted[0].id), false, "pool".into())?
+                pool_need(app, view, Some(&wanted[0].id), false, "pool".into(), false)?
             } else {
                 // Several pools: any worker of any of them (the built-in worker standing in
                 // for an empty default pool).
@@ -923,7 +1243,7 @@ fn plan_script(
                 let mut names = Vec::new();
                 let mut waits = Vec::new();
                 for pool in &wanted {
-                    match pool_need(app, view, Some(&pool.id), false, "pool".into()) {
+                    match pool_need(app, view, Some(&pool.id), false, "pool".into(), false) {
                         Ok(need) => {
                             names.push(format!("'{}'", pool.name));
                             slots.extend(need.slots);
@@ -998,12 +1318,12 @@ async fn plan_runbook_run(
             continue;
         }
         let need = match &location {
-            muster_core::runbooks::Location::BuiltIn => builtin_need(app, &key),
+            muster_core::runbooks::Location::BuiltIn => builtin_need(app, &key, true),
             muster_core::runbooks::Location::Pool(pool) => {
-                pool_need(app, view, pool.as_deref(), false, key)?
+                pool_need(app, view, pool.as_deref(), false, key, true)?
             }
             muster_core::runbooks::Location::EachWorker(pool) => {
-                pool_need(app, view, pool.as_deref(), true, key)?
+                pool_need(app, view, pool.as_deref(), true, key, true)?
             }
         };
         needs.push(need);
@@ -1019,6 +1339,8 @@ struct Claim {
     /// A script task's worker (None: the built-in worker); a runbook run drives its own.
     worker: Option<Worker>,
     is_run: bool,
+    /// It runs on this node (else the node it is placed on starts it when it hears of its claim).
+    here: bool,
 }
 
 /// The claims of a pass not yet written: dropped unwritten (the pass failed), they are forgotten.
@@ -1035,23 +1357,31 @@ impl Drop for Claims<'_> {
     }
 }
 
-/// Readies a task for the leases the ledger gave it: counted as running before its claim is
-/// written, so no later decision of the pass overshoots the cap or a lease. `workers`: the
-/// space's, as the pass read them.
-fn prepare_start(
-    app: &App,
-    mut task: Task,
-    request: &Request,
+/// What the ledger and the placement gave a task that starts.
+struct Start<'a> {
+    request: &'a Request,
     leases: Vec<Lease>,
     capped: bool,
-    workers: &[Worker],
-    request_is_run: bool,
-) -> Claim {
+    is_run: bool,
+    /// The node that runs it.
+    node: String,
+}
+
+/// Readies a task for the leases the ledger gave it: counted as running (on its node) before its
+/// claim is written, so no later decision of the pass overshoots a cap or a lease. `workers`: the
+/// space's, as the pass read them.
+fn prepare_start(app: &App, mut task: Task, start: Start<'_>, workers: &[Worker]) -> Claim {
+    let Start {
+        request,
+        leases,
+        capped,
+        is_run,
+        node,
+    } = start;
     let at = now();
     task.state = TaskState::Executing;
     task.start_time = Some(at);
     task.last_updated_time = at;
-    task.server_node = Some(app.config.node_name.clone());
     task.queue_reason = None;
     let mut names: Vec<String> = Vec::new();
     for lease in &leases {
@@ -1061,28 +1391,36 @@ fn prepare_start(
     }
     task.worker_name = Some(names.join(", "));
     // A script task on a worker stores it: a restarted server re-attaches to a script that
-    // outlives it.
-    let is_run = request_is_run;
+    // outlives it, and the node it is placed on reads which worker runs it.
     let worker: Option<Worker> = match leases.as_slice() {
-        [lease] if !is_run && lease.agent != BUILTIN_AGENT => {
+        [lease] if !is_run && muster_scheduler::builtin_node(&lease.agent).is_none() => {
             workers.iter().find(|w| w.id == lease.worker_id).cloned()
         }
         _ => None,
     };
     task.worker_id = worker.as_ref().map(|w| w.id.clone());
+    let here = node == app.config.node_name;
+    task.server_node = Some(node.clone());
     let stop = Stop::default();
-    app.ledger().begin(request, leases.clone(), capped);
-    app.dispatcher
-        .running
-        .lock()
-        .expect("dispatcher lock")
-        .insert(task.id.clone(), stop.clone());
+    {
+        let mut ledger = app.ledger();
+        ledger.begin(request, leases.clone(), capped);
+        ledger.place(&task.id, &node);
+    }
+    if here {
+        app.dispatcher
+            .running
+            .lock()
+            .expect("dispatcher lock")
+            .insert(task.id.clone(), stop.clone());
+    }
     Claim {
         task,
         stop,
         leases,
         worker,
         is_run,
+        here,
     }
 }
 
@@ -1120,6 +1458,7 @@ async fn claim_and_launch(app: &App, claims: Vec<Claim>) -> anyhow::Result<()> {
             leases,
             worker,
             is_run,
+            here,
         } = claim;
         // Started here, or ended elsewhere meanwhile: either way no longer queued.
         app.dispatcher
@@ -1134,6 +1473,9 @@ async fn claim_and_launch(app: &App, claims: Vec<Claim>) -> anyhow::Result<()> {
             continue;
         }
         *app.dispatcher.last_space.lock().expect("dispatcher lock") = Some(task.space_id.clone());
+        if !here {
+            continue;
+        }
         // A queued task has no log lines (only a failure logs before a start, and ends it).
         app.logs.open(&task.id, 0);
         app.logs.changed(&task.id);
@@ -1419,26 +1761,140 @@ pub async fn cancel(app: &App, task_id: &str) -> anyhow::Result<Option<Task>> {
     Ok(app.store.get_task(task_id).await?)
 }
 
-/// Another node changed a task: a cancel asked there reaches the script if it runs here.
+/// A task changed (on any node): a cancel asked elsewhere reaches the script if it runs here; a
+/// task the dispatcher placed on this node starts here; the end of a task the dispatcher placed on
+/// another node frees its leases and its slot in the dispatcher's ledger.
 pub async fn heard_of_task(app: &App, task_id: &str) {
-    if app.dispatcher.running(task_id).is_none() {
-        return;
-    }
-    match app.store.get_task(task_id).await {
-        Ok(Some(task)) if task.state == TaskState::Cancelling => {
-            if let Err(error) = cancel(app, task_id).await {
-                tracing::error!(%error, task_id, "cannot cancel a task another node asked to cancel");
+    if app.dispatcher.running(task_id).is_some() {
+        match app.store.get_task(task_id).await {
+            Ok(Some(task)) if task.state == TaskState::Cancelling => {
+                if let Err(error) = cancel(app, task_id).await {
+                    tracing::error!(%error, task_id, "cannot cancel a task another node asked to cancel");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, task_id, "cannot read a task another node changed")
             }
         }
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, task_id, "cannot read a task another node changed"),
+        return;
+    }
+    // One node runs everything on SQLite.
+    if app.store.engine_name() != "postgres" {
+        return;
+    }
+    let me = app.config.node_name.as_str();
+    let placed_elsewhere = app.ledger().node_of(task_id).is_some_and(|node| node != me);
+    let task = match app.store.get_task(task_id).await {
+        Ok(Some(task)) => task,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(%error, task_id, "cannot read a task another node changed");
+            return;
+        }
+    };
+    let running = matches!(task.state, TaskState::Executing | TaskState::Cancelling);
+    if placed_elsewhere {
+        if !running {
+            app.ledger().end(task_id);
+            app.signals.dispatch.notify_one();
+        }
+        return;
+    }
+    if running && task.server_node.as_deref() == Some(me) {
+        start_placed(app, task).await;
     }
 }
 
-/// Notes may have been missed: the queue is read from the store again at the next pass.
+/// Starts a script task the dispatcher placed on this node (it claimed it, naming this node).
+async fn start_placed(app: &App, mut task: Task) {
+    let Ok(TaskKind::AdHocScript(_)) = TaskKind::of(&task) else {
+        return;
+    };
+    let worker = match &task.worker_id {
+        None => None,
+        Some(id) => match app.store.get::<Worker>(id).await {
+            Ok(Some(worker)) => Some(worker),
+            Ok(None) => {
+                let message = format!(
+                    "Worker {} was deleted before its script started; it never ran.",
+                    task.worker_name.clone().unwrap_or_default()
+                );
+                let last = app.store.last_log_seq(&task.id).await.unwrap_or(0);
+                app.logs.open(&task.id, last);
+                task.has_warnings_or_errors = true;
+                app.logs
+                    .append_final(&task.id, LogCategory::Error, message.clone());
+                task.state = TaskState::Failed;
+                finish(&mut task, &message);
+                app.logs.end_task(task.clone()).await;
+                app.logs.close(&task.id);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, task = %task.id, "cannot read the worker of a task placed here");
+                return;
+            }
+        },
+    };
+    let stop = Stop::default();
+    {
+        let mut running = app.dispatcher.running.lock().expect("dispatcher lock");
+        if running.contains_key(&task.id) {
+            return;
+        }
+        running.insert(task.id.clone(), stop.clone());
+    }
+    let last = app.store.last_log_seq(&task.id).await.unwrap_or(0);
+    app.logs.open(&task.id, last);
+    if task.state == TaskState::Cancelling {
+        stop.cancel.cancel();
+    }
+    let kind = kinds::of(worker.as_ref());
+    tokio::spawn(run_script_task(app.clone(), task, kind, stop, None));
+}
+
+/// Notes may have been missed: the queue is read from the store again at the next pass; a task
+/// placed on this node meanwhile starts, and the dispatcher frees the slots of tasks that ended on
+/// other nodes.
 pub fn resync(app: &App) {
     app.dispatcher.queue.lock().expect("dispatcher lock").loaded = false;
     app.signals.dispatch.notify_one();
+    if app.store.engine_name() == "postgres" {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(error) = catch_up(&app).await {
+                tracing::warn!("cannot read the running tasks again: {error:#}");
+            }
+        });
+    }
+}
+
+async fn catch_up(app: &App) -> anyhow::Result<()> {
+    let running: HashMap<String, Task> = app
+        .store
+        .tasks_in_states(&[TaskState::Executing, TaskState::Cancelling])
+        .await?
+        .into_iter()
+        .map(|t| (t.id.clone(), t))
+        .collect();
+    let me = app.config.node_name.as_str();
+    let ended: Vec<String> = app
+        .ledger()
+        .placed_elsewhere(me)
+        .into_iter()
+        .filter(|id| !running.contains_key(id))
+        .collect();
+    for id in ended {
+        app.ledger().end(&id);
+    }
+    for task in running.into_values() {
+        if task.server_node.as_deref() == Some(me) && app.dispatcher.running(&task.id).is_none() {
+            start_placed(app, task).await;
+        }
+    }
+    app.signals.dispatch.notify_one();
+    Ok(())
 }
 
 /// Whether a running task is another node's, which is alive: that node finishes it.

@@ -214,12 +214,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     comms::load_links(&app)
         .await
         .context("cannot read which nodes hold the agents' links")?;
-    if lease.is_some() {
-        dispatch::recover(&app).await?;
-    } else {
-        // Nothing runs here to recover: an agent's tickets are weighed at once.
-        app.comms.set_recovered();
-    }
+    // This node's own tasks that its last process left running; the dispatcher also those of
+    // the nodes that stopped.
+    dispatch::recover(&app, lease.is_some()).await?;
 
     if let Some(key) = &setup.new_admin_key {
         println!("Administrator API key (shown once; keep it safe): {key}");

@@ -46,6 +46,11 @@ pub fn is_offline(node: &Node, at: &Timestamp) -> bool {
     silent.to_std().unwrap_or_default() > HEARTBEAT * OFFLINE_AFTER_BEATS
 }
 
+/// The heartbeat before which a node is offline now.
+pub fn offline_mark(at: &Timestamp) -> Timestamp {
+    *at - chrono::Duration::from_std(HEARTBEAT * OFFLINE_AFTER_BEATS).unwrap_or_default()
+}
+
 /// The name of the node that dispatches now: on SQLite this one; on PostgreSQL the lease's holder,
 /// if its lease runs.
 pub async fn dispatcher(app: &App) -> muster_store::Result<Option<String>> {
@@ -53,6 +58,60 @@ pub async fn dispatcher(app: &App) -> muster_store::Result<Option<String>> {
         return Ok(Some(app.config.node_name.clone()));
     }
     app.store.dispatch_lease_holder().await
+}
+
+/// A node as the dispatcher places tasks on it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub cap: usize,
+    pub draining: bool,
+    pub builtin: bool,
+}
+
+/// The nodes tasks may be placed on now, this one first (as it knows itself), then every other
+/// that is online (PostgreSQL), by name.
+pub fn members(app: &App) -> Vec<Member> {
+    let me = &app.config.node_name;
+    let mut all = vec![Member {
+        name: me.clone(),
+        cap: app.node.cap(),
+        draining: app.node.draining(),
+        builtin: app.config.builtin_worker,
+    }];
+    let at = now();
+    let fenced = app.fenced.lock().expect("fenced lock");
+    for node in app.members.lock().expect("members lock").iter() {
+        let presumed_dead = fenced
+            .get(&node.name)
+            .is_some_and(|since| node.last_seen <= *since);
+        if node.name != *me && !is_offline(node, &at) && !presumed_dead {
+            all.push(Member {
+                name: node.name.clone(),
+                cap: usize::try_from(node.max_concurrent_tasks.max(1)).unwrap_or(DEFAULT_TASK_CAP),
+                draining: node.is_in_maintenance_mode,
+                builtin: node.builtin_worker,
+            });
+        }
+    }
+    all
+}
+
+/// Reads every node's record again (PostgreSQL: SQLite has only this node). Returns them.
+pub async fn read_members(app: &App) -> Vec<Node> {
+    if app.store.engine_name() != "postgres" {
+        return Vec::new();
+    }
+    match app.store.nodes().await {
+        Ok(nodes) => {
+            *app.members.lock().expect("members lock") = nodes.clone();
+            nodes
+        }
+        Err(error) => {
+            tracing::warn!("cannot read the nodes: {error}");
+            app.members.lock().expect("members lock").clone()
+        }
+    }
 }
 
 /// Writes this node's first heartbeat (with `--task-cap` when given) and takes its stored cap and
@@ -70,7 +129,19 @@ pub async fn register(app: &App) -> anyhow::Result<Node> {
         )
         .await?;
     app.store
-        .set_node_comms_address(&app.config.node_name, &app.config.comms_address)
+        .set_node_facts(
+            &app.config.node_name,
+            &app.config.comms_address,
+            app.config.builtin_worker,
+        )
+        .await?;
+    // Every write of a task or a line holds this incarnation from now on.
+    app.store
+        .hold_incarnation(&app.config.node_name, node.incarnation);
+    read_members(app).await;
+    // The other nodes (the dispatcher) learn of this one at once.
+    app.store
+        .note(muster_store::Note::Node(app.config.node_name.clone()))
         .await?;
     apply(app, &node);
     if node.is_in_maintenance_mode {
@@ -103,13 +174,21 @@ pub async fn heartbeat(app: App) {
             .node_seen(&app.config.node_name, 0, false, &now(), VERSION)
             .await
         {
-            Ok(node) => apply(&app, &node),
+            Ok(node) => {
+                if let Some(held) = app.store.held_incarnation()
+                    && held != node.incarnation
+                {
+                    lost(
+                        "the dispatcher presumed this node dead (it missed its heartbeats) and took its tasks over",
+                    );
+                }
+                apply(&app, &node)
+            }
             Err(error) => tracing::warn!("cannot write this node's heartbeat: {error}"),
         }
         // The agents linked to a node that stopped are not reached through it: they dial another.
-        if app.store.engine_name() == "postgres"
-            && let Ok(nodes) = app.store.nodes().await
-        {
+        if app.store.engine_name() == "postgres" {
+            let nodes = read_members(&app).await;
             let at = now();
             let gone: std::collections::HashSet<String> = nodes
                 .into_iter()
@@ -117,6 +196,7 @@ pub async fn heartbeat(app: App) {
                 .map(|n| n.name)
                 .collect();
             app.comms.forget_nodes(&gone);
+            app.signals.dispatch.notify_one();
         }
     }
 }
@@ -143,7 +223,7 @@ pub async fn dispatch_role(app: App, held: Option<i64>) {
                     "Muster node {} dispatches now (epoch {epoch})",
                     app.config.node_name
                 );
-                if let Err(error) = crate::dispatch::recover(&app).await {
+                if let Err(error) = crate::dispatch::recover(&app, true).await {
                     lost(&format!(
                         "cannot recover the last dispatcher's tasks: {error:#}"
                     ));
@@ -155,6 +235,7 @@ pub async fn dispatch_role(app: App, held: Option<i64>) {
         let mut duties = tokio::task::JoinSet::new();
         duties.spawn(crate::dispatch::run(app.clone()));
         duties.spawn(crate::health::health_loop(app.clone()));
+        duties.spawn(crate::dispatch::watch_nodes(app.clone()));
         keep_lease(&app, epoch).await;
         // Handed over: nothing is dispatched here any more.
         duties.abort_all();
@@ -275,12 +356,17 @@ pub async fn follow_notes(
         match notes.recv().await {
             Ok(Note::NewTask(_)) | Ok(Note::Workers) => app.signals.dispatch.notify_one(),
             Ok(Note::Lines(id)) => app.logs.changed(&id),
-            Ok(Note::Node(name)) if name == app.config.node_name => {
-                if let Ok(Some(node)) = app.store.node(&name).await {
+            Ok(Note::Node(name)) => {
+                let nodes = read_members(&app).await;
+                if let Some(node) = nodes.iter().find(|n| n.name == app.config.node_name) {
+                    apply(&app, node);
+                } else if name == app.config.node_name
+                    && let Ok(Some(node)) = app.store.node(&name).await
+                {
                     apply(&app, &node);
                 }
+                crate::dispatch::node_changed(&app);
             }
-            Ok(Note::Node(_)) => {}
             Ok(Note::Agent(thumbprint)) => crate::comms::heard_of_agent(&app, &thumbprint).await,
             Ok(Note::Task(id)) => {
                 app.logs.changed(&id);

@@ -467,7 +467,8 @@ async fn run_script_step(
     // Each leased worker: its kind, its id (the ticket's suffix) and its name.
     let mut places: Vec<(Place, String)> = Vec::new();
     for lease in leases {
-        let place = if lease.agent == BUILTIN_AGENT {
+        // A run's built-in worker is its node's (runs are driven by the dispatching node).
+        let place = if muster_scheduler::builtin_node(&lease.agent).is_some() {
             (kinds::of(None), BUILTIN_AGENT.to_string())
         } else {
             match driver.app.store.get::<Worker>(&lease.worker_id).await {

@@ -50,6 +50,12 @@ pub struct AppInner {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// This node's task cap and maintenance mode, as last read from its record in the store.
     pub node: NodeState,
+    /// The records of every node of the database, as last read (at each heartbeat, and when an
+    /// administrator changes one): where the dispatcher may place tasks.
+    pub members: std::sync::Mutex<Vec<muster_store::Node>>,
+    /// The nodes this dispatcher presumed dead, and when: no task is placed on one until it is
+    /// seen after that (it restarted; a fenced node's heartbeat does not count).
+    pub fenced: std::sync::Mutex<std::collections::HashMap<String, muster_core::time::Timestamp>>,
     /// Failed API keys by address, to slow down guessing.
     pub key_failures: crate::key_failures::KeyFailures,
     /// The current minute's `LoginFailed` event of each address.
@@ -98,6 +104,8 @@ impl AppInner {
             node: NodeState::new(config_cap),
             key_failures: Default::default(),
             failed_sign_ins: Default::default(),
+            members: Default::default(),
+            fenced: Default::default(),
         })
     }
 }

@@ -74,6 +74,10 @@ pub struct Store {
     notes: Arc<notes::Notes>,
     /// The dispatcher's epoch this node holds (0: none), which its writes of tasks carry.
     epoch: Arc<std::sync::atomic::AtomicI64>,
+    /// This node's name and incarnation, which its writes of tasks and lines carry (PostgreSQL).
+    incarnation: Arc<std::sync::Mutex<Option<(String, i64)>>>,
+    /// The node that held the dispatcher's lease before this node took it.
+    previous_dispatcher: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Store {
@@ -149,6 +153,8 @@ impl Store {
             new_tasks: Default::default(),
             notes: Arc::new(notes::Notes::new()),
             epoch: Default::default(),
+            incarnation: Default::default(),
+            previous_dispatcher: Default::default(),
         };
         store.seal_plaintext().await?;
         store.listen_to_other_nodes().await?;

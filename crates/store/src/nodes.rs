@@ -21,6 +21,10 @@ pub struct Node {
     pub last_modified_by: Option<String>,
     /// Where the other nodes dial its comms port (None: it never said).
     pub comms_address: Option<String>,
+    /// Whether it runs the built-in worker.
+    pub builtin_worker: bool,
+    /// Moved on each time the dispatcher presumed it dead; its writes hold the one it started with.
+    pub incarnation: i64,
 }
 
 impl Store {
@@ -36,7 +40,8 @@ impl Store {
         version: &str,
     ) -> Result<Node> {
         let at = format_date(at);
-        on_engine!(&*self.engine, e => e.node_seen(name, cap, set_cap, &at, version).await)?;
+        let held = self.held_incarnation();
+        on_engine!(&*self.engine, e => e.node_seen(name, cap, set_cap, &at, version, held).await)?;
         self.node(name).await?.ok_or_else(|| {
             crate::StoreError::Corrupt(format!("the node {name} was written but is not found"))
         })
@@ -70,9 +75,37 @@ impl Store {
         self.node(name).await
     }
 
-    /// Writes where the other nodes dial this node's comms port.
-    pub async fn set_node_comms_address(&self, name: &str, address: &str) -> Result<()> {
-        on_engine!(&*self.engine, e => e.set_node_comms_address(name, address).await)
+    /// Writes where the other nodes dial this node's comms port, and whether it runs the built-in
+    /// worker.
+    pub async fn set_node_facts(
+        &self,
+        name: &str,
+        address: &str,
+        builtin_worker: bool,
+    ) -> Result<()> {
+        on_engine!(&*self.engine, e => e.set_node_facts(name, address, builtin_worker).await)
+    }
+
+    /// From now on every write of a task or a line holds this node's incarnation (PostgreSQL): it
+    /// is refused once the dispatcher presumed the node dead.
+    pub fn hold_incarnation(&self, name: &str, incarnation: i64) {
+        *self.incarnation.lock().expect("store lock") = Some((name.to_string(), incarnation));
+    }
+
+    /// The incarnation this node's writes hold, if it holds one.
+    pub fn held_incarnation(&self) -> Option<i64> {
+        self.incarnation
+            .lock()
+            .expect("store lock")
+            .as_ref()
+            .map(|(_, incarnation)| *incarnation)
+    }
+
+    /// Fences a node that was last seen before `seen_before` (its writes are refused from now on),
+    /// before its tasks are taken over; false when it was seen since (it lives).
+    pub async fn presume_dead(&self, name: &str, seen_before: &Timestamp) -> Result<bool> {
+        let seen_before = format_date(seen_before);
+        on_engine!(&*self.engine, e => e.presume_dead(name, &seen_before).await)
     }
 }
 

@@ -188,14 +188,23 @@ impl Store {
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<Option<i64>> {
-        let epoch = match &*self.engine {
+        let taken = match &*self.engine {
             Engines::Sqlite(_) => return Ok(Some(0)),
             Engines::Postgres(postgres) => postgres.take_lease(holder, ttl).await?,
         };
-        if let Some(epoch) = epoch {
-            self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
-        }
-        Ok(epoch)
+        let Some((epoch, previous)) = taken else {
+            return Ok(None);
+        };
+        self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+        *self.previous_dispatcher.lock().expect("store lock") =
+            Some(previous).filter(|p| !p.is_empty() && p != holder);
+        Ok(Some(epoch))
+    }
+
+    /// The node that held the dispatcher's lease before this node took it (None: nobody, or this
+    /// node itself): it stopped, or was paused past its lease.
+    pub fn previous_dispatcher(&self) -> Option<String> {
+        self.previous_dispatcher.lock().expect("store lock").clone()
     }
 
     /// Extends the lease; false once another node took it over (this node must stop dispatching,
@@ -236,6 +245,7 @@ impl Store {
                 let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
                 crate::engine::Guard {
                     epoch: (epoch > 0).then_some(epoch),
+                    node: self.incarnation.lock().expect("store lock").clone(),
                     notes: notes().iter().map(|n| self.payload(n)).collect(),
                 }
             }

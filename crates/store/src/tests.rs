@@ -297,11 +297,19 @@ async fn an_agents_link_is_held_by_one_node_at_a_time(opened: &Opened) {
     );
     store.node_seen("n2", 5, false, &at, "1.0.0").await.unwrap();
     store
-        .set_node_comms_address("n2", "127.0.0.1:10943")
+        .set_node_facts("n2", "127.0.0.1:10943", false)
         .await
         .unwrap();
     let node = store.node("n2").await.unwrap().unwrap();
     assert_eq!(node.comms_address.as_deref(), Some("127.0.0.1:10943"));
+    assert!(!node.builtin_worker);
+    assert_eq!(node.incarnation, 0);
+    // Presumed dead only while its last heartbeat is older than the mark.
+    let earlier = muster_core::time::parse_date("2026-12-01T09:59:00.000+00:00").unwrap();
+    assert!(!store.presume_dead("n2", &earlier).await.unwrap());
+    let later = muster_core::time::parse_date("2026-12-01T10:01:00.000+00:00").unwrap();
+    assert!(store.presume_dead("n2", &later).await.unwrap());
+    assert_eq!(store.node("n2").await.unwrap().unwrap().incarnation, 1);
 }
 
 /// A node registers with its cap at its first heartbeat; later beats write when it was seen and

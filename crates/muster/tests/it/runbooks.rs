@@ -10,7 +10,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// Creates a runbook from the CLI's short YAML form.
-fn create(server: &Server, file_name: &str, yaml: &str) {
+pub(crate) fn create(server: &Server, file_name: &str, yaml: &str) {
     let path = server.dir.join(file_name);
     std::fs::write(&path, yaml).unwrap();
     let out = cli(
@@ -21,7 +21,7 @@ fn create(server: &Server, file_name: &str, yaml: &str) {
 }
 
 /// Queues a run over the REST API and returns its task id.
-fn start_run(server: &Server, runbook: &str) -> String {
+pub(crate) fn start_run(server: &Server, runbook: &str) -> String {
     let runbooks = server.ok("/api/Spaces-1/runbooks/all");
     let id = runbooks
         .as_array()

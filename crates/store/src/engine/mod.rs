@@ -167,7 +167,8 @@ pub(crate) trait Engine: Sync {
     fn log_summary(&self, num: i64) -> impl Future<Output = Result<LogSummary>> + Send;
 
     /// A node's heartbeat: inserts its row (with `cap`, not in maintenance mode) or writes when it
-    /// was seen and its version, and its cap too when `set_cap`.
+    /// was seen and its version, and its cap too when `set_cap`; with `incarnation`, only while the
+    /// row still has it (a node presumed dead is not seen again until it restarts).
     fn node_seen(
         &self,
         name: &str,
@@ -175,6 +176,7 @@ pub(crate) trait Engine: Sync {
         set_cap: bool,
         last_seen: &str,
         version: &str,
+        incarnation: Option<i64>,
     ) -> impl Future<Output = Result<()>> + Send;
     /// Every node, by name.
     fn nodes(&self) -> impl Future<Output = Result<Vec<Node>>> + Send;
@@ -187,12 +189,20 @@ pub(crate) trait Engine: Sync {
         modified_on: &str,
         modified_by: Option<&str>,
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// Writes where the other nodes dial a node's comms port.
-    fn set_node_comms_address(
+    /// Writes where the other nodes dial a node's comms port, and whether it runs the built-in
+    /// worker.
+    fn set_node_facts(
         &self,
         name: &str,
         address: &str,
+        builtin_worker: bool,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Moves a node's incarnation on if it was last seen before `seen_before`; whether it did.
+    fn presume_dead(
+        &self,
+        name: &str,
+        seen_before: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Records that `node` holds the link of the agent with `thumbprint` (replacing any other).
     fn set_agent_link(
@@ -218,7 +228,7 @@ pub(crate) trait Engine: Sync {
 
 /// The columns of the server nodes table, in the order `read_node` reads them.
 pub(crate) const NODE_COLUMNS: &str = "name, max_concurrent_tasks, is_in_maintenance_mode, last_seen, version, \
-    last_modified_on, last_modified_by, comms_address";
+    last_modified_on, last_modified_by, comms_address, builtin_worker, incarnation";
 
 /// Reads a node from a row of `NODE_COLUMNS`, on any engine (a boolean is 0 or 1 in SQLite).
 pub(crate) fn read_node<R>(row: &R) -> Result<Node>
@@ -243,6 +253,8 @@ where
         last_modified_on: modified.map(date).transpose()?,
         last_modified_by: row.try_get("last_modified_by")?,
         comms_address: row.try_get("comms_address")?,
+        builtin_worker: row.try_get("builtin_worker")?,
+        incarnation: row.try_get("incarnation")?,
     })
 }
 
@@ -260,6 +272,8 @@ pub(crate) struct LogSummary {
 #[derive(Default)]
 pub(crate) struct Guard {
     pub epoch: Option<i64>,
+    /// The writing node and its incarnation: refused once the dispatcher presumed it dead.
+    pub node: Option<(String, i64)>,
     pub notes: Vec<String>,
 }
 

@@ -115,18 +115,24 @@ impl Postgres {
 /// The dispatcher's lease (`dispatch_lease`), timed by the database's clock so that the nodes'
 /// clocks need not agree.
 impl Postgres {
-    /// Takes the lease if it has expired: the new epoch, or None while another node holds it.
-    pub(crate) async fn take_lease(&self, holder: &str, ttl: Duration) -> Result<Option<i64>> {
+    /// Takes the lease if it has expired: the new epoch and the node that held it before, or None
+    /// while another node holds it.
+    pub(crate) async fn take_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<(i64, String)>> {
         Ok(sqlx::query_as(
-            "UPDATE dispatch_lease SET holder = $1, epoch = epoch + 1, \
+            "UPDATE dispatch_lease SET holder = $1, epoch = dispatch_lease.epoch + 1, \
              expires_at = clock_timestamp() + make_interval(secs => $2) \
-             WHERE id = 1 AND expires_at < clock_timestamp() RETURNING epoch",
+             FROM (SELECT holder AS previous FROM dispatch_lease WHERE id = 1) AS before \
+             WHERE dispatch_lease.id = 1 AND dispatch_lease.expires_at < clock_timestamp() \
+             RETURNING dispatch_lease.epoch, before.previous",
         )
         .bind(holder)
         .bind(ttl.as_secs_f64())
         .fetch_optional(&self.lease_pool)
-        .await?
-        .map(|(epoch,): (i64,)| epoch))
+        .await?)
     }
 
     /// Extends the lease of `epoch`; false once another node has taken it.
@@ -145,7 +151,7 @@ impl Postgres {
     /// Gives the lease up at once (a node that stops), so another node need not wait it out.
     pub(crate) async fn release_lease(&self, epoch: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE dispatch_lease SET expires_at = '-infinity' WHERE id = 1 AND epoch = $1",
+            "UPDATE dispatch_lease SET expires_at = '-infinity', holder = '' WHERE id = 1 AND epoch = $1",
         )
         .bind(epoch)
         .execute(&self.lease_pool)
@@ -180,22 +186,24 @@ const DIALECT: Dialect = Dialect {
 
 /// Writes every field of a task that is still in the state $18. Each write of a task holds the
 /// dispatcher's epoch ($19 here, $18 below; NULL for a node that is not the dispatcher): once another
-/// node took the role over, it changes nothing.
+/// node took the role over, it changes nothing. It also holds the writing node's incarnation
+/// (name $20 and number $21 here): once the dispatcher presumed that node dead and took its tasks
+/// over, it changes nothing either.
 const UPDATE_TASK_FROM: &str = "UPDATE tasks SET space_id = $2, name = $3, description = $4, arguments = $5, state = $6, \
     error_message = $7, queue_time = $8, queue_time_expiry = $9, start_time = $10, completed_time = $11, \
     last_updated_time = $12, server_node = $13, has_warnings = $14, queue_reason = $15, worker_name = $16, \
-    worker_id = $17 WHERE num = $1 AND state = $18 AND ($19::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $19))";
+    worker_id = $17 WHERE num = $1 AND state = $18 AND ($19::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $19)) AND ($20::text IS NULL OR EXISTS (SELECT 1 FROM server_nodes WHERE name = $20 AND incarnation = $21))";
 
 /// Writes every field of a task that is still running (Executing or Cancelling).
 const UPDATE_TASK_FROM_RUNNING: &str = "UPDATE tasks SET space_id = $2, name = $3, description = $4, arguments = $5, state = $6, \
     error_message = $7, queue_time = $8, queue_time_expiry = $9, start_time = $10, completed_time = $11, \
     last_updated_time = $12, server_node = $13, has_warnings = $14, queue_reason = $15, worker_name = $16, \
-    worker_id = $17 WHERE num = $1 AND state IN ('Executing', 'Cancelling') AND ($18::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $18))";
+    worker_id = $17 WHERE num = $1 AND state IN ('Executing', 'Cancelling') AND ($18::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $18)) AND ($19::text IS NULL OR EXISTS (SELECT 1 FROM server_nodes WHERE name = $19 AND incarnation = $20))";
 
 const UPDATE_TASK: &str = "UPDATE tasks SET space_id = $2, name = $3, description = $4, arguments = $5, state = $6, \
     error_message = $7, queue_time = $8, queue_time_expiry = $9, start_time = $10, completed_time = $11, \
     last_updated_time = $12, server_node = $13, has_warnings = $14, queue_reason = $15, worker_name = $16, \
-    worker_id = $17 WHERE num = $1 AND ($18::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $18))";
+    worker_id = $17 WHERE num = $1 AND ($18::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $18)) AND ($19::text IS NULL OR EXISTS (SELECT 1 FROM server_nodes WHERE name = $19 AND incarnation = $20))";
 
 const INSERT_TASK: &str = "INSERT INTO tasks (num, space_id, name, description, arguments, state, error_message, queue_time, \
     queue_time_expiry, start_time, completed_time, last_updated_time, server_node, has_warnings, queue_reason, worker_name, worker_id) \
@@ -207,11 +215,12 @@ const NEXT_NUMBER: &str = "INSERT INTO id_counters (kind, next) VALUES ($1, 1) \
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// The insert of one chunk; a chunk already stored (the same first line) is left as it is.
-fn chunk_insert<'q>(chunk: &Chunk, epoch: Option<i64>) -> Query<'q> {
-    sqlx::query(
+fn chunk_insert<'q>(chunk: &Chunk, guard: &Guard) -> Query<'q> {
+    let query = sqlx::query(
         "INSERT INTO task_log_chunk (task_num, first_seq, last_seq, max_source_seq, line_count, lines) \
          SELECT $1, $2, $3, $4, $5, $6 \
-         WHERE $7::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $7) \
+         WHERE ($7::bigint IS NULL OR EXISTS (SELECT 1 FROM dispatch_lease WHERE epoch = $7)) \
+         AND ($8::text IS NULL OR EXISTS (SELECT 1 FROM server_nodes WHERE name = $8 AND incarnation = $9)) \
          ON CONFLICT DO NOTHING",
     )
     .bind(chunk.task_num)
@@ -219,8 +228,17 @@ fn chunk_insert<'q>(chunk: &Chunk, epoch: Option<i64>) -> Query<'q> {
     .bind(chunk.last_seq)
     .bind(chunk.max_source_seq)
     .bind(chunk.line_count)
-    .bind(chunk.lines.clone())
-    .bind(epoch)
+    .bind(chunk.lines.clone());
+    bind_fence(query, guard)
+}
+
+/// Binds what a write holds: the dispatcher's epoch, the node's name and its incarnation.
+fn bind_fence<'q>(query: Query<'q>, guard: &Guard) -> Query<'q> {
+    let (name, incarnation) = match &guard.node {
+        Some((name, incarnation)) => (Some(name.clone()), Some(*incarnation)),
+        None => (None, None),
+    };
+    query.bind(guard.epoch).bind(name).bind(incarnation)
 }
 
 /// One write (`statement`, whose parameters end at `$last`) and its notes in one statement, one
@@ -262,21 +280,31 @@ async fn send_notes(tx: &mut sqlx::PgConnection, notes: &[String]) -> Result<()>
 }
 
 /// After a write that changed less than asked: refused as a whole if it held an epoch that is no
-/// longer the dispatcher's.
-async fn check_epoch(tx: &mut sqlx::PgConnection, epoch: Option<i64>) -> Result<()> {
-    let Some(epoch) = epoch else {
-        return Ok(());
-    };
-    let (current,): (i64,) = sqlx::query_as("SELECT epoch FROM dispatch_lease WHERE id = 1")
-        .fetch_one(tx)
-        .await?;
-    if current == epoch {
-        Ok(())
-    } else {
-        Err(StoreError::Fenced(format!(
-            "this node's dispatcher epoch {epoch} ended: epoch {current} is another node's"
-        )))
+/// longer the dispatcher's, or an incarnation of its node that the dispatcher presumed dead.
+async fn check_epoch(tx: &mut sqlx::PgConnection, guard: &Guard) -> Result<()> {
+    if let Some(epoch) = guard.epoch {
+        let (current,): (i64,) = sqlx::query_as("SELECT epoch FROM dispatch_lease WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        if current != epoch {
+            return Err(StoreError::Fenced(format!(
+                "this node's dispatcher epoch {epoch} ended: epoch {current} is another node's"
+            )));
+        }
     }
+    if let Some((name, incarnation)) = &guard.node {
+        let current: Option<(i64,)> =
+            sqlx::query_as("SELECT incarnation FROM server_nodes WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.map(|(c,)| c) != Some(*incarnation) {
+            return Err(StoreError::Fenced(format!(
+                "node {name} was presumed dead (it missed its heartbeats) and its tasks were taken over"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Engine for Postgres {
@@ -308,18 +336,21 @@ impl Engine for Postgres {
         set_cap: bool,
         last_seen: &str,
         version: &str,
+        incarnation: Option<i64>,
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO server_nodes (name, max_concurrent_tasks, is_in_maintenance_mode, last_seen, version) \
              VALUES ($1, $2, FALSE, $3, $4) ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen, \
              version = excluded.version, max_concurrent_tasks = CASE WHEN $5 THEN excluded.max_concurrent_tasks \
-             ELSE server_nodes.max_concurrent_tasks END",
+             ELSE server_nodes.max_concurrent_tasks END \
+             WHERE $6::bigint IS NULL OR server_nodes.incarnation = $6",
         )
         .bind(name)
         .bind(cap)
         .bind(last_seen)
         .bind(version)
         .bind(set_cap)
+        .bind(incarnation)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -355,13 +386,27 @@ impl Engine for Postgres {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn set_node_comms_address(&self, name: &str, address: &str) -> Result<()> {
-        sqlx::query("UPDATE server_nodes SET comms_address = $2 WHERE name = $1")
-            .bind(name)
-            .bind(address)
-            .execute(&self.pool)
-            .await?;
+    async fn set_node_facts(&self, name: &str, address: &str, builtin_worker: bool) -> Result<()> {
+        sqlx::query(
+            "UPDATE server_nodes SET comms_address = $2, builtin_worker = $3 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(address)
+        .bind(builtin_worker)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    async fn presume_dead(&self, name: &str, seen_before: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE server_nodes SET incarnation = incarnation + 1 WHERE name = $1 AND last_seen < $2",
+        )
+        .bind(name)
+        .bind(seen_before)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn set_agent_link(&self, thumbprint: &str, node: &str, since: &str) -> Result<()> {
@@ -621,17 +666,16 @@ impl Engine for Postgres {
     }
 
     async fn update_task(&self, num: i64, task: &Task, guard: &Guard) -> Result<()> {
-        let epoch = guard.epoch;
         let written = write_noting(
             &self.pool,
             UPDATE_TASK,
-            18,
-            |q| bind_task(q, num, task).bind(epoch),
+            20,
+            |q| bind_fence(bind_task(q, num, task), guard),
             &guard.notes,
         )
         .await?;
         if written == 0 {
-            check_epoch(&mut *self.pool.acquire().await?, epoch).await?;
+            check_epoch(&mut *self.pool.acquire().await?, guard).await?;
         }
         Ok(())
     }
@@ -644,32 +688,28 @@ impl Engine for Postgres {
     ) -> Result<Vec<bool>> {
         // One task (most claims): one statement, one round trip.
         if let [(num, task)] = tasks {
-            let epoch = guard.epoch;
             let written = write_noting(
                 &self.pool,
                 UPDATE_TASK_FROM,
-                19,
-                |q| bind_task(q, *num, task).bind(from.as_str()).bind(epoch),
+                21,
+                |q| bind_fence(bind_task(q, *num, task).bind(from.as_str()), guard),
                 &guard.notes,
             )
             .await?;
             if written == 0 {
-                check_epoch(&mut *self.pool.acquire().await?, epoch).await?;
+                check_epoch(&mut *self.pool.acquire().await?, guard).await?;
             }
             return Ok(vec![written == 1]);
         }
         let mut tx = self.pool.begin().await?;
         let mut moved = Vec::with_capacity(tasks.len());
         for (num, task) in tasks {
-            let done = bind_task(sqlx::query(UPDATE_TASK_FROM), *num, task)
-                .bind(from.as_str())
-                .bind(guard.epoch)
-                .execute(&mut *tx)
-                .await?;
+            let query = bind_task(sqlx::query(UPDATE_TASK_FROM), *num, task).bind(from.as_str());
+            let done = bind_fence(query, guard).execute(&mut *tx).await?;
             moved.push(done.rows_affected() == 1);
         }
         if moved.contains(&false) {
-            check_epoch(&mut tx, guard.epoch).await?;
+            check_epoch(&mut tx, guard).await?;
         }
         send_notes(&mut tx, &guard.notes).await?;
         tx.commit().await?;
@@ -685,19 +725,17 @@ impl Engine for Postgres {
         let mut tx = self.pool.begin().await?;
         let mut short = false;
         for chunk in chunks {
-            let done = chunk_insert(chunk, guard.epoch).execute(&mut *tx).await?;
+            let done = chunk_insert(chunk, guard).execute(&mut *tx).await?;
             short |= done.rows_affected() == 0;
         }
         let mut written = Vec::with_capacity(ended.len());
         for (num, task) in ended {
-            let done = bind_task(sqlx::query(UPDATE_TASK_FROM_RUNNING), *num, task)
-                .bind(guard.epoch)
-                .execute(&mut *tx)
-                .await?;
+            let query = bind_task(sqlx::query(UPDATE_TASK_FROM_RUNNING), *num, task);
+            let done = bind_fence(query, guard).execute(&mut *tx).await?;
             written.push(done.rows_affected() == 1);
         }
         if short || written.contains(&false) {
-            check_epoch(&mut tx, guard.epoch).await?;
+            check_epoch(&mut tx, guard).await?;
         }
         send_notes(&mut tx, &guard.notes).await?;
         tx.commit().await?;

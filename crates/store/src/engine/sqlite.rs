@@ -151,18 +151,21 @@ impl Engine for Sqlite {
         set_cap: bool,
         last_seen: &str,
         version: &str,
+        incarnation: Option<i64>,
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO server_nodes (name, max_concurrent_tasks, is_in_maintenance_mode, last_seen, version) \
              VALUES (?1, ?2, 0, ?3, ?4) ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen, \
              version = excluded.version, max_concurrent_tasks = CASE WHEN ?5 THEN excluded.max_concurrent_tasks \
-             ELSE server_nodes.max_concurrent_tasks END",
+             ELSE server_nodes.max_concurrent_tasks END \
+             WHERE ?6 IS NULL OR server_nodes.incarnation = ?6",
         )
         .bind(name)
         .bind(cap)
         .bind(last_seen)
         .bind(version)
         .bind(set_cap)
+        .bind(incarnation)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -198,13 +201,27 @@ impl Engine for Sqlite {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn set_node_comms_address(&self, name: &str, address: &str) -> Result<()> {
-        sqlx::query("UPDATE server_nodes SET comms_address = ?2 WHERE name = ?1")
-            .bind(name)
-            .bind(address)
-            .execute(&self.pool)
-            .await?;
+    async fn set_node_facts(&self, name: &str, address: &str, builtin_worker: bool) -> Result<()> {
+        sqlx::query(
+            "UPDATE server_nodes SET comms_address = ?2, builtin_worker = ?3 WHERE name = ?1",
+        )
+        .bind(name)
+        .bind(address)
+        .bind(builtin_worker)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    async fn presume_dead(&self, name: &str, seen_before: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE server_nodes SET incarnation = incarnation + 1 WHERE name = ?1 AND last_seen < ?2",
+        )
+        .bind(name)
+        .bind(seen_before)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn set_agent_link(&self, thumbprint: &str, node: &str, since: &str) -> Result<()> {

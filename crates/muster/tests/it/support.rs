@@ -76,7 +76,8 @@ pub struct Server {
     /// Everything it printed on stderr so far (its log).
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
     /// In cluster mode (`MUSTER_TEST_NODES`), the other nodes on the same PostgreSQL database:
-    /// requests go to each node in turn. This server (node `n1`) dispatches; agents dial it.
+    /// requests go to each node in turn. This server (node `n1`) dispatches; agents dial it; every
+    /// node runs scripts.
     pub others: Vec<Server>,
     turn: std::sync::atomic::AtomicUsize,
     _database: Option<muster_store::testing::TestDatabase>,

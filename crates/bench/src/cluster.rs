@@ -6,8 +6,7 @@
 use crate::{Database, Server, free_port};
 use anyhow::{Context, anyhow, bail};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 /// The role and cluster `scripts/test-postgres.sh` sets up (password login over TCP on loopback).
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://muster_test:muster_test@127.0.0.1:5432/postgres";
@@ -182,97 +181,4 @@ fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
         bail!("{sql}: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(())
-}
-
-/// nginx's `stream` module (Debian's `libnginx-mod-stream`) in front of the nodes' comms ports: one
-/// address for an agent. A node that does not dispatch does not listen, so nginx passes each
-/// connection on to the one that does. As `Balancer` in `crates/muster/tests/it/cluster.rs`.
-pub struct Balancer {
-    pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Balancer {
-    pub fn start(upstreams: &[u16]) -> anyhow::Result<Balancer> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let servers: String = upstreams
-            .iter()
-            .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
-            .collect();
-        let config = format!(
-            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-             pid {dir}/nginx.pid;\n\
-             error_log {dir}/error.log info;\n\
-             events {{}}\n\
-             stream {{\n    upstream comms {{\n{servers}    }}\n    server {{\n        listen 127.0.0.1:{port};\n        proxy_pass comms;\n        proxy_connect_timeout 1s;\n        proxy_timeout 1h;\n    }}\n}}\n",
-            dir = dir.path().display()
-        );
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, config)?;
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot run nginx (Debian's nginx-core and libnginx-mod-stream)")?;
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if started.elapsed() > Duration::from_secs(10) {
-                bail!("nginx did not listen on {port} in 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Balancer {
-            port,
-            child,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        // SIGTERM, so that the master stops its workers too (a SIGKILL would leave them); a worker
-        // still there once the master is gone is killed by its pid.
-        let master = self.child.id();
-        let workers = children(master);
-        let _ = Command::new("kill")
-            .args(["-TERM", &master.to_string()])
-            .status();
-        let _ = self.child.wait();
-        for worker in workers {
-            let alive = std::fs::read_to_string(format!("/proc/{worker}/cmdline"))
-                .is_ok_and(|c| c.starts_with("nginx"));
-            if alive {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &worker.to_string()])
-                    .status();
-            }
-        }
-    }
-}
-
-/// The pids of a process's children, from /proc.
-fn children(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                    == Some(parent)
-            })
-        })
-        .collect()
 }

@@ -1,16 +1,18 @@
-//! `failover`: three nodes on one PostgreSQL database, the dispatcher (the first node) killed with
-//! SIGKILL, each measure on a fresh cluster and database:
+//! `failover`: three nodes on one PostgreSQL database, a node killed with SIGKILL, each measure on
+//! a fresh cluster and database:
 //!
-//! - `agent`: a polling agent dials the nodes through nginx (a node that does not dispatch does not
-//!   listen, so its connection reaches whichever does); its script prints a numbered line stamped
-//!   with `$EPOCHREALTIME` every 50 ms; the task is made on the second node and followed on the
-//!   third. Timed from the kill to the first line read on the third node's stream that the script
-//!   printed after the kill.
+//! - `agent on the dispatcher`: a polling agent linked to the first node (which dispatches, and so
+//!   runs the agent's script); its script prints a numbered line stamped with `$EPOCHREALTIME` every
+//!   50 ms; the task is made on the second node and followed on the third; the first node is
+//!   killed. Timed from the kill to the first line read on the third node's stream that the script
+//!   printed after the kill (another node took the lease over and re-attached to the script).
+//! - `agent on another node`: the same with the agent linked to the second node, which runs its
+//!   script and is killed: the dispatcher takes the script over once that node is offline.
 //! - `burst`: 200 built-in `sleep 0.5` tasks made on the second and third nodes in turn; the first
-//!   node is killed once 100 exist. Timed from the kill to the first task (Executing or Success)
-//!   whose `ServerNode` is another node, polled every 10 ms on the second node.
+//!   node (the dispatcher) is killed once 100 exist. Timed from the kill to the first task that
+//!   started after it (its `StartTime`), polled every 10 ms on the second node.
 
-use crate::cluster::{Balancer, Cluster, Setup};
+use crate::cluster::{Cluster, Setup};
 use crate::{Database, KEY, Kind, seconds_now};
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
@@ -34,9 +36,10 @@ pub fn run(bin: &Path, postgres_url: &str, repeats: usize) -> anyhow::Result<()>
     let mut rows = Vec::new();
     for (scenario, measure) in [
         (
-            "agent: new line after kill",
-            agent as fn(&Path, &Setup) -> anyhow::Result<Measure>,
+            "agent on the dispatcher: line",
+            agent_on_dispatcher as fn(&Path, &Setup) -> anyhow::Result<Measure>,
         ),
+        ("agent on another node: line", agent_on_another_node),
         ("burst: task started after kill", burst),
     ] {
         let mut measures = Vec::new();
@@ -147,15 +150,23 @@ fn task_id(task: &Value) -> anyhow::Result<String> {
         .to_string())
 }
 
-/// The dispatcher killed while a polling agent's script prints: to the first line printed after
-/// the kill, read through the third node.
-fn agent(bin: &Path, setup: &Setup) -> anyhow::Result<Measure> {
+fn agent_on_dispatcher(bin: &Path, setup: &Setup) -> anyhow::Result<Measure> {
+    agent(bin, setup, 0)
+}
+
+fn agent_on_another_node(bin: &Path, setup: &Setup) -> anyhow::Result<Measure> {
+    agent(bin, setup, 1)
+}
+
+/// The node that holds a polling agent's link (and so runs its script), `victim` (0: the first
+/// node, which dispatches; 1: the second), killed while the script prints: to the first line
+/// printed after the kill, read through the third node.
+fn agent(bin: &Path, setup: &Setup, victim: usize) -> anyhow::Result<Measure> {
     let mut cluster = Cluster::start(bin, setup, &["--task-cap", "50"])?;
-    let ports: Vec<u16> = (0..3).map(|n| cluster.node(n).comms_port).collect();
-    let balancer = Balancer::start(&ports)?;
+    let port = cluster.node(victim).comms_port;
     let n2 = cluster.node(1);
-    let agent = n2.agent_via(bin, cluster.dir(), "balanced", Kind::Polling, balancer.port)?;
-    let worker = n2.wait_healthy("balanced")?;
+    let agent = n2.agent_via(bin, cluster.dir(), "linked", Kind::Polling, port)?;
+    let worker = n2.wait_healthy("linked")?;
     let script = "for i in $(seq 1 2400); do echo \"n $i $EPOCHREALTIME\"; sleep 0.05; done";
     let task = n2.post(
         "/api/Spaces-1/tasks",
@@ -172,7 +183,11 @@ fn agent(bin: &Path, setup: &Setup) -> anyhow::Result<Measure> {
             .map_err(|_| anyhow!("no line of {id} in 60 s"))?;
         seen += 1;
     }
-    let mut n1 = cluster.nodes[0].take().expect("the first node runs");
+    let runs_on = cluster.node(2).get(&format!("/api/tasks/{id}"))?["ServerNode"].clone();
+    if runs_on != format!("n{}", victim + 1).as_str() {
+        bail!("the script runs on {runs_on}, not on the node that holds its agent's link");
+    }
+    let mut n1 = cluster.nodes[victim].take().expect("the node runs");
     n1.child.kill()?;
     let killed = Instant::now();
     let killed_wall = seconds_now();
@@ -184,16 +199,18 @@ fn agent(bin: &Path, setup: &Setup) -> anyhow::Result<Measure> {
             break line.read_at.duration_since(killed).as_secs_f64();
         }
     };
-    let node = cluster.lease_holder()?;
+    let node = cluster.node(2).get(&format!("/api/tasks/{id}"))?["ServerNode"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let _ = cluster
-        .node(1)
+        .node(2)
         .post(&format!("/api/tasks/{id}/cancel"), &json!({}));
     let _ = crate::wait_until("the task to end", Duration::from_secs(15), || {
-        Ok(cluster.node(1).get(&format!("/api/tasks/{id}"))?["IsCompleted"] == true)
+        Ok(cluster.node(2).get(&format!("/api/tasks/{id}"))?["IsCompleted"] == true)
     });
     drop(rx);
     drop(agent);
-    drop(balancer);
     drop(n1);
     drop(cluster);
     Ok(Measure {
@@ -202,8 +219,8 @@ fn agent(bin: &Path, setup: &Setup) -> anyhow::Result<Measure> {
     })
 }
 
-/// The dispatcher killed during a burst of 200 built-in tasks: to the first task another node
-/// started.
+/// The dispatcher killed during a burst of 200 built-in tasks: to the first task started after
+/// the kill (by the node that took the dispatcher's role over).
 fn burst(bin: &Path, setup: &Setup) -> anyhow::Result<Measure> {
     let mut cluster = Cluster::start(bin, setup, &["--task-cap", "50"])?;
     let urls = [cluster.node(1).url.clone(), cluster.node(2).url.clone()];
@@ -237,17 +254,22 @@ fn burst(bin: &Path, setup: &Setup) -> anyhow::Result<Measure> {
     let mut n1 = cluster.nodes[0].take().expect("the first node runs");
     n1.child.kill()?;
     let killed = Instant::now();
+    let killed_ms = (seconds_now() * 1000.0) as i64;
     let n2 = cluster.node(1);
     let (seconds, node) = loop {
         let tasks = n2.get("/api/tasks?states=Executing,Success&take=300")?;
-        let other = tasks["Items"]
+        let started_after = tasks["Items"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|t| t["ServerNode"].as_str())
-            .find(|node| !node.is_empty() && *node != "n1")
-            .map(str::to_string);
-        if let Some(node) = other {
+            .find(|t| {
+                t["StartTime"]
+                    .as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .is_some_and(|at| at.timestamp_millis() > killed_ms)
+            })
+            .map(|_| cluster.lease_holder().unwrap_or_default());
+        if let Some(node) = started_after {
             break (killed.elapsed().as_secs_f64(), node);
         }
         if killed.elapsed() > Duration::from_secs(120) {

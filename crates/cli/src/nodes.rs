@@ -22,6 +22,12 @@ pub enum NodeCommand {
         /// The node's name.
         name: String,
     },
+    /// Deletes the record of a node gone for good: it must be offline, with no task left on it
+    /// (administrators).
+    Delete {
+        /// The node's name.
+        name: String,
+    },
 }
 
 pub async fn node(client: &Client, json: bool, command: NodeCommand) -> anyhow::Result<i32> {
@@ -63,23 +69,31 @@ pub async fn node(client: &Client, json: bool, command: NodeCommand) -> anyhow::
         }
         NodeCommand::Drain { name } => set_maintenance(client, json, &name, true).await,
         NodeCommand::Undrain { name } => set_maintenance(client, json, &name, false).await,
+        NodeCommand::Delete { name } => {
+            let node = find(client, &name).await?;
+            let path = self_link(&node)?;
+            let deleted = client.send(Method::DELETE, &path, None).await?;
+            if json {
+                output::json(&deleted);
+            } else {
+                println!("Node {} deleted.", output::text(&deleted["Name"]));
+            }
+            Ok(0)
+        }
     }
 }
 
-async fn set_maintenance(
-    client: &Client,
-    json: bool,
-    name: &str,
-    maintenance: bool,
-) -> anyhow::Result<i32> {
+/// The node named `name` (without case), or an error naming the nodes there are.
+async fn find(client: &Client, name: &str) -> anyhow::Result<Value> {
     let nodes = array(&client.get("/api/octopusservernodes/all").await?);
-    let node = nodes
+    nodes
         .iter()
         .find(|n| {
             n["Name"]
                 .as_str()
                 .is_some_and(|v| v.eq_ignore_ascii_case(name.trim()))
         })
+        .cloned()
         .ok_or_else(|| {
             let names: Vec<String> = nodes.iter().map(|n| output::text(&n["Name"])).collect();
             anyhow!(
@@ -90,14 +104,28 @@ async fn set_maintenance(
                     names.join(", ")
                 }
             )
-        })?;
-    let path = node["Links"]["Self"]
+        })
+}
+
+fn self_link(node: &Value) -> anyhow::Result<String> {
+    node["Links"]["Self"]
         .as_str()
-        .ok_or_else(|| anyhow!("the server's node has no Links.Self"))?;
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("the server's node has no Links.Self"))
+}
+
+async fn set_maintenance(
+    client: &Client,
+    json: bool,
+    name: &str,
+    maintenance: bool,
+) -> anyhow::Result<i32> {
+    let node = find(client, name).await?;
+    let path = self_link(&node)?;
     let changed = client
         .send(
             Method::PUT,
-            path,
+            &path,
             Some(&json!({"IsInMaintenanceMode": maintenance})),
         )
         .await?;

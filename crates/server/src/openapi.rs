@@ -1336,6 +1336,15 @@ const OPS: &[Op] = &[
         "OctopusServerNode",
     ),
     op(
+        "delete",
+        "/api/octopusServerNodes/{id}",
+        "Server nodes",
+        "Deletes the record of a node gone for good: only an offline node (not seen for 3 heartbeats) with no task left running on it; answers the deleted node.",
+        &[],
+        None,
+        "OctopusServerNode",
+    ),
+    op(
         "get",
         "/api/octopusServerNodes/{id}/details",
         "Server nodes",

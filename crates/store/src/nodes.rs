@@ -92,6 +92,12 @@ impl Store {
         *self.incarnation.lock().expect("store lock") = Some((name.to_string(), incarnation));
     }
 
+    /// Deletes a node's record (a node gone for good) and the links it held; false when there was
+    /// none. A node that still runs registers again at its next heartbeat.
+    pub async fn delete_node(&self, name: &str) -> Result<bool> {
+        on_engine!(&*self.engine, e => e.delete_node(name).await)
+    }
+
     /// The incarnation this node's writes hold, if it holds one.
     pub fn held_incarnation(&self) -> Option<i64> {
         self.incarnation

@@ -310,6 +310,11 @@ async fn an_agents_link_is_held_by_one_node_at_a_time(opened: &Opened) {
     let later = muster_core::time::parse_date("2026-12-01T10:01:00.000+00:00").unwrap();
     assert!(store.presume_dead("n2", &later).await.unwrap());
     assert_eq!(store.node("n2").await.unwrap().unwrap().incarnation, 1);
+    store.set_agent_link("DDDD", "n2", &at).await.unwrap();
+    assert!(store.delete_node("n2").await.unwrap());
+    assert!(!store.delete_node("n2").await.unwrap());
+    assert_eq!(store.node("n2").await.unwrap(), None);
+    assert_eq!(store.agent_links().await.unwrap(), []);
 }
 
 /// A node registers with its cap at its first heartbeat; later beats write when it was seen and

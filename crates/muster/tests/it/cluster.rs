@@ -675,6 +675,51 @@ fn a_paused_node_is_fenced_and_its_agents_script_taken_over() {
     assert_eq!(numbered, expected, "every line once, in order");
 }
 
+/// A node gone for good is deleted from the registry once it is offline; an online node, an
+/// unknown one and a key that is not an administrator's are refused.
+#[test]
+fn a_node_gone_for_good_is_deleted_once_offline() {
+    let mut cluster = Cluster::start();
+    let n1 = cluster.node(1);
+    let online = crate::support::cli(n1, &["node", "delete", "n3"]);
+    assert!(!online.status.success());
+    let said = String::from_utf8_lossy(&online.stderr).to_string();
+    assert!(said.contains("Node n3 is online"), "{said}");
+    let unknown = n1.delete("/api/octopusservernodes/OctopusServerNodes-nobody");
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    cluster.take(3).kill();
+    let n1 = cluster.node(1);
+    eventually_within("n3 to be offline", Duration::from_secs(40), || {
+        let summary = n1.ok("/api/octopusservernodes/summary");
+        summary["Nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["Name"] == "n3" && n["IsOffline"] == true)
+            .then_some(())
+    });
+    let deleted = crate::support::cli(n1, &["node", "delete", "n3"]);
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert!(String::from_utf8_lossy(&deleted.stdout).contains("Node n3 deleted."));
+    let names: Vec<String> = n1
+        .ok("/api/octopusservernodes/all")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["Name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["n1", "n2"]);
+    let events = n1.ok("/api/events?take=20");
+    assert!(
+        events["Items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["Message"] == "Server node 'n3' deleted"),
+        "{events}"
+    );
+}
+
 /// Registers a polling agent named `name` in the default pool, given the comms addresses of
 /// `nodes` in that order, and starts it.
 fn listed_agent(cluster: &Cluster, name: &str, nodes: &[usize]) -> crate::support::Agent {

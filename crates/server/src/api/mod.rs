@@ -167,6 +167,7 @@ fn routes() -> Routes {
         .add(GET, "/api/octopusservernodes/summary", User, nodes::cluster_summary)
         .add(GET, "/api/octopusservernodes/{id}", User, nodes::get_one)
         .add(PUT, "/api/octopusservernodes/{id}", Admin, nodes::update)
+        .add(DELETE, "/api/octopusservernodes/{id}", Admin, nodes::delete)
         .add(GET, "/api/octopusservernodes/{id}/details", Admin, nodes::details)
         .add(GET, "/api/tasks", User, tasks::list_all)
         .add(POST, "/api/tasks", User, tasks::create_default)

@@ -155,6 +155,54 @@ pub async fn ping(State(app): State<App>) -> ApiResult {
     Ok(json_response(status, &resource(&node)))
 }
 
+/// Deletes the record of a node that is gone for good (administrators): only an offline node
+/// (one that runs would register again at its next heartbeat) with no task left running on it
+/// (the dispatcher takes those over within seconds of the node going offline).
+pub async fn delete(
+    State(app): State<App>,
+    Extension(user): Extension<CurrentUser>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let node = find(&app, &id).await?;
+    if !nodes::is_offline(&node, &now()) {
+        return Err(ApiError::validation(vec![format!(
+            "Node {} is online (last seen {}): stop it first; a node that runs registers again at its next heartbeat.",
+            node.name,
+            format_date(&node.last_seen)
+        )]));
+    }
+    let left: Vec<String> = running(&app)
+        .await?
+        .into_iter()
+        .filter(|t| t.server_node.as_deref() == Some(node.name.as_str()))
+        .map(|t| t.id)
+        .collect();
+    if !left.is_empty() {
+        return Err(ApiError::validation(vec![format!(
+            "Tasks still run on node {} ({}): the dispatching node takes them over within seconds of a node going offline; try again then.",
+            node.name,
+            left.join(", ")
+        )]));
+    }
+    if !app.store.delete_node(&node.name).await? {
+        return Err(ApiError::not_found(&id));
+    }
+    let _ = app
+        .store
+        .note(muster_store::Note::Node(node.name.clone()))
+        .await;
+    events::record(
+        &app,
+        Some(&user.0),
+        None,
+        events::DELETED,
+        format!("Server node '{}' deleted", node.name),
+        vec![nodes::id_of(&node.name)],
+    )
+    .await;
+    ok(&resource(&node))
+}
+
 /// Changes a node's maintenance mode and task cap (administrators). A drained node takes no new
 /// task; its running tasks finish.
 pub async fn update(
@@ -209,13 +257,12 @@ pub async fn update(
         .ok_or_else(|| ApiError::not_found(&id))?;
     if node.name == app.config.node_name {
         nodes::apply(&app, &node);
-    } else {
-        // That node applies it at once, not at its next heartbeat.
-        let _ = app
-            .store
-            .note(muster_store::Note::Node(node.name.clone()))
-            .await;
     }
+    // That node applies it at once, not at its next heartbeat, and the dispatcher places by it.
+    let _ = app
+        .store
+        .note(muster_store::Note::Node(node.name.clone()))
+        .await;
     let mut changes = Vec::new();
     if maintenance != existing.is_in_maintenance_mode {
         changes.push(if maintenance {

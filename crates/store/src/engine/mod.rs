@@ -217,6 +217,8 @@ pub(crate) trait Engine: Sync {
         thumbprint: &str,
         node: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// Deletes a node's row and the links it held; whether it had a row.
+    fn delete_node(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Forgets every link `node` holds (it starts, so it holds none).
     fn clear_agent_links_of(&self, node: &str) -> impl Future<Output = Result<()>> + Send;
     /// (thumbprint, node) of every agent's link, or of one agent's.

@@ -246,6 +246,20 @@ impl Engine for Sqlite {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn delete_node(&self, name: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM agent_links WHERE node = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM server_nodes WHERE name = ?1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn clear_agent_links_of(&self, node: &str) -> Result<()> {
         sqlx::query("DELETE FROM agent_links WHERE node = ?1")
             .bind(node)

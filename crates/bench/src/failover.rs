@@ -163,9 +163,15 @@ fn agent_on_another_node(bin: &Path, setup: &Setup) -> anyhow::Result<Measure> {
 /// printed after the kill, read through the third node.
 fn agent(bin: &Path, setup: &Setup, victim: usize) -> anyhow::Result<Measure> {
     let mut cluster = Cluster::start(bin, setup, &["--task-cap", "50"])?;
-    let port = cluster.node(victim).comms_port;
+    // The victim's address first, then the others', to move to when it dies.
+    let mut ports = vec![cluster.node(victim).comms_port];
+    ports.extend(
+        (0..3)
+            .filter(|n| *n != victim)
+            .map(|n| cluster.node(n).comms_port),
+    );
     let n2 = cluster.node(1);
-    let agent = n2.agent_via(bin, cluster.dir(), "linked", Kind::Polling, port)?;
+    let agent = n2.agent_via(bin, cluster.dir(), "linked", Kind::Polling, &ports)?;
     let worker = n2.wait_healthy("linked")?;
     let script = "for i in $(seq 1 2400); do echo \"n $i $EPOCHREALTIME\"; sleep 0.05; done";
     let task = n2.post(

@@ -1361,17 +1361,18 @@ impl Server {
     }
 
     fn agent(&self, bin: &Path, dir: &Path, name: &str, kind: Kind) -> anyhow::Result<Agent> {
-        self.agent_via(bin, dir, name, kind, self.comms_port)
+        self.agent_via(bin, dir, name, kind, &[self.comms_port])
     }
 
-    /// Registers and runs an agent; a polling one dials `comms_port` (a balancer's, say).
+    /// Registers and runs an agent; a polling one dials the first of `comms_ports` (loopback) that
+    /// answers, and moves to the next when its node goes.
     fn agent_via(
         &self,
         bin: &Path,
         dir: &Path,
         name: &str,
         kind: Kind,
-        comms_port: u16,
+        comms_ports: &[u16],
     ) -> anyhow::Result<Agent> {
         let home = dir.join(format!("agent-{name}"));
         let mut register = Command::new(bin.join("muster-agent"));
@@ -1387,12 +1388,14 @@ impl Server {
             "Default Worker Pool",
         ]);
         if kind == Kind::Polling {
-            register.args([
-                "--comms-style",
-                "TentacleActive",
-                "--server-comms-port",
-                &comms_port.to_string(),
-            ]);
+            register.args(["--comms-style", "TentacleActive"]);
+            if let [port] = comms_ports {
+                register.args(["--server-comms-port", &port.to_string()]);
+            } else {
+                for port in comms_ports {
+                    register.args(["--server-comms-address", &format!("127.0.0.1:{port}")]);
+                }
+            }
         } else {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?

@@ -1160,10 +1160,26 @@ fn pool_need(
         ));
     };
     if pool.worker_pool_type == WorkerPoolType::DynamicWorkerPool {
-        return Err(Planned::Wait(format!(
-            "Pool '{}' is dynamic, and this server does not provision dynamic workers yet.",
-            pool.name
-        )));
+        let named = pool.worker_type.clone().unwrap_or_default();
+        return Err(Planned::Wait(
+            match app
+                .config
+                .worker_types
+                .iter()
+                .find(|t| t.id.eq_ignore_ascii_case(&named))
+            {
+                Some(t) => format!(
+                    "Pool '{}' is dynamic (worker type {}, provider {}), and this server does not provision dynamic workers yet.",
+                    pool.name,
+                    t.id,
+                    t.provider.name()
+                ),
+                None => format!(
+                    "Pool '{}' is dynamic, and its worker type '{named}' is not defined in this server's configuration file (--config).",
+                    pool.name
+                ),
+            },
+        ));
     }
     let slots: Vec<Slot> = view
         .workers

@@ -9,6 +9,7 @@ mod artifacts;
 mod auth;
 mod bootstrap;
 mod comms;
+mod config;
 mod dispatch;
 mod health;
 mod http;
@@ -81,6 +82,10 @@ pub struct ServerArgs {
     /// host's name and that port).
     #[arg(long, env = "MUSTER_NODE_COMMS_ADDRESS")]
     pub node_comms_address: Option<String>,
+    /// The configuration file (YAML): the dynamic worker types (`WorkerTypes`), each with its
+    /// provider (process, command or kubernetes) and limits. See the README.
+    #[arg(long, env = "MUSTER_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -93,6 +98,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(key) = &bootstrap_key {
         bootstrap::check_bootstrap_key(key)?;
     }
+    let worker_types = config::load(args.config.as_deref())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -162,6 +168,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         builtin_worker: !args.no_builtin_worker,
         node_name,
         comms_address: advertised,
+        worker_types,
         work_dir,
         builtin_run_as,
         task_log_limit: args.task_log_limit_mb * 1024 * 1024,

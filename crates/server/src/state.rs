@@ -15,6 +15,8 @@ pub struct Config {
     pub node_name: String,
     /// Where the other nodes dial this node's comms port (`--node-comms-address`).
     pub comms_address: String,
+    /// The dynamic worker types of the configuration file (`--config`).
+    pub worker_types: Vec<crate::config::WorkerType>,
     /// Parent of the per-task working directories of the built-in worker.
     pub work_dir: PathBuf,
     /// The OS user the built-in worker's scripts run as (None: the server's own).

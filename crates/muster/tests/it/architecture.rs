@@ -111,7 +111,14 @@ fn server_modules_are_layered() {
     // Bottom first. `state` is the wiring that holds every part, and `lib` the entry point: both
     // may name anything.
     const LAYERS: &[&[&str]] = &[
-        &["logs", "http", "links", "key_failures", "artifacts"],
+        &[
+            "logs",
+            "http",
+            "links",
+            "key_failures",
+            "artifacts",
+            "config",
+        ],
         &["kinds", "comms"],
         &["runbook", "health"],
         &["dispatch", "nodes"],

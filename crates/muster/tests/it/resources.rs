@@ -172,7 +172,8 @@ fn the_current_user_their_spaces_and_api_keys() {
 
 #[test]
 fn worker_pools_crud_order_summary_and_types() {
-    let server = Server::start();
+    let config = crate::support::dynamic_config();
+    let server = Server::start_with(&["--config", &config]);
     let default_pool = server.default_pool();
     let linux = server
         .post(
@@ -251,12 +252,23 @@ fn worker_pools_crud_order_summary_and_types() {
         server.ok("/api/Spaces-1/workerpools/supportedtypes")["SupportedPoolTypes"],
         json!(["StaticWorkerPool", "DynamicWorkerPool"])
     );
+    let types = server.ok("/api/Spaces-1/workerpools/dynamicworkertypes");
+    assert_eq!(
+        types["WorkerTypes"][1],
+        json!({"Id": "Windows2022", "Type": "kubernetes", "Description": "Windows Server 2022",
+            "StartDateUtc": null, "DeprecationDateUtc": null, "EndOfLifeDateUtc": null})
+    );
+    let unknown = server.post(
+        "/api/Spaces-1/workerpools",
+        &json!({"Name": "Mac", "WorkerPoolType": "DynamicWorkerPool", "WorkerType": "MacOS"}),
+    );
+    assert_eq!(unknown.status, 400, "{}", unknown.text);
     assert!(
-        server.ok("/api/Spaces-1/workerpools/dynamicworkertypes")["WorkerTypes"]
-            .as_array()
-            .unwrap()
-            .len()
-            >= 2
+        unknown
+            .text
+            .contains("WorkerType must be one of UbuntuDefault, Windows2022, got 'MacOS'"),
+        "{}",
+        unknown.text
     );
 
     let renamed = server
@@ -497,4 +509,73 @@ fn the_server_certificate_is_served_with_its_thumbprint() {
         .get("/api/configuration/certificates/other")
         .assert_error(404);
     assert!(server.dir.join("server-certificate/cert.pem").exists());
+}
+
+/// Dynamic worker types come from the configuration file: without one a dynamic pool is refused
+/// with what to do; a bad file stops the server at start, naming the file, the type and the
+/// setting; a task on a dynamic pool says which type and provider it waits for.
+#[test]
+fn dynamic_worker_types_come_from_the_configuration_file() {
+    let bare = Server::start();
+    let refused = bare.post(
+        "/api/Spaces-1/workerpools",
+        &json!({"Name": "Cloud", "WorkerPoolType": "DynamicWorkerPool"}),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert!(
+        refused.text.contains("defines no dynamic worker types"),
+        "{}",
+        refused.text
+    );
+    assert_eq!(
+        bare.ok("/api/Spaces-1/workerpools/dynamicworkertypes")["WorkerTypes"],
+        json!([])
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "WorkerTypes:\n  - Id: tiny\n    Provider: process\n    MaxWorkers: 0\n",
+    )
+    .unwrap();
+    let error = Server::start_in(
+        &dir.path().join("data"),
+        &["--config", bad.to_str().unwrap()],
+    )
+    .err()
+    .expect("a bad configuration file stops the server");
+    assert!(
+        error.contains("worker type 'tiny': MaxWorkers must be at least 1"),
+        "{error}"
+    );
+    assert!(error.contains("bad.yaml"), "{error}");
+
+    let config = crate::support::dynamic_config();
+    let server = Server::start_with(&["--config", &config]);
+    let pool = server
+        .post(
+            "/api/Spaces-1/workerpools",
+            &json!({"Name": "Cloud", "WorkerPoolType": "DynamicWorkerPool"}),
+        )
+        .assert_status(201)
+        .clone();
+    assert_eq!(
+        pool["WorkerType"], "UbuntuDefault",
+        "the first type is the default"
+    );
+    let task = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": "echo hi", "TargetType": "WorkerPools", "WorkerPoolIds": [pool["Id"]]}),
+    );
+    let id = task["Id"].as_str().unwrap().to_string();
+    let reason = crate::support::eventually("a queue reason", || {
+        server.ok(&format!("/api/tasks/{id}"))["QueueReason"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(
+        reason.contains("worker type UbuntuDefault, provider kubernetes"),
+        "{reason}"
+    );
 }

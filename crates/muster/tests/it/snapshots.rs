@@ -50,7 +50,8 @@ macro_rules! snapshot {
 
 #[test]
 fn resource_shapes() {
-    let server = Server::start();
+    let config = crate::support::dynamic_config();
+    let server = Server::start_with(&["--config", &config]);
     snapshot!("root", server.ok("/api"));
     snapshot!("space_root", server.ok("/api/Spaces-1"));
     snapshot!("space", server.ok("/api/spaces/Spaces-1"));

@@ -33,6 +33,24 @@ pub fn client() -> reqwest::blocking::Client {
 
 /// The `muster-agent` binary, built beside `muster` (it is another package, so Cargo does not hand
 /// its path to these tests).
+/// A configuration file (`muster server --config`) that defines two dynamic worker types,
+/// `UbuntuDefault` (the default, the first) and `Windows2022`, on the kubernetes provider: nothing
+/// is made until a pool needs a worker. The file lives as long as the test process.
+pub fn dynamic_config() -> String {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let path = dir.join("muster.yaml");
+        std::fs::write(
+            &path,
+            "WorkerTypes:\n  - Id: UbuntuDefault\n    Description: Ubuntu (default)\n    Provider: kubernetes\n    MaxWorkers: 4\n    Settings: {Image: muster-agent:test}\n  - Id: Windows2022\n    Description: Windows Server 2022\n    Provider: kubernetes\n    MaxWorkers: 2\n    Settings: {Image: muster-agent:test}\n",
+        )
+        .unwrap();
+        path.to_string_lossy().into_owned()
+    })
+    .clone()
+}
+
 pub fn agent() -> Command {
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {

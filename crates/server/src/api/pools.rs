@@ -13,12 +13,6 @@ use muster_core::{CommunicationStyle, HealthStatus, IdKind, WorkerPoolType};
 use muster_store::Row;
 use serde_json::{Map, Value, json};
 
-pub const DYNAMIC_WORKER_TYPES: &[(&str, &str)] = &[
-    ("UbuntuDefault", "Ubuntu (default)"),
-    ("WindowsDefault", "Windows (default)"),
-    ("Ubuntu2204", "Ubuntu 22.04"),
-];
-
 pub async fn sorted_pools(app: &App, space: &Space) -> Result<Vec<WorkerPool>, ApiError> {
     let mut pools: Vec<WorkerPool> = app.store.list(&space.id).await?;
     pools.sort_by(|a, b| {
@@ -77,7 +71,7 @@ pub async fn get_one(
     ok(&links::pool(&find(&app, &space, &id).await?))
 }
 
-fn validate(pool: &mut WorkerPool) -> Result<(), ApiError> {
+fn validate(app: &App, pool: &mut WorkerPool) -> Result<(), ApiError> {
     pool.name = pool.name.trim().to_string();
     let mut errors = Vec::new();
     errors.extend(muster_core::ids::check_name(&pool.name));
@@ -96,18 +90,23 @@ fn validate(pool: &mut WorkerPool) -> Result<(), ApiError> {
         }
         WorkerPoolType::DynamicWorkerPool => {
             pool.can_add_workers = false;
-            let worker_type = pool
-                .worker_type
-                .get_or_insert_with(|| "UbuntuDefault".into());
-            if !DYNAMIC_WORKER_TYPES
-                .iter()
-                .any(|(id, _)| id.eq_ignore_ascii_case(worker_type))
-            {
-                let known: Vec<&str> = DYNAMIC_WORKER_TYPES.iter().map(|(id, _)| *id).collect();
-                errors.push(format!(
-                    "WorkerType must be one of {}, got '{worker_type}'.",
-                    known.join(", ")
-                ));
+            let types = &app.config.worker_types;
+            match (pool.worker_type.as_deref(), types.first()) {
+                (_, None) => errors.push(
+                    "This server defines no dynamic worker types: add one under WorkerTypes in its configuration file (muster server --config FILE), then name it in WorkerType.".to_string(),
+                ),
+                // The first type is the default, as Octopus Cloud's default type is.
+                (None, Some(first)) => pool.worker_type = Some(first.id.clone()),
+                (Some(named), _) => match types.iter().find(|t| t.id.eq_ignore_ascii_case(named)) {
+                    Some(found) => pool.worker_type = Some(found.id.clone()),
+                    None => {
+                        let known: Vec<&str> = types.iter().map(|t| t.id.as_str()).collect();
+                        errors.push(format!(
+                            "WorkerType must be one of {}, got '{named}'.",
+                            known.join(", ")
+                        ));
+                    }
+                },
             }
         }
     }
@@ -144,7 +143,7 @@ pub async fn create(
     let body = body.object()?;
     check_space_id(body, &space)?;
     let mut pool = apply(&WorkerPool::default(), body).map_err(ApiError::bad_request)?;
-    validate(&mut pool)?;
+    validate(&app, &mut pool)?;
     pool.space_id = space.id.clone();
     if pool.sort_order <= 0 {
         pool.sort_order = sorted_pools(&app, &space)
@@ -193,7 +192,7 @@ pub async fn update(
     if existing.is_default {
         pool.is_default = true;
     }
-    validate(&mut pool)?;
+    validate(&app, &mut pool)?;
     pool.last_modified_on = Some(muster_core::time::now());
     pool.last_modified_by = actor(&user);
     write(&app, &pool).await?;
@@ -378,11 +377,17 @@ pub async fn supported_types(SpaceScope(_): SpaceScope) -> ApiResult {
     )
 }
 
-pub async fn dynamic_worker_types(SpaceScope(_): SpaceScope) -> ApiResult {
-    let types: Vec<Value> = DYNAMIC_WORKER_TYPES
+/// The worker types of the configuration file, in Octopus's `DynamicWorkerType` shape (`Type`:
+/// its provider).
+pub async fn dynamic_worker_types(State(app): State<App>, SpaceScope(_): SpaceScope) -> ApiResult {
+    let types: Vec<Value> = app
+        .config
+        .worker_types
         .iter()
-        .map(|(id, description)| {
-            json!({"Id": id, "Type": id, "Description": description, "StartDateUtc": null, "DeprecationDateUtc": null, "EndOfLifeDateUtc": null})
+        .map(|t| {
+            json!({"Id": t.id, "Type": t.provider.name(), "Description": t.description,
+                "StartDateUtc": t.start_date_utc, "DeprecationDateUtc": t.deprecation_date_utc,
+                "EndOfLifeDateUtc": t.end_of_life_date_utc})
         })
         .collect();
     ok(&json!({"Id": "DynamicWorkerTypes", "WorkerTypes": types}))

@@ -177,6 +177,102 @@ fn running_as_root() -> bool {
             .unwrap_or(false)
 }
 
+/// A dynamic worker's identity, handed to its instance by the server's provider as environment
+/// variables: the certificate and key the server issued for this worker, the server's thumbprint,
+/// the worker's polling subscription and the comms addresses to dial. No API key: the instance can
+/// be this one worker and nothing else.
+pub struct Instance {
+    identity: muster_proto::Identity,
+    server_thumbprint: String,
+    subscription: String,
+    addresses: Vec<String>,
+}
+
+/// The environment variables of `Instance`.
+pub const INSTANCE_CERTIFICATE: &str = "MUSTER_AGENT_CERTIFICATE";
+pub const INSTANCE_KEY: &str = "MUSTER_AGENT_KEY";
+pub const INSTANCE_SERVER_THUMBPRINT: &str = "MUSTER_SERVER_THUMBPRINT";
+pub const INSTANCE_SUBSCRIPTION: &str = "MUSTER_SUBSCRIPTION";
+pub const INSTANCE_COMMS_ADDRESSES: &str = "MUSTER_SERVER_COMMS_ADDRESSES";
+
+impl Instance {
+    /// The instance's identity from the environment: None when `MUSTER_AGENT_CERTIFICATE` is not
+    /// set (an agent registered by hand); an error naming what is missing or wrong otherwise.
+    pub fn from_env() -> anyhow::Result<Option<Instance>> {
+        let Some(certificate) = std::env::var(INSTANCE_CERTIFICATE)
+            .ok()
+            .filter(|v| !v.is_empty())
+        else {
+            return Ok(None);
+        };
+        let var = |name: &str| -> anyhow::Result<String> {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{INSTANCE_CERTIFICATE} is set, so this is a dynamic worker, but {name} is missing")
+                })
+        };
+        let key = var(INSTANCE_KEY)?;
+        let identity = muster_proto::Identity::from_pem(&certificate, &key, INSTANCE_CERTIFICATE)?;
+        let server_thumbprint = var(INSTANCE_SERVER_THUMBPRINT)?.to_ascii_uppercase();
+        if server_thumbprint.len() != 64
+            || !server_thumbprint.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            anyhow::bail!(
+                "{INSTANCE_SERVER_THUMBPRINT} must be a SHA-256 thumbprint (64 hex characters)"
+            );
+        }
+        let subscription = var(INSTANCE_SUBSCRIPTION)?.to_ascii_lowercase();
+        if !subscription.starts_with("poll://") {
+            anyhow::bail!(
+                "{INSTANCE_SUBSCRIPTION} must be a poll://…/ subscription id, got '{subscription}'"
+            );
+        }
+        let addresses: Vec<String> = var(INSTANCE_COMMS_ADDRESSES)?
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        for address in &addresses {
+            address
+                .parse::<CommsAddress>()
+                .map_err(|e| anyhow::anyhow!("{INSTANCE_COMMS_ADDRESSES}: {e}"))?;
+        }
+        Ok(Some(Instance {
+            identity,
+            server_thumbprint,
+            subscription,
+            addresses,
+        }))
+    }
+
+    /// Makes `home` this worker's: its certificate, and a polling configuration that trusts the
+    /// server and dials its addresses.
+    pub fn install(&self, home: &Home) -> anyhow::Result<()> {
+        if home.has_certificate() {
+            let existing = home.identity()?;
+            if existing.thumbprint() != self.identity.thumbprint() {
+                anyhow::bail!(
+                    "{} holds another agent's certificate: a dynamic worker's home must be its own",
+                    home.dir.display()
+                );
+            }
+        }
+        std::fs::create_dir_all(&home.dir)
+            .with_context(|| format!("cannot create {}", home.dir.display()))?;
+        restrict(&home.dir);
+        self.identity.save_to(&home.dir)?;
+        let mut config = home.load()?;
+        config.listen_port = None;
+        config.trusted_thumbprints = vec![self.server_thumbprint.clone()];
+        config.subscription_id = Some(self.subscription.clone());
+        config.server_comms_addresses = self.addresses.clone();
+        home.save(&config)
+    }
+}
+
 pub struct Home {
     pub dir: PathBuf,
 }

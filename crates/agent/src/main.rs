@@ -90,7 +90,11 @@ enum Command {
         #[arg(long, hide = true)]
         instance: Option<String>,
     },
-    /// Runs the agent in the foreground until Ctrl-C or SIGTERM (the systemd unit runs this).
+    /// Runs the agent in the foreground until Ctrl-C or SIGTERM (the systemd unit runs this). A
+    /// dynamic worker's instance is given its identity in the environment instead of registering:
+    /// MUSTER_AGENT_CERTIFICATE and MUSTER_AGENT_KEY (PEM, issued by the server for this worker),
+    /// MUSTER_SERVER_THUMBPRINT, MUSTER_SUBSCRIPTION (poll://…/) and
+    /// MUSTER_SERVER_COMMS_ADDRESSES (HOST:PORT, comma-separated); `run` writes them into its home.
     Run {
         /// The address a listening agent binds.
         #[arg(long, env = "MUSTER_AGENT_LISTEN_ADDRESS", default_value = "0.0.0.0")]
@@ -343,7 +347,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("Deregistered {}", removed.join(", "));
             }
         }
-        Command::Run { listen_address } => service::run(&home, &listen_address).await?,
+        Command::Run { listen_address } => {
+            // A dynamic worker's instance is given its identity by the server's provider.
+            if let Some(instance) = config::Instance::from_env()? {
+                instance.install(&home)?;
+            }
+            service::run(&home, &listen_address).await?
+        }
         Command::Service {
             install,
             start,

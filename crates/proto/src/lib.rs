@@ -88,6 +88,43 @@ impl Identity {
     pub fn thumbprint(&self) -> String {
         thumbprint_sha256(&self.cert_der)
     }
+
+    /// An identity handed over as PEM text (a dynamic worker's, issued by the server): both parts
+    /// must read, and the key must belong to the certificate's kind. `what` names where they came
+    /// from in an error.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, what: &str) -> Result<Identity, CertError> {
+        let invalid = |reason: String| CertError::Invalid {
+            path: what.to_string(),
+            reason,
+        };
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| invalid(format!("the certificate does not read: {e}")))?;
+        let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| invalid(format!("the key does not read: {e}")))?;
+        Ok(Identity {
+            cert_der,
+            key_der,
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+        })
+    }
+
+    /// The private key as PEM (empty for an identity loaded from files: it stays in its file).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// Writes `cert.pem` and `key.pem` (0600) into `dir`, replacing what is there.
+    pub fn save_to(&self, dir: &Path) -> Result<(), CertError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| CertError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        write_private(&key_path, &self.key_pem).map_err(io(&key_path))?;
+        std::fs::write(&cert_path, &self.cert_pem).map_err(io(&cert_path))
+    }
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {

@@ -14,7 +14,10 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 #[cfg_attr(
     not(test),
-    expect(dead_code, reason = "the limits are the scaler's, wired in with the providers")
+    expect(
+        dead_code,
+        reason = "the limits are the scaler's, wired in with the providers"
+    )
 )]
 pub struct WorkerType {
     pub id: String,

@@ -320,3 +320,96 @@ fn show_thumbprint_creates_no_home() {
         text(&unregistered)
     );
 }
+
+/// A dynamic worker's instance: the worker record and its certificate exist first (the server
+/// makes them before the machine), and the instance is given that identity in its environment,
+/// with no API key. `muster-agent run` takes it, links, and runs the worker's scripts; a missing
+/// or malformed variable is refused with its name.
+#[test]
+fn a_dynamic_workers_instance_runs_from_the_identity_in_its_environment() {
+    let server = Server::start();
+    let identity = muster_proto::Identity::generate("Muster Agent").unwrap();
+    let subscription = "poll://instanceabcdefghij01/";
+    let worker = server
+        .post(
+            "/api/Spaces-1/workers",
+            &json!({"Name": "instance-1", "WorkerPoolIds": [server.default_pool()],
+                "Endpoint": {"CommunicationStyle": "TentacleActive", "Uri": subscription,
+                    "Thumbprint": identity.thumbprint()}}),
+        )
+        .assert_status(201)
+        .clone();
+    let server_thumbprint = server.ok("/api/certificates/certificate-global")["Thumbprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let home = server.dir.join("instance-1");
+    let environment = |command: &mut std::process::Command| {
+        command
+            .env("MUSTER_AGENT_CERTIFICATE", &identity.cert_pem)
+            .env("MUSTER_AGENT_KEY", identity.key_pem())
+            .env("MUSTER_SERVER_THUMBPRINT", &server_thumbprint)
+            .env("MUSTER_SUBSCRIPTION", subscription)
+            .env(
+                "MUSTER_SERVER_COMMS_ADDRESSES",
+                format!("127.0.0.1:{}", server.comms_port),
+            );
+    };
+
+    // Each variable is checked before anything runs.
+    let mut missing = agent();
+    environment(&mut missing);
+    missing
+        .env_remove("MUSTER_AGENT_KEY")
+        .arg("--home")
+        .arg(&home)
+        .arg("run");
+    let refused = missing.output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("MUSTER_AGENT_KEY is missing"),
+        "{}",
+        text(&refused)
+    );
+    let mut garbled = agent();
+    environment(&mut garbled);
+    garbled
+        .env("MUSTER_AGENT_CERTIFICATE", "not a certificate")
+        .arg("--home")
+        .arg(&home)
+        .arg("run");
+    let refused = garbled.output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("MUSTER_AGENT_CERTIFICATE"),
+        "{}",
+        text(&refused)
+    );
+
+    let mut command = agent();
+    environment(&mut command);
+    command
+        .arg("--home")
+        .arg(&home)
+        .args(["run", "--listen-address", "127.0.0.1"]);
+    let running = crate::support::Agent::spawn(command);
+    running.wait_for("is connected to");
+    server.wait_health("instance-1", "Healthy");
+    let task = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": "echo from the instance", "TargetType": "Workers", "MachineIds": [worker["Id"]]}),
+    );
+    let (done, lines) = server.wait_task(task["Id"].as_str().unwrap());
+    assert_eq!(done["State"], "Success", "{done}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["MessageText"] == "from the instance")
+    );
+    assert!(
+        !std::fs::read_to_string(home.join("agent.json"))
+            .unwrap()
+            .contains(KEY),
+        "no API key reaches the instance"
+    );
+}

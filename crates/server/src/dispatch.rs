@@ -90,9 +90,11 @@ pub async fn recover(app: &App, dispatching: bool) -> anyhow::Result<()> {
     {
         let owner = task.server_node.clone().unwrap_or_else(|| me.clone());
         if owner == me {
-            // At a takeover, this node's running tasks run on.
+            // At a takeover, this node's running tasks run on, counted in the ledger now.
             if app.dispatcher.running(&task.id).is_none() {
                 recover_task(app, task).await?;
+            } else if dispatching {
+                adopt(app, &task, &me).await?;
             }
             continue;
         }
@@ -102,11 +104,12 @@ pub async fn recover(app: &App, dispatching: bool) -> anyhow::Result<()> {
         let gone = match fenced.get(&owner) {
             Some(gone) => *gone,
             None => {
-                let offline = nodes
-                    .iter()
-                    .find(|n| n.name == owner)
-                    .is_none_or(|n| crate::nodes::is_offline(n, &at));
-                let gone = if previous.as_deref() == Some(owner.as_str()) {
+                let record = nodes.iter().find(|n| n.name == owner);
+                let offline = record.is_none_or(|n| crate::nodes::is_offline(n, &at));
+                let gone = if record.is_none() {
+                    // Deleted, or never registered here: nothing of it can still write.
+                    true
+                } else if previous.as_deref() == Some(owner.as_str()) {
                     // It lost the lease: dead, or paused past it. Fenced whenever it was seen.
                     app.store
                         .presume_dead(&owner, &(at + chrono::Duration::days(1)))
@@ -136,11 +139,24 @@ pub async fn recover(app: &App, dispatching: bool) -> anyhow::Result<()> {
         }
     }
     app.comms.set_recovered();
+    // A task of another node that ended while this ran was not yet counted when its note came.
+    if dispatching {
+        sweep_ended(app).await?;
+    }
     Ok(())
 }
 
-/// Recovers one task whose node stopped (this one, restarted, or another that died).
-async fn recover_task(app: &App, mut task: Task) -> anyhow::Result<()> {
+/// Recovers one task whose node stopped (this one, restarted, or another that died), as the store
+/// has it now: one that ended meanwhile, or that runs here, is left alone.
+async fn recover_task(app: &App, task: Task) -> anyhow::Result<()> {
+    let Some(mut task) = app.store.get_task(&task.id).await? else {
+        return Ok(());
+    };
+    if !matches!(task.state, TaskState::Executing | TaskState::Cancelling)
+        || app.dispatcher.running(&task.id).is_some()
+    {
+        return Ok(());
+    }
     let kind = TaskKind::of(&task);
     if let Ok(TaskKind::AdHocScript(arguments)) = &kind
         && let Some(worker_id) = task.worker_id.clone()
@@ -977,12 +993,12 @@ fn place(app: &App, leases: &[Lease], capped: bool, is_run: bool) -> Placement {
     let members = crate::nodes::members(app);
     let ledger = app.ledger();
     let free = |m: &crate::nodes::Member| m.cap.saturating_sub(ledger.capped_on(&m.name));
-    let room = |m: &crate::nodes::Member| !m.draining && (!capped || free(m) > 0);
+    // A child in its waiting parent's slot takes no room: it starts even on a drained node.
+    let room = |m: &crate::nodes::Member| !capped || (!m.draining && free(m) > 0);
     let none_has_room = || !members.iter().any(|m| !m.draining && free(m) > 0);
     let me = &members[0];
     if is_run {
-        // A child run its parent waits for is part of a running task: it starts even here drained.
-        if room(me) || !capped {
+        if room(me) {
             return Placement::On(me.name.clone());
         }
         if capped && none_has_room() {
@@ -1805,7 +1821,8 @@ pub async fn heard_of_task(app: &App, task_id: &str) {
         Ok(Some(task)) => task,
         Ok(None) => return,
         Err(error) => {
-            tracing::warn!(%error, task_id, "cannot read a task another node changed");
+            tracing::warn!(%error, task_id, "cannot read a task another node changed; trying again");
+            catch_up_later(app);
             return;
         }
     };
@@ -1848,7 +1865,8 @@ async fn start_placed(app: &App, mut task: Task) {
                 return;
             }
             Err(error) => {
-                tracing::warn!(%error, task = %task.id, "cannot read the worker of a task placed here");
+                tracing::warn!(%error, task = %task.id, "cannot read the worker of a task placed here; trying again");
+                catch_up_later(app);
                 return;
             }
         },
@@ -1861,6 +1879,35 @@ async fn start_placed(app: &App, mut task: Task) {
         }
         running.insert(task.id.clone(), stop.clone());
     }
+    // Reserved here: read again, so that a task that ended after the caller read it (it ran here
+    // and finished meanwhile) is never started twice.
+    let me = app.config.node_name.as_str();
+    let task = match app.store.get_task(&task.id).await {
+        Ok(Some(now))
+            if matches!(now.state, TaskState::Executing | TaskState::Cancelling)
+                && now.server_node.as_deref() == Some(me) =>
+        {
+            now
+        }
+        Ok(_) => {
+            app.dispatcher
+                .running
+                .lock()
+                .expect("dispatcher lock")
+                .remove(&task.id);
+            return;
+        }
+        Err(error) => {
+            app.dispatcher
+                .running
+                .lock()
+                .expect("dispatcher lock")
+                .remove(&task.id);
+            tracing::warn!(%error, task = %task.id, "cannot read a task placed here; trying again");
+            catch_up_later(app);
+            return;
+        }
+    };
     let last = app.store.last_log_seq(&task.id).await.unwrap_or(0);
     app.logs.open(&task.id, last);
     if task.state == TaskState::Cancelling {
@@ -1887,30 +1934,48 @@ pub fn resync(app: &App) {
 }
 
 async fn catch_up(app: &App) -> anyhow::Result<()> {
-    let running: HashMap<String, Task> = app
+    let me = app.config.node_name.as_str();
+    for task in app
         .store
         .tasks_in_states(&[TaskState::Executing, TaskState::Cancelling])
         .await?
-        .into_iter()
-        .map(|t| (t.id.clone(), t))
-        .collect();
-    let me = app.config.node_name.as_str();
-    let ended: Vec<String> = app
-        .ledger()
-        .placed_elsewhere(me)
-        .into_iter()
-        .filter(|id| !running.contains_key(id))
-        .collect();
-    for id in ended {
-        app.ledger().end(&id);
-    }
-    for task in running.into_values() {
+    {
         if task.server_node.as_deref() == Some(me) && app.dispatcher.running(&task.id).is_none() {
             start_placed(app, task).await;
         }
     }
+    sweep_ended(app).await
+}
+
+/// Frees the ledger's entries of tasks placed on other nodes that the store says have ended (a
+/// note of their end was missed). Only an end frees one: a task whose claim is not committed yet
+/// still reads Queued, and keeps its slot.
+async fn sweep_ended(app: &App) -> anyhow::Result<()> {
+    let placed = app.ledger().placed_elsewhere(&app.config.node_name);
+    for id in placed {
+        if let Some(task) = app.store.get_task(&id).await?
+            && !matches!(
+                task.state,
+                TaskState::Queued | TaskState::Executing | TaskState::Cancelling
+            )
+        {
+            app.ledger().end(&id);
+        }
+    }
     app.signals.dispatch.notify_one();
     Ok(())
+}
+
+/// A read failed: the running tasks are read again in a second.
+fn catch_up_later(app: &App) {
+    let app = app.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Err(error) = catch_up(&app).await {
+            tracing::warn!("cannot read the running tasks again: {error:#}");
+            catch_up_later(&app);
+        }
+    });
 }
 
 /// Whether a running task is another node's, which is alive: that node finishes it.

@@ -32,6 +32,23 @@ async fn check_kind(app: &App, kind: &dyn WorkerKind, timeout: Duration) -> Chec
     (health.status, health.summary)
 }
 
+/// Checks an agent (by thumbprint) now and records the result: the dispatcher does it when the
+/// agent links to another node, so that a failure it recorded before it knew of that link does
+/// not stand until the next periodic check.
+pub async fn check_agent(app: &App, thumbprint: &str) {
+    let workers = match app.store.find_by_ext::<Worker>(thumbprint).await {
+        Ok(workers) => workers,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read an agent's workers to check it");
+            return;
+        }
+    };
+    if let Some(worker) = workers.first() {
+        let kind = kinds::of(Some(worker));
+        check_kind(app, kind.as_ref(), CHECK_TIMEOUT).await;
+    }
+}
+
 /// Records a check's result on every worker of its machine, under the machine's health lock (so
 /// a stale failure cannot land after the check of a connection that has just opened).
 async fn record(app: &App, kind: &dyn WorkerKind, health: &Health) {

@@ -367,7 +367,16 @@ pub async fn follow_notes(
                 }
                 crate::dispatch::node_changed(&app);
             }
-            Ok(Note::Agent(thumbprint)) => crate::comms::heard_of_agent(&app, &thumbprint).await,
+            Ok(Note::Agent(thumbprint)) => {
+                crate::comms::heard_of_agent(&app, &thumbprint).await;
+                if app.node.dispatching().is_some() && app.comms.remote_node(&thumbprint).is_some()
+                {
+                    let app = app.clone();
+                    tokio::spawn(
+                        async move { crate::health::check_agent(&app, &thumbprint).await },
+                    );
+                }
+            }
             Ok(Note::Task(id)) => {
                 app.logs.changed(&id);
                 crate::dispatch::heard_of_task(&app, &id).await;

@@ -788,6 +788,7 @@ impl Server {
     }
 
     /// Waits until the named worker of the default space has this health status.
+    #[track_caller]
     pub fn wait_health(&self, name: &str, status: &str) -> Value {
         eventually(&format!("{name} to be {status}"), || {
             let workers = self.ok("/api/Spaces-1/workers/all");

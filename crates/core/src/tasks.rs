@@ -62,10 +62,23 @@ pub fn parent_of(task: &Task) -> Option<String> {
     RunArguments::parse(&task.arguments).parent_task_id
 }
 
+/// The running task that waits for this one (its `ParentTaskId`, when `ParentWaits` is true): it
+/// lends this task its leases and task-cap slot. Written by the node that creates the child, read
+/// by the dispatcher, which may be another node.
+pub fn waiting_parent_of(task: &Task) -> Option<String> {
+    let arguments = RunArguments::parse(&task.arguments);
+    arguments
+        .parent_waits
+        .then_some(arguments.parent_task_id)
+        .flatten()
+}
+
 /// The settings of a runbook run's task.
 pub struct RunArguments {
     /// The run that started this one through a "Run a runbook" step.
     pub parent_task_id: Option<String>,
+    /// Whether that parent waits for this task.
+    pub parent_waits: bool,
 }
 
 impl RunArguments {
@@ -75,6 +88,7 @@ impl RunArguments {
                 .get("ParentTaskId")
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            parent_waits: arguments.get("ParentWaits") == Some(&Value::Bool(true)),
         }
     }
 }

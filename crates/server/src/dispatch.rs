@@ -740,6 +740,19 @@ impl Pass<'_> {
     }
 }
 
+/// A child whose running parent waits for it borrows the parent's leases and slot, whichever node
+/// created it (that node told only its own ledger; the task says it, in `ParentWaits`).
+fn note_waits(app: &App, tasks: &[Task]) {
+    let mut ledger = app.ledger();
+    for task in tasks {
+        if let Some(parent) = muster_core::tasks::waiting_parent_of(task)
+            && ledger.is_running(&parent)
+        {
+            ledger.wait_for(&parent, Some(&task.id));
+        }
+    }
+}
+
 /// Brings the in-memory queue up to date: read whole at the first pass (after a start, so restart
 /// recovery sees every task left queued), then the tasks committed since; every answer is looked
 /// at again after a space, pool or worker was written.
@@ -748,6 +761,7 @@ async fn sync_queue(app: &App) -> anyhow::Result<()> {
     if !loaded {
         app.store.watch_new_tasks();
         let queued = app.store.tasks_in_states(&[TaskState::Queued]).await?;
+        note_waits(app, &queued);
         let mut queue = app.dispatcher.queue.lock().expect("dispatcher lock");
         for task in queued {
             queue.add(task);
@@ -756,6 +770,7 @@ async fn sync_queue(app: &App) -> anyhow::Result<()> {
     }
     let new = app.store.take_new_tasks();
     let generation = app.store.workers_generation();
+    note_waits(app, &new);
     let mut queue = app.dispatcher.queue.lock().expect("dispatcher lock");
     for task in new {
         queue.add(task);

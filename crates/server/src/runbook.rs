@@ -144,6 +144,7 @@ pub async fn queue_run(
     arguments.insert("RunbookId".into(), json!(runbook.id));
     if let Some(origin) = &origin {
         arguments.insert("ParentTaskId".into(), json!(origin.parent_task_id));
+        arguments.insert("ParentWaits".into(), json!(origin.wait));
     }
     let run = RunbookRun {
         id: run_id,

@@ -725,6 +725,39 @@ fn a_node_gone_for_good_is_deleted_once_offline() {
     );
 }
 
+/// Every node's one slot is held by a parent script that runs a child task with its task token,
+/// through a node that does not dispatch, and waits for it: the dispatcher learns from the child
+/// that its parent waits (`ParentWaits`), so the child borrows the parent's slot and all finish,
+/// where it would otherwise wait for a slot for ever.
+#[test]
+fn a_child_made_through_another_node_borrows_its_waiting_parents_slot() {
+    let cluster = Cluster::start_with(&["--task-cap", "1"]);
+    let parents: Vec<String> = (0..3)
+        .map(|i| {
+            let via = cluster.node(2 + i % 2);
+            let script = format!(
+                "export MUSTER_SERVER='{}' MUSTER_API_KEY='{}'\n'{}' script run -- 'echo child {i} ran'",
+                via.url,
+                crate::support::KEY,
+                env!("CARGO_BIN_EXE_muster")
+            );
+            id(&cluster
+                .node(1)
+                .run_script("Spaces-1", json!({"ScriptBody": script})))
+        })
+        .collect();
+    for (i, parent) in parents.iter().enumerate() {
+        let (done, lines) = cluster.node(1).wait_task(parent);
+        assert_eq!(done["State"], "Success", "{done} {lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["MessageText"] == format!("child {i} ran")),
+            "{lines:?}"
+        );
+    }
+}
+
 /// Registers a polling agent named `name` in the default pool, given the comms addresses of
 /// `nodes` in that order, and starts it.
 fn listed_agent(cluster: &Cluster, name: &str, nodes: &[usize]) -> crate::support::Agent {

@@ -228,6 +228,7 @@ async fn create(
     };
     // Only a task token makes a child; a client cannot name a parent itself.
     arguments.remove("ParentTaskId");
+    arguments.remove("ParentWaits");
     let description = match body.get("Description") {
         None | Some(Value::Null) => default_description.to_string(),
         Some(Value::String(text)) if text.trim().is_empty() => default_description.to_string(),
@@ -273,6 +274,7 @@ async fn create(
     }
     if let Some(origin) = &origin {
         arguments.insert("ParentTaskId".into(), json!(origin.parent_task_id));
+        arguments.insert("ParentWaits".into(), json!(true));
     }
     let at = now();
     let mut task = Task {

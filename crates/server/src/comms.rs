@@ -376,6 +376,27 @@ impl Comms {
     }
 }
 
+/// The client side of HTTP/2 on a link's stream (an agent's, or another node's for the relay), with
+/// the links' keep-alive, so a dead peer is noticed within `KEEP_ALIVE_INTERVAL + TIMEOUT`.
+async fn http2_client(
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+) -> hyper::Result<(
+    SendRequest<Full<Bytes>>,
+    hyper::client::conn::http2::Connection<
+        TokioIo<impl AsyncRead + AsyncWrite + Unpin + Send + 'static>,
+        Full<Bytes>,
+        TokioExecutor,
+    >,
+)> {
+    hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(rpc::KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(rpc::KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(stream))
+        .await
+}
+
 /// Opens the HTTP/2 client side on an agent's stream, keeps the link while it lives, and marks the
 /// agent's workers Unavailable when it ends.
 async fn attach(
@@ -384,12 +405,7 @@ async fn attach(
     thumbprint: String,
     polling: bool,
 ) -> anyhow::Result<Link> {
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(rpc::KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(rpc::KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .handshake(TokioIo::new(stream))
+    let (sender, connection) = http2_client(stream)
         .await
         .context("the HTTP/2 handshake with the agent failed")?;
     let thumbprint = thumbprint.to_ascii_uppercase();
@@ -795,12 +811,7 @@ async fn peer(app: &App, node: &str) -> anyhow::Result<Link> {
     if answer != rpc::SUBSCRIBER_ACCEPTED {
         return Err(anyhow!("node {node} refused to relay: {answer}"));
     }
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(rpc::KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(rpc::KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .handshake(TokioIo::new(stream))
+    let (sender, connection) = http2_client(stream)
         .await
         .with_context(|| format!("the HTTP/2 handshake with node {node} failed"))?;
     let link = Link {

@@ -111,23 +111,13 @@ pub async fn recover(app: &App, dispatching: bool) -> anyhow::Result<()> {
                     true
                 } else if previous.as_deref() == Some(owner.as_str()) {
                     // It lost the lease: dead, or paused past it. Fenced whenever it was seen.
-                    app.store
-                        .presume_dead(&owner, &(at + chrono::Duration::days(1)))
-                        .await?;
+                    fence(app, &owner, &(at + chrono::Duration::days(1)), &at).await?;
                     true
                 } else if offline {
-                    app.store
-                        .presume_dead(&owner, &crate::nodes::offline_mark(&at))
-                        .await?
+                    fence(app, &owner, &crate::nodes::offline_mark(&at), &at).await?
                 } else {
                     false
                 };
-                if gone {
-                    app.fenced
-                        .lock()
-                        .expect("fenced lock")
-                        .insert(owner.clone(), at);
-                }
                 fenced.insert(owner.clone(), gone);
                 gone
             }
@@ -144,6 +134,24 @@ pub async fn recover(app: &App, dispatching: bool) -> anyhow::Result<()> {
         sweep_ended(app).await?;
     }
     Ok(())
+}
+
+/// Fences a node last seen before `seen_before` (its writes are refused from then on), and places
+/// no task on it until it is seen after `at`; false when it was seen since (it lives).
+async fn fence(
+    app: &App,
+    node: &str,
+    seen_before: &Timestamp,
+    at: &Timestamp,
+) -> anyhow::Result<bool> {
+    let fenced = app.store.presume_dead(node, seen_before).await?;
+    if fenced {
+        app.fenced
+            .lock()
+            .expect("fenced lock")
+            .insert(node.to_string(), *at);
+    }
+    Ok(fenced)
 }
 
 /// Recovers one task whose node stopped (this one, restarted, or another that died), as the store
@@ -299,16 +307,9 @@ async fn take_over_offline_nodes(app: &App) -> anyhow::Result<()> {
         let gone = match fenced.get(&owner) {
             Some(gone) => *gone,
             None => {
-                let gone = app
-                    .store
-                    .presume_dead(&owner, &crate::nodes::offline_mark(&at))
-                    .await?;
+                let gone = fence(app, &owner, &crate::nodes::offline_mark(&at), &at).await?;
                 if gone {
                     tracing::warn!("node {owner} is offline: its tasks are taken over");
-                    app.fenced
-                        .lock()
-                        .expect("fenced lock")
-                        .insert(owner.clone(), at);
                 }
                 fenced.insert(owner.clone(), gone);
                 gone

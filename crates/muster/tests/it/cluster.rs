@@ -257,16 +257,8 @@ fn a_paused_dispatcher_is_fenced_and_its_late_writes_are_refused() {
     cluster.node(3).follow(&id(&task), |kind, data| {
         !(kind == "line" && data["MessageText"] == "line 3")
     });
-    let pid = n1.pid().to_string();
-    let signal = |name: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([name, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let pid = n1.pid();
+    let signal = |name: &str| send_signal(pid, name);
     signal("-STOP");
     let n2 = cluster.node(2);
     let (failed, lines) = n2.wait_task(&id(&task));
@@ -645,16 +637,8 @@ fn a_paused_node_is_fenced_and_its_agents_script_taken_over() {
         "n2"
     );
     let n2 = cluster.take(2);
-    let pid = n2.pid().to_string();
-    let signal = |name: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([name, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let pid = n2.pid();
+    let signal = |name: &str| send_signal(pid, name);
     signal("-STOP");
     let n1 = cluster.node(1);
     eventually_within(
@@ -845,6 +829,15 @@ fn the_agents_script_outlives_its_node(cluster: &mut Cluster, worker: &str) {
     let expected: Vec<String> = (1..=150).map(|i| format!("n {i}")).collect();
     assert_eq!(numbered, expected, "every line once, in order");
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "once\n");
+}
+
+/// Sends a signal (`-STOP`, `-CONT`) to a process.
+fn send_signal(pid: u32, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([name, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {name} {pid}: {sent:?}");
 }
 
 /// `GET /api/octopusservernodes/ping` of a node, without a key: its status.

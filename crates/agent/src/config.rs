@@ -188,12 +188,11 @@ pub struct Instance {
     addresses: Vec<String>,
 }
 
-/// The environment variables of `Instance`.
-pub const INSTANCE_CERTIFICATE: &str = "MUSTER_AGENT_CERTIFICATE";
-pub const INSTANCE_KEY: &str = "MUSTER_AGENT_KEY";
-pub const INSTANCE_SERVER_THUMBPRINT: &str = "MUSTER_SERVER_THUMBPRINT";
-pub const INSTANCE_SUBSCRIPTION: &str = "MUSTER_SUBSCRIPTION";
-pub const INSTANCE_COMMS_ADDRESSES: &str = "MUSTER_SERVER_COMMS_ADDRESSES";
+use muster_proto::instance::{
+    CERTIFICATE as INSTANCE_CERTIFICATE, COMMS_ADDRESSES as INSTANCE_COMMS_ADDRESSES,
+    KEY as INSTANCE_KEY, SERVER_THUMBPRINT as INSTANCE_SERVER_THUMBPRINT,
+    SUBSCRIPTION as INSTANCE_SUBSCRIPTION,
+};
 
 impl Instance {
     /// The instance's identity from the environment: None when `MUSTER_AGENT_CERTIFICATE` is not

@@ -376,6 +376,59 @@ pub struct Worker {
     #[serde(with = "date_format::option")]
     pub last_modified_on: Option<Timestamp>,
     pub last_modified_by: Option<String>,
+    /// Muster, read-only: a worker its dynamic pool made through a provider (absent: registered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<DynamicWorker>,
+}
+
+/// What a dynamic pool's scaler keeps of a worker it made: its record is written before the
+/// provider is asked (the stored intent), so a crash leaks nothing the next start cannot find.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DynamicWorker {
+    pub worker_type: String,
+    /// The provider that made it: process, command or kubernetes.
+    pub provider: String,
+    /// The provider's id of the instance; None until the provider answered.
+    pub instance_id: Option<String>,
+    pub state: DynamicState,
+    /// Tasks it has started in its life (counted before each starts).
+    pub uses: u32,
+    /// The server node whose provider made it.
+    pub node: String,
+    #[serde(with = "date_format::option")]
+    pub provisioned_on: Option<Timestamp>,
+    /// When its agent first connected.
+    #[serde(with = "date_format::option")]
+    pub ready_on: Option<Timestamp>,
+}
+
+/// A dynamic worker's state, as the worker list shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DynamicState {
+    /// Asked of the provider; its agent has not connected yet.
+    #[default]
+    Provisioning,
+    /// Connected and idle.
+    Ready,
+    /// Running tasks.
+    Busy,
+    /// Takes no new task; destroyed once idle.
+    Draining,
+    /// Being destroyed by its provider.
+    Destroying,
+}
+
+impl DynamicState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DynamicState::Provisioning => "Provisioning",
+            DynamicState::Ready => "Ready",
+            DynamicState::Busy => "Busy",
+            DynamicState::Draining => "Draining",
+            DynamicState::Destroying => "Destroying",
+        }
+    }
 }
 
 impl Worker {

@@ -487,6 +487,40 @@ pub fn clean_work_root(work_root: &Path) -> std::io::Result<Cleaned> {
     Ok(cleaned)
 }
 
+/// The processes whose environment sets `variable` to a value under `prefix`, as
+/// (pid, process group, value): how a dynamic pool's `process` provider finds the agents it
+/// started, across its own restarts, without trusting a process id that may have been reused.
+pub fn marked_processes(variable: &str, prefix: &str) -> Vec<(i32, i32, String)> {
+    let own = std::process::id() as i32;
+    processes()
+        .into_iter()
+        .filter(|&(pid, _)| pid != own)
+        .filter_map(|(pid, group)| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            environ.split(|b| *b == 0).find_map(|entry| {
+                let entry = String::from_utf8_lossy(entry);
+                let value = entry.strip_prefix(variable)?.strip_prefix('=')?;
+                value
+                    .starts_with(prefix)
+                    .then(|| (pid, group, value.to_string()))
+            })
+        })
+        .collect()
+}
+
+/// Sends `SIGTERM` (or with `kill`, `SIGKILL`) to a process group other than this process's own.
+#[allow(unsafe_code)]
+pub fn signal_group(group: i32, kill: bool) {
+    if group <= 1 || group == own_process_group() {
+        return;
+    }
+    let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
+    // SAFETY: killpg only sends a signal; a group that no longer exists answers ESRCH, which is fine.
+    unsafe {
+        libc::killpg(group, signal);
+    }
+}
+
 /// Every process on this machine as (pid, process group), from /proc.
 fn processes() -> Vec<(i32, i32)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {

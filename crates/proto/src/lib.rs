@@ -183,3 +183,23 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// The environment a dynamic worker's instance gets from its provider (issue 16): the identity the
+/// server issued for that one worker, and where to find the server. The server sets them; the
+/// agent's `run` reads them. No API key is ever among them.
+pub mod instance {
+    /// The agent certificate the server issued for the worker (PEM).
+    pub const CERTIFICATE: &str = "MUSTER_AGENT_CERTIFICATE";
+    /// Its private key (PEM).
+    pub const KEY: &str = "MUSTER_AGENT_KEY";
+    /// The server's certificate thumbprint, which the agent pins.
+    pub const SERVER_THUMBPRINT: &str = "MUSTER_SERVER_THUMBPRINT";
+    /// The worker's polling subscription (`poll://…/`).
+    pub const SUBSCRIPTION: &str = "MUSTER_SUBSCRIPTION";
+    /// The comms addresses to dial, comma separated (`host:port`).
+    pub const COMMS_ADDRESSES: &str = "MUSTER_SERVER_COMMS_ADDRESSES";
+    /// The worker's name, for the instance's own use (a host name, a log line).
+    pub const WORKER_NAME: &str = "MUSTER_WORKER_NAME";
+    /// Given to a provider's destroy command: the instance to destroy.
+    pub const INSTANCE_ID: &str = "MUSTER_INSTANCE_ID";
+}

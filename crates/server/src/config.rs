@@ -12,13 +12,6 @@ use std::time::Duration;
 
 /// A dynamic worker type, checked.
 #[derive(Debug, Clone)]
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the limits are the scaler's, wired in with the providers"
-    )
-)]
 pub struct WorkerType {
     pub id: String,
     pub description: String,
@@ -31,7 +24,10 @@ pub struct WorkerType {
 
 /// What makes and destroys a type's workers, with its settings.
 #[derive(Debug, Clone)]
-#[expect(dead_code, reason = "the settings are the providers', the next step")]
+#[expect(
+    dead_code,
+    reason = "the kubernetes provider's settings are read when it is built"
+)]
 pub enum Provider {
     /// `muster-agent` processes on the server's machine, each with a home of its own.
     Process { agent_path: PathBuf },

@@ -537,6 +537,8 @@ struct Pass<'a> {
     cap_reason: String,
     /// The nodes tasks may be placed on, as this pass found them.
     members: Vec<crate::nodes::Member>,
+    /// The dynamic pools each task looked at waits for (a task that starts leaves).
+    wants: HashMap<String, Vec<String>>,
 }
 
 impl Pass<'_> {
@@ -667,7 +669,11 @@ impl Pass<'_> {
             started?;
             return Ok(None);
         }
-        let planned = plan(app, &task, &kind, &view).await;
+        let mut wants = Vec::new();
+        let planned = plan(app, &task, &kind, &view, &mut wants).await;
+        if !wants.is_empty() {
+            self.wants.insert(task.id.clone(), wants);
+        }
         if let Planned::Request(request) = &planned {
             self.pending.insert(task.id.clone(), request.clone());
         }
@@ -704,6 +710,7 @@ impl Pass<'_> {
             Decision::Start { leases, capped } => match place(app, &leases, capped, is_run) {
                 Placement::On(node) => {
                     self.pending.remove(&task.id);
+                    self.wants.remove(&task.id);
                     let workers = self
                         .spaces
                         .get(&task.space_id)
@@ -788,6 +795,7 @@ async fn sync_queue(app: &App) -> anyhow::Result<()> {
 /// others in fair order until the task cap is full, then the tasks whose answer may have changed.
 /// Returns when the next scheduled task becomes due.
 async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
+    let _pass = app.dynamic.pass.lock().await;
     sync_queue(app).await?;
     let last_space = app
         .dispatcher
@@ -810,6 +818,7 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
         next_timer: None,
         cap_reason: cap_reason(app),
         members: crate::nodes::members(app),
+        wants: HashMap::new(),
     };
     // The children their parents wait for: planned first, so a deadlock can be traced through
     // them, then decided.
@@ -904,6 +913,13 @@ async fn pass(app: &App) -> anyhow::Result<Option<Timestamp>> {
     }
     let claims = std::mem::take(&mut pass.claims.claims);
     claim_and_launch(app, claims).await?;
+    // What the dynamic pools' scaler provisions for: the tasks still waiting for each pool (a
+    // task told that the cap is full is not looked at, and asks for no worker).
+    let mut demand: HashMap<String, usize> = HashMap::new();
+    for pool in pass.wants.values().flatten() {
+        *demand.entry(pool.clone()).or_default() += 1;
+    }
+    app.dynamic.set_demand(demand);
     write_reasons(app, std::mem::take(&mut pass.reasons)).await?;
     Ok(pass.next_timer)
 }
@@ -1181,6 +1197,7 @@ fn pool_need(
     each: bool,
     key: String,
     only_here: bool,
+    wants: &mut Vec<String>,
 ) -> Result<Need, Planned> {
     let pool = match pool_id {
         None => view.pools.iter().find(|p| p.is_default),
@@ -1192,26 +1209,7 @@ fn pool_need(
         ));
     };
     if pool.worker_pool_type == WorkerPoolType::DynamicWorkerPool {
-        let named = pool.worker_type.clone().unwrap_or_default();
-        return Err(Planned::Wait(
-            match app
-                .config
-                .worker_types
-                .iter()
-                .find(|t| t.id.eq_ignore_ascii_case(&named))
-            {
-                Some(t) => format!(
-                    "Pool '{}' is dynamic (worker type {}, provider {}), and this server does not provision dynamic workers yet.",
-                    pool.name,
-                    t.id,
-                    t.provider.name()
-                ),
-                None => format!(
-                    "Pool '{}' is dynamic, and its worker type '{named}' is not defined in this server's configuration file (--config).",
-                    pool.name
-                ),
-            },
-        ));
+        return dynamic_need(app, view, pool, each, key, wants);
     }
     let slots: Vec<Slot> = view
         .workers
@@ -1237,11 +1235,60 @@ fn pool_need(
     })
 }
 
-/// What a queued task needs to start.
-async fn plan(app: &App, task: &Task, kind: &TaskKind, view: &SpaceView) -> Planned {
+/// A dynamic pool's need: its instances that may take a task now. With none, the task waits for
+/// the scaler, which says why; the pool is noted in `wants`, the demand the scaler provisions for.
+fn dynamic_need(
+    app: &App,
+    view: &SpaceView,
+    pool: &WorkerPool,
+    each: bool,
+    key: String,
+    wants: &mut Vec<String>,
+) -> Result<Need, Planned> {
+    let Some(worker_type) = crate::dynamic::type_of(app, pool) else {
+        return Err(Planned::Wait(format!(
+            "Pool '{}' is dynamic, and its worker type '{}' is not defined in this server's configuration file (--config).",
+            pool.name,
+            pool.worker_type.as_deref().unwrap_or_default()
+        )));
+    };
+    wants.push(pool.id.clone());
+    let members: Vec<(&Worker, usize)> = {
+        let ledger = app.ledger();
+        view.workers
+            .iter()
+            .filter(|w| w.dynamic.is_some() && w.worker_pool_ids.contains(&pool.id))
+            .map(|w| (w, ledger.worker_load(&w.id)))
+            .collect()
+    };
+    let slots: Vec<Slot> = members
+        .into_iter()
+        .filter(|(w, load)| crate::dynamic::has_room(w, &worker_type.limits, *load))
+        .map(|(w, _)| slot_of(app, w))
+        .filter(|slot| slot.unavailable.is_none())
+        .collect();
+    if slots.is_empty() {
+        return Err(Planned::Wait(app.dynamic.reason(pool, worker_type)));
+    }
+    Ok(Need {
+        key,
+        label: format!("pool '{}'", pool.name),
+        each,
+        slots,
+    })
+}
+
+/// What a queued task needs to start; the dynamic pools it waits for go in `wants`.
+async fn plan(
+    app: &App,
+    task: &Task,
+    kind: &TaskKind,
+    view: &SpaceView,
+    wants: &mut Vec<String>,
+) -> Planned {
     let planned = match kind {
-        TaskKind::RunbookRun(_) => plan_runbook_run(app, task, view).await,
-        TaskKind::AdHocScript(arguments) => plan_script(app, arguments, view),
+        TaskKind::RunbookRun(_) => plan_runbook_run(app, task, view, wants).await,
+        TaskKind::AdHocScript(arguments) => plan_script(app, arguments, view, wants),
         TaskKind::Health(_) => Err(Planned::Fail(
             "A health check takes no worker lease.".into(),
         )),
@@ -1263,6 +1310,7 @@ fn plan_script(
     app: &App,
     arguments: &ScriptArguments,
     view: &SpaceView,
+    wants: &mut Vec<String>,
 ) -> Result<(bool, Vec<Need>), Planned> {
     let need = match arguments.target {
         ScriptTarget::OctopusServer => builtin_need(app, kinds::builtin::BUILTIN_KEY, false),
@@ -1283,7 +1331,15 @@ fn plan_script(
                 found
             };
             if wanted.len() == 1 {
-                pool_need(app, view, Some(&wanted[0].id), false, "pool".into(), false)?
+                pool_need(
+                    app,
+                    view,
+                    Some(&wanted[0].id),
+                    false,
+                    "pool".into(),
+                    false,
+                    wants,
+                )?
             } else {
                 // Several pools: any worker of any of them (the built-in worker standing in
                 // for an empty default pool).
@@ -1291,7 +1347,15 @@ fn plan_script(
                 let mut names = Vec::new();
                 let mut waits = Vec::new();
                 for pool in &wanted {
-                    match pool_need(app, view, Some(&pool.id), false, "pool".into(), false) {
+                    match pool_need(
+                        app,
+                        view,
+                        Some(&pool.id),
+                        false,
+                        "pool".into(),
+                        false,
+                        wants,
+                    ) {
                         Ok(need) => {
                             names.push(format!("'{}'", pool.name));
                             slots.extend(need.slots);
@@ -1341,6 +1405,7 @@ async fn plan_runbook_run(
     app: &App,
     task: &Task,
     view: &SpaceView,
+    wants: &mut Vec<String>,
 ) -> Result<(bool, Vec<Need>), Planned> {
     let run = crate::runbook::run_of(app, task)
         .await
@@ -1368,10 +1433,10 @@ async fn plan_runbook_run(
         let need = match &location {
             muster_core::runbooks::Location::BuiltIn => builtin_need(app, &key, true),
             muster_core::runbooks::Location::Pool(pool) => {
-                pool_need(app, view, pool.as_deref(), false, key, true)?
+                pool_need(app, view, pool.as_deref(), false, key, true, wants)?
             }
             muster_core::runbooks::Location::EachWorker(pool) => {
-                pool_need(app, view, pool.as_deref(), true, key, true)?
+                pool_need(app, view, pool.as_deref(), true, key, true, wants)?
             }
         };
         needs.push(need);
@@ -1389,6 +1454,8 @@ struct Claim {
     is_run: bool,
     /// It runs on this node (else the node it is placed on starts it when it hears of its claim).
     here: bool,
+    /// The dynamic workers it leases, as (space, worker): their use is counted before the claim.
+    dynamic: Vec<(String, String)>,
 }
 
 /// The claims of a pass not yet written: dropped unwritten (the pass failed), they are forgotten.
@@ -1447,6 +1514,12 @@ fn prepare_start(app: &App, mut task: Task, start: Start<'_>, workers: &[Worker]
         _ => None,
     };
     task.worker_id = worker.as_ref().map(|w| w.id.clone());
+    let dynamic = leases
+        .iter()
+        .filter_map(|l| workers.iter().find(|w| w.id == l.worker_id))
+        .filter(|w| w.dynamic.is_some())
+        .map(|w| (w.space_id.clone(), w.id.clone()))
+        .collect();
     let here = node == app.config.node_name;
     task.server_node = Some(node.clone());
     let stop = Stop::default();
@@ -1469,6 +1542,7 @@ fn prepare_start(app: &App, mut task: Task, start: Start<'_>, workers: &[Worker]
         worker,
         is_run,
         here,
+        dynamic,
     }
 }
 
@@ -1477,6 +1551,35 @@ fn prepare_start(app: &App, mut task: Task, start: Start<'_>, workers: &[Worker]
 async fn claim_and_launch(app: &App, claims: Vec<Claim>) -> anyhow::Result<()> {
     if claims.is_empty() {
         return Ok(());
+    }
+    // A dynamic worker's use is stored before its task is: `MaxUseCount` holds across a crash (a
+    // use counted for a task that then did not start only retires the worker sooner).
+    let uses: Vec<(String, String)> = claims.iter().flat_map(|c| c.dynamic.clone()).collect();
+    let mut claims = claims;
+    if !uses.is_empty() {
+        let refused = match crate::dynamic::count_uses(app, &uses).await {
+            Ok(refused) => refused,
+            Err(error) => {
+                for claim in &claims {
+                    forget(app, &claim.task.id);
+                }
+                return Err(error);
+            }
+        };
+        if !refused.is_empty() {
+            // Being destroyed: the task stays queued for another worker.
+            claims.retain(|claim| {
+                let keep = !claim.dynamic.iter().any(|(_, w)| refused.contains(w));
+                if !keep {
+                    forget(app, &claim.task.id);
+                    app.signals.dispatch.notify_one();
+                }
+                keep
+            });
+            if claims.is_empty() {
+                return Ok(());
+            }
+        }
     }
     let claimed = match claims.as_slice() {
         // One claim is one statement: no transaction around it.
@@ -1507,6 +1610,7 @@ async fn claim_and_launch(app: &App, claims: Vec<Claim>) -> anyhow::Result<()> {
             worker,
             is_run,
             here,
+            ..
         } = claim;
         // Started here, or ended elsewhere meanwhile: either way no longer queued.
         app.dispatcher

@@ -224,7 +224,9 @@ pub async fn health_loop(app: App) {
         let mut present = HashSet::new();
         for worker in &workers {
             present.insert(worker.id.clone());
-            if worker.health_status != HealthStatus::Unavailable {
+            // A dynamic worker is its pool's to destroy (a record deleted here would orphan its
+            // instance until the next reconciliation).
+            if worker.health_status != HealthStatus::Unavailable || worker.dynamic.is_some() {
                 unavailable_since.remove(&worker.id);
                 continue;
             }

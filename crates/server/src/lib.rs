@@ -6,11 +6,13 @@
 mod access;
 mod api;
 mod artifacts;
+mod audit;
 mod auth;
 mod bootstrap;
 mod comms;
 mod config;
 mod dispatch;
+mod dynamic;
 mod health;
 mod http;
 mod key_failures;
@@ -175,6 +177,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         artifact_dir: args.data_dir.join("artifacts"),
         artifact_max_bytes: args.artifact_max_bytes,
         artifact_task_max_bytes: args.artifact_task_max_bytes,
+        dynamic_dir: dynamic::providers::process_root(&args.data_dir),
     };
     // The built-in worker's scripts died with the last process (their watchdogs kill them); what a
     // crash left is killed, and their directories (script files with secrets) removed, before

@@ -236,6 +236,7 @@ pub async fn dispatch_role(app: App, held: Option<i64>) {
         duties.spawn(crate::dispatch::run(app.clone()));
         duties.spawn(crate::health::health_loop(app.clone()));
         duties.spawn(crate::dispatch::watch_nodes(app.clone()));
+        duties.spawn(crate::dynamic::run(app.clone()));
         keep_lease(&app, epoch).await;
         // Handed over: nothing is dispatched here any more.
         duties.abort_all();

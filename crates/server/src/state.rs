@@ -29,6 +29,8 @@ pub struct Config {
     pub artifact_max_bytes: u64,
     /// The most bytes of artifacts one task keeps.
     pub artifact_task_max_bytes: u64,
+    /// Where the `process` provider keeps its dynamic workers' homes (`<data-dir>/dynamic`).
+    pub dynamic_dir: PathBuf,
 }
 
 pub struct AppInner {
@@ -58,6 +60,8 @@ pub struct AppInner {
     /// The nodes this dispatcher presumed dead, and when: no task is placed on one until it is
     /// seen after that (it restarted; a fenced node's heartbeat does not count).
     pub fenced: std::sync::Mutex<std::collections::HashMap<String, muster_core::time::Timestamp>>,
+    /// The dynamic pools' demand and why their tasks wait, between the dispatcher and the scaler.
+    pub dynamic: crate::dynamic::Dynamic,
     /// Failed API keys by address, to slow down guessing.
     pub key_failures: crate::key_failures::KeyFailures,
     /// The current minute's `LoginFailed` event of each address.
@@ -108,6 +112,7 @@ impl AppInner {
             failed_sign_ins: Default::default(),
             members: Default::default(),
             fenced: Default::default(),
+            dynamic: Default::default(),
         })
     }
 }

@@ -118,10 +118,11 @@ fn server_modules_are_layered() {
             "key_failures",
             "artifacts",
             "config",
+            "audit",
         ],
         &["kinds", "comms"],
         &["runbook", "health"],
-        &["dispatch", "nodes"],
+        &["dispatch", "nodes", "dynamic"],
         &["api", "access", "auth", "openapi", "bootstrap"],
     ];
     let layer_of = |module: &str| LAYERS.iter().position(|layer| layer.contains(&module));

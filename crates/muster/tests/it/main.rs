@@ -11,6 +11,7 @@ mod cluster;
 mod conventions;
 mod crash;
 mod db_copy;
+mod dynamic;
 mod events;
 mod failover;
 mod inputs;

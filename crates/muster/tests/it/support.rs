@@ -547,7 +547,39 @@ impl Drop for Server {
             }
             let _ = child.kill();
             let _ = child.wait();
+            // The agents a dynamic pool's process provider started outlive the server by design
+            // (a test that kills or stops it on purpose finds them again): the test's end is theirs.
+            kill_marked("MUSTER_DYNAMIC_INSTANCE", &self.dir.to_string_lossy());
         }
+    }
+}
+
+/// The processes whose environment sets `variable` to a value that starts with `prefix`.
+pub fn marked(variable: &str, prefix: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ.split(|b| *b == 0).any(|entry| {
+                    String::from_utf8_lossy(entry)
+                        .strip_prefix(variable)
+                        .and_then(|rest| rest.strip_prefix('='))
+                        .is_some_and(|value| value.starts_with(prefix))
+                })
+            })
+        })
+        .collect()
+}
+
+/// Kills every process [`marked`] so.
+pub fn kill_marked(variable: &str, prefix: &str) {
+    for pid in marked(variable, prefix) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
 }
 

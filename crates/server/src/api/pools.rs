@@ -226,7 +226,8 @@ pub async fn delete(
         .list::<Worker>(&space.id)
         .await?
         .into_iter()
-        .filter(|w| w.worker_pool_ids.contains(&pool.id))
+        // A dynamic pool's own workers go with it: its scaler destroys them once idle.
+        .filter(|w| w.worker_pool_ids.contains(&pool.id) && w.dynamic.is_none())
         .map(|w| w.name)
         .collect();
     if !members.is_empty() {
@@ -237,6 +238,7 @@ pub async fn delete(
         )]));
     }
     app.store.delete::<WorkerPool>(&pool.id).await?;
+    app.dynamic.wake.notify_one();
     events::resource(
         &app,
         &user.0,

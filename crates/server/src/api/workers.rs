@@ -359,6 +359,7 @@ fn keep_server_fields(worker: &mut Worker, from: &Worker) {
     worker.created_on = from.created_on;
     worker.is_shared = false;
     worker.shared_with_space_ids = Vec::new();
+    worker.dynamic = from.dynamic.clone();
 }
 
 /// When a new worker names an agent already registered in another space, it becomes a share of that
@@ -385,6 +386,7 @@ async fn link_to_home(app: &App, access: &Access, worker: &mut Worker) -> Result
         (Some(id), Some(space)) => (id.clone(), space.clone()),
         _ => (home.id.clone(), home.space_id.clone()),
     };
+    refuse_dynamic(home, "shared into another space")?;
     if !access.has(&home_space, "WorkerEdit") {
         return Err(ApiError::forbidden(format!(
             "This agent is registered in another space; sharing it here needs WorkerEdit in its home space ({home_space}) as well."
@@ -411,6 +413,18 @@ async fn link_to_home(app: &App, access: &Access, worker: &mut Worker) -> Result
     worker.architecture = home.architecture.clone();
     worker.shell_name = home.shell_name.clone();
     Ok(())
+}
+
+/// A dynamic worker belongs to its pool, which makes and destroys it: it is not shared, moved or
+/// deleted by hand. Disabling it drains it, and the pool destroys it once idle.
+fn refuse_dynamic(worker: &Worker, what: &str) -> Result<(), ApiError> {
+    match &worker.dynamic {
+        None => Ok(()),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "Worker '{}' was made by its dynamic pool and cannot be {what}. Set IsDisabled to have the pool drain it and destroy it once idle.",
+            worker.name
+        ))),
+    }
 }
 
 fn check_share_limit(worker: &Worker) -> Result<(), ApiError> {
@@ -500,6 +514,18 @@ pub async fn update(
     let body = body.object()?;
     check_space_id(body, &space)?;
     let mut worker = apply(&existing, body).map_err(ApiError::bad_request)?;
+    if existing.dynamic.is_some() {
+        // Only IsDisabled is the user's: the rest is the pool's.
+        let disabled = worker.is_disabled;
+        worker = existing.clone();
+        worker.is_disabled = disabled;
+        worker.last_modified_on = Some(muster_core::time::now());
+        worker.last_modified_by = actor(&user);
+        app.store.put(&worker).await?;
+        app.signals.dispatch.notify_one();
+        app.dynamic.wake.notify_one();
+        return ok(&resource(&app, worker).await?);
+    }
     worker.id = existing.id.clone();
     worker.space_id = existing.space_id.clone();
     keep_server_fields(&mut worker, &existing);
@@ -566,6 +592,7 @@ pub async fn delete(
     Path((_, id)): Path<(String, String)>,
 ) -> ApiResult {
     let worker = find(&app, &space, &id).await?;
+    refuse_dynamic(&worker, "deleted by hand")?;
     // The home worker goes with its shares; a share goes alone (the space stops using the agent).
     let mut deleted = vec![worker.id.clone()];
     if worker.home_worker_id.is_none() {
@@ -672,6 +699,7 @@ pub async fn share(
     body: JsonBody,
 ) -> ApiResult {
     let home = home_of(&app, find(&app, &space, &id).await?).await?;
+    refuse_dynamic(&home, "shared into another space")?;
     let home_space = app
         .store
         .get::<Space>(&home.space_id)

@@ -129,3 +129,25 @@ pub fn escape_html(text: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped_and_the_space_is_related_once() {
+        assert_eq!(
+            escape_html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(
+            with_space(vec!["Workers-1".into()], Some("Spaces-1")),
+            ["Workers-1", "Spaces-1"]
+        );
+        assert_eq!(
+            with_space(vec!["Spaces-1".into()], Some("Spaces-1")),
+            ["Spaces-1"]
+        );
+        assert_eq!(with_space(vec![], None), Vec::<String>::new());
+    }
+}

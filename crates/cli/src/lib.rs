@@ -138,12 +138,21 @@ pub enum PoolCommand {
         /// A dynamic pool (its workers are provisioned on demand).
         #[arg(long)]
         dynamic: bool,
-        /// The image of a dynamic pool's workers.
+        /// A dynamic pool's worker type, as the server's configuration file defines it
+        /// (`GET /api/workerpools/dynamicworkertypes`; default: the first).
         #[arg(long, requires = "dynamic")]
         worker_type: Option<String>,
     },
     /// Deletes a worker pool (not the space's default one).
     Delete {
+        pool: String,
+        #[command(flatten)]
+        space: SpaceOption,
+    },
+    /// Shows a pool: its type, its workers and, for a dynamic pool, their states and the recent
+    /// provisioning log.
+    Show {
+        /// The pool, by name, slug or id.
         pool: String,
         #[command(flatten)]
         space: SpaceOption,
@@ -570,15 +579,10 @@ async fn pool(client: &Client, json: bool, command: PoolCommand) -> anyhow::Resu
             let rows = array(&pools)
                 .iter()
                 .map(|p| {
-                    let kind = if p["WorkerPoolType"] == json!("DynamicWorkerPool") {
-                        "dynamic"
-                    } else {
-                        "static"
-                    };
                     vec![
                         output::text(&p["Id"]),
                         output::text(&p["Name"]),
-                        kind.into(),
+                        pool_kind(p),
                         output::text(&p["IsDefault"]),
                         count(&id_of(p)),
                     ]
@@ -617,6 +621,92 @@ async fn pool(client: &Client, json: bool, command: PoolCommand) -> anyhow::Resu
                 );
             }
         }
+        PoolCommand::Show { pool, space } => {
+            let space = resolve_space(client, &space).await?;
+            let found = resolve_pool(client, &space, &pool).await?;
+            let workers = client
+                .get_all_pages(&format!(
+                    "/api/{}/workerpools/{}/workers?take=2147483647",
+                    id_of(&space),
+                    id_of(&found)
+                ))
+                .await?;
+            let dynamic = found["WorkerPoolType"] == json!("DynamicWorkerPool");
+            let log = if dynamic {
+                let events = client
+                    .get(&format!(
+                        "/api/{}/events?regarding={}&take=20",
+                        id_of(&space),
+                        id_of(&found)
+                    ))
+                    .await?;
+                let mut items = array(&events["Items"]);
+                items.reverse();
+                items
+            } else {
+                Vec::new()
+            };
+            if json {
+                let mut shown = found.clone();
+                shown["Workers"] = Value::Array(workers);
+                if dynamic {
+                    shown["ProvisioningLog"] = Value::Array(log);
+                }
+                output::json(&shown);
+                return Ok(0);
+            }
+            let mut shown = found.clone();
+            shown["Type"] = json!(pool_kind(&found));
+            shown["Workers"] = json!(workers.len());
+            output::fields(
+                &shown,
+                &["Id", "Name", "Type", "IsDefault", "Description", "Workers"],
+            );
+            if !workers.is_empty() {
+                println!();
+                let rows = workers
+                    .iter()
+                    .map(|w| {
+                        let d = &w["Dynamic"];
+                        vec![
+                            output::text(&w["Name"]),
+                            worker_state(w),
+                            output::text(&w["HealthStatus"]),
+                            if d.is_null() {
+                                String::new()
+                            } else {
+                                output::text(&d["Uses"])
+                            },
+                            if d.is_null() {
+                                endpoint_text(w)
+                            } else {
+                                output::text(&d["ProvisionedOn"])
+                            },
+                        ]
+                    })
+                    .collect();
+                let last = if dynamic { "PROVISIONED" } else { "ENDPOINT" };
+                output::table(&["WORKER", "STATE", "HEALTH", "USES", last], rows);
+            }
+            if dynamic {
+                println!("\nRecent provisioning log:");
+                if log.is_empty() {
+                    println!("  (nothing yet: workers are made when a task waits for this pool)");
+                }
+                for event in &log {
+                    let message = output::text(&event["Message"]);
+                    let mut lines = message.lines();
+                    println!(
+                        "  {}  {}",
+                        output::text(&event["Occurred"]),
+                        lines.next().unwrap_or_default()
+                    );
+                    for line in lines {
+                        println!("      {line}");
+                    }
+                }
+            }
+        }
         PoolCommand::Delete { pool, space } => {
             let space = resolve_space(client, &space).await?;
             let found = resolve_pool(client, &space, &pool).await?;
@@ -639,6 +729,27 @@ async fn pool(client: &Client, json: bool, command: PoolCommand) -> anyhow::Resu
         }
     }
     Ok(0)
+}
+
+/// "static", or "dynamic (TYPE)".
+fn pool_kind(pool: &Value) -> String {
+    if pool["WorkerPoolType"] == json!("DynamicWorkerPool") {
+        format!("dynamic ({})", output::text(&pool["WorkerType"]))
+    } else {
+        "static".into()
+    }
+}
+
+/// "disabled", a dynamic worker's state (Provisioning, Ready, Busy, Draining, Destroying), or
+/// "enabled".
+fn worker_state(worker: &Value) -> String {
+    if worker["IsDisabled"] == json!(true) {
+        "disabled".into()
+    } else if let Some(state) = worker["Dynamic"]["State"].as_str() {
+        state.into()
+    } else {
+        "enabled".into()
+    }
 }
 
 fn endpoint_text(worker: &Value) -> String {
@@ -672,11 +783,7 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
                         output::text(&w["Id"]),
                         output::text(&w["Name"]),
                         output::text(&w["HealthStatus"]),
-                        if w["IsDisabled"] == json!(true) {
-                            "disabled".into()
-                        } else {
-                            "enabled".into()
-                        },
+                        worker_state(w),
                         endpoint_text(w),
                         pools.name(&w["WorkerPoolIds"]),
                     ]

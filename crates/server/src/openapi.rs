@@ -583,7 +583,7 @@ const OPS: &[Op] = &[
         "get",
         "/api/{spaceId}/workerpools/dynamicworkertypes",
         "WorkerPools",
-        "The worker images of dynamic pools.",
+        "The dynamic worker types this server's configuration file defines (WorkerTypes): a DynamicWorkerPool names one in WorkerType.",
         &[],
         None,
         "Object",
@@ -934,7 +934,7 @@ const OPS: &[Op] = &[
         "get",
         "/api/events/categories",
         "Events",
-        "The categories Muster records: Created, Modified, Deleted, Canceled, LoginFailed.",
+        "The categories Muster records: Created, Modified, Deleted, Canceled, LoginFailed, DynamicWorkerFailed.",
         &[],
         None,
         "EventCategoryArray",
@@ -1764,6 +1764,18 @@ fn schemas() -> Value {
             "IsShared": {"type": "boolean", "description": "Muster, read-only: the agent serves workers in several spaces."},
             "SharedWithSpaceIds": {"type": "array", "items": s, "description": "Muster, read-only, on the home worker: the spaces it is shared into."},
             "CreatedOn": {"type": "string", "nullable": true, "description": "Muster, read-only: when the worker was registered, or shared into its space."},
+            "Dynamic": {
+                "type": "object",
+                "description": "Muster, read-only, present only on a worker its dynamic pool made: its worker type and provider, the provider's instance id, its state and uses. Such a worker cannot be deleted or shared by hand; setting IsDisabled drains it and the pool destroys it once idle.",
+                "properties": {
+                    "WorkerType": s, "Provider": {"type": "string", "enum": ["process", "command", "kubernetes"]},
+                    "InstanceId": sn,
+                    "State": {"type": "string", "enum": ["Provisioning", "Ready", "Busy", "Draining", "Destroying"]},
+                    "Uses": {"type": "integer", "description": "Tasks it has started (MaxUseCount counts them)."},
+                    "Node": {"type": "string", "description": "The server node whose provider made it."},
+                    "ProvisionedOn": sn, "ReadyOn": sn
+                }
+            },
             "Links": links
         })),
         "WorkerArray": array_of("Worker"),
@@ -1861,10 +1873,10 @@ fn schemas() -> Value {
         "RunbookArray": array_of("Runbook"),
         "Event": object(&["Id", "Category", "Message", "Occurred"], json!({
             "Id": s, "SpaceId": {"type": "string", "nullable": true, "description": "Null for a system event (users, API keys, sign-ins)."},
-            "Category": {"type": "string", "enum": ["Created", "Modified", "Deleted", "Canceled", "LoginFailed"]},
+            "Category": {"type": "string", "enum": ["Created", "Modified", "Deleted", "Canceled", "LoginFailed", "DynamicWorkerFailed"]},
             "UserId": {"type": "string", "nullable": true, "description": "Who; null for a failed sign-in."}, "Username": sn,
             "IsService": b, "IdentityEstablishedWith": sn, "Occurred": s,
-            "Message": {"type": "string", "description": "What changed, by name; never a variable's or a secret's value. A LoginFailed event counts the refused keys of one address within a minute."},
+            "Message": {"type": "string", "description": "What changed, by name; never a variable's or a secret's value. A LoginFailed event counts the refused keys of one address within a minute. The events about a dynamic pool (`regarding=` its id) are its provisioning log: workers provisioned and destroyed, with a provider command's output, and failures (DynamicWorkerFailed)."},
             "MessageHtml": s, "RelatedDocumentIds": ids, "Comments": sn, "Details": sn, "Links": links
         })),
         "EventCategoryArray": {"type": "array", "items": object(&["Id", "Name"], json!({"Id": s, "Name": s}))},

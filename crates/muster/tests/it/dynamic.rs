@@ -71,7 +71,25 @@ fn a_process_pool_scales_up_for_a_burst_one_fresh_worker_per_task_and_back_to_ze
     let temp = tempfile::tempdir().unwrap();
     let config = config(temp.path(), 4, "");
     let server = Server::start_with(&["--config", &config]);
-    let pool = dynamic_pool(&server, "Burst", "local");
+    let created = crate::support::cli(
+        &server,
+        &[
+            "pool",
+            "create",
+            "Burst",
+            "--dynamic",
+            "--worker-type",
+            "local",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let pool = server
+        .ok("/api/Spaces-1/workerpools/all")
+        .as_array()
+        .unwrap()[1]["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let tasks: Vec<String> = (0..10)
         .map(|i| {
             server.run_script(
@@ -87,6 +105,7 @@ fn a_process_pool_scales_up_for_a_burst_one_fresh_worker_per_task_and_back_to_ze
     // While the burst runs: never more than MaxWorkers, and the waiting tasks say why.
     let mut most = 0;
     let mut reasons = HashSet::new();
+    let mut states = HashSet::new();
     let done = |server: &Server| {
         tasks
             .iter()
@@ -100,6 +119,14 @@ fn a_process_pool_scales_up_for_a_burst_one_fresh_worker_per_task_and_back_to_ze
         );
         let workers = pool_workers(&server, &pool);
         most = most.max(workers.len());
+        for worker in &workers {
+            states.insert(
+                worker["Dynamic"]["State"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
         for id in &tasks {
             if let Some(reason) = task(&server, id)["QueueReason"].as_str() {
                 reasons.insert(reason.to_string());
@@ -109,6 +136,10 @@ fn a_process_pool_scales_up_for_a_burst_one_fresh_worker_per_task_and_back_to_ze
     }
     assert!(most <= 4, "{most} workers at once, above MaxWorkers 4");
     assert!(most >= 2, "the burst was run by {most} worker(s)");
+    assert!(
+        states.contains("Busy"),
+        "the worker list shows the states: {states:?}"
+    );
     assert!(
         reasons
             .iter()
@@ -161,6 +192,15 @@ fn a_process_pool_scales_up_for_a_burst_one_fresh_worker_per_task_and_back_to_ze
         messages.iter().filter(|m| m.contains("destroyed")).count(),
         10,
         "{messages:#?}"
+    );
+    let shown = crate::support::cli(&server, &["pool", "show", "Burst"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(text.contains("dynamic (local)"), "{text}");
+    assert!(text.contains("Recent provisioning log:"), "{text}");
+    assert!(
+        text.contains("destroyed: it ran MaxUseCount tasks"),
+        "{text}"
     );
 }
 

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod cluster;
+mod dynamic;
 mod failover;
 mod swarm;
 
@@ -60,7 +61,8 @@ struct Args {
     /// each run makes a database `muster_bench_<random>` there and drops it at the end.
     #[arg(long, env = "MUSTER_BENCH_POSTGRES_URL", default_value = cluster::DEFAULT_POSTGRES_URL)]
     postgres_url: String,
-    /// failover: how many times each failover is measured (each on a fresh cluster).
+    /// failover: how many times each failover is measured (each on a fresh cluster); dynamic: how
+    /// many times the scale-up is measured.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
 }
@@ -100,6 +102,9 @@ enum Scenario {
     /// agent's script prints every 50 ms (to its first new line read on another node), and during
     /// a burst of 200 queued built-in tasks (to the first task another node starts).
     Failover,
+    /// A dynamic pool of the process provider: from a task queued on the empty pool to its first
+    /// line (`--runs`, at most 50), and the time to scale up to 10 workers (`--repeats`).
+    Dynamic,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -157,6 +162,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Backlog => return backlog(&bin, &args.queued),
         Scenario::Compare => return compare(&bin, &args),
         Scenario::Failover => return failover::run(&bin, &args.postgres_url, args.repeats),
+        Scenario::Dynamic => return dynamic::run(&bin, args.runs, args.repeats),
         Scenario::Dispatch | Scenario::Roundtrip => {}
     }
     let kinds: Vec<Kind> = match args.worker {

@@ -125,6 +125,14 @@ async fn write_health(app: &App, machine_key: &str, health: &Health) {
             worker.shell_name = Some(facts.shell_name.clone());
             worker.shell_version = None;
         }
+        // A dynamic worker's block is its scaler's (uses, state), written under a lock that only
+        // holds within a node: read again at the last moment so a check on another node does not
+        // write an older one back.
+        if worker.dynamic.is_some()
+            && let Ok(Some(fresh)) = app.store.get::<Worker>(&worker.id).await
+        {
+            worker.dynamic = fresh.dynamic;
+        }
         // Only an update: a worker deleted (or a share revoked) since the read stays deleted.
         if let Err(error) = app.store.update(&worker).await {
             tracing::error!(%error, "cannot record a worker's health");

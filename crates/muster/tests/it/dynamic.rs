@@ -305,7 +305,7 @@ fn the_command_provider_runs_the_users_scripts_and_says_why_a_worker_does_not_co
     .unwrap();
     let extra = format!(
         "  - Id: scripted\n    Provider: command\n    MaxWorkers: 2\n    IdleTimeout: 2s\n    Settings: {{Create: {create}, Destroy: {destroy}, List: {list}}}\n\
-         \x20 - Id: no-quota\n    Provider: command\n    MaxWorkers: 1\n    Settings: {{Create: \"sh -c 'echo checking quota; echo quota exceeded >&2; exit 1'\", Destroy: \"true\"}}\n\
+         \x20 - Id: no-quota\n    Provider: command\n    MaxWorkers: 1\n    Settings: {{Create: \"sh -c 'echo checking quota; echo \\\"$MUSTER_AGENT_KEY\\\"; echo quota exceeded >&2; exit 1'\", Destroy: \"true\"}}\n\
          \x20 - Id: stuck\n    Provider: command\n    MaxWorkers: 1\n    ProvisionTimeout: 2s\n    MaxLifetime: 1h\n    Settings: {{Create: \"sleep 60\", Destroy: \"true\"}}\n\
          \x20 - Id: sticky\n    Provider: command\n    MaxWorkers: 1\n    Settings: {{Create: {create}, Destroy: bash {failing}}}\n",
         failing = failing_destroy.display(),
@@ -375,6 +375,11 @@ fn the_command_provider_runs_the_users_scripts_and_says_why_a_worker_does_not_co
     assert!(
         logged.contains("checking quota"),
         "the command's output is in the log: {logged}"
+    );
+    // The key it printed is not: its lines are masked.
+    assert!(
+        logged.contains("-----BEGIN PRIVATE KEY-----\n********\n"),
+        "{logged}"
     );
 
     // A destroy that fails is tried again, then reported, and the worker is kept Destroying.

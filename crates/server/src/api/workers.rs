@@ -519,6 +519,10 @@ pub async fn update(
         let disabled = worker.is_disabled;
         worker = existing.clone();
         worker.is_disabled = disabled;
+        // The block is the scaler's, which may write it on another node: the latest is kept.
+        if let Some(fresh) = app.store.get::<Worker>(&existing.id).await? {
+            worker.dynamic = fresh.dynamic;
+        }
         worker.last_modified_on = Some(muster_core::time::now());
         worker.last_modified_by = actor(&user);
         app.store.put(&worker).await?;

@@ -236,7 +236,8 @@ struct Scaler {
     idle_since: HashMap<String, Duration>,
     /// Since when each ready instance's agent has not been connected.
     disconnected_since: HashMap<String, Duration>,
-    last_reconcile: Option<std::time::Instant>,
+    /// When each worker type was last reconciled.
+    reconciled: HashMap<String, std::time::Instant>,
 }
 
 /// The scaler's loop: a duty of the dispatching node.
@@ -317,12 +318,28 @@ async fn round(
     reports: &mpsc::UnboundedSender<Report>,
     reported: &mut mpsc::UnboundedReceiver<Report>,
 ) -> anyhow::Result<()> {
-    let due = scaler
-        .last_reconcile
-        .is_none_or(|at| at.elapsed() >= RECONCILE_EVERY);
-    if due {
-        reconcile(app, scaler, reports).await?;
-        scaler.last_reconcile = Some(std::time::Instant::now());
+    // Each type in turn, once no provisioning of it is in flight (a record mid-provisioning has
+    // no instance id yet, and its instance would look like an orphan).
+    let due: Vec<WorkerType> = app
+        .config
+        .worker_types
+        .iter()
+        .filter(|t| {
+            scaler
+                .reconciled
+                .get(&t.id)
+                .is_none_or(|at| at.elapsed() >= RECONCILE_EVERY)
+                && scaler.provisioning.get(&t.id).copied().unwrap_or(0) == 0
+        })
+        .cloned()
+        .collect();
+    if !due.is_empty() {
+        reconcile(app, scaler, reports, &due).await?;
+        for t in &due {
+            scaler
+                .reconciled
+                .insert(t.id.clone(), std::time::Instant::now());
+        }
     }
     let (pools, workers) = read(app).await?;
     // A job reports before it deletes a failed worker's record: heard after the read, a failure
@@ -398,10 +415,13 @@ async fn round(
             if scaler.destroying.contains(&worker.id) || scaler.failed.contains(&worker.id) {
                 continue;
             }
+            // A worker its health check found Unavailable takes no task (the dispatcher skips it),
+            // so it gives no room either: it is replaced like one whose agent went away.
             let connected = worker
                 .thumbprint
                 .as_deref()
-                .is_some_and(|t| app.comms.reachable(t));
+                .is_some_and(|t| app.comms.reachable(t))
+                && worker.health_status != HealthStatus::Unavailable;
             // An instance whose agent went away (it crashed, or was deleted under us) is replaced
             // once idle; a short absence (the server restarted) is not.
             if dynamic.ready_on.is_some() && !connected {
@@ -416,7 +436,7 @@ async fn round(
                         reports,
                         worker,
                         &format!(
-                            "its agent has not been connected for {}",
+                            "its agent has not been connected (or has been Unavailable) for {}",
                             providers::span(LOST_AFTER)
                         ),
                     );
@@ -696,6 +716,22 @@ async fn intend(
     Ok((worker, env))
 }
 
+/// `text` with the lines of the identity's certificate and key replaced by a mask.
+fn mask(text: &str, env: &Env) -> String {
+    let mut masked = text.to_string();
+    for (name, value) in env {
+        if *name != muster_proto::instance::KEY && *name != muster_proto::instance::CERTIFICATE {
+            continue;
+        }
+        for line in value.lines().map(str::trim) {
+            if line.len() >= 16 && !line.starts_with("-----") {
+                masked = masked.replace(line, "********");
+            }
+        }
+    }
+    masked
+}
+
 /// Asks the provider for the instance of a stored worker, and records its answer.
 async fn provide(
     app: App,
@@ -754,17 +790,26 @@ async fn provide_one(
         worker_type.limits.provision_timeout,
     )
     .await;
-    let output = match made.output.as_str() {
-        "" => String::new(),
+    // A command that echoes its environment (set -x, a tool printing its variables) must not put
+    // the worker's key in the log, which everyone who reads the space's events sees.
+    let output = match mask(&made.output, env) {
+        output if output.is_empty() => String::new(),
         output => format!("\n{output}"),
     };
-    match made.result {
+    let made_result = made.result.map_err(|why| mask(&why, env));
+    match made_result {
         Ok(instance_id) => {
+            // A worker being destroyed meanwhile (its pool went) does not take the instance: the
+            // destroy read no instance id, so the instance is destroyed here.
             let recorded = change(app, &pool.space_id, &worker.id, |d| {
+                if d.state == DynamicState::Destroying {
+                    return false;
+                }
                 d.instance_id = Some(instance_id.clone());
+                true
             })
             .await
-            .is_ok_and(|found| found.is_some());
+            .is_ok_and(|taken| taken == Some(true));
             log(
                 app,
                 pool,
@@ -867,7 +912,37 @@ async fn destroy(app: &App, worker: &Worker, why: &str) -> anyhow::Result<()> {
         .await?
         .and_then(|w| w.dynamic)
         .and_then(|d| d.instance_id);
-    if let (Some(instance_id), Some(worker_type)) = (&instance_id, provider) {
+    let Some(worker_type) = provider else {
+        // Its type left the configuration: nothing here can destroy the instance, so the record
+        // stays (Destroying) for the type's return, and the log says so.
+        if instance_id.is_some() {
+            log(
+                app,
+                &pool,
+                worker,
+                FAILED,
+                format!(
+                    "Dynamic worker '{}' cannot be destroyed: its worker type '{}' is no longer in the configuration file; its instance {} remains",
+                    worker.name,
+                    dynamic.worker_type,
+                    instance_id.as_deref().unwrap_or_default()
+                ),
+            )
+            .await;
+            return Ok(());
+        }
+        app.store.delete::<Worker>(&worker.id).await?;
+        return Ok(());
+    };
+    // A process instance lives on the machine of the node that made it: only that node can stop
+    // it. Another node forgets the record; the instance, named by no record, is destroyed when its
+    // node reconciles.
+    let elsewhere = matches!(
+        worker_type.provider,
+        crate::config::Provider::Process { .. }
+    ) && !dynamic.node.is_empty()
+        && dynamic.node != app.config.node_name;
+    if let (Some(instance_id), false) = (&instance_id, elsewhere) {
         let mut last = String::new();
         let mut done = false;
         for attempt in 1..=DESTROY_ATTEMPTS {
@@ -935,26 +1010,23 @@ async fn reconcile(
     app: &App,
     scaler: &mut Scaler,
     reports: &mpsc::UnboundedSender<Report>,
+    types: &[WorkerType],
 ) -> anyhow::Result<()> {
     let (pools, workers) = read(app).await?;
     let root = app.config.dynamic_dir.clone();
-    for worker_type in &app.config.worker_types {
-        if scaler
-            .provisioning
-            .get(&worker_type.id)
-            .copied()
-            .unwrap_or(0)
-            > 0
-        {
-            continue;
-        }
+    for worker_type in types {
+        // A process instance lives on its node's machine: each node lists and reconciles its own.
+        let process = matches!(
+            worker_type.provider,
+            crate::config::Provider::Process { .. }
+        );
         let stored: Vec<&Worker> = workers
             .iter()
             .filter(|w| {
-                w.dynamic
-                    .as_ref()
-                    .is_some_and(|d| d.worker_type.eq_ignore_ascii_case(&worker_type.id))
-                    && !scaler.destroying.contains(&w.id)
+                w.dynamic.as_ref().is_some_and(|d| {
+                    d.worker_type.eq_ignore_ascii_case(&worker_type.id)
+                        && (!process || d.node.is_empty() || d.node == app.config.node_name)
+                }) && !scaler.destroying.contains(&w.id)
             })
             .collect();
         let pool_of = |w: &Worker| {
@@ -1009,8 +1081,22 @@ async fn reconcile(
                         retire(app, scaler, reports, worker, "its destroy is tried again");
                     }
                 }
-                // Not listed: gone (or never made).
+                // Not listed: gone (or never made). A list that lags or errs quietly must not
+                // take a working worker away: one that runs a task or whose agent is connected
+                // stays, and is looked at again next time.
                 (Some(None), _) => {
+                    let busy = app.ledger().worker_load(&worker.id) > 0;
+                    let linked = worker
+                        .thumbprint
+                        .as_deref()
+                        .is_some_and(|t| app.comms.reachable(t));
+                    if busy || linked {
+                        tracing::warn!(
+                            worker = %worker.name,
+                            "a dynamic worker's provider does not list its instance, but it is connected or busy; kept"
+                        );
+                        continue;
+                    }
                     app.store.delete::<Worker>(&worker.id).await?;
                     log(
                         app,

@@ -193,6 +193,15 @@ fn a_process_pool_scales_up_for_a_burst_one_fresh_worker_per_task_and_back_to_ze
         10,
         "{messages:#?}"
     );
+    // Usage counts the workers only while they existed: made for the burst and gone after it,
+    // they were busy most of their lives (the blog's dedicated workers idled 99% of the day).
+    let usage = server.ok("/api/Spaces-1/workers/usage?hours=1");
+    assert_eq!(usage["Summary"]["Agents"], 10, "{usage}");
+    let utilization = usage["Summary"]["Utilization"].as_f64().unwrap();
+    assert!(utilization > 0.25, "{usage}");
+    for agent in usage["Agents"].as_array().unwrap() {
+        assert!(agent["ExistedSeconds"].as_f64().unwrap() < 60.0, "{agent}");
+    }
     let shown = crate::support::cli(&server, &["pool", "show", "Burst"]);
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.status.success(), "{shown:?}");

@@ -9,7 +9,7 @@ use crate::http::{ApiError, ApiResult, Params, ok};
 use crate::state::App;
 use axum::Extension;
 use axum::extract::State;
-use muster_core::resources::{Space, Worker};
+use muster_core::resources::{Event, Space, Worker};
 use muster_core::time::{Timestamp, format_date, now, parse_date};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -130,13 +130,43 @@ async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) ->
             .push((start, end));
     }
     let agents: BTreeSet<String> = serving.values().flatten().cloned().collect();
-    // An agent is idle only while it exists: from its registration (when within the window).
+    // A deleted worker's life, from its events: a dynamic worker is made and destroyed by its
+    // pool, and existed only between the two (its idle time is what the pool cost).
+    let deleted: BTreeSet<&str> = agents
+        .iter()
+        .filter_map(|a| a.strip_prefix("(deleted ")?.strip_suffix(')'))
+        .collect();
+    let mut lives: HashMap<String, (Option<Timestamp>, Option<Timestamp>)> = HashMap::new();
+    if !deleted.is_empty() {
+        for space in &space_ids {
+            for event in app.store.list::<Event>(space).await? {
+                let Some(worker) = event
+                    .related_document_ids
+                    .first()
+                    .filter(|id| deleted.contains(id.as_str()))
+                else {
+                    continue;
+                };
+                let life = lives.entry(format!("(deleted {worker})")).or_default();
+                match event.category.as_str() {
+                    crate::audit::CREATED => life.0 = Some(event.occurred),
+                    crate::audit::DELETED => life.1 = Some(event.occurred),
+                    _ => {}
+                }
+            }
+        }
+    }
+    // An agent is idle only while it exists: from its registration (when within the window) to
+    // its deletion (when known).
     let existed = |agent: &String| -> f64 {
+        let life = lives.get(agent);
         let since = home
             .get(agent)
             .and_then(|w| w.created_on)
+            .or_else(|| life.and_then(|l| l.0))
             .map_or(from, |created| created.max(from));
-        ((to - since).num_milliseconds() as f64 / 1000.0).max(0.0)
+        let until = life.and_then(|l| l.1).map_or(to, |gone| gone.min(to));
+        ((until - since).num_milliseconds() as f64 / 1000.0).max(0.0)
     };
     let mut agent_rows = Vec::new();
     let mut total_busy = 0.0;

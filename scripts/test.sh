@@ -50,9 +50,10 @@ else
   echo "clippy is not installed: skipping lints" >&2
 fi
 cargo test --workspace --locked
-# Sharing, permissions, runbooks with child runs and the blog's end-to-end tests again, each on three
-# nodes on one PostgreSQL database (the harness's cluster mode: requests go to each node in turn).
-MUSTER_TEST_NODES=3 cargo test --locked -p muster --test it -- sharing:: permissions:: runbooks:: blog::
+# Sharing, permissions, runbooks with child runs, the blog's end-to-end tests and a dynamic pool's
+# burst again, each on three nodes on one PostgreSQL database (the harness's cluster mode: requests
+# go to each node in turn).
+MUSTER_TEST_NODES=3 cargo test --locked -p muster --test it -- sharing:: permissions:: runbooks:: blog:: dynamic::a_process_pool
 # The OpenAPI document tells the truth: a bounded schemathesis run against the debug binary that
 # `cargo test` built (installs schemathesis into target/schemathesis-venv when missing).
 ./scripts/schemathesis.sh

@@ -143,6 +143,12 @@ struct RegisterArgs {
     /// The worker's name (default: the host name).
     #[arg(long)]
     name: Option<String>,
+    /// The server certificate's SHA-256 thumbprint, as the server prints it (`muster server`'s
+    /// banner, or `GET /api/configuration/certificates/certificate-global` read where you trust
+    /// the network): the agent pins it and refuses a server that reports another one. Without it,
+    /// the agent trusts the thumbprint the REST API reports, which is only as safe as that path.
+    #[arg(long, alias = "serverThumbprint", env = "MUSTER_SERVER_THUMBPRINT")]
+    server_thumbprint: Option<String>,
     /// The space, by name (default: the user's default space).
     #[arg(long)]
     space: Option<String>,
@@ -310,6 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 public_hostname: args.public_hostname.unwrap_or_else(hostname),
                 server: args.server,
                 api_key: args.api_key,
+                server_thumbprint: args.server_thumbprint,
                 space: args.space,
                 pools: args.pools,
                 policy: args.policy,

@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 pub struct Registration {
     pub server: String,
     pub api_key: String,
+    /// The server thumbprint to pin (`--server-thumbprint`): a server reporting another is refused.
+    pub server_thumbprint: Option<String>,
     pub name: String,
     pub space: Option<String>,
     pub pools: Vec<String>,
@@ -66,12 +68,23 @@ fn id(resource: &Value) -> String {
     resource["Id"].as_str().unwrap_or_default().to_string()
 }
 
-/// Trusts the server's certificate; returns its thumbprint.
+/// Trusts the server's certificate (the one `pinned` names, when given); returns its thumbprint.
 async fn trust_server(
     client: &Client,
     home: &Home,
     config: &mut AgentConfig,
+    pinned: Option<&str>,
 ) -> anyhow::Result<String> {
+    let pinned = pinned
+        .map(|p| p.trim().replace(':', "").to_ascii_uppercase())
+        .filter(|p| !p.is_empty());
+    if let Some(p) = &pinned
+        && (p.len() != 64 || !p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        bail!(
+            "--server-thumbprint must be a SHA-256 thumbprint (64 hexadecimal characters), got '{p}'"
+        );
+    }
     let certificate = client
         .get("/api/configuration/certificates/certificate-global")
         .await?;
@@ -79,6 +92,14 @@ async fn trust_server(
         .as_str()
         .map(str::to_ascii_uppercase)
         .ok_or_else(|| anyhow!("the server did not give its certificate's thumbprint"))?;
+    if let Some(p) = pinned
+        && p != thumbprint
+    {
+        bail!(
+            "the server at {} reports certificate {thumbprint}, not the {p} given with --server-thumbprint: refusing to register with it (check that --server names your Muster server, and that nothing between you and it answers in its place)",
+            client.url("")
+        );
+    }
     if !config.trusted_thumbprints.contains(&thumbprint) {
         config.trusted_thumbprints.push(thumbprint.clone());
         home.save(config)?;
@@ -101,7 +122,7 @@ pub async fn register(home: &Home, r: Registration) -> anyhow::Result<Value> {
     let client = Client::new(&r.server, Some(r.api_key.clone()))?;
     let space = space(&client, r.space.as_deref()).await?;
     let space_id = id(&space);
-    trust_server(&client, home, &mut config).await?;
+    trust_server(&client, home, &mut config, r.server_thumbprint.as_deref()).await?;
 
     let existing = client
         .get_all_pages(&format!(

@@ -231,6 +231,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let Some(key) = &setup.new_admin_key {
         println!("Administrator API key (shown once; keep it safe): {key}");
     }
+    println!(
+        "Muster server certificate thumbprint: {} (agents pin it: muster-agent register-worker --server-thumbprint)",
+        app.certificate.thumbprint()
+    );
     println!("Muster comms port for polling agents is listening on {comms_address}");
     if lease.is_none() {
         let holder = app.store.dispatch_lease_holder().await.ok().flatten();

@@ -413,3 +413,67 @@ fn a_dynamic_workers_instance_runs_from_the_identity_in_its_environment() {
         "no API key reaches the instance"
     );
 }
+
+#[test]
+fn a_pinned_server_thumbprint_is_checked_before_registering() {
+    let server = Server::start();
+    // The server prints its thumbprint at start, for the operator to pin.
+    let printed = server
+        .banner
+        .iter()
+        .find_map(|l| l.split("certificate thumbprint: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the banner names the server's thumbprint")
+        .to_string();
+    let register = |home: &str, pin: &str| {
+        run(
+            &server.dir.join(home),
+            &[
+                "register-worker",
+                "--server",
+                &server.url,
+                "--api-key",
+                KEY,
+                "--name",
+                home,
+                "--worker-pool",
+                "default-worker-pool",
+                "--comms-style",
+                "TentacleActive",
+                "--server-thumbprint",
+                pin,
+            ],
+        )
+    };
+    let wrong = register("wrong", &"AB".repeat(32));
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    assert!(
+        text(&wrong).contains(&format!("reports certificate {printed}"))
+            && text(&wrong).contains("refusing to register"),
+        "{}",
+        text(&wrong)
+    );
+    let malformed = register("malformed", "not-a-thumbprint");
+    assert!(
+        text(&malformed).contains("64 hexadecimal characters"),
+        "{}",
+        text(&malformed)
+    );
+    let workers = server.ok("/api/Spaces-1/workers/all");
+    assert_eq!(
+        workers.as_array().unwrap().len(),
+        0,
+        "nothing was registered"
+    );
+    // Pinned right (in lower case, with colons, as some tools print it), it registers.
+    let colons: Vec<String> = printed
+        .to_ascii_lowercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    let right = register("right", &colons.join(":"));
+    assert!(right.status.success(), "{}", text(&right));
+    let config = run(&server.dir.join("right"), &["show-configuration"]);
+    assert!(text(&config).contains(&printed), "{}", text(&config));
+}

@@ -43,6 +43,8 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(180);
 /// timeout, provisioning timeout, back-off) need no event to be noticed. Scaling up needs none:
 /// a dispatch pass that finds more demand wakes the scaler at once.
 const ROUND_EVERY: Duration = Duration::from_secs(1);
+/// The longest a provider's `list` may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a ready instance's agent may be away before the instance is replaced.
 const LOST_AFTER: Duration = Duration::from_secs(30);
 /// Attempts a failed destroy is tried again before it is reported (reconciliation tries on).
@@ -1041,10 +1043,11 @@ async fn reconcile(
                     ..Default::default()
                 })
         };
+        // The round waits for the list: a hung command holds scaling for at most LIST_TIMEOUT.
         let listed = match providers::list(
             &worker_type.provider,
             &root,
-            worker_type.limits.provision_timeout,
+            worker_type.limits.provision_timeout.min(LIST_TIMEOUT),
         )
         .await
         {
@@ -1147,25 +1150,29 @@ async fn reconcile(
             if known {
                 continue;
             }
-            let outcome = providers::destroy(
-                &worker_type.provider,
-                &root,
-                &id,
-                worker_type.limits.provision_timeout,
-            )
-            .await;
-            let message = match outcome.result {
-                Ok(()) => format!(
-                    "Orphan instance {id} of worker type {} (no worker names it) destroyed",
-                    worker_type.id
-                ),
-                Err(error) => format!(
-                    "Orphan instance {id} of worker type {} (no worker names it) could not be destroyed: {error}",
-                    worker_type.id
-                ),
-            };
-            tracing::warn!("{message}");
-            events::record(app, None, None, FAILED, message, vec![]).await;
+            // Off the round: an orphan's destroy may take as long as a provisioning.
+            let (app, worker_type, root) = (app.clone(), worker_type.clone(), root.clone());
+            tokio::spawn(async move {
+                let outcome = providers::destroy(
+                    &worker_type.provider,
+                    &root,
+                    &id,
+                    worker_type.limits.provision_timeout,
+                )
+                .await;
+                let message = match outcome.result {
+                    Ok(()) => format!(
+                        "Orphan instance {id} of worker type {} (no worker names it) destroyed",
+                        worker_type.id
+                    ),
+                    Err(error) => format!(
+                        "Orphan instance {id} of worker type {} (no worker names it) could not be destroyed: {error}",
+                        worker_type.id
+                    ),
+                };
+                tracing::warn!("{message}");
+                events::record(&app, None, None, FAILED, message, vec![]).await;
+            });
         }
     }
     Ok(())

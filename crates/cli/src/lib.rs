@@ -181,6 +181,18 @@ pub enum WorkerCommand {
         #[command(flatten)]
         space: SpaceOption,
     },
+    /// Disables a worker: it takes no new task (a dynamic worker is drained, then destroyed).
+    Disable {
+        worker: String,
+        #[command(flatten)]
+        space: SpaceOption,
+    },
+    /// Enables a disabled worker.
+    Enable {
+        worker: String,
+        #[command(flatten)]
+        space: SpaceOption,
+    },
     /// Checks the health of workers now (a Health task), prints each one's result, and exits 0 only
     /// when every checked worker is Healthy.
     Health {
@@ -694,7 +706,7 @@ async fn pool(client: &Client, json: bool, command: PoolCommand) -> anyhow::Resu
                     println!("  (nothing yet: workers are made when a task waits for this pool)");
                 }
                 for event in &log {
-                    let message = output::text(&event["Message"]);
+                    let message = event["Message"].as_str().unwrap_or_default();
                     let mut lines = message.lines();
                     println!(
                         "  {}  {}",
@@ -740,13 +752,13 @@ fn pool_kind(pool: &Value) -> String {
     }
 }
 
-/// "disabled", a dynamic worker's state (Provisioning, Ready, Busy, Draining, Destroying), or
-/// "enabled".
+/// A dynamic worker's state (Provisioning, Ready, Busy, Draining, Destroying; a disabled one
+/// drains), or "disabled" or "enabled".
 fn worker_state(worker: &Value) -> String {
-    if worker["IsDisabled"] == json!(true) {
-        "disabled".into()
-    } else if let Some(state) = worker["Dynamic"]["State"].as_str() {
+    if let Some(state) = worker["Dynamic"]["State"].as_str() {
         state.into()
+    } else if worker["IsDisabled"] == json!(true) {
+        "disabled".into()
     } else {
         "enabled".into()
     }
@@ -930,8 +942,50 @@ async fn worker(client: &Client, json: bool, command: WorkerCommand) -> anyhow::
                 );
             }
         }
+        WorkerCommand::Disable { worker, space } => {
+            set_disabled(client, json, &worker, &space, true).await?
+        }
+        WorkerCommand::Enable { worker, space } => {
+            set_disabled(client, json, &worker, &space, false).await?
+        }
     }
     Ok(0)
+}
+
+/// `worker disable` and `worker enable`.
+async fn set_disabled(
+    client: &Client,
+    json: bool,
+    worker: &str,
+    space: &SpaceOption,
+    disable: bool,
+) -> anyhow::Result<()> {
+    let space = resolve_space(client, space).await?;
+    let mut found = resolve_worker(client, &space, worker).await?;
+    found["IsDisabled"] = json!(disable);
+    let changed = client
+        .send(
+            Method::PUT,
+            &format!("/api/{}/workers/{}", id_of(&space), id_of(&found)),
+            Some(&found),
+        )
+        .await?;
+    if json {
+        output::json(&changed);
+    } else {
+        println!(
+            "{} worker {} ({}){}",
+            if disable { "Disabled" } else { "Enabled" },
+            output::text(&changed["Name"]),
+            id_of(&changed),
+            if disable && !changed["Dynamic"].is_null() {
+                ": its pool drains it and destroys it once idle"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
 
 /// Reads the script of `script run`, from after `--` or from --file.

@@ -269,7 +269,7 @@ fn count(name: &str, n: i64) -> Result<usize, String> {
 fn duration(name: &str, span: Span) -> Result<Duration, String> {
     let bad = |got: &str| {
         format!(
-            "{name} must be a length of time such as 90s, 5m, 72h or 2d (or whole seconds), got '{got}'"
+            "{name} must be a length of time of 0 or more, such as 90s, 5m, 72h or 2d (or whole seconds), got '{got}'"
         )
     };
     match span {
@@ -382,11 +382,11 @@ mod tests {
             ),
             (
                 "    Provider: kubernetes\n    MaxWorkers: 1\n    IdleTimeout: -5m\n    Settings: {Image: x}\n",
-                "IdleTimeout must be a length of time",
+                "IdleTimeout must be a length of time of 0 or more",
             ),
             (
                 "    Provider: kubernetes\n    MaxWorkers: 1\n    IdleTimeout: -5\n    Settings: {Image: x}\n",
-                "IdleTimeout must be a length of time",
+                "IdleTimeout must be a length of time of 0 or more",
             ),
             (
                 "    Provider: ec2\n    MaxWorkers: 1\n",

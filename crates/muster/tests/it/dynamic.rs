@@ -316,8 +316,10 @@ fn the_command_provider_runs_the_users_scripts_and_says_why_a_worker_does_not_co
         "  - Id: scripted\n    Provider: command\n    MaxWorkers: 2\n    IdleTimeout: 2s\n    Settings: {{Create: {create}, Destroy: {destroy}, List: {list}}}\n\
          \x20 - Id: no-quota\n    Provider: command\n    MaxWorkers: 1\n    Settings: {{Create: \"sh -c 'echo checking quota; echo \\\"$MUSTER_AGENT_KEY\\\"; echo quota exceeded >&2; exit 1'\", Destroy: \"true\"}}\n\
          \x20 - Id: stuck\n    Provider: command\n    MaxWorkers: 1\n    ProvisionTimeout: 2s\n    MaxLifetime: 1h\n    Settings: {{Create: \"sleep 60\", Destroy: \"true\"}}\n\
+         \x20 - Id: warm\n    Provider: process\n    MaxWorkers: 2\n    MinIdle: 1\n    MaxUseCount: unlimited\n    Settings: {{AgentPath: {agent}}}\n\
          \x20 - Id: sticky\n    Provider: command\n    MaxWorkers: 1\n    Settings: {{Create: {create}, Destroy: bash {failing}}}\n",
         failing = failing_destroy.display(),
+        agent = agent_path(),
     );
     let config = config(temp.path(), 1, &extra);
     let server = Server::start_with(&["--config", &config]);
@@ -325,6 +327,7 @@ fn the_command_provider_runs_the_users_scripts_and_says_why_a_worker_does_not_co
     let no_quota = dynamic_pool(&server, "NoQuota", "no-quota");
     let stuck = dynamic_pool(&server, "Stuck", "stuck");
     let sticky = dynamic_pool(&server, "Sticky", "sticky");
+    let warm = dynamic_pool(&server, "Warm", "warm");
     let calls = temp.path().join("calls");
     let called = || std::fs::read_to_string(&calls).unwrap_or_default();
     eventually_within("the orphan destroyed", Duration::from_secs(30), || {
@@ -385,6 +388,11 @@ fn the_command_provider_runs_the_users_scripts_and_says_why_a_worker_does_not_co
         logged.contains("checking quota"),
         "the command's output is in the log: {logged}"
     );
+    // A failed create may have made something: destroy is asked for the worker's name.
+    assert!(
+        logged.contains("The destroy command was run for instance"),
+        "{logged}"
+    );
     // The key it printed is not: its lines are masked.
     assert!(
         logged.contains("-----BEGIN PRIVATE KEY-----\n********\n"),
@@ -418,4 +426,26 @@ fn the_command_provider_runs_the_users_scripts_and_says_why_a_worker_does_not_co
     server
         .delete(&format!("/api/Spaces-1/workers/{id}"))
         .assert_error(400);
+
+    // MinIdle keeps one warm worker with no task; disabled, it is drained and destroyed, and
+    // another takes its place.
+    let first = eventually_within("a warm worker", Duration::from_secs(30), || {
+        let workers = pool_workers(&server, &warm);
+        (workers.len() == 1 && workers[0]["Dynamic"]["State"] == "Ready")
+            .then(|| workers[0]["Name"].as_str().unwrap().to_string())
+    });
+    let disabled = crate::support::cli(&server, &["worker", "disable", &first]);
+    let said = String::from_utf8_lossy(&disabled.stdout);
+    assert!(
+        said.contains("its pool drains it and destroys it once idle"),
+        "{disabled:?}"
+    );
+    eventually_within(
+        "the disabled worker replaced",
+        Duration::from_secs(30),
+        || {
+            let workers = pool_workers(&server, &warm);
+            (workers.len() == 1 && workers[0]["Name"] != first.as_str()).then_some(())
+        },
+    );
 }

@@ -421,7 +421,7 @@ fn refuse_dynamic(worker: &Worker, what: &str) -> Result<(), ApiError> {
     match &worker.dynamic {
         None => Ok(()),
         Some(_) => Err(ApiError::bad_request(format!(
-            "Worker '{}' was made by its dynamic pool and cannot be {what}. Set IsDisabled to have the pool drain it and destroy it once idle.",
+            "Worker '{}' was made by its dynamic pool and cannot be {what}. Disable it (`muster worker disable NAME`, or IsDisabled: true) to have the pool drain it and destroy it once idle.",
             worker.name
         ))),
     }

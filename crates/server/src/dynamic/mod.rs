@@ -272,7 +272,7 @@ fn heard(scaler: &mut Scaler, report: Report) {
     let at = clock(now());
     match report {
         Report::Attempt { pool, job, failure } => {
-            if let Some(job) = job {
+            if let Some(job) = &job {
                 scaler.asking.remove(&job.worker);
                 if failure.is_some() {
                     scaler.failed.insert(job.worker.clone());
@@ -280,6 +280,11 @@ fn heard(scaler: &mut Scaler, report: Report) {
                 if let Some(n) = scaler.provisioning.get_mut(&job.worker_type) {
                     *n = n.saturating_sub(1);
                 }
+            }
+            // A provider's answer is not yet a success: the attempt succeeds when the worker's
+            // agent links (see `round`), and fails if it does not within the ProvisionTimeout.
+            if job.is_some() && failure.is_none() {
+                return;
             }
             let history = scaler.history.entry(pool).or_default();
             history.push(Attempt { at, failure });
@@ -477,6 +482,16 @@ async fn round(
                 (InstanceState::Ready, 0) => DynamicState::Ready,
                 (InstanceState::Ready, _) => DynamicState::Busy,
             };
+            if connected && dynamic.ready_on.is_none() {
+                let history = scaler.history.entry(pool.id.clone()).or_default();
+                history.push(Attempt {
+                    at: clock_now,
+                    failure: None,
+                });
+                if history.len() > HISTORY {
+                    history.remove(0);
+                }
+            }
             if shown != dynamic.state || (connected && dynamic.ready_on.is_none()) {
                 change(app, &worker.space_id, &worker.id, |d| {
                     if d.state != DynamicState::Destroying {
@@ -758,6 +773,30 @@ async fn provide(
         Err((why, output)) => {
             // Reported before the record goes (see `round`).
             let _ = reports.send(report(Some(why.clone())));
+            // A create that failed late (or printed no id) may have made something: its destroy
+            // is asked for the worker's name, the instance id the README recommends.
+            let cleanup = match &worker_type.provider {
+                crate::config::Provider::Command { .. } => {
+                    let undone = providers::destroy(
+                        &worker_type.provider,
+                        &app.config.dynamic_dir,
+                        &worker.name,
+                        worker_type.limits.provision_timeout,
+                    )
+                    .await;
+                    match undone.result {
+                        Ok(()) => format!(
+                            "\nThe destroy command was run for instance {} in case the create made it.",
+                            worker.name
+                        ),
+                        Err(error) => format!(
+                            "\nThe destroy command, run for instance {} in case the create made it, failed: {error}",
+                            worker.name
+                        ),
+                    }
+                }
+                _ => String::new(),
+            };
             let _ = app.store.delete::<Worker>(&worker.id).await;
             log(
                 &app,
@@ -765,7 +804,7 @@ async fn provide(
                 &worker,
                 FAILED,
                 format!(
-                    "Provisioning dynamic worker '{}' of pool '{}' failed: {why}{output}",
+                    "Provisioning dynamic worker '{}' of pool '{}' failed: {why}{output}{cleanup}",
                     worker.name, pool.name
                 ),
             )
@@ -1160,18 +1199,24 @@ async fn reconcile(
                     worker_type.limits.provision_timeout,
                 )
                 .await;
-                let message = match outcome.result {
-                    Ok(()) => format!(
-                        "Orphan instance {id} of worker type {} (no worker names it) destroyed",
-                        worker_type.id
+                let (category, message) = match outcome.result {
+                    Ok(()) => (
+                        events::DELETED,
+                        format!(
+                            "Orphan instance {id} of worker type {} (no worker names it) destroyed",
+                            worker_type.id
+                        ),
                     ),
-                    Err(error) => format!(
-                        "Orphan instance {id} of worker type {} (no worker names it) could not be destroyed: {error}",
-                        worker_type.id
+                    Err(error) => (
+                        FAILED,
+                        format!(
+                            "Orphan instance {id} of worker type {} (no worker names it) could not be destroyed: {error}",
+                            worker_type.id
+                        ),
                     ),
                 };
                 tracing::warn!("{message}");
-                events::record(&app, None, None, FAILED, message, vec![]).await;
+                events::record(&app, None, None, category, message, vec![]).await;
             });
         }
     }

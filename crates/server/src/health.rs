@@ -204,6 +204,15 @@ pub async fn health_loop(app: App) {
             if worker.machine_key().is_none() {
                 continue;
             }
+            // A dynamic worker whose agent has not linked yet is its provider's to bring up (the
+            // scaler times it out): checked now, it would read Unavailable for no fault.
+            if worker
+                .dynamic
+                .as_ref()
+                .is_some_and(|d| d.ready_on.is_none())
+            {
+                continue;
+            }
             let kind = kinds::of(Some(worker));
             let policy = policies.of(worker).map_or(
                 Duration::from_secs(3600),

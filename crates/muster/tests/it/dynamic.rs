@@ -201,6 +201,13 @@ fn a_process_pool_scales_up_for_a_burst_one_fresh_worker_per_task_and_back_to_ze
     assert!(utilization > 0.25, "{usage}");
     for agent in usage["Agents"].as_array().unwrap() {
         assert!(agent["ExistedSeconds"].as_f64().unwrap() < 60.0, "{agent}");
+        // Destroyed, it is still named (from the provisioning log).
+        assert!(
+            agent["Name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("local-")),
+            "{agent}"
+        );
     }
     let shown = crate::support::cli(&server, &["pool", "show", "Burst"]);
     let text = String::from_utf8_lossy(&shown.stdout);

@@ -137,6 +137,8 @@ async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) ->
         .filter_map(|a| a.strip_prefix("(deleted ")?.strip_suffix(')'))
         .collect();
     let mut lives: HashMap<String, (Option<Timestamp>, Option<Timestamp>)> = HashMap::new();
+    // Its name, from the provisioning log's "Dynamic worker 'NAME' …".
+    let mut names: HashMap<String, String> = HashMap::new();
     if !deleted.is_empty() {
         for space in &space_ids {
             for event in app.store.list::<Event>(space).await? {
@@ -147,7 +149,16 @@ async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) ->
                 else {
                     continue;
                 };
-                let life = lives.entry(format!("(deleted {worker})")).or_default();
+                let key = format!("(deleted {worker})");
+                if let Some(name) = event
+                    .message
+                    .strip_prefix("Dynamic worker '")
+                    .and_then(|rest| rest.split_once('\''))
+                    .map(|(name, _)| name.to_string())
+                {
+                    names.insert(key.clone(), name);
+                }
+                let life = lives.entry(key).or_default();
                 match event.category.as_str() {
                     crate::audit::CREATED => life.0 = Some(event.occurred),
                     crate::audit::DELETED => life.1 = Some(event.occurred),
@@ -187,7 +198,7 @@ async fn usage(app: &App, spaces: Vec<Space>, from: Timestamp, to: Timestamp) ->
         let worker = home.get(agent);
         agent_rows.push(json!({
             "Thumbprint": agent,
-            "Name": worker.map(|w| w.name.clone()),
+            "Name": worker.map(|w| w.name.clone()).or_else(|| names.get(agent).cloned()),
             "HomeSpaceId": worker.map(|w| w.home_space_id.clone().unwrap_or_else(|| w.space_id.clone())),
             "SpaceIds": served,
             "Tasks": all.len(),

@@ -8,9 +8,9 @@
 //!   holding its worker for 5 s: from before the first POST to the last of the 10 first lines, so
 //!   all 10 workers were made and ran at once. `--repeats` times.
 
-use crate::{KEY, Quantiles, Server, seconds_now};
+use crate::{Quantiles, Server, create_script_task, seconds_now};
 use anyhow::{Context, anyhow, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -114,22 +114,10 @@ pub fn run(bin: &Path, runs: usize, repeats: usize) -> anyhow::Result<()> {
 
 /// Creates a script task on the pool: its id, and when its 201 came.
 fn queue(server: &Server, pool: &str, script: &str) -> anyhow::Result<(String, f64)> {
-    let body = json!({"Name": "AdHocScript", "Arguments": {"ScriptBody": script, "TargetType": "WorkerPools", "WorkerPoolIds": [pool]}});
-    let reply = server
-        .http
-        .post(format!("{}/api/Spaces-1/tasks", server.url))
-        .header("X-Octopus-ApiKey", KEY)
-        .json(&body)
-        .send()?;
-    let answered = seconds_now();
-    if reply.status().as_u16() != 201 {
-        bail!("the task was not created: {}", reply.text()?);
-    }
-    let task: Value = reply.json()?;
-    Ok((
-        task["Id"].as_str().unwrap_or_default().to_string(),
-        answered,
-    ))
+    create_script_task(
+        server,
+        &json!({"ScriptBody": script, "TargetType": "WorkerPools", "WorkerPoolIds": [pool]}),
+    )
 }
 
 fn read_stamp(file: &Path) -> anyhow::Result<f64> {

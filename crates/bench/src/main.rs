@@ -570,6 +570,21 @@ fn dispatch_once(
     let file = stamps.join(format!("stamp-{run}"));
     let mut arguments = target.clone();
     arguments["ScriptBody"] = json!(format!("echo $EPOCHREALTIME > '{}'", file.display()));
+    let (id, answered) = create_script_task(server, &arguments)?;
+    let state = server.wait_done(&id)?;
+    if state != "Success" {
+        bail!("task {id} ended {state}");
+    }
+    let stamp: f64 = std::fs::read_to_string(&file)
+        .with_context(|| format!("task {id} wrote no timestamp"))?
+        .trim()
+        .replace(',', ".")
+        .parse()?;
+    Ok((stamp - answered) * 1000.0)
+}
+
+/// Creates an AdHocScript task with these arguments: its id, and when its 201 came.
+fn create_script_task(server: &Server, arguments: &Value) -> anyhow::Result<(String, f64)> {
     let body = json!({"Name": "AdHocScript", "Arguments": arguments});
     let reply = server
         .http
@@ -582,17 +597,10 @@ fn dispatch_once(
         bail!("the task was not created: {}", reply.text()?);
     }
     let task: Value = reply.json()?;
-    let id = task["Id"].as_str().unwrap_or_default().to_string();
-    let state = server.wait_done(&id)?;
-    if state != "Success" {
-        bail!("task {id} ended {state}");
-    }
-    let stamp: f64 = std::fs::read_to_string(&file)
-        .with_context(|| format!("task {id} wrote no timestamp"))?
-        .trim()
-        .replace(',', ".")
-        .parse()?;
-    Ok((stamp - answered) * 1000.0)
+    Ok((
+        task["Id"].as_str().unwrap_or_default().to_string(),
+        answered,
+    ))
 }
 
 /// Bash spawned directly, as the built-in worker spawns it: to its first line writing

@@ -880,6 +880,16 @@ async fn provide_one(
     }
 }
 
+/// What the log names as a worker's pool once the pool is gone.
+fn deleted_pool(worker: &Worker) -> WorkerPool {
+    WorkerPool {
+        id: worker.worker_pool_ids.first().cloned().unwrap_or_default(),
+        space_id: worker.space_id.clone(),
+        name: "(deleted)".into(),
+        ..Default::default()
+    }
+}
+
 /// The event category of a failed provisioning or destroy.
 const FAILED: &str = events::DYNAMIC_WORKER_FAILED;
 
@@ -935,12 +945,7 @@ async fn destroy(app: &App, worker: &Worker, why: &str) -> anyhow::Result<()> {
         Some(id) => app.store.get::<WorkerPool>(id).await?,
         None => None,
     }
-    .unwrap_or_else(|| WorkerPool {
-        id: worker.worker_pool_ids.first().cloned().unwrap_or_default(),
-        space_id: worker.space_id.clone(),
-        name: "(deleted)".into(),
-        ..Default::default()
-    });
+    .unwrap_or_else(|| deleted_pool(worker));
     let provider = app
         .config
         .worker_types
@@ -1075,12 +1080,7 @@ async fn reconcile(
                 .first()
                 .and_then(|id| pools.iter().find(|p| &p.id == id))
                 .cloned()
-                .unwrap_or_else(|| WorkerPool {
-                    id: w.worker_pool_ids.first().cloned().unwrap_or_default(),
-                    space_id: w.space_id.clone(),
-                    name: "(deleted)".into(),
-                    ..Default::default()
-                })
+                .unwrap_or_else(|| deleted_pool(w))
         };
         // The round waits for the list: a hung command holds scaling for at most LIST_TIMEOUT.
         let listed = match providers::list(

@@ -22,6 +22,8 @@ command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 # Several nodes behind one comms address: nginx's stream module balances the agents' connections.
 [ -x /usr/sbin/nginx ] || missing+=(nginx-core)
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+# The Kubernetes stand-in's wire format is checked with the real kubectl.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "The tests need: ${missing[*]}. Install them, or run this script as root." >&2

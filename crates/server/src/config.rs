@@ -5,8 +5,10 @@
 //! pool that waits for ever.
 
 use anyhow::{Context, anyhow, bail};
+use muster_kube::k8s_openapi::api::core::v1::ResourceRequirements;
 use muster_scheduler::scaler::WorkerTypeLimits;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,10 +26,6 @@ pub struct WorkerType {
 
 /// What makes and destroys a type's workers, with its settings.
 #[derive(Debug, Clone)]
-#[expect(
-    dead_code,
-    reason = "the kubernetes provider's settings are read when it is built"
-)]
 pub enum Provider {
     /// `muster-agent` processes on the server's machine, each with a home of its own.
     Process { agent_path: PathBuf },
@@ -39,10 +37,11 @@ pub enum Provider {
     },
     /// A pod per worker, running `muster-agent` in polling mode.
     Kubernetes {
+        cluster: muster_kube::Cluster,
         image: String,
         namespace: String,
-        resources: Option<serde_json::Value>,
-        node_selector: Option<serde_json::Value>,
+        resources: Option<ResourceRequirements>,
+        node_selector: Option<BTreeMap<String, String>>,
     },
 }
 
@@ -119,8 +118,11 @@ struct CommandSettings {
 struct KubernetesSettings {
     image: Option<String>,
     namespace: Option<String>,
+    /// Kubernetes' own shape: `{requests: {cpu: 500m, memory: 512Mi}, limits: {…}}`.
     resources: Option<serde_json::Value>,
-    node_selector: Option<serde_json::Value>,
+    node_selector: Option<BTreeMap<String, String>>,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
 }
 
 /// Reads and checks the configuration file: its worker types (none without a file).
@@ -228,10 +230,29 @@ fn check(id: &str, entry: Entry) -> Result<WorkerType, String> {
                 .image
                 .filter(|i| !i.trim().is_empty())
                 .ok_or("Settings.Image is missing: the container image that runs muster-agent")?;
+            let namespace = s.namespace.unwrap_or_else(|| "default".into());
+            if !dns_label(&namespace) {
+                return Err(format!(
+                    "Settings.Namespace must be a Kubernetes namespace name (lower-case letters, digits and '-', at most 63), got '{namespace}'"
+                ));
+            }
+            let resources = s.resources.map(resources).transpose()?;
+            if let Some(path) = &s.kubeconfig
+                && !path.is_file()
+            {
+                return Err(format!(
+                    "Settings.Kubeconfig {} is not a file",
+                    path.display()
+                ));
+            }
             Provider::Kubernetes {
+                cluster: muster_kube::Cluster {
+                    kubeconfig: s.kubeconfig,
+                    context: s.context,
+                },
                 image,
-                namespace: s.namespace.unwrap_or_else(|| "default".into()),
-                resources: s.resources,
+                namespace,
+                resources,
                 node_selector: s.node_selector,
             }
         }
@@ -296,6 +317,47 @@ fn duration(name: &str, span: Span) -> Result<Duration, String> {
     }
 }
 
+/// A container's resources in Kubernetes' own shape (`{requests: {cpu: 500m, memory: 512Mi},
+/// limits: {…}}`), checked against its type: a key it does not know is refused, not dropped.
+fn resources(mut given: serde_json::Value) -> Result<ResourceRequirements, String> {
+    // Kubernetes takes `cpu: 1` as well as `cpu: "1"`.
+    if let Some(map) = given.as_object_mut() {
+        for quantities in map.values_mut().filter_map(|v| v.as_object_mut()) {
+            for q in quantities.values_mut() {
+                if q.is_number() {
+                    *q = serde_json::Value::String(q.to_string());
+                }
+            }
+        }
+    }
+    let bad = |e: String| {
+        format!(
+            "Settings.Resources must be Kubernetes' shape, {{requests: {{cpu: 500m, memory: 512Mi}}, limits: {{…}}}}: {e}"
+        )
+    };
+    let parsed: ResourceRequirements =
+        serde_json::from_value(given.clone()).map_err(|e| bad(e.to_string()))?;
+    let read = serde_json::to_value(&parsed).map_err(|e| bad(e.to_string()))?;
+    if let Some(unknown) = given
+        .as_object()
+        .and_then(|m| m.keys().find(|k| read.get(k.as_str()).is_none()))
+    {
+        return Err(bad(format!("unknown field `{unknown}`")));
+    }
+    Ok(parsed)
+}
+
+/// A name Kubernetes accepts for a namespace (an RFC 1123 label).
+fn dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// A provider's command, whose program must exist (a path, or a name on PATH).
 fn command(name: &str, given: Option<String>) -> Result<String, String> {
     let command = given
@@ -355,6 +417,28 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_settings_are_read_in_kubernetes_shape() {
+        let types = parse(
+            "WorkerTypes:\n  - Id: k8s\n    Provider: kubernetes\n    MaxWorkers: 2\n    Settings:\n      Image: muster-agent:1\n      Namespace: workers\n      Resources: {requests: {cpu: 1, memory: 256Mi}, limits: {memory: 1Gi}}\n      NodeSelector: {kubernetes.io/os: linux}\n",
+        )
+        .unwrap();
+        let Provider::Kubernetes {
+            namespace,
+            resources,
+            node_selector,
+            ..
+        } = &types[0].provider
+        else {
+            panic!("kubernetes");
+        };
+        assert_eq!(namespace, "workers");
+        let resources = resources.as_ref().unwrap();
+        assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "1");
+        assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "1Gi");
+        assert_eq!(node_selector.as_ref().unwrap()["kubernetes.io/os"], "linux");
+    }
+
+    #[test]
     fn defaults_are_the_issues() {
         let types = parse(
             "WorkerTypes:\n  - Id: k\n    Provider: kubernetes\n    MaxWorkers: 2\n    Settings: {Image: muster-agent:1}\n",
@@ -407,6 +491,18 @@ mod tests {
             (
                 "    Provider: kubernetes\n    MaxWorkers: 1\n    Settings: {Image: x, Colour: red}\n",
                 "unknown field `Colour`",
+            ),
+            (
+                "    Provider: kubernetes\n    MaxWorkers: 1\n    Settings: {Image: x, Resources: {Requests: {cpu: 1}}}\n",
+                "Settings.Resources must be Kubernetes' shape",
+            ),
+            (
+                "    Provider: kubernetes\n    MaxWorkers: 1\n    Settings: {Image: x, Namespace: Team_A}\n",
+                "Settings.Namespace must be a Kubernetes namespace name",
+            ),
+            (
+                "    Provider: kubernetes\n    MaxWorkers: 1\n    Settings: {Image: x, Kubeconfig: /no/such/kubeconfig}\n",
+                "Settings.Kubeconfig /no/such/kubeconfig is not a file",
             ),
             (
                 "    Provider: kubernetes\n    MaxWorkers: 1\n    MaxUseCount: 0\n    Settings: {Image: x}\n",

@@ -66,6 +66,10 @@ fn crate_dependencies_follow_the_architecture() {
         "proto knows only core"
     );
     assert!(ours("muster-cli").is_empty(), "the CLI speaks REST only");
+    assert!(
+        ours("muster-kube").is_empty(),
+        "the Kubernetes seam knows no other Muster crate"
+    );
     assert_eq!(
         ours("muster-bench"),
         vec!["muster-proto"],
@@ -82,8 +86,18 @@ fn crate_dependencies_follow_the_architecture() {
             assert_eq!(name, "muster-store", "only the store knows SQL");
         }
         if deps.contains(&"axum".to_string()) {
-            assert_eq!(name, "muster-server", "only the server knows REST routes");
+            assert!(
+                name == "muster-server" || name == "muster-kube-standin",
+                "only the server knows REST routes (and the tests' stand-in, Kubernetes' own): {name}"
+            );
         }
+        if deps.contains(&"kube".to_string()) {
+            assert_eq!(name, "muster-kube", "only muster-kube speaks to Kubernetes");
+        }
+        assert!(
+            !deps.contains(&"muster-kube-standin".to_string()),
+            "{name} links the tests' stand-in API server, which ships in nothing"
+        );
         if name == "muster-agent" {
             assert!(
                 !deps

@@ -15,6 +15,7 @@ mod dynamic;
 mod events;
 mod failover;
 mod inputs;
+mod kubernetes;
 mod logs;
 mod nodes;
 mod openapi;

@@ -54,7 +54,26 @@ pub fn dynamic_config() -> String {
 pub fn agent() -> Command {
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
-        let status = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // What Cargo set for this test process is not the outer build's environment: a build
+        // script that watches CARGO_MANIFEST_DIR (ring's) would run again here, and again in the
+        // next outer build.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&name.as_ref())
+            {
+                cargo.env_remove(name.as_ref());
+            }
+        }
+        let status = cargo
             // The same packages and targets as this test build, so Cargo picks the same features
             // for shared dependencies and finds the agent fresh instead of building it again.
             .args([

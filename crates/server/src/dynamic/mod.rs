@@ -647,6 +647,16 @@ fn random_id(n: usize) -> String {
         .collect()
 }
 
+/// Where `worker_type`'s provider works for this server.
+fn site(app: &App, worker_type: &WorkerType) -> providers::Site {
+    providers::Site {
+        root: app.config.dynamic_dir.clone(),
+        worker_type: worker_type.id.clone(),
+        // Octopus's form (40 characters), which fits a label value.
+        server: muster_proto::thumbprint_sha1(&app.certificate.cert_der),
+    }
+}
+
 /// The environment an instance is given: its identity and where the server is.
 type Env = Vec<(&'static str, String)>;
 
@@ -779,7 +789,7 @@ async fn provide(
                 crate::config::Provider::Command { .. } => {
                     let undone = providers::destroy(
                         &worker_type.provider,
-                        &app.config.dynamic_dir,
+                        &site(&app, &worker_type),
                         &worker.name,
                         worker_type.limits.provision_timeout,
                     )
@@ -822,10 +832,10 @@ async fn provide_one(
     env: &Env,
 ) -> Result<(), (String, String)> {
     let name = &worker.name;
-    let root = &app.config.dynamic_dir;
+    let site = site(app, worker_type);
     let made = providers::provision(
         &worker_type.provider,
-        root,
+        &site,
         name,
         env,
         worker_type.limits.provision_timeout,
@@ -867,7 +877,7 @@ async fn provide_one(
                 // Deleted meanwhile (its pool went): the instance must not outlive it.
                 let _ = providers::destroy(
                     &worker_type.provider,
-                    root,
+                    &site,
                     &instance_id,
                     worker_type.limits.provision_timeout,
                 )
@@ -994,7 +1004,7 @@ async fn destroy(app: &App, worker: &Worker, why: &str) -> anyhow::Result<()> {
         for attempt in 1..=DESTROY_ATTEMPTS {
             let outcome = providers::destroy(
                 &worker_type.provider,
-                &app.config.dynamic_dir,
+                &site(app, worker_type),
                 instance_id,
                 worker_type.limits.provision_timeout,
             )
@@ -1059,7 +1069,6 @@ async fn reconcile(
     types: &[WorkerType],
 ) -> anyhow::Result<()> {
     let (pools, workers) = read(app).await?;
-    let root = app.config.dynamic_dir.clone();
     for worker_type in types {
         // A process instance lives on its node's machine: each node lists and reconciles its own.
         let process = matches!(
@@ -1085,7 +1094,7 @@ async fn reconcile(
         // The round waits for the list: a hung command holds scaling for at most LIST_TIMEOUT.
         let listed = match providers::list(
             &worker_type.provider,
-            &root,
+            &site(app, worker_type),
             worker_type.limits.provision_timeout.min(LIST_TIMEOUT),
         )
         .await
@@ -1190,11 +1199,11 @@ async fn reconcile(
                 continue;
             }
             // Off the round: an orphan's destroy may take as long as a provisioning.
-            let (app, worker_type, root) = (app.clone(), worker_type.clone(), root.clone());
+            let (app, worker_type) = (app.clone(), worker_type.clone());
             tokio::spawn(async move {
                 let outcome = providers::destroy(
                     &worker_type.provider,
-                    &root,
+                    &site(&app, &worker_type),
                     &id,
                     worker_type.limits.provision_timeout,
                 )

@@ -6,9 +6,11 @@
 //! - `process`: `muster-agent run` processes on this node's machine, each with its own home under
 //!   `<data-dir>/dynamic/<worker name>`, found again by a mark in their environment.
 //! - `command`: the user's own commands (`/bin/sh -c`), which may run Terraform or a cloud CLI.
-//! - `kubernetes`: not built yet; it says so, and the waiting task says why.
+//! - `kubernetes`: a pod per worker running `muster-agent run`, its identity in a Secret the pod
+//!   owns (`muster_kube`); the instance id is the pod's name.
 
 use crate::config::Provider;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -41,18 +43,42 @@ pub fn process_root(data_dir: &Path) -> PathBuf {
     data_dir.join("dynamic")
 }
 
+/// Where a provider works, and whose instances are its own: this node's directory for `process`
+/// homes, the worker type and the server (its certificate's SHA-1 thumbprint), which label `kubernetes`
+/// pods so that another type or another server sharing the namespace never lists them.
+pub struct Site {
+    pub root: PathBuf,
+    pub worker_type: String,
+    pub server: String,
+}
+
+impl Site {
+    fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (
+                muster_kube::WORKER_TYPE_LABEL.to_string(),
+                muster_kube::label_value(&self.worker_type),
+            ),
+            (
+                muster_kube::SERVER_LABEL.to_string(),
+                muster_kube::label_value(&self.server),
+            ),
+        ])
+    }
+}
+
 /// Makes an instance for the worker `name`, giving it `env`; its id.
 pub async fn provision(
     provider: &Provider,
-    root: &Path,
+    site: &Site,
     name: &str,
     env: &[(&str, String)],
     timeout: Duration,
 ) -> Outcome<String> {
     match provider {
-        Provider::Process { agent_path } => {
-            Outcome::plain(start_process(agent_path, root, name, env).map(|()| name.to_string()))
-        }
+        Provider::Process { agent_path } => Outcome::plain(
+            start_process(agent_path, &site.root, name, env).map(|()| name.to_string()),
+        ),
         Provider::Command { create, .. } => {
             let ran = run_command("create", create, env, timeout).await;
             let result = ran.result.and_then(|stdout| instance_id(&stdout));
@@ -61,22 +87,40 @@ pub async fn provision(
                 output: ran.output,
             }
         }
-        Provider::Kubernetes { .. } => Outcome::plain(Err(KUBERNETES_NOT_BUILT.to_string())),
+        Provider::Kubernetes {
+            cluster,
+            image,
+            namespace,
+            resources,
+            node_selector,
+        } => {
+            let pod = muster_kube::WorkerPod {
+                name,
+                namespace,
+                image,
+                resources: resources.as_ref(),
+                node_selector: node_selector.as_ref(),
+                labels: site.labels(),
+                env,
+            };
+            let made = async {
+                let client = cluster.client().await?;
+                muster_kube::create_worker(&client, &pod, timeout).await
+            };
+            Outcome::plain(made.await.map(|()| name.to_string()))
+        }
     }
 }
-
-const KUBERNETES_NOT_BUILT: &str =
-    "the kubernetes provider is not available in this version of Muster yet";
 
 /// Destroys an instance; destroying one that is gone already succeeds.
 pub async fn destroy(
     provider: &Provider,
-    root: &Path,
+    site: &Site,
     instance_id: &str,
     timeout: Duration,
 ) -> Outcome<()> {
     match provider {
-        Provider::Process { .. } => Outcome::plain(stop_process(root, instance_id).await),
+        Provider::Process { .. } => Outcome::plain(stop_process(&site.root, instance_id).await),
         Provider::Command { destroy, .. } => {
             let env = [(muster_proto::instance::INSTANCE_ID, instance_id.to_string())];
             let ran = run_command("destroy", destroy, &env, timeout).await;
@@ -85,7 +129,15 @@ pub async fn destroy(
                 output: ran.output,
             }
         }
-        Provider::Kubernetes { .. } => Outcome::plain(Err(KUBERNETES_NOT_BUILT.to_string())),
+        Provider::Kubernetes {
+            cluster, namespace, ..
+        } => {
+            let deleted = async {
+                let client = cluster.client().await?;
+                muster_kube::delete_worker(&client, namespace, instance_id, timeout).await
+            };
+            Outcome::plain(deleted.await)
+        }
     }
 }
 
@@ -93,11 +145,11 @@ pub async fn destroy(
 /// provider without a `list` command).
 pub async fn list(
     provider: &Provider,
-    root: &Path,
+    site: &Site,
     timeout: Duration,
 ) -> Option<Outcome<Vec<String>>> {
     match provider {
-        Provider::Process { .. } => Some(Outcome::plain(Ok(running_processes(root)))),
+        Provider::Process { .. } => Some(Outcome::plain(Ok(running_processes(&site.root)))),
         Provider::Command { list: None, .. } => None,
         Provider::Command {
             list: Some(list), ..
@@ -108,7 +160,15 @@ pub async fn list(
                 output: ran.output,
             })
         }
-        Provider::Kubernetes { .. } => None,
+        Provider::Kubernetes {
+            cluster, namespace, ..
+        } => {
+            let listed = async {
+                let client = cluster.client().await?;
+                muster_kube::list_workers(&client, namespace, &site.labels(), timeout).await
+            };
+            Some(Outcome::plain(listed.await))
+        }
     }
 }
 

@@ -71,6 +71,25 @@ enum Command {
     ShowConfiguration,
     /// Registers this machine as a worker of a Muster server.
     RegisterWorker(RegisterArgs),
+    /// Registers this agent, running in a Kubernetes pod, as a Kubernetes worker (Octopus's
+    /// `KubernetesTentacle`, polling): what the Helm chart runs. Install it in a cluster with
+    /// helm (the chart is packaging/helm/muster-agent in Muster's sources):
+    ///
+    ///   helm install muster-agent packaging/helm/muster-agent --namespace muster-workers
+    ///   --create-namespace --set server.url=https://muster.example:8080
+    ///   --set server.commsAddress=muster.example:10943 --set server.thumbprint=THUMBPRINT
+    ///   --set registration.existingSecret=muster-registration --set space=Default
+    ///   --set workerPools={Kubernetes}
+    RegisterK8sWorker {
+        #[command(flatten)]
+        args: RegisterArgs,
+        /// The namespace the agent runs in (the chart passes it), shown on the worker.
+        #[arg(long, env = "MUSTER_KUBERNETES_NAMESPACE")]
+        kubernetes_namespace: Option<String>,
+        /// The Helm release that installed the agent (the chart passes it), shown on the worker.
+        #[arg(long, env = "MUSTER_HELM_RELEASE_NAME")]
+        helm_release_name: Option<String>,
+    },
     /// Removes the workers that carry this agent's thumbprint.
     DeregisterWorker {
         /// The server's REST address (default: the one this agent registered with).
@@ -130,7 +149,7 @@ enum Command {
 #[derive(clap::Args)]
 struct RegisterArgs {
     /// The server's REST address, such as http://muster.example:8080.
-    #[arg(long)]
+    #[arg(long, env = "MUSTER_SERVER_URL")]
     server: String,
     #[arg(
         long,
@@ -141,7 +160,7 @@ struct RegisterArgs {
     )]
     api_key: String,
     /// The worker's name (default: the host name).
-    #[arg(long)]
+    #[arg(long, env = "MUSTER_WORKER_NAME")]
     name: Option<String>,
     /// The server certificate's SHA-256 thumbprint, as the server prints it (`muster server`'s
     /// banner, or `GET /api/configuration/certificates/certificate-global` read where you trust
@@ -150,14 +169,17 @@ struct RegisterArgs {
     #[arg(long, alias = "serverThumbprint", env = "MUSTER_SERVER_THUMBPRINT")]
     server_thumbprint: Option<String>,
     /// The space, by name (default: the user's default space).
-    #[arg(long)]
+    #[arg(long, env = "MUSTER_SPACE")]
     space: Option<String>,
-    /// A worker pool, by name, slug or id (repeatable).
+    /// A worker pool, by name, slug or id (repeatable; the environment variable takes a
+    /// comma-separated list).
     #[arg(
         long = "worker-pool",
         alias = "workerpool",
         alias = "workerPool",
-        required = true
+        required = true,
+        env = "MUSTER_WORKER_POOLS",
+        value_delimiter = ','
     )]
     pools: Vec<String>,
     /// The machine policy, by name (default: the space's default policy).
@@ -181,7 +203,9 @@ struct RegisterArgs {
     #[arg(
         long = "server-comms-address",
         alias = "serverCommsAddress",
-        value_name = "HOST:PORT"
+        value_name = "HOST:PORT",
+        env = "MUSTER_SERVER_COMMS_ADDRESSES",
+        value_delimiter = ','
     )]
     server_comms_addresses: Vec<CommsAddress>,
     /// The name the server dials a listening agent at (default: the host name).
@@ -196,6 +220,29 @@ struct RegisterArgs {
     /// Accepted for Tentacle scripts; ignored.
     #[arg(long, hide = true)]
     instance: Option<String>,
+}
+
+/// The registration the command line asks for.
+fn registration(
+    args: RegisterArgs,
+    kubernetes: Option<register::Kubernetes>,
+) -> register::Registration {
+    register::Registration {
+        name: args.name.unwrap_or_else(hostname),
+        public_hostname: args.public_hostname.unwrap_or_else(hostname),
+        server: args.server,
+        api_key: args.api_key,
+        server_thumbprint: args.server_thumbprint,
+        space: args.space,
+        pools: args.pools,
+        policy: args.policy,
+        comms_style: args.comms_style,
+        server_comms_port: args.server_comms_port,
+        server_comms_addresses: args.server_comms_addresses,
+        listen_port: args.listen_port,
+        force: args.force,
+        kubernetes,
+    }
 }
 
 fn hostname() -> String {
@@ -311,28 +358,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&shown)?);
         }
         Command::RegisterWorker(args) => {
-            let registration = register::Registration {
-                name: args.name.unwrap_or_else(hostname),
-                public_hostname: args.public_hostname.unwrap_or_else(hostname),
-                server: args.server,
-                api_key: args.api_key,
-                server_thumbprint: args.server_thumbprint,
-                space: args.space,
-                pools: args.pools,
-                policy: args.policy,
-                comms_style: args.comms_style,
-                server_comms_port: args.server_comms_port,
-                server_comms_addresses: args.server_comms_addresses,
-                listen_port: args.listen_port,
-                force: args.force,
-            };
-            let worker = register::register(&home, registration).await?;
+            let worker = register::register(&home, registration(args, None)).await?;
             println!(
                 "Registered worker {} ({}) in {} as {}",
                 worker["Name"].as_str().unwrap_or_default(),
                 worker["Id"].as_str().unwrap_or_default(),
                 worker["SpaceId"].as_str().unwrap_or_default(),
                 worker["Endpoint"]["Uri"].as_str().unwrap_or_default()
+            );
+        }
+        Command::RegisterK8sWorker {
+            mut args,
+            kubernetes_namespace,
+            helm_release_name,
+        } => {
+            // A Kubernetes worker polls: nothing in the cluster is dialled from outside.
+            args.comms_style = "TentacleActive".into();
+            let kubernetes = register::Kubernetes {
+                namespace: kubernetes_namespace,
+                helm_release_name,
+            };
+            let worker = register::register(&home, registration(args, Some(kubernetes))).await?;
+            println!(
+                "Registered Kubernetes worker {} ({}) in {} as {}",
+                worker["Name"].as_str().unwrap_or_default(),
+                worker["Id"].as_str().unwrap_or_default(),
+                worker["SpaceId"].as_str().unwrap_or_default(),
+                worker["Endpoint"]["TentacleEndpointConfiguration"]["Uri"]
+                    .as_str()
+                    .unwrap_or_default()
             );
         }
         Command::DeregisterWorker {

@@ -26,6 +26,14 @@ pub struct Registration {
     pub public_hostname: String,
     pub listen_port: Option<u16>,
     pub force: bool,
+    /// Registered as a Kubernetes worker (`KubernetesTentacle`, polling) when given.
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// What a Kubernetes worker tells of where it runs.
+pub struct Kubernetes {
+    pub namespace: Option<String>,
+    pub helm_release_name: Option<String>,
 }
 
 fn matches_name(resource: &Value, field: &str, wanted: &str) -> bool {
@@ -210,7 +218,27 @@ pub async fn register(home: &Home, r: Registration) -> anyhow::Result<Value> {
             config.server_comms_addresses = addresses;
             // A polling agent dials out; it listens only when asked to.
             config.listen_port = r.listen_port;
-            json!({"CommunicationStyle": "TentacleActive", "Uri": subscription, "Thumbprint": thumbprint})
+            match &r.kubernetes {
+                // Octopus's shape, so that its clients read such a worker.
+                Some(k) => json!({
+                    "CommunicationStyle": "KubernetesTentacle",
+                    "TentacleEndpointConfiguration": {
+                        "CommunicationMode": "Polling",
+                        "Uri": subscription,
+                        "Thumbprint": thumbprint,
+                    },
+                    "DefaultNamespace": k.namespace,
+                    "KubernetesAgentDetails": {
+                        "AgentVersion": env!("CARGO_PKG_VERSION"),
+                        "TentacleVersion": env!("CARGO_PKG_VERSION"),
+                        "HelmReleaseName": k.helm_release_name,
+                        "KubernetesNamespace": k.namespace,
+                    },
+                }),
+                None => {
+                    json!({"CommunicationStyle": "TentacleActive", "Uri": subscription, "Thumbprint": thumbprint})
+                }
+            }
         }
         "tentaclepassive" | "listening" => {
             let port = r

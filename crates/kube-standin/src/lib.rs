@@ -94,6 +94,12 @@ impl StandIn {
                 .collect(),
             dir: dir.path().to_path_buf(),
         });
+        // The given binaries, under the names a container's PATH finds them by.
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("a bin directory");
+        for (name, path) in binaries {
+            std::os::unix::fs::symlink(path, bin.join(name)).expect("a link to a binary");
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = shared.clone();
         let thread = std::thread::spawn(move || {
@@ -617,26 +623,46 @@ struct CreateQuery {
     field_validation: Option<String>,
 }
 
-/// The object as Kubernetes' type reads it (what it does not know dropped), or why it cannot be
-/// read; with `Strict` field validation, a field it does not know is an error too.
-fn typed(kind: &str, given: &Value, strict: bool) -> Result<Value, String> {
+/// The object as Kubernetes' type for its kind reads it (what it does not know dropped).
+fn reading(api_version: &str, kind: &str, given: &Value) -> Result<Value, String> {
     fn read<T: serde::de::DeserializeOwned + serde::Serialize>(
         given: &Value,
     ) -> Result<Value, String> {
         let typed: T = serde_json::from_value(given.clone()).map_err(|e| e.to_string())?;
         serde_json::to_value(typed).map_err(|e| e.to_string())
     }
-    let read = match kind {
-        "Pod" => read::<k8s_openapi::api::core::v1::Pod>(given),
-        _ => read::<k8s_openapi::api::core::v1::Secret>(given),
+    match (api_version, kind) {
+        ("v1", "Pod") => read::<k8s_openapi::api::core::v1::Pod>(given),
+        ("v1", "Secret") => read::<k8s_openapi::api::core::v1::Secret>(given),
+        ("apps/v1", "StatefulSet") => read::<k8s_openapi::api::apps::v1::StatefulSet>(given),
+        (version, kind) => Err(format!("{version} {kind} is not a kind the stand-in knows")),
     }
-    .map_err(|e| format!("{kind} in version \"v1\" cannot be handled as a {kind}: {e}"))?;
+}
+
+/// The object as the API server stores it, or why it cannot be read; with `Strict` field
+/// validation, a field its type does not know is an error too.
+fn typed(kind: &str, given: &Value, strict: bool) -> Result<Value, String> {
+    let cannot = |e: String| format!("{kind} in version \"v1\" cannot be handled as a {kind}: {e}");
+    let read = reading("v1", kind, given).map_err(cannot)?;
     if strict && let Some(field) = unknown_field(given, &read, "") {
-        return Err(format!(
-            "{kind} in version \"v1\" cannot be handled as a {kind}: strict decoding error: unknown field \"{field}\""
-        ));
+        return Err(cannot(format!(
+            "strict decoding error: unknown field \"{field}\""
+        )));
     }
     Ok(read)
+}
+
+/// Checks a manifest's object against Kubernetes' type for its kind (Pod, Secret, StatefulSet),
+/// strictly: a field the type does not know is an error, as `kubectl apply --validate=strict`
+/// would have it.
+pub fn check_manifest(object: &Value) -> Result<(), String> {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let version = object["apiVersion"].as_str().unwrap_or_default();
+    let read = reading(version, kind, object).map_err(|e| format!("{kind}: {e}"))?;
+    match unknown_field(object, &read, "") {
+        Some(field) => Err(format!("{kind}: unknown field \"{field}\"")),
+        None => Ok(()),
+    }
 }
 
 /// The first field of `given` that `read` (its typed reading) lost.
@@ -942,6 +968,16 @@ fn remove(shared: &Shared, resource: &str, namespace: &str, name: &str) {
     publish(shared);
 }
 
+/// The PATH of a container: the binaries the stand-in was given (as an image's), then the host's.
+fn container_path(shared: &Shared) -> std::ffi::OsString {
+    let bin = shared.dir.join("bin");
+    let mut paths = vec![bin];
+    if let Some(host) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&host));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
 fn log_path(shared: &Shared, namespace: &str, name: &str) -> PathBuf {
     shared.dir.join(namespace).join(name).join("log")
 }
@@ -1092,6 +1128,30 @@ fn waiting(reason: &str, message: &str, container: &Value) -> Value {
     })
 }
 
+/// Kubernetes' `$(NAME)` references to the variables defined before; `$$` is a `$`.
+fn expand(value: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some((name, tail)) = after.strip_prefix('(').and_then(|a| a.split_once(')'))
+            && let Some((_, v)) = env.iter().rev().find(|(k, _)| k == name)
+        {
+            out.push_str(v);
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Resolves the first container's program, environment and volumes; Err is (reason, message).
 fn prepare(
     shared: &Shared,
@@ -1161,7 +1221,7 @@ fn prepare(
     for var in container["env"].as_array().into_iter().flatten() {
         let key = var["name"].as_str().unwrap_or_default().to_string();
         let value = if let Some(value) = var["value"].as_str() {
-            value.to_string()
+            expand(value, &env)
         } else if let Some(reference) = var["valueFrom"]["secretKeyRef"].as_object() {
             let secret_name = reference["name"].as_str().unwrap_or_default();
             let wanted = reference["key"].as_str().unwrap_or_default();
@@ -1298,7 +1358,7 @@ async fn kubelet(shared: Arc<Shared>, namespace: String, name: String, stop: Arc
     command
         .args(&prepared.args)
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PATH", container_path(&shared))
         .env("HOME", &home)
         .env("HOSTNAME", &name)
         .envs(prepared.env.iter().map(|(k, v)| (k, v)))

@@ -14,6 +14,7 @@ mod db_copy;
 mod dynamic;
 mod events;
 mod failover;
+mod helm;
 mod inputs;
 mod kubernetes;
 mod logs;

@@ -156,9 +156,15 @@ struct RegisterArgs {
         alias = "apiKey",
         alias = "apikey",
         env = "MUSTER_API_KEY",
-        hide_env_values = true
+        hide_env_values = true,
+        required_unless_present = "registration_token",
+        conflicts_with = "registration_token"
     )]
-    api_key: String,
+    api_key: Option<String>,
+    /// A registration token (MRT-…, `POST /api/{space}/registrationtokens`) instead of an API key:
+    /// the worker joins the token's space and pools, and --space and --worker-pool are not read.
+    #[arg(long, env = "MUSTER_REGISTRATION_TOKEN", hide_env_values = true)]
+    registration_token: Option<String>,
     /// The worker's name (default: the host name).
     #[arg(long, env = "MUSTER_WORKER_NAME")]
     name: Option<String>,
@@ -177,7 +183,7 @@ struct RegisterArgs {
         long = "worker-pool",
         alias = "workerpool",
         alias = "workerPool",
-        required = true,
+        required_unless_present = "registration_token",
         env = "MUSTER_WORKER_POOLS",
         value_delimiter = ','
     )]
@@ -217,9 +223,29 @@ struct RegisterArgs {
     /// Update the worker if one of that name is registered already.
     #[arg(long)]
     force: bool,
+    /// Do nothing if this agent's home says it registered with this server already (a restarted
+    /// pod keeps its home, and a one-time token is used up).
+    #[arg(long)]
+    if_unregistered: bool,
     /// Accepted for Tentacle scripts; ignored.
     #[arg(long, hide = true)]
     instance: Option<String>,
+}
+
+/// With --if-unregistered: whether this home registered with that server already (it says so).
+fn already_registered(home: &Home, args: &RegisterArgs) -> anyhow::Result<bool> {
+    if !args.if_unregistered || !home.has_certificate() {
+        return Ok(false);
+    }
+    let config = home.load()?;
+    let registered = config.registered_with.as_deref() == Some(args.server.trim_end_matches('/'));
+    if registered {
+        println!(
+            "This agent registered with {} already; nothing to do (--if-unregistered)",
+            args.server
+        );
+    }
+    Ok(registered)
 }
 
 /// The registration the command line asks for.
@@ -231,7 +257,10 @@ fn registration(
         name: args.name.unwrap_or_else(hostname),
         public_hostname: args.public_hostname.unwrap_or_else(hostname),
         server: args.server,
-        api_key: args.api_key,
+        credential: match (args.registration_token, args.api_key) {
+            (Some(token), _) => register::Credential::Token(token),
+            (None, key) => register::Credential::ApiKey(key.unwrap_or_default()),
+        },
         server_thumbprint: args.server_thumbprint,
         space: args.space,
         pools: args.pools,
@@ -357,6 +386,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{}", serde_json::to_string_pretty(&shown)?);
         }
+        Command::RegisterWorker(args) if already_registered(&home, &args)? => {}
+        Command::RegisterK8sWorker { args, .. } if already_registered(&home, &args)? => {}
         Command::RegisterWorker(args) => {
             let worker = register::register(&home, registration(args, None)).await?;
             println!(

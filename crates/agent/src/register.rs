@@ -8,9 +8,16 @@ use muster_cli::client::{Client, encode};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+/// What the agent registers with.
+pub enum Credential {
+    ApiKey(String),
+    /// A registration token: the worker joins its space and pools.
+    Token(String),
+}
+
 pub struct Registration {
     pub server: String,
-    pub api_key: String,
+    pub credential: Credential,
     /// The server thumbprint to pin (`--server-thumbprint`): a server reporting another is refused.
     pub server_thumbprint: Option<String>,
     pub name: String,
@@ -115,6 +122,105 @@ async fn trust_server(
     Ok(thumbprint)
 }
 
+/// The worker's endpoint for this registration, and what the agent's configuration keeps of it.
+fn endpoint(r: &Registration, config: &mut AgentConfig, thumbprint: &str) -> anyhow::Result<Value> {
+    let endpoint = match r.comms_style.to_ascii_lowercase().as_str() {
+        "tentacleactive" | "polling" => {
+            let subscription = config
+                .subscription_id
+                .clone()
+                .unwrap_or_else(new_subscription_id);
+            config.subscription_id = Some(subscription.clone());
+            config.server = Some(r.server.trim_end_matches('/').to_string());
+            config.server_comms_port = Some(r.server_comms_port);
+            // This registration says where to dial: its list, or (none given) the REST host.
+            let mut addresses: Vec<String> = Vec::new();
+            for address in &r.server_comms_addresses {
+                let address = address.to_string();
+                if !addresses.contains(&address) {
+                    addresses.push(address);
+                }
+            }
+            config.server_comms_addresses = addresses;
+            // A polling agent dials out; it listens only when asked to.
+            config.listen_port = r.listen_port;
+            match &r.kubernetes {
+                // Octopus's shape, so that its clients read such a worker.
+                Some(k) => json!({
+                    "CommunicationStyle": "KubernetesTentacle",
+                    "TentacleEndpointConfiguration": {
+                        "CommunicationMode": "Polling",
+                        "Uri": subscription,
+                        "Thumbprint": thumbprint,
+                    },
+                    "DefaultNamespace": k.namespace,
+                    "KubernetesAgentDetails": {
+                        "AgentVersion": env!("CARGO_PKG_VERSION"),
+                        "TentacleVersion": env!("CARGO_PKG_VERSION"),
+                        "HelmReleaseName": k.helm_release_name,
+                        "KubernetesNamespace": k.namespace,
+                    },
+                }),
+                None => {
+                    json!({"CommunicationStyle": "TentacleActive", "Uri": subscription, "Thumbprint": thumbprint})
+                }
+            }
+        }
+        "tentaclepassive" | "listening" => {
+            let port = r
+                .listen_port
+                .or(config.listen_port)
+                .unwrap_or(crate::config::DEFAULT_LISTEN_PORT);
+            config.listen_port = Some(port);
+            let uri = format!("https://{}:{port}/", r.public_hostname);
+            json!({"CommunicationStyle": "TentaclePassive", "Uri": uri, "Thumbprint": thumbprint})
+        }
+        other => bail!(
+            "--comms-style must be TentacleActive (polling) or TentaclePassive (listening), got '{other}'"
+        ),
+    };
+    Ok(endpoint)
+}
+
+/// Registers with a registration token: one call, no API key. The server's thumbprint comes with
+/// the answer, and must be the pinned one when one was given.
+async fn register_with_token(
+    home: &Home,
+    config: &mut AgentConfig,
+    r: &Registration,
+    token: &str,
+    endpoint: Value,
+) -> anyhow::Result<Value> {
+    let client = Client::new(&r.server, None)?;
+    let body = json!({"Token": token.trim(), "Name": r.name, "Endpoint": endpoint});
+    let (worker, headers) = client
+        .send_with_headers(Method::POST, "/api/workerregistrations", Some(&body))
+        .await?;
+    let reported = headers
+        .get("x-muster-server-thumbprint")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_uppercase)
+        .ok_or_else(|| anyhow!("the server did not give its certificate's thumbprint"))?;
+    if let Some(pinned) = r
+        .server_thumbprint
+        .as_deref()
+        .map(|p| p.trim().replace(':', "").to_ascii_uppercase())
+        .filter(|p| !p.is_empty())
+        && pinned != reported
+    {
+        bail!(
+            "the server at {} reports certificate {reported}, not the {pinned} given with --server-thumbprint: the worker it registered will not be trusted (check that --server names your Muster server)",
+            client.url("")
+        );
+    }
+    if !config.trusted_thumbprints.contains(&reported) {
+        config.trusted_thumbprints.push(reported);
+    }
+    config.registered_with = Some(r.server.trim_end_matches('/').to_string());
+    home.save(config)?;
+    Ok(worker)
+}
+
 pub async fn register(home: &Home, r: Registration) -> anyhow::Result<Value> {
     let polling = matches!(
         r.comms_style.to_ascii_lowercase().as_str(),
@@ -127,7 +233,14 @@ pub async fn register(home: &Home, r: Registration) -> anyhow::Result<Value> {
     }
     let identity = home.identity()?;
     let mut config = home.load()?;
-    let client = Client::new(&r.server, Some(r.api_key.clone()))?;
+    let api_key = match &r.credential {
+        Credential::ApiKey(key) => key.clone(),
+        Credential::Token(token) => {
+            let endpoint = endpoint(&r, &mut config, &identity.thumbprint())?;
+            return register_with_token(home, &mut config, &r, token, endpoint).await;
+        }
+    };
+    let client = Client::new(&r.server, Some(api_key))?;
     let space = space(&client, r.space.as_deref()).await?;
     let space_id = id(&space);
     trust_server(&client, home, &mut config, r.server_thumbprint.as_deref()).await?;
@@ -197,62 +310,7 @@ pub async fn register(home: &Home, r: Registration) -> anyhow::Result<Value> {
         pool_ids.push(id(pool));
     }
 
-    let thumbprint = identity.thumbprint();
-    let endpoint = match r.comms_style.to_ascii_lowercase().as_str() {
-        "tentacleactive" | "polling" => {
-            let subscription = config
-                .subscription_id
-                .clone()
-                .unwrap_or_else(new_subscription_id);
-            config.subscription_id = Some(subscription.clone());
-            config.server = Some(r.server.trim_end_matches('/').to_string());
-            config.server_comms_port = Some(r.server_comms_port);
-            // This registration says where to dial: its list, or (none given) the REST host.
-            let mut addresses: Vec<String> = Vec::new();
-            for address in &r.server_comms_addresses {
-                let address = address.to_string();
-                if !addresses.contains(&address) {
-                    addresses.push(address);
-                }
-            }
-            config.server_comms_addresses = addresses;
-            // A polling agent dials out; it listens only when asked to.
-            config.listen_port = r.listen_port;
-            match &r.kubernetes {
-                // Octopus's shape, so that its clients read such a worker.
-                Some(k) => json!({
-                    "CommunicationStyle": "KubernetesTentacle",
-                    "TentacleEndpointConfiguration": {
-                        "CommunicationMode": "Polling",
-                        "Uri": subscription,
-                        "Thumbprint": thumbprint,
-                    },
-                    "DefaultNamespace": k.namespace,
-                    "KubernetesAgentDetails": {
-                        "AgentVersion": env!("CARGO_PKG_VERSION"),
-                        "TentacleVersion": env!("CARGO_PKG_VERSION"),
-                        "HelmReleaseName": k.helm_release_name,
-                        "KubernetesNamespace": k.namespace,
-                    },
-                }),
-                None => {
-                    json!({"CommunicationStyle": "TentacleActive", "Uri": subscription, "Thumbprint": thumbprint})
-                }
-            }
-        }
-        "tentaclepassive" | "listening" => {
-            let port = r
-                .listen_port
-                .or(config.listen_port)
-                .unwrap_or(crate::config::DEFAULT_LISTEN_PORT);
-            config.listen_port = Some(port);
-            let uri = format!("https://{}:{port}/", r.public_hostname);
-            json!({"CommunicationStyle": "TentaclePassive", "Uri": uri, "Thumbprint": thumbprint})
-        }
-        other => bail!(
-            "--comms-style must be TentacleActive (polling) or TentaclePassive (listening), got '{other}'"
-        ),
-    };
+    let endpoint = endpoint(&r, &mut config, &identity.thumbprint())?;
     config.registered_with = Some(r.server.trim_end_matches('/').to_string());
     home.save(&config)?;
 

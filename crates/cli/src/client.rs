@@ -69,21 +69,33 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Value> {
+        Ok(self.send_with_headers(method, path, body).await?.0)
+    }
+
+    /// `send`, with the answer's headers.
+    pub async fn send_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(Value, reqwest::header::HeaderMap)> {
         let mut request = self.request(method, path);
         if let Some(body) = body {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
         if !status.is_success() {
             return Err(api_error(status, &text));
         }
         if text.trim().is_empty() {
-            return Ok(Value::Null);
+            return Ok((Value::Null, headers));
         }
-        serde_json::from_str(&text)
-            .with_context(|| format!("the server's answer to {path} is not JSON"))
+        let value = serde_json::from_str(&text)
+            .with_context(|| format!("the server's answer to {path} is not JSON"))?;
+        Ok((value, headers))
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {

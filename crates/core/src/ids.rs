@@ -18,10 +18,11 @@ pub enum IdKind {
     Account,
     Artifact,
     Event,
+    RegistrationToken,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 15] = [
+    pub const ALL: [IdKind; 16] = [
         IdKind::Space,
         IdKind::WorkerPool,
         IdKind::Worker,
@@ -37,6 +38,7 @@ impl IdKind {
         IdKind::Account,
         IdKind::Artifact,
         IdKind::Event,
+        IdKind::RegistrationToken,
     ];
 
     /// The prefix before the dash, spelled as Octopus spells it.
@@ -57,6 +59,7 @@ impl IdKind {
             IdKind::Account => "Accounts",
             IdKind::Artifact => "Artifacts",
             IdKind::Event => "Events",
+            IdKind::RegistrationToken => "RegistrationTokens",
         }
     }
 

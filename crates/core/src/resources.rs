@@ -816,6 +816,26 @@ pub struct ApiKeyRecord {
     pub expires: Option<Timestamp>,
 }
 
+/// A registration token (Muster's): lets an agent register one worker (or `UsesLeft` workers) in
+/// its space's pools without an API key, until it expires. Only the token's SHA-256 hash is kept;
+/// the token itself is shown once, when it is made. A worker registers on behalf of the user who
+/// made the token, with that user's permissions as they are when it registers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RegistrationToken {
+    pub id: String,
+    pub space_id: String,
+    pub worker_pool_ids: Vec<String>,
+    pub uses_left: u32,
+    #[serde(with = "date_format")]
+    pub expires_on: Timestamp,
+    pub token_hash: String,
+    pub hint: String,
+    pub created_by: String,
+    #[serde(with = "date_format")]
+    pub created_on: Timestamp,
+}
+
 /// A file a task's script announced and the server collected (Octopus's `ArtifactResource`). The
 /// bytes live under the data directory; `Length` is Muster's addition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

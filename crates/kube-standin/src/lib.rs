@@ -1227,6 +1227,8 @@ fn prepare(
             let wanted = reference["key"].as_str().unwrap_or_default();
             match secret(shared, namespace, secret_name).and_then(|d| d.get(wanted).cloned()) {
                 Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                // An optional reference that resolves to nothing sets no variable.
+                None if reference.get("optional") == Some(&json!(true)) => continue,
                 None => {
                     return Err((
                         "CreateContainerConfigError".into(),

@@ -49,6 +49,8 @@ pub fn hint(key: &str) -> String {
 fn is_anonymous(method: &Method, path: &str) -> bool {
     (*method == Method::GET || *method == Method::HEAD)
         && (path == "/api" || path == "/api/openapi.json" || path == "/api/octopusservernodes/ping")
+        // A registration token is its own credential, checked by its handler.
+        || (*method == Method::POST && path == "/api/workerregistrations")
 }
 
 fn presented_key(request: &Request) -> Option<String> {
@@ -132,7 +134,7 @@ fn key_failed(app: &App, peer: Option<std::net::SocketAddr>, why: &str) {
 }
 
 /// 429 with the contract's error body, and when to try again.
-fn too_many_failures(wait: std::time::Duration) -> Response {
+pub(crate) fn too_many_failures(wait: std::time::Duration) -> Response {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     let mut response = ApiError::new(
         axum::http::StatusCode::TOO_MANY_REQUESTS,

@@ -29,6 +29,7 @@ pub const SCOPED_COLLECTIONS: &[&str] = &[
     "variables",
     "accounts",
     "artifacts",
+    "registrationtokens",
 ];
 
 /// Rewrites a request path to the one form the router knows: lower case (routes are

@@ -644,6 +644,42 @@ const OPS: &[Op] = &[
     ),
     op(
         "get",
+        "/api/{spaceId}/registrationtokens",
+        "Workers",
+        "The space's registration tokens that are still good (never their values), paged.",
+        &["skip", "take"],
+        None,
+        "Collection",
+    ),
+    op(
+        "post",
+        "/api/{spaceId}/registrationtokens",
+        "Workers",
+        "Makes a registration token (Muster's): it registers Uses workers (default 1, at most 1000) in the given static pools until it expires (ExpiresInMinutes, default 60, at most a week). The token is in the answer, once.",
+        &[],
+        Some("RegistrationTokenCreate"),
+        "RegistrationTokenCreated",
+    ),
+    op(
+        "delete",
+        "/api/{spaceId}/registrationtokens/{id}",
+        "Workers",
+        "Revokes a registration token.",
+        &[],
+        None,
+        "Empty",
+    ),
+    op(
+        "post",
+        "/api/workerregistrations",
+        "Workers",
+        "Registers an agent's worker with a registration token instead of an API key (no key needed): the token's space and pools, on behalf of the user who made it. Endpoint.CommunicationStyle is TentacleActive, TentaclePassive or KubernetesTentacle. Answers the worker (201; 200 when the same name and certificate registered before, using nothing up) with the server's certificate thumbprint in X-Muster-Server-Thumbprint; a token unknown, used up, revoked or expired is 401.",
+        &[],
+        Some("WorkerRegistration"),
+        "Worker",
+    ),
+    op(
+        "get",
         "/api/{spaceId}/workers/all",
         "Workers",
         "Every worker, as an array (deregister-worker filters by thumbprint).",
@@ -1723,6 +1759,18 @@ fn schemas() -> Value {
         "ApiKey": object(&["Id", "ApiKey"], json!({
             "Id": s, "Purpose": s, "UserId": s, "Created": s, "Expires": sn,
             "ApiKey": object(&[], json!({"HasValue": b, "Hint": s, "NewValue": sn})), "Links": links
+        })),
+        "RegistrationTokenCreate": object(&["WorkerPoolIds"], json!({
+            "WorkerPoolIds": {"type": "array", "items": s, "minItems": 1},
+            "Uses": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "ExpiresInMinutes": {"type": "integer", "minimum": 1, "maximum": 10080}
+        })),
+        "RegistrationTokenCreated": object(&["Id", "Token"], json!({
+            "Id": s, "SpaceId": s, "WorkerPoolIds": ids, "UsesLeft": i, "ExpiresOn": s, "Hint": s, "CreatedBy": s, "CreatedOn": s,
+            "Token": {"type": "string", "description": "MRT-… (shown once)."}, "Links": links
+        })),
+        "WorkerRegistration": object(&["Token", "Name", "Endpoint"], json!({
+            "Token": s, "Name": name, "Endpoint": {"type": "object"}, "MachinePolicyId": sn
         })),
         "ApiKeyCreated": object(&["Id", "ApiKey"], json!({
             "Id": s, "Purpose": s, "UserId": s, "Created": s, "Expires": sn,

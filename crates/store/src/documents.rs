@@ -4,8 +4,8 @@ use crate::engine::{DocumentRow, Engine as _, EngineTx, on_engine};
 use crate::sealing::Sealer;
 use crate::{Result, Store, StoreError, conflict_or};
 use muster_core::resources::{
-    Account, ApiKeyRecord, Artifact, Event, MachinePolicy, ScopedUserRole, Space, Team, User,
-    UserRole, Worker, WorkerPool,
+    Account, ApiKeyRecord, Artifact, Event, MachinePolicy, RegistrationToken, ScopedUserRole,
+    Space, Team, User, UserRole, Worker, WorkerPool,
 };
 use muster_core::runbooks::{Runbook, RunbookRun, Variable};
 use serde::Serialize;
@@ -27,6 +27,7 @@ pub enum DocKind {
     Account,
     Artifact,
     Event,
+    RegistrationToken,
 }
 
 impl DocKind {
@@ -46,6 +47,7 @@ impl DocKind {
             DocKind::Account => "account",
             DocKind::Artifact => "artifact",
             DocKind::Event => "event",
+            DocKind::RegistrationToken => "registrationtoken",
         }
     }
 
@@ -70,6 +72,7 @@ impl DocKind {
             DocKind::Account => "account",
             DocKind::Artifact => "artifact",
             DocKind::Event => "event",
+            DocKind::RegistrationToken => "registration token",
         }
     }
 }
@@ -244,6 +247,23 @@ impl Document for User {
     }
     fn unique_name(&self) -> &str {
         &self.username
+    }
+}
+
+/// A registration token lives in its space (and goes with it); found by its hash.
+impl Document for RegistrationToken {
+    const KIND: DocKind = DocKind::RegistrationToken;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn space_id(&self) -> &str {
+        &self.space_id
+    }
+    fn unique_name(&self) -> &str {
+        &self.id
+    }
+    fn ext(&self) -> Option<&str> {
+        Some(&self.token_hash)
     }
 }
 

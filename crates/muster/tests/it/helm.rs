@@ -116,6 +116,12 @@ fn join(args: &[Go]) -> Result<Go, FuncError> {
     }
 }
 
+fn fail(args: &[Go]) -> Result<Go, FuncError> {
+    Err(FuncError::Generic(
+        args.first().map(text).unwrap_or_default(),
+    ))
+}
+
 fn to_yaml(args: &[Go]) -> Result<Go, FuncError> {
     let [value] = args else {
         return Err(FuncError::ExactlyXArgs("toYaml".into(), 1));
@@ -177,6 +183,7 @@ fn render(values: &Value) -> Result<Vec<Value>, String> {
             ("default", default),
             ("quote", quote),
             ("join", join),
+            ("fail", fail),
             ("toYaml", to_yaml),
             ("nindent", nindent),
         ]);
@@ -287,10 +294,13 @@ fn a_missing_chart_value_is_named() {
             json!({"image": {"repository": ""}}),
             "image.repository is required",
         ),
-        (json!({"workerPools": []}), "workerPools is required"),
+        (
+            json!({"workerPools": []}),
+            "workerPools is required with registration.apiKey",
+        ),
         (
             json!({"registration": {"apiKey": ""}}),
-            "registration.apiKey or registration.existingSecret is required",
+            "registration.token, registration.apiKey or registration.existingSecret is required",
         ),
     ] {
         let mut given = full.clone();
@@ -314,12 +324,25 @@ fn the_charts_pod_registers_a_kubernetes_worker_that_runs_tasks() {
         .as_str()
         .unwrap()
         .to_string();
-    let objects = render(&values(
+    // Registered with a one-time token, not an API key: it names the space and the pool.
+    let token = server
+        .post(
+            "/api/Spaces-1/registrationtokens",
+            &json!({"WorkerPoolIds": ["WorkerPools-1"]}),
+        )
+        .assert_status(201)["Token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut given = values(
         &server.url,
         &format!("127.0.0.1:{}", server.comms_port),
         &thumbprint,
-    ))
-    .unwrap();
+    );
+    given["registration"] = json!({"token": token});
+    given["workerPools"] = json!([]);
+    let objects = render(&given).unwrap();
+    assert_eq!(objects[0]["stringData"]["registrationToken"], json!(token));
     // What the StatefulSet controller makes of the template: pod workers-0, with its volume claim.
     let set = &objects[1];
     let mut pod = json!({

@@ -23,6 +23,7 @@ mod openapi;
 mod permissions;
 mod postgres;
 mod readme;
+mod registration;
 mod resilience;
 mod resources;
 mod runbooks;

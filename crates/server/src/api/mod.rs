@@ -8,6 +8,7 @@ mod machines;
 mod nodes;
 mod policies;
 mod pools;
+mod registration;
 mod root;
 mod runbooks;
 mod spaces;
@@ -100,6 +101,10 @@ fn routes() -> Routes {
         .add(GET, "/api/s/{space}/workerpools/{id}/workers", Space(Some("WorkerView")), pools::workers)
         .add(GET, "/api/s/{space}/workers", Space(Some("WorkerView")), workers::list)
         .add(POST, "/api/s/{space}/workers", Space(Some("WorkerEdit")), workers::create)
+        .add(GET, "/api/s/{space}/registrationtokens", Space(Some("WorkerView")), registration::list)
+        .add(POST, "/api/s/{space}/registrationtokens", Space(Some("WorkerEdit")), registration::create)
+        .add(DELETE, "/api/s/{space}/registrationtokens/{id}", Space(Some("WorkerEdit")), registration::delete)
+        .add(POST, "/api/workerregistrations", Anonymous, registration::register)
         .add(GET, "/api/s/{space}/workers/all", Space(Some("WorkerView")), workers::all)
         .add(GET, "/api/s/{space}/workers/discover", Space(Some("WorkerEdit")), workers::discover)
         .add(GET, "/api/s/{space}/workers/usage", Space(Some("WorkerView")), usage::one_space)

@@ -122,7 +122,7 @@ pub async fn annotate(app: &App, mut workers: Vec<Worker>) -> Result<Vec<Worker>
     Ok(workers)
 }
 
-async fn resource(app: &App, worker: Worker) -> Result<Value, ApiError> {
+pub(super) async fn resource(app: &App, worker: Worker) -> Result<Value, ApiError> {
     let annotated = annotate(app, vec![worker]).await?;
     Ok(links::worker(&annotated[0]))
 }
@@ -451,7 +451,19 @@ pub async fn create(
     body: JsonBody,
 ) -> ApiResult {
     let body = body.object()?;
-    check_space_id(body, &space)?;
+    created(&register(&app, &user, &access, &space, body).await?)
+}
+
+/// Registers a worker in `space` from a request's body, as `user` (`POST …/workers`, and a
+/// registration token's `POST /api/workerregistrations`): the worker's resource.
+pub(super) async fn register(
+    app: &App,
+    user: &CurrentUser,
+    access: &Access,
+    space: &Space,
+    body: &Value,
+) -> Result<Value, ApiError> {
+    check_space_id(body, space)?;
     let mut worker = apply(&Worker::default(), body).map_err(ApiError::bad_request)?;
     let fresh = Worker {
         health_status: HealthStatus::Unknown,
@@ -462,24 +474,24 @@ pub async fn create(
     };
     keep_server_fields(&mut worker, &fresh);
     worker.space_id = space.id.clone();
-    validate(&app, &space, &mut worker).await?;
-    check_ssh_endpoint(&app, &space, &mut worker).await?;
+    validate(app, space, &mut worker).await?;
+    check_ssh_endpoint(app, space, &mut worker).await?;
     // An SSH host registered in two spaces, each with its own account, is two logins to one
     // machine: they share its leases and health record (by host key) without either space
     // needing rights in the other. An explicit share (`…/shares`) links them.
     if !matches!(worker.endpoint, Some(Endpoint::Ssh(_))) {
-        link_to_home(&app, &access, &mut worker).await?;
+        link_to_home(app, access, &mut worker).await?;
     }
     check_share_limit(&worker)?;
     worker.id = app.store.next_id(IdKind::Worker).await?;
     worker.created_on = Some(muster_core::time::now());
     worker.last_modified_on = worker.created_on;
-    worker.last_modified_by = actor(&user);
+    worker.last_modified_by = actor(user);
     app.store.put(&worker).await?;
     app.signals.dispatch.notify_one();
     app.signals.health.notify_one();
     events::record(
-        &app,
+        app,
         Some(&user.0),
         Some(&space.id),
         events::CREATED,
@@ -487,7 +499,7 @@ pub async fn create(
         vec![worker.id.clone()],
     )
     .await;
-    created(&resource(&app, worker).await?)
+    resource(app, worker).await
 }
 
 pub async fn update(

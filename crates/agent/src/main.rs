@@ -72,14 +72,14 @@ enum Command {
     /// Registers this machine as a worker of a Muster server.
     RegisterWorker(RegisterArgs),
     /// Registers this agent, running in a Kubernetes pod, as a Kubernetes worker (Octopus's
-    /// `KubernetesTentacle`, polling): what the Helm chart runs. Install it in a cluster with
-    /// helm (the chart is packaging/helm/muster-agent in Muster's sources):
+    /// `KubernetesTentacle`, polling): what the Helm chart runs. The equivalent install, with the
+    /// chart in Muster's sources (packaging/helm/muster-agent) and a Secret holding a registration
+    /// token (key registrationToken) or an API key (key apiKey):
     ///
-    ///   helm install muster-agent packaging/helm/muster-agent --namespace muster-workers
-    ///   --create-namespace --set server.url=https://muster.example:8080
-    ///   --set server.commsAddress=muster.example:10943 --set server.thumbprint=THUMBPRINT
-    ///   --set registration.existingSecret=muster-registration --set space=Default
-    ///   --set workerPools={Kubernetes}
+    /// helm install workers packaging/helm/muster-agent --namespace muster-workers --set
+    /// image.repository=registry.example/muster-agent --set server.url=https://muster.example:8080
+    /// --set server.commsAddress=muster.example:10943 --set server.thumbprint=THUMBPRINT --set
+    /// registration.existingSecret=muster-registration --set replicas=3
     RegisterK8sWorker {
         #[command(flatten)]
         args: RegisterArgs,

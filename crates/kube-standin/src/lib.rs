@@ -42,6 +42,8 @@ struct Shared {
     /// The processes of running pods, by (namespace, name).
     pods: Mutex<HashMap<(String, String), Running>>,
     binaries: HashMap<String, PathBuf>,
+    /// Images that "cannot be pulled": a pod of one waits in ErrImagePull.
+    unpullable: Mutex<Vec<String>>,
     dir: PathBuf,
 }
 
@@ -92,6 +94,7 @@ impl StandIn {
                 .iter()
                 .map(|(name, path)| (name.to_string(), path.clone()))
                 .collect(),
+            unpullable: Mutex::new(Vec::new()),
             dir: dir.path().to_path_buf(),
         });
         // The given binaries, under the names a container's PATH finds them by.
@@ -154,6 +157,15 @@ impl StandIn {
         );
         std::fs::write(&path, text).expect("the kubeconfig is written");
         path
+    }
+
+    /// From now on, pods of `image` wait in `ErrImagePull`, as for an image that does not exist.
+    pub fn refuse_image(&self, image: &str) {
+        self.shared
+            .unpullable
+            .lock()
+            .expect("images")
+            .push(image.to_string());
     }
 
     /// The objects of a resource (`pods`, `secrets`) in a namespace, as stored.
@@ -1160,6 +1172,19 @@ fn prepare(
     pod: &Value,
 ) -> Result<Prepared, (String, String)> {
     let container = &pod["spec"]["containers"][0];
+    let image = container["image"].as_str().unwrap_or_default();
+    if shared
+        .unpullable
+        .lock()
+        .expect("images")
+        .iter()
+        .any(|i| i == image)
+    {
+        return Err((
+            "ErrImagePull".into(),
+            format!("failed to pull and unpack image \"{image}\": not found"),
+        ));
+    }
     let root = shared.dir.join(namespace).join(name);
     // Volumes become directories; their mount paths are rewritten to them.
     let mut mounts: Vec<(String, String)> = Vec::new();

@@ -292,6 +292,63 @@ pub async fn delete_worker(
     Ok(())
 }
 
+/// Why a worker pod will never run its agent, if Kubernetes says so: it failed, or its container
+/// waits for something that does not come by itself (an image that cannot be pulled, a missing
+/// secret or configuration). A pod that is gone is a failure too; one still starting is None.
+pub async fn worker_failure(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Option<String>, String> {
+    const STUCK: [&str; 6] = [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "CrashLoopBackOff",
+    ];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let what = format!("reading pod {namespace}/{name}");
+    let Some(pod) = bounded_found(&what, timeout, pods.get(name)).await? else {
+        return Ok(Some(format!("pod {namespace}/{name} is gone")));
+    };
+    let Some(status) = pod.status else {
+        return Ok(None);
+    };
+    let container = status
+        .container_statuses
+        .as_ref()
+        .and_then(|c| c.iter().find(|c| c.name == AGENT_CONTAINER));
+    if status.phase.as_deref() == Some("Failed") || status.phase.as_deref() == Some("Succeeded") {
+        let ended = container
+            .and_then(|c| c.state.as_ref()?.terminated.as_ref())
+            .map(|t| {
+                format!(
+                    ": its agent exited with {}{}",
+                    t.exit_code,
+                    t.message
+                        .as_deref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        return Ok(Some(format!("pod {namespace}/{name} ended{ended}")));
+    }
+    let waiting = container.and_then(|c| c.state.as_ref()?.waiting.as_ref());
+    Ok(waiting
+        .filter(|w| w.reason.as_deref().is_some_and(|r| STUCK.contains(&r)))
+        .map(|w| {
+            format!(
+                "pod {namespace}/{name}: {}: {}",
+                w.reason.as_deref().unwrap_or_default(),
+                w.message.as_deref().unwrap_or("no message")
+            )
+        }))
+}
+
 /// The names of the worker pods that carry all of `labels` and are not being deleted.
 pub async fn list_workers(
     client: &kube::Client,

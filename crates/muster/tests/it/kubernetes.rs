@@ -287,8 +287,10 @@ fn an_orphan_pod_is_deleted_and_an_unreachable_cluster_is_a_reason() {
             .replace(&standin.url, &format!("http://127.0.0.1:{port}")),
     )
     .unwrap();
+    standin.refuse_image("registry.example/missing:1");
     let extra = format!(
-        "  - Id: far\n    Provider: kubernetes\n    MaxWorkers: 1\n    ProvisionTimeout: 5s\n    Settings: {{Image: muster-agent:test, Kubeconfig: {}}}\n",
+        "  - Id: missing\n    Provider: kubernetes\n    MaxWorkers: 1\n    Settings: {{Image: registry.example/missing:1, Namespace: workers, Kubeconfig: {}}}\n  - Id: far\n    Provider: kubernetes\n    MaxWorkers: 1\n    ProvisionTimeout: 5s\n    Settings: {{Image: muster-agent:test, Kubeconfig: {}}}\n",
+        kubeconfig.display(),
         dead.display()
     );
     let config = config(temp.path(), &kubeconfig, &extra);
@@ -353,4 +355,45 @@ fn an_orphan_pod_is_deleted_and_an_unreachable_cluster_is_a_reason() {
     assert!(reason.contains("creating pod default/far-"), "{reason}");
     let events = server.ok(&format!("/api/Spaces-1/events?regarding={pool}&take=100"));
     assert!(events.to_string().contains("failed"), "{events}");
+
+    // A pod whose image cannot be pulled is a failed attempt at once (not after the 5 minutes of
+    // ProvisionTimeout), with Kubernetes' reason, and it is deleted.
+    let pool = dynamic_pool(&server, "Missing", "missing");
+    let id = server.run_script(
+        "Spaces-1",
+        json!({"ScriptBody": "echo never", "TargetType": "WorkerPools", "WorkerPoolIds": [pool]}),
+    )["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reason = eventually_within(
+        "the pull failure as the reason",
+        Duration::from_secs(60),
+        || {
+            let task = server.ok(&format!("/api/tasks/{id}"));
+            let reason = task["QueueReason"].as_str()?.to_string();
+            reason.contains("ErrImagePull").then_some(reason)
+        },
+    );
+    assert!(
+        reason.contains("attempts failed: pod workers/missing-"),
+        "{reason}"
+    );
+    assert!(reason.contains("not found"), "{reason}");
+    eventually_within(
+        "the broken pod to be deleted",
+        Duration::from_secs(30),
+        || {
+            standin
+                .objects("pods", "workers")
+                .iter()
+                .all(|p| {
+                    !p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("missing-")
+                })
+                .then_some(())
+        },
+    );
 }

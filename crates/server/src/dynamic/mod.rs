@@ -213,6 +213,13 @@ enum Report {
     Destroyed {
         worker: String,
     },
+    /// Its provider says a provisioning instance will never link (a pod whose image cannot be
+    /// pulled): the attempt failed, and the worker goes.
+    Broken {
+        pool: String,
+        worker: String,
+        why: String,
+    },
 }
 
 /// A provisioning job: its worker type and worker.
@@ -240,7 +247,14 @@ struct Scaler {
     disconnected_since: HashMap<String, Duration>,
     /// When each worker type was last reconciled.
     reconciled: HashMap<String, std::time::Instant>,
+    /// When each provisioning instance's state was last asked of its provider.
+    checked: HashMap<String, std::time::Instant>,
+    /// Provisioning instances their provider says will never link, with why.
+    broken: HashMap<String, String>,
 }
+
+/// How often a provisioning instance's state is asked of its provider.
+const CHECK_EVERY: Duration = Duration::from_secs(3);
 
 /// The scaler's loop: a duty of the dispatching node.
 pub async fn run(app: App) {
@@ -292,8 +306,22 @@ fn heard(scaler: &mut Scaler, report: Report) {
                 history.remove(0);
             }
         }
+        Report::Broken { pool, worker, why } => {
+            if scaler.broken.insert(worker, why.clone()).is_none() {
+                let history = scaler.history.entry(pool).or_default();
+                history.push(Attempt {
+                    at,
+                    failure: Some(why),
+                });
+                if history.len() > HISTORY {
+                    history.remove(0);
+                }
+            }
+        }
         Report::Destroyed { worker } => {
             scaler.destroying.remove(&worker);
+            scaler.checked.remove(&worker);
+            scaler.broken.remove(&worker);
             scaler.idle_since.remove(&worker);
             scaler.disconnected_since.remove(&worker);
         }
@@ -357,6 +385,9 @@ async fn round(
     scaler
         .failed
         .retain(|id| workers.iter().any(|w| &w.id == id));
+    scaler
+        .checked
+        .retain(|id, _| workers.iter().any(|w| &w.id == id));
     let at = now();
     let clock_now = clock(at);
     let (demand, loads) = {
@@ -422,6 +453,12 @@ async fn round(
             if scaler.destroying.contains(&worker.id) || scaler.failed.contains(&worker.id) {
                 continue;
             }
+            if let Some(why) = scaler.broken.get(&worker.id).cloned() {
+                if load == 0 {
+                    retire(app, scaler, reports, worker, &why);
+                }
+                continue;
+            }
             // A worker its health check found Unavailable takes no task (the dispatcher skips it),
             // so it gives no room either: it is replaced like one whose agent went away.
             let connected = worker
@@ -475,6 +512,9 @@ async fn round(
                 created_at,
                 idle_since: scaler.idle_since[&worker.id],
             });
+            if state == InstanceState::Provisioning {
+                check(scaler, reports, pool, worker_type, worker);
+            }
             // What the worker list shows follows what the scaler sees.
             let shown = match (state, load) {
                 (InstanceState::Provisioning, _) => DynamicState::Provisioning,
@@ -600,6 +640,49 @@ async fn round(
         app.signals.dispatch.notify_one();
     }
     Ok(())
+}
+
+/// Asks the provider, off the round and now and then, whether a provisioning instance is broken.
+fn check(
+    scaler: &mut Scaler,
+    reports: &mpsc::UnboundedSender<Report>,
+    pool: &WorkerPool,
+    worker_type: &WorkerType,
+    worker: &Worker,
+) {
+    let Some(instance) = worker.dynamic.as_ref().and_then(|d| d.instance_id.clone()) else {
+        return;
+    };
+    if scaler.asking.contains(&worker.id)
+        || !matches!(
+            worker_type.provider,
+            crate::config::Provider::Kubernetes { .. }
+        )
+        || scaler
+            .checked
+            .get(&worker.id)
+            .is_some_and(|at| at.elapsed() < CHECK_EVERY)
+    {
+        return;
+    }
+    scaler
+        .checked
+        .insert(worker.id.clone(), std::time::Instant::now());
+    let (provider, reports, pool, id) = (
+        worker_type.provider.clone(),
+        reports.clone(),
+        pool.id.clone(),
+        worker.id.clone(),
+    );
+    tokio::spawn(async move {
+        if let Some(why) = providers::failure(&provider, &instance, CHECK_EVERY).await {
+            let _ = reports.send(Report::Broken {
+                pool,
+                worker: id,
+                why,
+            });
+        }
+    });
 }
 
 /// Starts destroying a worker (once).

@@ -141,6 +141,29 @@ pub async fn destroy(
     }
 }
 
+/// Why an instance still provisioning will never link, when its provider can tell (a pod whose
+/// image cannot be pulled); None when it cannot, or sees nothing wrong yet.
+pub async fn failure(provider: &Provider, instance_id: &str, timeout: Duration) -> Option<String> {
+    match provider {
+        Provider::Kubernetes {
+            cluster, namespace, ..
+        } => {
+            let read = async {
+                let client = cluster.client().await?;
+                muster_kube::worker_failure(&client, namespace, instance_id, timeout).await
+            };
+            match read.await {
+                Ok(failure) => failure,
+                Err(error) => {
+                    tracing::warn!("cannot read a provisioning instance's state: {error}");
+                    None
+                }
+            }
+        }
+        Provider::Process { .. } | Provider::Command { .. } => None,
+    }
+}
+
 /// The ids of the instances that exist, or None when the provider cannot list them (a `command`
 /// provider without a `list` command).
 pub async fn list(

@@ -293,19 +293,20 @@ pub async fn delete_worker(
 }
 
 /// Why a worker pod will never run its agent, if Kubernetes says so: it failed, or its container
-/// waits for something that does not come by itself (an image that cannot be pulled, a missing
-/// secret or configuration). A pod that is gone is a failure too; one still starting is None.
+/// waits for something that does not come by itself (an image that cannot be pulled, a container
+/// that cannot be made). A pod that is gone is a failure too; one still starting is None.
 pub async fn worker_failure(
     client: &kube::Client,
     namespace: &str,
     name: &str,
     timeout: Duration,
 ) -> Result<Option<String>, String> {
-    const STUCK: [&str; 6] = [
+    // Not CreateContainerConfigError: the pod waits so for its identity Secret, made just after
+    // it, until the kubelet looks again.
+    const STUCK: [&str; 5] = [
         "ErrImagePull",
         "ImagePullBackOff",
         "InvalidImageName",
-        "CreateContainerConfigError",
         "CreateContainerError",
         "CrashLoopBackOff",
     ];

@@ -575,7 +575,7 @@ fn dynamic_worker_types_come_from_the_configuration_file() {
             .as_str()
             .map(str::to_string)?;
         reason
-            .contains("a worker of type UbuntuDefault: 1 of 1 attempts failed: the kubernetes provider is not available")
+            .contains("a worker of type UbuntuDefault: 1 of 1 attempts failed: creating pod default/ubuntudefault-")
             .then_some(())
     });
 }

@@ -34,16 +34,27 @@ pub fn client() -> reqwest::blocking::Client {
 /// The `muster-agent` binary, built beside `muster` (it is another package, so Cargo does not hand
 /// its path to these tests).
 /// A configuration file (`muster server --config`) that defines two dynamic worker types,
-/// `UbuntuDefault` (the default, the first) and `Windows2022`, on the kubernetes provider: nothing
-/// is made until a pool needs a worker. The file lives as long as the test process.
+/// `UbuntuDefault` (the default, the first) and `Windows2022`, on the kubernetes provider, whose
+/// kubeconfig names a closed port on 127.0.0.1: nothing is made, and nothing else is dialled. The
+/// file lives as long as the test process.
 pub fn dynamic_config() -> String {
     static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     FILE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: closed\n  cluster: {server: 'http://127.0.0.1:1'}\ncontexts:\n- name: closed\n  context: {cluster: closed, user: closed}\ncurrent-context: closed\nusers:\n- name: closed\n  user: {token: closed}\n",
+        )
+        .unwrap();
         let path = dir.join("muster.yaml");
+        let settings = format!(
+            "{{Image: muster-agent:test, Kubeconfig: {}}}",
+            kubeconfig.display()
+        );
         std::fs::write(
             &path,
-            "WorkerTypes:\n  - Id: UbuntuDefault\n    Description: Ubuntu (default)\n    Provider: kubernetes\n    MaxWorkers: 4\n    Settings: {Image: muster-agent:test}\n  - Id: Windows2022\n    Description: Windows Server 2022\n    Provider: kubernetes\n    MaxWorkers: 2\n    Settings: {Image: muster-agent:test}\n",
+            format!("WorkerTypes:\n  - Id: UbuntuDefault\n    Description: Ubuntu (default)\n    Provider: kubernetes\n    MaxWorkers: 4\n    Settings: {settings}\n  - Id: Windows2022\n    Description: Windows Server 2022\n    Provider: kubernetes\n    MaxWorkers: 2\n    Settings: {settings}\n"),
         )
         .unwrap();
         path.to_string_lossy().into_owned()
